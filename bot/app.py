@@ -1,0 +1,118 @@
+"""Composition root: the only module that imports adapters.* and storage.*.
+
+`create_app(settings)` returns the aiohttp application serving `/healthz`, `/slack/events`
+and `/api/messages`; its start-up opens the store, loads the key ring and policy, registers
+the chat adapters and starts the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from adapters.slack import SlackAdapter
+from adapters.teams import TeamsAdapter
+from bot.catalog import Catalog
+from bot.config import Settings, load_policy
+from bot.demo import seed_demo
+from bot.errors import VaultError
+from bot.policy import Policy
+from bot.ports import Clock, Store, SystemClock
+from bot.runtime import ChatAdapter, Runtime
+from bot.schedule import GrantScheduler
+from bot.service import AccessService
+from bot.vault import Vault, load_key_ring
+from storage import open_store
+
+__all__ = ["RUNTIME", "create_app", "open_runtime"]
+
+log = logging.getLogger("jitpass.app")
+
+RUNTIME = web.AppKey("runtime", Runtime)
+VERSION = "0.1.0"
+
+
+async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None,
+                       create_key: bool = True) -> Runtime:
+    """Open the store, check the master key against it, and build the core."""
+    clock = clock or SystemClock()
+    policy = policy or load_policy(settings.policy_path)
+    ring, created = load_key_ring(env_value=settings.master_key, file_path=settings.master_key_file,
+                                  create_if_missing=create_key)
+    if created:
+        log.warning("event=master_key_created path=%s note=\"a new local master key was created; in production "
+                    "set JITPASS_MASTER_KEY or JITPASS_MASTER_KEY_FILE from your secret manager and back it up\"",
+                    settings.master_key_file)
+    store: Store = open_store(settings.store_url, clock)
+    await store.open()
+    vault = Vault(ring)
+    try:
+        token = await store.get_meta("key_check")
+        if token is None:
+            await store.set_meta("key_check", vault.key_check())
+        else:
+            vault.verify_key_check(token)
+    except VaultError:
+        await store.close()
+        raise
+    service = AccessService(store, vault, policy, clock)
+    return Runtime(settings=settings, store=store, vault=vault, policy=policy, clock=clock, service=service,
+                   catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(service))
+
+
+def chat_adapters(settings: Settings) -> list[ChatAdapter]:
+    """Slack when its tokens are set; Teams always (anonymous only for local development)."""
+    adapters: list[ChatAdapter] = []
+    if settings.slack_bot_token or settings.slack_signing_secret or settings.slack_app_token:
+        adapters.append(SlackAdapter(settings))
+    adapters.append(TeamsAdapter(settings))
+    return adapters
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None,
+               demo: bool = False, adapters: Sequence[ChatAdapter] | None = None) -> web.Application:
+    """The aiohttp application; the runtime is opened at start-up and closed at clean-up."""
+    app = web.Application()
+    chat = list(adapters) if adapters is not None else chat_adapters(settings)
+
+    async def healthz(request: web.Request) -> web.Response:
+        runtime = request.app[RUNTIME]
+        body: dict[str, Any] = {"status": "ok", "version": VERSION, "store": await runtime.store.describe(),
+                                "platforms": {a.platform: a.describe() for a in chat}}
+        return web.json_response(body)
+
+    async def not_configured(request: web.Request) -> web.Response:
+        return web.json_response({"error": "the Slack adapter is not configured: set SLACK_SIGNING_SECRET and "
+                                           "SLACK_BOT_TOKEN (or SLACK_APP_TOKEN for Socket Mode)"}, status=501)
+
+    app.router.add_get("/healthz", healthz)
+    for adapter in chat:
+        adapter.add_routes(app)
+    if not any(a.platform == "slack" for a in chat):
+        app.router.add_post("/slack/events", not_configured)
+
+    async def start(app: web.Application) -> None:
+        runtime = await open_runtime(settings, clock=clock, policy=policy)
+        app[RUNTIME] = runtime
+        if demo:
+            await seed_demo(runtime)
+        for adapter in chat:
+            await adapter.start(runtime)
+        await runtime.scheduler.start()
+        log.info("event=started store=%s platforms=%s", runtime.store.kind, ",".join(a.platform for a in chat))
+
+    async def stop(app: web.Application) -> None:
+        runtime = app.get(RUNTIME)
+        if runtime is None:
+            return
+        await runtime.scheduler.shutdown()
+        for adapter in chat:
+            await adapter.stop()
+        await runtime.store.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    return app

@@ -1,0 +1,96 @@
+"""Admin operations on the credential catalogue: add, import, rotate, remove, and master-key rotation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+
+from bot.errors import Conflict, InputError, NotFound
+from bot.importers import ItemInput
+from bot.model import EventDraft, Identity, Item, SealedItem, Secret
+from bot.ports import Clock, Store
+from bot.vault import Vault
+
+__all__ = ["NAME_PATTERN", "Catalog"]
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def _check_name(kind: str, value: str) -> None:
+    if not NAME_PATTERN.match(value):
+        raise InputError(f"{kind} name {value!r} is not valid: use lower-case letters, digits, '.', '_' or '-' "
+                         "(at most 64 characters, starting with a letter or digit).", hint="Example: acme-zendesk")
+
+
+class Catalog:
+    """Items and keys, as an admin changes them. Every change is audited; no secret ever is."""
+
+    def __init__(self, store: Store, vault: Vault, clock: Clock) -> None:
+        self.store = store
+        self.vault = vault
+        self.clock = clock
+
+    def _seal(self, entry: ItemInput) -> SealedItem:
+        _check_name("Item", entry.name)
+        _check_name("Vault", entry.vault)
+        now = self.clock.now()
+        item = Item(name=entry.name, vault=entry.vault, username=entry.username, url=entry.url, notes=entry.notes,
+                    tags=tuple(entry.tags), has_password=entry.password is not None,
+                    has_totp=entry.totp is not None, created_at=now, updated_at=now, password_rotated_at=now)
+        return self.vault.seal(item, entry.password, entry.totp)
+
+    async def add(self, entries: Sequence[ItemInput], actor: Identity, *, source: str = "cli") -> list[Item]:
+        """Add items all-or-nothing: one bad or duplicate name and nothing is stored."""
+        sealed = [self._seal(e) for e in entries]
+        events = [EventDraft("item.added", actor, None, s.item.name, s.item.vault, "",
+                             {"source": source, "has_password": s.item.has_password, "has_totp": s.item.has_totp})
+                  for s in sealed]
+        await self.store.add_items(sealed, events)
+        return [s.item for s in sealed]
+
+    async def get(self, name: str) -> SealedItem:
+        sealed = await self.store.get_item(name)
+        if sealed is None:
+            raise NotFound(f"There is no item called '{name}'.")
+        return sealed
+
+    async def remove(self, name: str, actor: Identity) -> None:
+        """Delete an item; refused while a request for it is open."""
+        sealed = await self.get(name)
+        from bot.model import OPEN_STATUSES  # local: keeps the import list short where it is used once
+
+        open_requests = await self.store.find_requests(item=name, statuses=OPEN_STATUSES)
+        if open_requests:
+            raise Conflict(f"'{name}' has open request(s) {', '.join(r.id for r in open_requests)}; "
+                           "end or cancel them first.")
+        await self.store.remove_item(name, EventDraft("item.removed", actor, None, name, sealed.item.vault))
+
+    async def rotate_password(self, name: str, password: Secret, actor: Identity) -> Item:
+        """Record a new password (after rotating it at the provider); clears rotation-due."""
+        if not password:
+            raise InputError("The new password is empty; nothing was changed.")
+        sealed = await self.get(name)
+        _, seed = self.vault.open(sealed)
+        now = self.clock.now()
+        item = replace(sealed.item, has_password=True, updated_at=now, password_rotated_at=now, rotation_due=None)
+        was_due = sealed.item.rotation_due
+        await self.store.replace_item(self.vault.seal(item, password, seed), EventDraft(
+            "item.rotated", actor, None, name, item.vault, "",
+            {"was_due_since": was_due.since.isoformat() if was_due else None}))
+        return item
+
+    async def rotation_due(self) -> list[Item]:
+        """Items whose password was revealed since its last rotation, oldest exposure first."""
+        items = [i for i in await self.store.list_items() if i.rotation_due is not None]
+        return sorted(items, key=lambda i: i.rotation_due.since if i.rotation_due else self.clock.now())
+
+    async def rotate_master_key(self, actor: Identity) -> int:
+        """Re-wrap every item's data key under the ring's active key; returns how many moved."""
+        sealed = await self.store.list_sealed_items()
+        active = self.vault.ring.active.key_id
+        moved = [self.vault.rewrap(s) for s in sealed if s.key_id != active]
+        await self.store.rewrap_items(moved, EventDraft("key.rotated", actor, None, None, None, "",
+                                                        {"key_id": active, "items": len(moved)}))
+        await self.store.set_meta("key_check", self.vault.key_check())
+        return len(moved)

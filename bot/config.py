@@ -1,0 +1,344 @@
+"""Settings from the environment (12-factor, `.env` read when present) and policy file loading."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from bot.errors import InputError, PolicyError
+from bot.parse import parse_duration
+from bot.policy import Limits, Members, Policy, Retention, VaultPolicy, WorkingHours
+
+__all__ = ["Settings", "load_dotenv", "load_policy", "parse_bool", "parse_policy"]
+
+PLATFORMS = ("slack", "teams")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
+    """Security booleans are parsed explicitly: "false" is false, and a typo is an error."""
+    if value is None:
+        return default
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InputError(f"{name}={value!r} is not a boolean; use true or false")
+
+
+def load_dotenv(path: Path, environ: dict[str, str]) -> None:
+    """Read KEY=VALUE lines into `environ` without overriding what is already set."""
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        environ.setdefault(key.strip(), value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the process reads from its environment. Secrets here are tokens, never shown."""
+
+    store_url: str = "sqlite:///jitpass.db"
+    master_key: str | None = field(default=None, repr=False)
+    master_key_file: Path = Path("jitpass.key")
+    policy_path: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 3978
+    slack_bot_token: str | None = field(default=None, repr=False)
+    slack_signing_secret: str | None = field(default=None, repr=False)
+    slack_app_token: str | None = field(default=None, repr=False)
+    slack_api_url: str | None = None
+    teams_app_id: str | None = None
+    teams_app_password: str | None = field(default=None, repr=False)
+    teams_tenant_id: str | None = None
+    teams_service_url_validation: bool = True
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read JITPASS_*, PORT, SLACK_* and Teams connection settings."""
+        env = dict(os.environ if environ is None else environ)
+        load_dotenv(Path(env.get("JITPASS_DOTENV", ".env")), env)
+        port_text = env.get("PORT", "3978")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise InputError(f"PORT={port_text!r} is not a TCP port number")
+        teams_id = env.get("CONNECTIONS__SERVICE_CONNECTION__SETTINGS__CLIENTID") or env.get("MICROSOFT_APP_ID")
+        teams_secret = env.get("CONNECTIONS__SERVICE_CONNECTION__SETTINGS__CLIENTSECRET") or env.get(
+            "MICROSOFT_APP_PASSWORD"
+        )
+        teams_tenant = env.get("CONNECTIONS__SERVICE_CONNECTION__SETTINGS__TENANTID") or env.get(
+            "MICROSOFT_APP_TENANT_ID"
+        )
+        return cls(
+            store_url=env.get("JITPASS_STORE") or "sqlite:///jitpass.db",
+            master_key=env.get("JITPASS_MASTER_KEY") or None,
+            master_key_file=Path(env.get("JITPASS_MASTER_KEY_FILE") or "jitpass.key"),
+            policy_path=Path(env["JITPASS_POLICY"]) if env.get("JITPASS_POLICY") else None,
+            host=env.get("JITPASS_HOST") or ("0.0.0.0" if "DYNO" in env else "127.0.0.1"),
+            port=int(port_text),
+            slack_bot_token=env.get("SLACK_BOT_TOKEN") or None,
+            slack_signing_secret=env.get("SLACK_SIGNING_SECRET") or None,
+            slack_app_token=env.get("SLACK_APP_TOKEN") or None,
+            slack_api_url=env.get("SLACK_API_URL") or None,
+            teams_app_id=teams_id or None,
+            teams_app_password=teams_secret or None,
+            teams_tenant_id=teams_tenant or None,
+            teams_service_url_validation=parse_bool(
+                "JITPASS_TEAMS_VALIDATE_SERVICE_URL", env.get("JITPASS_TEAMS_VALIDATE_SERVICE_URL"), True
+            ),
+            environ=env,
+        )
+
+
+# -- policy file --------------------------------------------------------------------------------
+
+
+class _Locator:
+    """Finds the line of `key` inside `[table]` of a TOML text, so errors can name it."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def line_of(self, table: str, key: str | None = None) -> int | None:
+        current = ""
+        header_line: int | None = None
+        for number, raw in enumerate(self.lines, start=1):
+            line = raw.strip()
+            header = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", line)
+            if header:
+                current = header.group(1).replace('"', "").replace(" ", "")
+                if current == table:
+                    header_line = number
+                continue
+            if key is None:
+                continue
+            match = re.match(r"^([A-Za-z0-9_.\"-]+)\s*=", line)
+            if not match:
+                continue
+            dotted = match.group(1).replace('"', "")
+            full = f"{current}.{dotted}" if current else dotted
+            if full == (f"{table}.{key}" if table else key):
+                return number
+        return header_line
+
+
+class _PolicyReader:
+    def __init__(self, text: str, source: str) -> None:
+        self.source = source
+        self.locate = _Locator(text)
+
+    def fail(self, table: str, key: str | None, message: str) -> PolicyError:
+        line = self.locate.line_of(table, key)
+        where = ".".join(p for p in (table, key) if p) or "(top level)"
+        at = f" (line {line})" if line else ""
+        return PolicyError(f"{self.source}: {where}{at}: {message}")
+
+    def table(self, data: Mapping[str, Any], table: str, key: str) -> Mapping[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(table, key, "must be a table")
+        return value
+
+    def duration(self, data: Mapping[str, Any], table: str, key: str, default: timedelta) -> timedelta:
+        if key not in data:
+            return default
+        value = data[key]
+        if not isinstance(value, str):
+            raise self.fail(table, key, f'must be a duration string like "1h30m", not {value!r}')
+        try:
+            return parse_duration(value)
+        except InputError as exc:
+            raise self.fail(table, key, exc.message) from None
+
+    def integer(self, data: Mapping[str, Any], table: str, key: str, default: int, minimum: int) -> int:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(table, key, f"must be a whole number >= {minimum}, not {value!r}")
+        return value
+
+    def boolean(self, data: Mapping[str, Any], table: str, key: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(table, key, f"must be true or false, not {value!r}")
+        return value
+
+    def strings(self, data: Mapping[str, Any], table: str, key: str) -> frozenset[str]:
+        value = data.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise self.fail(table, key, "must be a list of non-empty strings")
+        return frozenset(v.strip() for v in value)
+
+    def clock_time(self, data: Mapping[str, Any], table: str, key: str, default: time) -> time:
+        value = data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, time):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\d{1,2}:\d{2}", value):
+            hours, minutes = map(int, value.split(":"))
+            if hours < 24 and minutes < 60:
+                return time(hours, minutes)
+        raise self.fail(table, key, f'must be a time like "08:30", not {value!r}')
+
+    def members(self, data: Mapping[str, Any], table: str) -> Members:
+        allowed = {*PLATFORMS, *(f"{p}_groups" for p in PLATFORMS)}
+        for key in data:
+            if key not in allowed:
+                raise self.fail(table, key, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+        return Members(
+            users={p: self.strings(data, table, p) for p in PLATFORMS if p in data},
+            groups={p: self.strings(data, table, f"{p}_groups") for p in PLATFORMS if f"{p}_groups" in data},
+        )
+
+    def channels(self, data: Mapping[str, Any], table: str) -> dict[str, str]:
+        result: dict[str, str] = {}
+        for key, value in data.items():
+            if key not in PLATFORMS:
+                raise self.fail(table, key, f"unknown platform; expected one of {', '.join(PLATFORMS)}")
+            if not isinstance(value, str) or not value.strip():
+                raise self.fail(table, key, "must be a channel id string")
+            result[key] = value.strip()
+        return result
+
+    def limits(self, data: Mapping[str, Any], table: str, base: Limits) -> Limits:
+        limits = Limits(
+            default_duration=self.duration(data, table, "default_duration", base.default_duration),
+            min_duration=self.duration(data, table, "min_duration", base.min_duration),
+            max_duration=self.duration(data, table, "max_duration", base.max_duration),
+            request_timeout=self.duration(data, table, "request_timeout", base.request_timeout),
+            approvals_required=self.integer(data, table, "approvals_required", base.approvals_required, 1),
+            min_reason_length=self.integer(data, table, "min_reason_length", base.min_reason_length, 1),
+            exclusive=self.boolean(data, table, "exclusive", base.exclusive),
+        )
+        if limits.min_duration > limits.max_duration:
+            raise self.fail(table, "min_duration", "is longer than max_duration")
+        if not limits.min_duration <= limits.default_duration <= limits.max_duration:
+            raise self.fail(table, "default_duration", "must lie between min_duration and max_duration")
+        return limits
+
+
+_VAULT_KEYS = {
+    "description", "approvers", "leads_channel", "exclusive_items", "default_duration", "min_duration",
+    "max_duration", "request_timeout", "approvals_required", "min_reason_length", "exclusive",
+}
+_TOP_KEYS = {"timezone", "defaults", "working_hours", "admins", "approvers", "leads_channel", "retention", "vaults"}
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    """Validate a TOML policy; every error names the key and its line."""
+    reader = _PolicyReader(text, source)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{source}: not valid TOML: {exc}") from None
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise reader.fail("", key, f"unknown key; expected one of {', '.join(sorted(_TOP_KEYS))}")
+    tz_name = data.get("timezone", "UTC")
+    try:
+        tz = ZoneInfo(str(tz_name))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise reader.fail("", "timezone", f"unknown time zone {tz_name!r} (use e.g. Europe/Amsterdam)") from None
+
+    defaults_data = reader.table(data, "", "defaults")
+    for key in defaults_data:
+        if key not in _VAULT_KEYS - {"description", "approvers", "leads_channel", "exclusive_items"}:
+            raise reader.fail("defaults", key, "unknown key")
+    default_limits = reader.limits(defaults_data, "defaults", Limits())
+    defaults = VaultPolicy(
+        name="*",
+        approvers=reader.members(reader.table(data, "", "approvers"), "approvers"),
+        leads_channels=reader.channels(reader.table(data, "", "leads_channel"), "leads_channel"),
+        limits=default_limits,
+    )
+
+    vaults: dict[str, VaultPolicy] = {}
+    for name, vault_data in reader.table(data, "", "vaults").items():
+        table = f"vaults.{name}"
+        if not isinstance(vault_data, dict):
+            raise reader.fail("vaults", name, "must be a table")
+        for key in vault_data:
+            if key not in _VAULT_KEYS:
+                raise reader.fail(table, key, f"unknown key; expected one of {', '.join(sorted(_VAULT_KEYS))}")
+        approvers_data = vault_data.get("approvers")
+        approvers = (
+            reader.members(reader.table(vault_data, table, "approvers"), f"{table}.approvers")
+            if approvers_data is not None
+            else defaults.approvers
+        )
+        channels = reader.channels(reader.table(vault_data, table, "leads_channel"), f"{table}.leads_channel")
+        description = vault_data.get("description", "")
+        if not isinstance(description, str):
+            raise reader.fail(table, "description", "must be a string")
+        vaults[name] = VaultPolicy(
+            name=name,
+            description=description,
+            approvers=approvers,
+            leads_channels={**defaults.leads_channels, **channels},
+            limits=reader.limits(vault_data, table, default_limits),
+            exclusive_items=reader.strings(vault_data, table, "exclusive_items"),
+        )
+
+    hours_data = reader.table(data, "", "working_hours")
+    day_names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    days_raw = reader.strings(hours_data, "working_hours", "days") if "days" in hours_data else None
+    if days_raw is not None:
+        bad = sorted(d for d in days_raw if d[:3].lower() not in day_names)
+        if bad:
+            raise reader.fail("working_hours", "days", f"unknown day(s) {', '.join(bad)}; use mon..sun")
+    hours = WorkingHours(
+        start=reader.clock_time(hours_data, "working_hours", "start", time(8, 0)),
+        end=reader.clock_time(hours_data, "working_hours", "end", time(18, 0)),
+        days=frozenset(day_names.index(d[:3].lower()) for d in days_raw) if days_raw else frozenset(range(5)),
+    )
+    if hours.end <= hours.start:
+        raise reader.fail("working_hours", "end", "must be later than start")
+
+    retention_data = reader.table(data, "", "retention")
+    keep = retention_data.get("keep_days")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise reader.fail("retention", "keep_days", f"must be a whole number of days >= 1, not {keep!r}")
+    retention = Retention(
+        keep_days=keep,
+        legal_hold=reader.boolean(retention_data, "retention", "legal_hold", False),
+        purge_at=reader.clock_time(retention_data, "retention", "purge_at", time(3, 30)),
+    )
+    return Policy(
+        timezone=tz,
+        defaults=defaults,
+        vaults=vaults,
+        admins=reader.members(reader.table(data, "", "admins"), "admins"),
+        working_hours=hours,
+        retention=retention,
+    )
+
+
+def load_policy(path: Path | None) -> Policy:
+    """Load and validate the policy file; with no file, the built-in defaults."""
+    if path is None:
+        return Policy()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError(f"policy file {path} does not exist (JITPASS_POLICY)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"policy file {path} cannot be read: {exc.__class__.__name__}") from None
+    return parse_policy(text, str(path))

@@ -1,0 +1,80 @@
+"""Domain errors. Each carries a message fit to show a user; none ever carries a secret.
+
+JitpassError
+├── InputError          bad input from a user or a file; `hint` shows a corrected example
+│   ├── ParseError      the `<item> <why> <when>` text could not be understood
+│   └── ImportFileError rows of an import file were rejected (row numbers in `problems`)
+├── NotFound            unknown item or request (`suggestions` lists close names)
+├── NotAllowed          the actor may not do this (not an approver, own request, not admin, ...)
+├── Conflict            the request moved on already ("already approved by ...") or the name exists
+├── PolicyError         the policy file is invalid (names the key and the line)
+├── VaultError          the master key is missing or wrong, or a ciphertext does not open
+├── StoreError          the store cannot be opened, is corrupted, or refused a write
+│   └── AuditWriteError an audit event could not be written: nothing was revealed
+└── DeliveryError       a chat platform did not take a message
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class JitpassError(Exception):
+    """Base for errors whose message can be shown to the person who caused them."""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def user_message(self) -> str:
+        return f"{self.message}\n{self.hint}" if self.hint else self.message
+
+
+class InputError(JitpassError):
+    pass
+
+
+class ParseError(InputError):
+    pass
+
+
+class ImportFileError(InputError):
+    def __init__(self, message: str, problems: Sequence[str]) -> None:
+        super().__init__(message + "".join(f"\n  {p}" for p in problems))
+        self.problems = list(problems)
+
+
+class NotFound(JitpassError):
+    def __init__(self, message: str, suggestions: Sequence[str] = ()) -> None:
+        self.suggestions = list(suggestions)
+        hint = f"Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(message, hint=hint)
+
+
+class NotAllowed(JitpassError):
+    pass
+
+
+class Conflict(JitpassError):
+    pass
+
+
+class PolicyError(JitpassError):
+    pass
+
+
+class VaultError(JitpassError):
+    pass
+
+
+class StoreError(JitpassError):
+    pass
+
+
+class AuditWriteError(StoreError):
+    pass
+
+
+class DeliveryError(JitpassError):
+    pass

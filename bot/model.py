@@ -1,0 +1,268 @@
+"""Domain model: items, secrets, identities, access requests and audit events.
+
+Everything here is a plain value. Secret values only ever live inside `Secret`,
+whose `repr`/`str` never show them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FINAL_STATUSES",
+    "OPEN_STATUSES",
+    "AccessRequest",
+    "Approval",
+    "CodeView",
+    "Event",
+    "EventDraft",
+    "Identity",
+    "Item",
+    "RequestKind",
+    "Reveal",
+    "RotationDue",
+    "SealedItem",
+    "Secret",
+    "Status",
+    "Window",
+]
+
+
+class Secret:
+    """A secret string that never shows itself in `repr`, `str`, f-strings or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The plain value: call only at the point it leaves for its rightful holder."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Secret values are not picklable")
+
+
+class Status(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    DECLINED = "declined"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+OPEN_STATUSES = frozenset({Status.PENDING, Status.APPROVED, Status.ACTIVE})
+ACTIVE_STATUSES = frozenset({Status.ACTIVE})
+FINAL_STATUSES = frozenset(set(Status) - OPEN_STATUSES)
+
+
+class RequestKind(enum.StrEnum):
+    ACCESS = "access"
+    EXTENSION = "extension"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Someone acting through a platform (`slack`, `teams`, `cli`, `system`)."""
+
+    platform: str
+    user_id: str
+    display: str = ""
+    # Groups the adapter resolved for this user (Slack user groups, Entra tenant, ...).
+    groups: frozenset[str] = frozenset()
+
+    @property
+    def key(self) -> str:
+        return f"{self.platform}:{self.user_id}"
+
+    @property
+    def label(self) -> str:
+        return self.display or self.user_id
+
+    def same_person(self, other: Identity) -> bool:
+        return self.platform == other.platform and self.user_id == other.user_id
+
+    def to_dict(self) -> dict[str, str]:
+        return {"platform": self.platform, "user_id": self.user_id, "display": self.display}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Identity:
+        return cls(str(data["platform"]), str(data["user_id"]), str(data.get("display") or ""))
+
+
+SYSTEM = Identity("system", "jitpass", "jitpass")
+
+
+@dataclass(frozen=True)
+class RotationDue:
+    """The password was revealed and has not been rotated since."""
+
+    since: datetime
+    seen_by: tuple[Identity, ...]
+    request_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Item:
+    """Catalogue metadata of a credential; never the secret."""
+
+    name: str
+    vault: str
+    username: str = ""
+    url: str = ""
+    notes: str = ""
+    tags: tuple[str, ...] = ()
+    has_password: bool = True
+    has_totp: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    password_rotated_at: datetime | None = None
+    rotation_due: RotationDue | None = None
+
+
+@dataclass(frozen=True)
+class SealedItem:
+    """An item as stored: metadata plus the envelope-encrypted secret payload."""
+
+    item: Item
+    key_id: str
+    wrapped_key: bytes = field(repr=False)
+    nonce: bytes = field(repr=False)
+    ciphertext: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Window:
+    """When access is wanted: `start` None means "as soon as approved"."""
+
+    duration: timedelta
+    start: datetime | None = None
+
+    @property
+    def end(self) -> datetime | None:
+        return None if self.start is None else self.start + self.duration
+
+
+@dataclass(frozen=True)
+class Approval:
+    approver: Identity
+    at: datetime
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """One request for one item, and the grant it becomes once approved."""
+
+    id: str
+    item: str
+    vault: str
+    requester: Identity
+    reason: str
+    window: Window
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    required_approvals: int = 1
+    approvals: tuple[Approval, ...] = ()
+    decided_by: Identity | None = None
+    decided_at: datetime | None = None
+    decline_reason: str = ""
+    timeout_at: datetime | None = None
+    starts_at: datetime | None = None  # when the grant became / becomes active
+    ends_at: datetime | None = None  # when the grant ends (moves with approved extensions)
+    ended_at: datetime | None = None
+    revealed: bool = False  # the password was shown at least once
+    kind: RequestKind = RequestKind.ACCESS
+    parent_id: str | None = None  # for extensions: the grant being extended
+    notes: tuple[str, ...] = ()  # policy notes shown on the card
+    platform: str = ""
+    refs: dict[str, Any] = field(default_factory=dict)  # adapter-owned message references
+    refs_version: int = 0
+    version: int = 0
+
+    @property
+    def is_extension(self) -> bool:
+        return self.kind is RequestKind.EXTENSION
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+
+@dataclass(frozen=True)
+class CodeView:
+    """The current TOTP code and how long it stays valid. Not stored, not audited as a value."""
+
+    code: str
+    seconds_left: int
+    period: int = 30
+
+
+@dataclass(frozen=True)
+class Reveal:
+    """What the holder of an active grant receives."""
+
+    request_id: str
+    item: Item
+    password: Secret | None
+    code: CodeView | None
+    ends_at: datetime
+
+    def __repr__(self) -> str:
+        return f"Reveal(request_id={self.request_id!r}, item={self.item.name!r}, ends_at={self.ends_at!r})"
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    """An audit event before the store gives it a place in the chain."""
+
+    type: str
+    actor: Identity | None = None
+    request_id: str | None = None
+    item: str | None = None
+    vault: str | None = None
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A recorded audit event, hash-chained to the one before it."""
+
+    seq: int
+    id: str
+    at: datetime
+    type: str
+    actor: Identity | None
+    request_id: str | None
+    item: str | None
+    vault: str | None
+    reason: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str

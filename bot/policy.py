@@ -1,0 +1,116 @@
+"""The loaded access policy and the pure decisions made over it: who approves, which limits apply."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from bot.model import Identity
+
+__all__ = ["Limits", "Members", "Policy", "Retention", "VaultPolicy", "WorkingHours"]
+
+
+@dataclass(frozen=True)
+class Members:
+    """People by platform: user ids and (for Slack) user-group ids."""
+
+    users: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def includes(self, who: Identity) -> bool:
+        if who.user_id in self.users.get(who.platform, frozenset()):
+            return True
+        return bool(who.groups & self.groups.get(who.platform, frozenset()))
+
+    def is_empty(self) -> bool:
+        return not any(self.users.values()) and not any(self.groups.values())
+
+    def group_ids(self, platform: str) -> frozenset[str]:
+        return self.groups.get(platform, frozenset())
+
+
+@dataclass(frozen=True)
+class Limits:
+    default_duration: timedelta = timedelta(hours=1)
+    min_duration: timedelta = timedelta(minutes=5)
+    max_duration: timedelta = timedelta(hours=8)
+    request_timeout: timedelta = timedelta(minutes=30)
+    approvals_required: int = 1
+    min_reason_length: int = 8
+    exclusive: bool = False
+
+
+@dataclass(frozen=True)
+class VaultPolicy:
+    name: str
+    description: str = ""
+    approvers: Members = field(default_factory=Members)
+    leads_channels: Mapping[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    exclusive_items: frozenset[str] = frozenset()
+
+    def is_exclusive(self, item: str) -> bool:
+        return self.limits.exclusive or item in self.exclusive_items
+
+
+@dataclass(frozen=True)
+class WorkingHours:
+    start: time = time(8, 0)
+    end: time = time(18, 0)
+    days: frozenset[int] = frozenset(range(5))  # Monday=0
+
+    def contains(self, local: datetime) -> bool:
+        return local.weekday() in self.days and self.start <= local.time() < self.end
+
+
+@dataclass(frozen=True)
+class Retention:
+    keep_days: int | None = None  # None: keep forever
+    legal_hold: bool = False
+    purge_at: time = time(3, 30)
+
+    def cutoff(self, now: datetime) -> datetime | None:
+        """Events older than this may be purged (None when nothing may be)."""
+        if self.keep_days is None or self.legal_hold:
+            return None
+        return now - timedelta(days=self.keep_days)
+
+
+@dataclass(frozen=True)
+class Policy:
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    defaults: VaultPolicy = field(default_factory=lambda: VaultPolicy(name="*"))
+    vaults: Mapping[str, VaultPolicy] = field(default_factory=dict)
+    admins: Members = field(default_factory=Members)
+    working_hours: WorkingHours = field(default_factory=WorkingHours)
+    retention: Retention = field(default_factory=Retention)
+
+    def for_vault(self, vault: str) -> VaultPolicy:
+        """The vault's own policy, or the defaults for a vault the file does not name."""
+        return self.vaults.get(vault) or VaultPolicy(
+            name=vault,
+            approvers=self.defaults.approvers,
+            leads_channels=self.defaults.leads_channels,
+            limits=self.defaults.limits,
+        )
+
+    def is_approver(self, vault: str, who: Identity) -> bool:
+        return self.for_vault(vault).approvers.includes(who)
+
+    def is_admin(self, who: Identity) -> bool:
+        return self.admins.includes(who)
+
+    def leads_channel(self, vault: str, platform: str) -> str | None:
+        return self.for_vault(vault).leads_channels.get(platform) or self.defaults.leads_channels.get(platform)
+
+    def in_working_hours(self, at: datetime) -> bool:
+        return self.working_hours.contains(at.astimezone(self.timezone))
+
+    def approver_group_ids(self, platform: str) -> frozenset[str]:
+        """Every group id named anywhere as approvers or admins on `platform` (adapters resolve these)."""
+        ids = set(self.defaults.approvers.group_ids(platform)) | set(self.admins.group_ids(platform))
+        for vault in self.vaults.values():
+            ids |= vault.approvers.group_ids(platform)
+        return frozenset(ids)

@@ -1,0 +1,191 @@
+"""Protocols the core needs from the outside world: a store, a clock, and one notifier per chat platform."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from bot.model import AccessRequest, Event, EventDraft, Identity, Item, RequestKind, Reveal, SealedItem, Status
+
+__all__ = ["Checkpoint", "Clock", "Notifier", "PurgeResult", "Store", "SystemClock"]
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where the retained audit chain starts after a purge."""
+
+    seq: int  # last purged sequence number
+    hash: str  # its hash: the first retained event's prev_hash
+    at: datetime
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    purged: int
+    checkpoint: Checkpoint | None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence for items, requests and the audit trail.
+
+    Writes that change a request are compare-and-set on its status and record their audit
+    event in the same unit of work: either both happen or neither does.
+    """
+
+    kind: str  # "sqlite" | "mongodb"
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema / indexes. Raises StoreError on a corrupted store."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def describe(self) -> dict[str, Any]:
+        """`{"kind": ..., "schema_version": ..., ...}` for health checks."""
+        ...
+
+    # -- key/value metadata (key check, checkpoints) -------------------------------------------
+    async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_meta(self, key: str, value: str) -> None: ...
+
+    # -- items ---------------------------------------------------------------------------------
+    async def add_items(self, sealed: Sequence[SealedItem], events: Sequence[EventDraft]) -> None:
+        """Insert all items and their events, or none: Conflict if any name exists."""
+        ...
+
+    async def replace_item(self, sealed: SealedItem, event: EventDraft | None) -> None:
+        """Overwrite an existing item (metadata and ciphertext). NotFound if absent."""
+        ...
+
+    async def rewrap_items(self, sealed: Sequence[SealedItem], event: EventDraft) -> None:
+        """Replace key material of many items at once (key rotation), all or nothing."""
+        ...
+
+    async def remove_item(self, name: str, event: EventDraft) -> None:
+        """Delete an item. NotFound if absent."""
+        ...
+
+    async def get_item(self, name: str) -> SealedItem | None: ...
+
+    async def list_items(self) -> list[Item]:
+        """Every item's metadata, sorted by name."""
+        ...
+
+    async def list_sealed_items(self) -> list[SealedItem]: ...
+
+    # -- requests ------------------------------------------------------------------------------
+    async def create_request(self, request: AccessRequest, event: EventDraft) -> None: ...
+
+    async def get_request(self, request_id: str) -> AccessRequest | None: ...
+
+    async def find_requests(
+        self,
+        *,
+        requester: Identity | None = None,
+        statuses: Collection[Status] | None = None,
+        item: str | None = None,
+        parent_id: str | None = None,
+        kind: RequestKind | None = None,
+        limit: int | None = None,
+    ) -> list[AccessRequest]:
+        """Requests matching every given filter, newest first."""
+        ...
+
+    async def transition(
+        self,
+        request_id: str,
+        from_statuses: Collection[Status],
+        changes: Mapping[str, Any],
+        event: EventDraft | None,
+        *,
+        expected_version: int | None = None,
+    ) -> AccessRequest | None:
+        """Apply `changes` (AccessRequest field names) if the request is in one of `from_statuses`
+        (and at `expected_version` when given); bump `version`; append `event` in the same unit of
+        work. Returns the updated request, or None when the compare failed (nothing written)."""
+        ...
+
+    async def save_refs(self, request_id: str, refs: Mapping[str, Any], expected_version: int) -> bool:
+        """Replace the adapter's refs if `refs_version` is still `expected_version`."""
+        ...
+
+    async def due_requests(self, until: datetime) -> list[AccessRequest]:
+        """Open requests with something due at or before `until`: pending past `timeout_at`,
+        approved past `starts_at`, active past `ends_at`."""
+        ...
+
+    async def next_due_at(self) -> datetime | None:
+        """The earliest timeout_at / starts_at / ends_at among open requests."""
+        ...
+
+    # -- audit trail ---------------------------------------------------------------------------
+    async def append_event(self, event: EventDraft) -> Event:
+        """Give the event the next sequence number and chain it to the last one (safe across
+        processes). Raises AuditWriteError when it cannot be written."""
+        ...
+
+    def events(
+        self,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        types: Collection[str] | None = None,
+    ) -> AsyncIterator[Event]:
+        """Events in sequence order."""
+        ...
+
+    async def last_event(self) -> Event | None: ...
+
+    async def count_events(self, *, before: datetime | None = None) -> int: ...
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """The chain's starting point after a purge, or None if nothing was ever purged."""
+        ...
+
+    async def purge_events(self, before: datetime, event: EventDraft) -> PurgeResult:
+        """Delete events older than `before` (never the newest event), record a checkpoint and
+        append `event` (details gain `purged` and `checkpoint_seq`)."""
+        ...
+
+
+class Notifier(Protocol):
+    """One per chat platform: renders what the core decided. Returns refs to merge into the
+    request's adapter-owned `refs` (or None)."""
+
+    platform: str
+
+    async def request_posted(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
+        """Post the approval card to the vault's leads channel."""
+        ...
+
+    async def request_updated(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
+        """Edit the approval card in place to show the request's new state."""
+        ...
+
+    async def deliver_secret(self, request: AccessRequest, reveal: Reveal) -> Mapping[str, Any] | None:
+        """Privately give the requester the secret and current code."""
+        ...
+
+    async def secret_revoked(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
+        """Replace or wipe the delivered secret: the grant has ended."""
+        ...
+
+    async def requester_told(self, request: AccessRequest, message: str) -> None:
+        """Tell the requester an outcome (approved, declined with reason, timed out, ...)."""
+        ...

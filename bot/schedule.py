@@ -1,0 +1,92 @@
+"""The scheduler: a cache of the store's timing. The store says what is due; APScheduler wakes us then.
+
+On start, every minute, and after every change we plan again from the store: overdue work runs at
+once, the next due moment gets one date job. Jobs are idempotent because transitions are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from bot.model import AccessRequest
+from bot.service import AccessService
+
+__all__ = ["GrantScheduler"]
+
+log = logging.getLogger("jitpass.schedule")
+
+
+class GrantScheduler:
+    """Plans timeouts, activations and expiries from the store; runs what is overdue at once."""
+
+    def __init__(self, service: AccessService, *, replan_every: timedelta = timedelta(minutes=1)) -> None:
+        self.service = service
+        self.replan_every = replan_every
+        self._scheduler: AsyncIOScheduler | None = None
+        self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[None]] = set()
+        service.on_change.append(self._request_changed)
+
+    async def start(self) -> None:
+        """Run overdue work now, then keep planning."""
+        self._scheduler = AsyncIOScheduler(timezone="UTC")
+        self._scheduler.add_job(self.tick, IntervalTrigger(seconds=self.replan_every.total_seconds()),
+                                id="replan", coalesce=True, max_instances=1)
+        self._scheduler.start()
+        await self.tick()
+
+    def add_daily(self, job_id: str, func: Callable[[], Awaitable[object]], hour: int, minute: int, tz: str) -> None:
+        """A daily job (retention purge) in the policy's time zone."""
+        if self._scheduler is not None:
+            self._scheduler.add_job(func, CronTrigger(hour=hour, minute=minute, timezone=tz), id=job_id,
+                                    coalesce=True, max_instances=1, replace_existing=True)
+
+    async def shutdown(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        self._scheduler = None
+
+    async def tick(self) -> int:
+        """Apply everything due now and schedule a wake-up for the next due moment."""
+        async with self._lock:
+            try:
+                ran = await self.service.run_due()
+                self._plan(await self.service.store.next_due_at())
+            except Exception:  # keep the scheduler alive; the next tick retries
+                log.exception("scheduler tick failed")
+                return 0
+            return ran
+
+    def _plan(self, at: datetime | None) -> None:
+        if self._scheduler is None:
+            return
+        if at is None:
+            if self._scheduler.get_job("next-due"):
+                self._scheduler.remove_job("next-due")
+            return
+        # Wait as long as the service's clock says is left (an injected clock need not be wall time).
+        delay = max(at - self.service.clock.now(), timedelta(seconds=1))
+        run_date = datetime.now(UTC) + delay
+        self._scheduler.add_job(self.tick, DateTrigger(run_date=run_date), id="next-due", replace_existing=True,
+                                misfire_grace_time=None, coalesce=True)
+
+    def _request_changed(self, request: AccessRequest) -> None:
+        if self._scheduler is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._replan_soon())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _replan_soon(self) -> None:
+        async with self._lock:
+            self._plan(await self.service.store.next_due_at())

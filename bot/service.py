@@ -1,0 +1,599 @@
+"""AccessService: the one place that decides who may see which credential when.
+
+Every state change is a compare-and-set in the store together with its audit event; every
+reveal writes its audit event before the secret leaves this module. Chat platforms are told
+what happened through their `Notifier` afterwards.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import secrets
+from collections.abc import Collection, Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot.errors import Conflict, InputError, JitpassError, NotAllowed, NotFound
+from bot.model import (
+    ACTIVE_STATUSES,
+    OPEN_STATUSES,
+    SYSTEM,
+    AccessRequest,
+    Approval,
+    EventDraft,
+    Identity,
+    Item,
+    RequestKind,
+    Reveal,
+    RotationDue,
+    Status,
+    Window,
+)
+from bot.parse import RequestDraft, format_duration, parse_duration, parse_request
+from bot.policy import Policy, VaultPolicy
+from bot.ports import Clock, Notifier, Store
+from bot.totp import current_code
+from bot.vault import Vault
+
+__all__ = ["AccessService", "new_request_id"]
+
+log = logging.getLogger("jitpass.service")
+
+_ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+EXAMPLE = "Example: /access acme-zendesk fix broken trigger for 1h"
+
+
+def new_request_id() -> str:
+    """Short, unambiguous, unguessable: `R-` and 8 characters without 0/O/1/I."""
+    return "R-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+def _when(at: datetime | None, policy: Policy) -> str:
+    return at.astimezone(policy.timezone).strftime("%Y-%m-%d %H:%M %Z") if at else "-"
+
+
+class AccessService:
+    """Request, approve, decline, cancel, reveal, new code, extend, revoke, expire, time out."""
+
+    def __init__(self, store: Store, vault: Vault, policy: Policy, clock: Clock) -> None:
+        self.store = store
+        self.vault = vault
+        self.policy = policy
+        self.clock = clock
+        self.notifiers: dict[str, Notifier] = {}
+        self.on_change: list[Any] = []  # callables(request) -> None: the scheduler re-plans on change
+
+    def register_notifier(self, notifier: Notifier) -> None:
+        self.notifiers[notifier.platform] = notifier
+
+    # -- catalogue (metadata only) -------------------------------------------------------------
+
+    async def list_items(self, query: str = "") -> list[Item]:
+        """Items whose name, vault, url or tags contain every word of `query`."""
+        words = query.lower().split()
+        items = await self.store.list_items()
+        return [
+            i for i in items
+            if all(w in " ".join((i.name, i.vault, i.url, i.username, *i.tags)).lower() for w in words)
+        ]
+
+    async def get_item(self, name: str) -> Item:
+        """An item's metadata; NotFound suggests close names."""
+        sealed = await self.store.get_item(name.lower())
+        if sealed is None:
+            names = [i.name for i in await self.store.list_items()]
+            close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
+            close += [n for n in names if name.lower() in n and n not in close][: 3 - len(close)]
+            raise NotFound(f"There is no item called '{name}'.", close)
+        return sealed.item
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def request_access(
+        self,
+        requester: Identity,
+        text: str | RequestDraft,
+        *,
+        refs: Mapping[str, Any] | None = None,
+    ) -> AccessRequest:
+        """Parse and check a request, record it, and post the approval card."""
+        now = self.clock.now()
+        if isinstance(text, RequestDraft):
+            draft = text
+        else:
+            draft = parse_request(text, now=now, tz=self.policy.timezone, default_duration=timedelta(0))
+        if not draft.item:
+            raise InputError("Say which item you need, why, and for how long.", hint=EXAMPLE)
+        item = await self.get_item(draft.item)
+        vault = self.policy.for_vault(item.vault)
+        limits = vault.limits
+        reason = " ".join(draft.reason.split())
+        if len(reason) < limits.min_reason_length:
+            what = "is missing" if not reason else f"is too short ({len(reason)} characters)"
+            raise InputError(
+                f"The reason {what}: say why you need {item.name} in at least {limits.min_reason_length} characters.",
+                hint=f"Example: /access {item.name} fix broken trigger for 1h",
+            )
+        window = draft.window if draft.window and draft.window.duration else None
+        window = Window(duration=limits.default_duration, start=draft.window.start if draft.window else None) \
+            if window is None else window
+        self._check_duration(vault, window.duration, item.name)
+        if window.start is not None and window.start + window.duration <= now:
+            raise InputError("That window is already over.", hint=f"Example: /access {item.name} {reason} for 1h")
+        if vault.approvers.is_empty():
+            raise NotAllowed(f"Nobody is set up to approve requests for vault '{item.vault}'; ask an admin.")
+        mine = await self.store.find_requests(requester=requester, item=item.name, statuses=OPEN_STATUSES,
+                                              kind=RequestKind.ACCESS)
+        if mine:
+            raise Conflict(f"You already have request {mine[0].id} for {item.name} ({mine[0].status.value}).",
+                           hint=f"Use `/access cancel {mine[0].id}` first, or `/access extend {mine[0].id} 30m`.")
+        notes = [f"{limits.approvals_required} approvals needed"] if limits.approvals_required > 1 else []
+        if not self.policy.in_working_hours(window.start or now):
+            notes.append("outside working hours")
+        if vault.is_exclusive(item.name):
+            holder = await self._holder(item.name, exclude=None)
+            if holder is not None:
+                notes.append(f"queued: {holder.requester.label} holds it until {_when(holder.ends_at, self.policy)}")
+        request = AccessRequest(
+            id=new_request_id(), item=item.name, vault=item.vault, requester=requester, reason=reason,
+            window=window, status=Status.PENDING, created_at=now, updated_at=now,
+            required_approvals=limits.approvals_required, timeout_at=now + limits.request_timeout,
+            starts_at=window.start, notes=tuple(notes), platform=requester.platform, refs=dict(refs or {}),
+        )
+        await self.store.create_request(request, self._draft("request.created", requester, request, reason, {
+            "duration": format_duration(window.duration),
+            "start": window.start.isoformat() if window.start else None,
+            "notes": notes,
+        }))
+        log.info("request created request_id=%s item=%s requester=%s", request.id, item.name, requester.key)
+        await self._notify_posted(request, item)
+        self._changed(request)
+        return await self._fresh(request.id)
+
+    async def request_extension(self, request_id: str, requester: Identity, duration_text: str) -> AccessRequest:
+        """Ask the leads for more time on an active grant; the end moves only when approved."""
+        grant = await self._get(request_id)
+        if not grant.requester.same_person(requester):
+            raise NotAllowed(f"{request_id} is not your request.")
+        if grant.status is not Status.ACTIVE:
+            raise Conflict(f"{request_id} is {grant.status.value}; only an active grant can be extended.")
+        try:
+            extra = parse_duration(duration_text)
+        except InputError as exc:
+            raise InputError(exc.message, hint=f"Example: /access extend {request_id} 30m") from None
+        vault = self.policy.for_vault(grant.vault)
+        assert grant.starts_at and grant.ends_at
+        if (grant.ends_at + extra) - grant.starts_at > vault.limits.max_duration:
+            raise InputError(
+                f"That would make the grant {format_duration(grant.ends_at + extra - grant.starts_at)} long; "
+                f"vault '{grant.vault}' allows at most {format_duration(vault.limits.max_duration)}."
+            )
+        pending = await self.store.find_requests(parent_id=grant.id, statuses={Status.PENDING})
+        if pending:
+            raise Conflict(f"Extension {pending[0].id} for {request_id} is already waiting for a lead.")
+        now = self.clock.now()
+        request = AccessRequest(
+            id=new_request_id(), item=grant.item, vault=grant.vault, requester=requester,
+            reason=f"extend {grant.id} by {format_duration(extra)}: {grant.reason}",
+            window=Window(duration=extra), status=Status.PENDING, created_at=now, updated_at=now,
+            required_approvals=vault.limits.approvals_required, timeout_at=now + vault.limits.request_timeout,
+            kind=RequestKind.EXTENSION, parent_id=grant.id, platform=requester.platform, refs={},
+            notes=(f"extension of {grant.id}, now ending {_when(grant.ends_at, self.policy)}",),
+        )
+        await self.store.create_request(request, self._draft("request.created", requester, request, request.reason,
+                                                             {"extends": grant.id, "by": format_duration(extra)}))
+        await self._notify_posted(request, await self._item_meta(request))
+        self._changed(request)
+        return await self._fresh(request.id)
+
+    async def approve(self, request_id: str, approver: Identity) -> AccessRequest:
+        """Add an approval; with enough of them the request is approved (and activated when due)."""
+        for _ in range(5):  # retry when another approver's vote bumped the version first
+            request = await self._get(request_id)
+            await self._authorise_decider(request, approver, "approve")
+            if request.status is not Status.PENDING:
+                raise Conflict(self._already(request))
+            if any(a.approver.same_person(approver) for a in request.approvals):
+                raise Conflict(f"You already approved {request.id}; it needs "
+                               f"{request.required_approvals - len(request.approvals)} more approval(s).")
+            now = self.clock.now()
+            approvals = (*request.approvals, Approval(approver, now))
+            done = len(approvals) >= request.required_approvals
+            changes: dict[str, Any] = {"approvals": approvals}
+            if done:
+                changes |= {"status": Status.APPROVED, "decided_by": approver, "decided_at": now, "timeout_at": None}
+                if request.starts_at is None:
+                    changes["starts_at"] = now
+            event = self._draft("request.approved" if done else "request.approval_added", approver, request, "",
+                                {"approvals": len(approvals), "required": request.required_approvals})
+            updated = await self.store.transition(request.id, {Status.PENDING}, changes, event,
+                                                  expected_version=request.version)
+            if updated is None:
+                continue
+            log.info("approval request_id=%s approver=%s done=%s", updated.id, approver.key, done)
+            if not done:
+                await self._notify_updated(updated)
+                return await self._fresh(updated.id)
+            if updated.is_extension:
+                return await self._apply_extension(updated)
+            await self._tell(updated, f"✅ {updated.id} for {updated.item} was approved by {approver.label}.")
+            self._changed(updated)
+            if updated.starts_at is not None and updated.starts_at <= now:
+                return await self.activate(updated.id)
+            await self._notify_updated(updated)
+            return await self._fresh(updated.id)
+        raise Conflict(f"{request_id} is changing too quickly; try again.")
+
+    async def decline(self, request_id: str, approver: Identity, reason: str = "") -> AccessRequest:
+        """Decline a pending request, with an optional reason told to the requester."""
+        request = await self._get(request_id)
+        await self._authorise_decider(request, approver, "decline")
+        reason = " ".join(reason.split())[:500]
+        updated = await self.store.transition(
+            request.id, {Status.PENDING},
+            {"status": Status.DECLINED, "decided_by": approver, "decided_at": self.clock.now(),
+             "decline_reason": reason, "timeout_at": None},
+            self._draft("request.declined", approver, request, reason),
+        )
+        if updated is None:
+            raise Conflict(self._already(await self._get(request_id)))
+        await self._notify_updated(updated)
+        why = f": {reason}" if reason else "."
+        await self._tell(updated, f"❌ {updated.id} for {updated.item} was declined by {approver.label}{why}")
+        self._changed(updated)
+        return updated
+
+    async def cancel(self, request_id: str, requester: Identity) -> AccessRequest:
+        """The requester withdraws a request that is not active yet."""
+        request = await self._get(request_id)
+        if not request.requester.same_person(requester):
+            await self._refuse(request, requester, "cancel someone else's request")
+            raise NotAllowed(f"{request_id} is not your request.")
+        updated = await self.store.transition(
+            request.id, {Status.PENDING, Status.APPROVED},
+            {"status": Status.CANCELLED, "timeout_at": None, "ended_at": self.clock.now()},
+            self._draft("request.cancelled", requester, request),
+        )
+        if updated is None:
+            active = request.status is Status.ACTIVE
+            hint = f" Use `/access done {request_id}` to end an active grant." if active else ""
+            raise Conflict(f"{request_id} is {request.status.value} and cannot be cancelled.{hint}")
+        await self._notify_updated(updated)
+        self._changed(updated)
+        return updated
+
+    async def done(self, request_id: str, holder: Identity) -> AccessRequest:
+        """The holder ends their own grant now (or withdraws it if it is not active yet)."""
+        request = await self._get(request_id)
+        if request.status in {Status.PENDING, Status.APPROVED}:
+            return await self.cancel(request_id, holder)
+        if not request.requester.same_person(holder):
+            await self._refuse(request, holder, "end someone else's grant")
+            raise NotAllowed(f"{request_id} is not your grant.")
+        return await self._end_grant(request, Status.REVOKED, holder, "ended by the holder")
+
+    async def revoke(self, request_id: str, actor: Identity, reason: str = "") -> AccessRequest:
+        """An approver or admin ends someone's grant early."""
+        request = await self._get(request_id)
+        if not (self.policy.is_admin(actor) or self.policy.is_approver(request.vault, actor)
+                or request.requester.same_person(actor)):
+            await self._refuse(request, actor, "revoke")
+            raise NotAllowed(f"You may not revoke grants in vault '{request.vault}'.")
+        return await self._end_grant(request, Status.REVOKED, actor, reason or f"revoked by {actor.label}")
+
+    # -- the secret ----------------------------------------------------------------------------
+
+    async def reveal(self, request_id: str, holder: Identity) -> Reveal:
+        """Audit, then return the password and current TOTP code to the grant's holder."""
+        return await self._reveal(request_id, holder, "grant.revealed")
+
+    async def new_code(self, request_id: str, holder: Identity) -> Reveal:
+        """Audit, then return the then-current TOTP code (with the password already revealed)."""
+        return await self._reveal(request_id, holder, "grant.code_shown")
+
+    async def _reveal(self, request_id: str, holder: Identity, event_type: str) -> Reveal:
+        request = await self._get(request_id)
+        now = self.clock.now()
+        if not request.requester.same_person(holder):
+            await self._refuse(request, holder, "see someone else's secret")
+            raise NotAllowed(f"{request_id} is not your grant.")
+        if request.status is not Status.ACTIVE or (request.ends_at is not None and request.ends_at <= now):
+            raise Conflict(f"Access through {request_id} is {self._state_words(request)}: nothing to show.")
+        sealed = await self.store.get_item(request.item)
+        if sealed is None:
+            raise NotFound(f"The item '{request.item}' was removed from the catalogue.")
+        password, seed = self.vault.open(sealed)
+        code = current_code(seed, now) if seed else None
+        # Fail closed: the audit event is written first; if that raises, nothing is revealed.
+        await self.store.append_event(self._draft(event_type, holder, request, "", {
+            "password": password is not None, "code": code is not None,
+        }))
+        if password is not None and not request.revealed:
+            await self.store.transition(request.id, ACTIVE_STATUSES, {"revealed": True}, None)
+        assert request.ends_at is not None
+        return Reveal(request_id=request.id, item=sealed.item, password=password, code=code, ends_at=request.ends_at)
+
+    # -- what the scheduler drives ---------------------------------------------------------------
+
+    async def activate(self, request_id: str) -> AccessRequest:
+        """Start an approved grant (unless its item is exclusively held) and deliver the secret."""
+        request = await self._get(request_id)
+        if request.status is not Status.APPROVED:
+            return request
+        now = self.clock.now()
+        vault = self.policy.for_vault(request.vault)
+        if vault.is_exclusive(request.item):
+            holder = await self._holder(request.item, exclude=request.id)
+            if holder is not None and holder.ends_at is not None:
+                queued = await self.store.transition(request.id, {Status.APPROVED}, {"starts_at": holder.ends_at}, None)
+                if queued is not None:
+                    await self._tell(queued, f"⏳ {request.item} is in use by {holder.requester.label} until "
+                                             f"{_when(holder.ends_at, self.policy)}; your access starts then.")
+                    await self._notify_updated(queued)
+                    self._changed(queued)
+                return queued or request
+        duration = request.window.duration
+        updated = await self.store.transition(
+            request.id, {Status.APPROVED},
+            {"status": Status.ACTIVE, "starts_at": now, "ends_at": now + duration},
+            self._draft("grant.activated", SYSTEM, request, "", {"ends_at": (now + duration).isoformat()}),
+        )
+        if updated is None:
+            return await self._get(request_id)
+        self._changed(updated)
+        await self._notify_updated(updated)
+        await self._deliver(updated)
+        return await self._fresh(updated.id)
+
+    async def expire(self, request_id: str) -> AccessRequest:
+        """End a grant whose window is over."""
+        request = await self._get(request_id)
+        if request.status is not Status.ACTIVE or request.ends_at is None or request.ends_at > self.clock.now():
+            return request
+        return await self._end_grant(request, Status.EXPIRED, SYSTEM, "window ended")
+
+    async def time_out(self, request_id: str) -> AccessRequest:
+        """Close a pending request nobody decided in time."""
+        request = await self._get(request_id)
+        now = self.clock.now()
+        if request.status is not Status.PENDING or request.timeout_at is None or request.timeout_at > now:
+            return request
+        updated = await self.store.transition(
+            request.id, {Status.PENDING}, {"status": Status.TIMED_OUT, "ended_at": now, "timeout_at": None},
+            self._draft("request.timed_out", SYSTEM, request, "no decision in time"),
+        )
+        if updated is None:
+            return await self._get(request_id)
+        await self._notify_updated(updated)
+        await self._tell(updated, f"⌛ {updated.id} for {updated.item} timed out: no lead decided in time.")
+        self._changed(updated)
+        return updated
+
+    async def run_due(self) -> int:
+        """Apply every timeout, activation and expiry that is due now; returns how many ran."""
+        ran = 0
+        for request in await self.store.due_requests(self.clock.now()):
+            try:
+                if request.status is Status.PENDING:
+                    await self.time_out(request.id)
+                elif request.status is Status.APPROVED:
+                    await self.activate(request.id)
+                elif request.status is Status.ACTIVE:
+                    await self.expire(request.id)
+                ran += 1
+            except JitpassError as exc:
+                log.warning("due work failed request_id=%s error=%s", request.id, exc.message)
+        return ran
+
+    # -- queries -------------------------------------------------------------------------------
+
+    async def get_request(self, request_id: str) -> AccessRequest:
+        return await self._get(request_id)
+
+    async def my_requests(self, requester: Identity, *, open_only: bool = True, limit: int = 20) -> list[AccessRequest]:
+        """The requester's requests, newest first."""
+        statuses: Collection[Status] | None = OPEN_STATUSES if open_only else None
+        return await self.store.find_requests(requester=requester, statuses=statuses, limit=limit)
+
+    async def item_of(self, request: AccessRequest) -> Item:
+        return await self._item_meta(request)
+
+    async def save_refs(self, request_id: str, update: Mapping[str, Any]) -> AccessRequest:
+        """Merge adapter refs into the request (compare-and-set on refs_version, retried)."""
+        for _ in range(10):
+            current = await self._get(request_id)
+            merged = {**current.refs, **update}
+            if merged == current.refs:
+                return current
+            if await self.store.save_refs(request_id, merged, current.refs_version):
+                return replace(current, refs=merged, refs_version=current.refs_version + 1)
+        raise Conflict(f"could not save message references for {request_id}")
+
+    async def record_refusal(self, actor: Identity, what: str, *, request_id: str | None = None,
+                             vault: str | None = None) -> None:
+        """Audit an attempt that was refused (non-admin report request, foreign button press, ...)."""
+        await self.store.append_event(EventDraft("access.refused", actor, request_id, None, vault, what))
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _end_grant(self, request: AccessRequest, to: Status, actor: Identity, reason: str) -> AccessRequest:
+        now = self.clock.now()
+        event_type = "grant.expired" if to is Status.EXPIRED else "grant.revoked"
+        updated = await self.store.transition(
+            request.id, {Status.ACTIVE}, {"status": to, "ended_at": now},
+            self._draft(event_type, actor, request, reason, {"revealed": request.revealed}),
+        )
+        if updated is None:
+            current = await self._get(request.id)
+            if current.status in {Status.EXPIRED, Status.REVOKED}:
+                return current
+            raise Conflict(f"{request.id} is {current.status.value}; there is no active grant to end.")
+        if updated.revealed:
+            await self._mark_rotation_due(updated, now)
+        await self._close_extensions(updated, now)
+        item = await self._item_meta(updated)
+        await self._notify(updated, "secret_revoked", item)
+        await self._notify_updated(updated)
+        verb = "expired" if to is Status.EXPIRED else "ended"
+        await self._tell(updated, f"🔒 Access to {updated.item} through {updated.id} has {verb}.")
+        self._changed(updated)
+        return await self._fresh(updated.id)
+
+    async def _close_extensions(self, grant: AccessRequest, now: datetime) -> None:
+        for ext in await self.store.find_requests(parent_id=grant.id, statuses=OPEN_STATUSES):
+            to = Status.CANCELLED if ext.status is Status.PENDING else grant.status
+            event = self._draft("request.cancelled", SYSTEM, ext, "the grant it extends has ended") \
+                if to is Status.CANCELLED else None
+            closed = await self.store.transition(ext.id, {ext.status}, {"status": to, "ended_at": now,
+                                                                        "timeout_at": None}, event)
+            if closed is not None:
+                await self._notify_updated(closed)
+
+    async def _apply_extension(self, extension: AccessRequest) -> AccessRequest:
+        parent_id = extension.parent_id or ""
+        for _ in range(5):
+            grant = await self._get(parent_id)
+            if grant.status is not Status.ACTIVE or grant.ends_at is None:
+                closed = await self.store.transition(
+                    extension.id, {Status.APPROVED}, {"status": Status.CANCELLED, "ended_at": self.clock.now()},
+                    self._draft("request.cancelled", SYSTEM, extension, "the grant had already ended"))
+                await self._notify_updated(closed or extension)
+                raise Conflict(f"{parent_id} had already ended; the extension was not applied.")
+            new_end = grant.ends_at + extension.window.duration
+            updated = await self.store.transition(
+                grant.id, {Status.ACTIVE}, {"ends_at": new_end},
+                self._draft("grant.extended", extension.decided_by, grant, extension.reason,
+                            {"extension": extension.id, "by": format_duration(extension.window.duration),
+                             "ends_at": new_end.isoformat()}),
+                expected_version=grant.version,
+            )
+            if updated is None:
+                continue
+            ext = await self.store.transition(extension.id, {Status.APPROVED},
+                                              {"starts_at": grant.starts_at, "ends_at": new_end}, None)
+            self._changed(updated)
+            await self._notify_updated(ext or extension)
+            await self._notify_updated(updated)
+            await self._tell(updated, f"⏩ {grant.id} for {grant.item} now ends {_when(new_end, self.policy)}.")
+            await self._deliver(updated)
+            return await self._fresh(extension.id)
+        raise Conflict(f"{parent_id} is changing too quickly; try again.")
+
+    async def _deliver(self, grant: AccessRequest) -> None:
+        notifier = self.notifiers.get(grant.platform)
+        if notifier is None:
+            return
+        try:
+            reveal = await self.reveal(grant.id, grant.requester)
+        except JitpassError as exc:
+            log.error("reveal for delivery failed request_id=%s error=%s", grant.id, exc.message)
+            return
+        try:
+            refs = await notifier.deliver_secret(await self._fresh(grant.id), reveal)
+        except Exception as exc:
+            log.error("delivery failed request_id=%s error=%s", grant.id, type(exc).__name__)
+            await self.store.append_event(self._draft("grant.delivery_failed", SYSTEM, grant, type(exc).__name__))
+            return
+        if refs:
+            await self.save_refs(grant.id, refs)
+
+    async def _mark_rotation_due(self, grant: AccessRequest, now: datetime) -> None:
+        sealed = await self.store.get_item(grant.item)
+        if sealed is None:
+            return
+        due = sealed.item.rotation_due
+        seen_by = tuple(dict.fromkeys([*(due.seen_by if due else ()), grant.requester]))
+        request_ids = tuple(dict.fromkeys([*(due.request_ids if due else ()), grant.id]))
+        item = replace(sealed.item, rotation_due=RotationDue(since=due.since if due else now, seen_by=seen_by,
+                                                             request_ids=request_ids))
+        await self.store.replace_item(replace(sealed, item=item), None)
+
+    async def _authorise_decider(self, request: AccessRequest, who: Identity, verb: str) -> None:
+        if request.requester.same_person(who):
+            await self._refuse(request, who, f"self-{verb}")
+            raise NotAllowed(f"You cannot {verb} your own request.")
+        if not self.policy.is_approver(request.vault, who):
+            await self._refuse(request, who, f"{verb} without being an approver")
+            raise NotAllowed(f"You are not an approver for vault '{request.vault}'.")
+
+    async def _refuse(self, request: AccessRequest, who: Identity, what: str) -> None:
+        await self.store.append_event(self._draft("access.refused", who, request, what))
+        log.info("refused request_id=%s actor=%s what=%s", request.id, who.key, what)
+
+    async def _holder(self, item: str, exclude: str | None) -> AccessRequest | None:
+        active = await self.store.find_requests(item=item, statuses={Status.ACTIVE}, kind=RequestKind.ACCESS)
+        active = [r for r in active if r.id != exclude]
+        return min(active, key=lambda r: r.ends_at or r.created_at) if active else None
+
+    def _check_duration(self, vault: VaultPolicy, duration: timedelta, item: str) -> None:
+        limits = vault.limits
+        if duration > limits.max_duration:
+            raise InputError(
+                f"{format_duration(duration)} is longer than vault '{vault.name}' allows "
+                f"(at most {format_duration(limits.max_duration)}).",
+                hint=f"Example: /access {item} <why> for {format_duration(limits.max_duration)}",
+            )
+        if duration < limits.min_duration:
+            raise InputError(
+                f"{format_duration(duration)} is shorter than vault '{vault.name}' allows "
+                f"(at least {format_duration(limits.min_duration)}).",
+                hint=f"Example: /access {item} <why> for {format_duration(limits.min_duration)}",
+            )
+
+    def _already(self, request: AccessRequest) -> str:
+        who = f" by {request.decided_by.label}" if request.decided_by else ""
+        return f"{request.id} was already {request.status.value.replace('_', ' ')}{who}."
+
+    def _state_words(self, request: AccessRequest) -> str:
+        return {Status.PENDING: "still waiting for approval", Status.APPROVED: "approved but not started yet"}.get(
+            request.status, request.status.value.replace("_", " "))
+
+    def _draft(self, event_type: str, actor: Identity | None, request: AccessRequest, reason: str = "",
+               details: dict[str, Any] | None = None) -> EventDraft:
+        return EventDraft(type=event_type, actor=actor, request_id=request.id, item=request.item,
+                          vault=request.vault, reason=reason, details=dict(details or {}))
+
+    async def _get(self, request_id: str) -> AccessRequest:
+        request = await self.store.get_request(request_id.strip().upper())
+        if request is None:
+            raise NotFound(f"There is no request {request_id}.")
+        return request
+
+    _fresh = _get
+
+    async def _item_meta(self, request: AccessRequest) -> Item:
+        sealed = await self.store.get_item(request.item)
+        return sealed.item if sealed else Item(name=request.item, vault=request.vault)
+
+    def _changed(self, request: AccessRequest) -> None:
+        for callback in self.on_change:
+            callback(request)
+
+    async def _notify_posted(self, request: AccessRequest, item: Item) -> None:
+        await self._notify(request, "request_posted", item)
+
+    async def _notify_updated(self, request: AccessRequest) -> None:
+        await self._notify(request, "request_updated", await self._item_meta(request))
+
+    async def _notify(self, request: AccessRequest, method: str, item: Item) -> None:
+        notifier = self.notifiers.get(request.platform)
+        if notifier is None:
+            return
+        try:
+            refs = await getattr(notifier, method)(await self._fresh(request.id), item)
+        except Exception as exc:
+            log.error("notify failed request_id=%s method=%s error=%s", request.id, method, type(exc).__name__)
+            return
+        if refs:
+            await self.save_refs(request.id, refs)
+
+    async def _tell(self, request: AccessRequest, message: str) -> None:
+        notifier = self.notifiers.get(request.platform)
+        if notifier is None:
+            return
+        try:
+            await notifier.requester_told(request, message)
+        except Exception as exc:
+            log.error("tell failed request_id=%s error=%s", request.id, type(exc).__name__)

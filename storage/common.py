@@ -1,0 +1,76 @@
+"""Rules both stores apply the same way: transition changes, purge bookkeeping, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from bot.audit import format_time, parse_time
+from bot.model import AccessRequest, Event, EventDraft, Identity
+from bot.ports import Checkpoint
+
+from .codec import REQUEST_FIELDS
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "EVENTS_PAGE",
+    "apply_changes",
+    "as_recorded",
+    "checkpoint_from_json",
+    "checkpoint_to_json",
+    "purge_draft",
+]
+
+CHECKPOINT_KEY = "audit_checkpoint"
+# Events are streamed in pages of this many so reading the trail never loads it whole.
+EVENTS_PAGE = 500
+# The store owns these: a caller setting them would break compare-and-set.
+_STORE_OWNED = frozenset({"id", "version", "refs_version"})
+
+
+def apply_changes(current: AccessRequest, changes: Mapping[str, Any], now: datetime) -> AccessRequest:
+    """`current` with `changes` applied, `version` bumped and `updated_at` = now (unless given).
+
+    Changing `refs` here also bumps `refs_version`, so a concurrent `save_refs` on the old refs fails.
+    """
+    unknown = set(changes) - REQUEST_FIELDS
+    if unknown:
+        raise ValueError(f"not AccessRequest fields: {', '.join(sorted(unknown))}")
+    owned = set(changes) & _STORE_OWNED
+    if owned:
+        raise ValueError(f"the store sets these fields itself: {', '.join(sorted(owned))}")
+    values: dict[str, Any] = {"updated_at": now, **changes, "version": current.version + 1}
+    if "refs" in changes:
+        values["refs"] = dict(changes["refs"])
+        values["refs_version"] = current.refs_version + 1
+    return dataclasses.replace(current, **values)
+
+
+def as_recorded(event: Event) -> Event:
+    """The event as a later read returns it: the audit record keeps no actor groups."""
+    actor = event.actor
+    if actor is None or not actor.groups:
+        return event
+    return dataclasses.replace(event, actor=Identity(actor.platform, actor.user_id, actor.display))
+
+
+def purge_draft(event: EventDraft, purged: int, checkpoint_seq: int) -> EventDraft:
+    """The purge's own audit event, saying how many events went and where the chain now starts."""
+    details = {**event.details, "purged": purged, "checkpoint_seq": checkpoint_seq}
+    return dataclasses.replace(event, details=details)
+
+
+def checkpoint_to_json(checkpoint: Checkpoint) -> str:
+    """A checkpoint as the JSON kept in store metadata."""
+    return json.dumps({"seq": checkpoint.seq, "hash": checkpoint.hash, "at": format_time(checkpoint.at)})
+
+
+def checkpoint_from_json(text: str | None) -> Checkpoint | None:
+    """The checkpoint a `checkpoint_to_json` text stands for, or None."""
+    if not text:
+        return None
+    data = json.loads(text)
+    return Checkpoint(seq=int(data["seq"]), hash=str(data["hash"]), at=parse_time(str(data["at"])))

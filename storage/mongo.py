@@ -1,0 +1,647 @@
+"""MongoDB store on PyMongo's AsyncMongoClient.
+
+Documents come from the same codec as the SQLite store; times are `format_time` strings, which
+sort and range-compare correctly as strings. Audit events use the sequence number as `_id`, so two
+writers can never both take the same place in the chain: the loser gets a duplicate key, reads the
+new tail and tries again.
+
+On a replica set (or sharded cluster) a unit of work (request change + its event) runs in a
+transaction. On a standalone server it runs as compare-and-set, then append, and undoes the change
+if the append fails, so the request never moves without its audit event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
+
+from bot.audit import GENESIS_HASH, event_from_dict, event_to_dict, format_time, seal_event
+from bot.errors import AuditWriteError, Conflict, NotFound, StoreError
+from bot.model import AccessRequest, Event, EventDraft, Identity, Item, RequestKind, SealedItem, Status
+from bot.ports import Checkpoint, Clock, PurgeResult
+
+from .codec import (
+    KEY_FIELDS,
+    item_from_doc,
+    request_from_doc,
+    request_to_doc,
+    sealed_from_doc,
+    sealed_to_doc,
+    time_from_doc,
+)
+from .common import (
+    CHECKPOINT_KEY,
+    EVENTS_PAGE,
+    apply_changes,
+    as_recorded,
+    checkpoint_from_json,
+    checkpoint_to_json,
+    purge_draft,
+)
+
+__all__ = ["SCHEMA_VERSION", "MongoStore", "mongo_location"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = "jitpass"
+SERVER_SELECTION_TIMEOUT = 5.0
+# Bounds on optimistic retries: appends racing other writers, and CAS racing other changes.
+APPEND_ATTEMPTS = 50
+CAS_ATTEMPTS = 10
+
+Doc = dict[str, Any]
+T = TypeVar("T")
+Session = AsyncClientSession | None
+
+_ITEM_META_PROJECTION = {k: 0 for k in KEY_FIELDS}
+# The store owns these; a transition only writes them when `refs` is among the changes.
+_REFS_FIELDS = ("refs", "refs_version")
+# Which time makes a request due in each open status.
+_DUE_FIELDS = (("pending", "timeout_at"), ("approved", "starts_at"), ("active", "ends_at"))
+
+
+class _SeqTaken(Exception):
+    """Another writer took the next seq inside our transaction: run the whole unit again."""
+
+
+def mongo_location(url: str) -> tuple[str, str | None]:
+    """(hosts, database) from a MongoDB URL, leaving out user name and password."""
+    rest = url.split("://", 1)[1] if "://" in url else url
+    netloc, _, path = rest.partition("/")
+    netloc = netloc.split("?", 1)[0]
+    hosts = netloc.rpartition("@")[2] or "localhost"
+    database = unquote(path.split("?", 1)[0]) or None
+    return hosts, database
+
+
+def _secrets_in(url: str) -> list[str]:
+    rest = url.split("://", 1)[1] if "://" in url else url
+    userinfo = rest.split("/", 1)[0].rpartition("@")[0]
+    if not userinfo:
+        return []
+    password = userinfo.partition(":")[2]
+    return [s for s in (userinfo, password, unquote(password)) if s]
+
+
+class MongoStore:
+    """Store in one MongoDB database: collections items, requests, events, meta."""
+
+    kind = "mongodb"
+
+    def __init__(
+        self, url: str, clock: Clock, db_name: str | None = None, *,
+        server_selection_timeout: float = SERVER_SELECTION_TIMEOUT,
+    ) -> None:
+        self._url = url
+        self._clock = clock
+        self.hosts, url_db = mongo_location(url)
+        self.db_name = db_name or url_db or DEFAULT_DB
+        self._timeout = server_selection_timeout
+        self._client: AsyncMongoClient[Doc] | None = None
+        self._transactions = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect, check the schema version and create indexes."""
+        if self._client is not None:
+            return
+        try:
+            client: AsyncMongoClient[Doc] = AsyncMongoClient(
+                self._url, serverSelectionTimeoutMS=int(self._timeout * 1000), appname="jitpass"
+            )
+        except (PyMongoError, ValueError, TypeError) as exc:  # the driver raises ValueError for a bad port
+            raise StoreError(f"the MongoDB URL for {self.hosts} is not valid: {self._scrub(exc)}") from None
+        self._client = client
+        try:
+            with self._errors("open"):
+                hello = await client[self.db_name].command("hello")
+                # Multi-document transactions need a replica set member or a mongos router.
+                self._transactions = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
+                await self._check_schema()
+                await self._create_indexes()
+        except BaseException:
+            self._client = None
+            await client.close()
+            raise
+
+    async def _check_schema(self) -> None:
+        meta = self._collection("meta")
+        found = await meta.find_one({"_id": "schema_version"})
+        version = int(found["value"]) if found else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the MongoDB database {self.db_name} at {self.hosts} was written by a newer jitpass (schema "
+                f"version {version}; this version knows up to {SCHEMA_VERSION}): upgrade jitpass"
+            )
+        if version < SCHEMA_VERSION:
+            await meta.update_one(
+                {"_id": "schema_version"}, {"$set": {"value": str(SCHEMA_VERSION)}}, upsert=True
+            )
+
+    async def _create_indexes(self) -> None:
+        await self._collection("events").create_indexes([
+            IndexModel([("id", ASCENDING)], unique=True, name="id_unique"),
+            IndexModel([("at", ASCENDING)], name="at"),
+            IndexModel([("type", ASCENDING), ("_id", ASCENDING)], name="type"),
+            IndexModel([("item", ASCENDING), ("_id", ASCENDING)], name="item"),
+            IndexModel([("request_id", ASCENDING), ("_id", ASCENDING)], name="request_id"),
+            IndexModel([("actor.user_id", ASCENDING), ("_id", ASCENDING)], name="actor_user_id"),
+        ])
+        await self._collection("requests").create_indexes([
+            IndexModel([("status", ASCENDING), ("timeout_at", ASCENDING)], name="status_timeout"),
+            IndexModel([("status", ASCENDING), ("starts_at", ASCENDING)], name="status_starts"),
+            IndexModel([("status", ASCENDING), ("ends_at", ASCENDING)], name="status_ends"),
+            IndexModel([("requester_key", ASCENDING), ("created_at", DESCENDING)], name="requester"),
+            IndexModel([("item", ASCENDING), ("status", ASCENDING)], name="item_status"),
+            IndexModel([("parent_id", ASCENDING)], name="parent"),
+            IndexModel([("created_at", DESCENDING), ("created_seq", DESCENDING)], name="newest"),
+        ])
+
+    async def close(self) -> None:
+        """Close the client; safe to call twice."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def describe(self) -> dict[str, Any]:
+        """Kind, schema version, hosts (never credentials), database and last event seq."""
+        last = await self.last_event()
+        return {
+            "kind": self.kind,
+            "schema_version": SCHEMA_VERSION,
+            "hosts": self.hosts,
+            "database": self.db_name,
+            "transactions": self._transactions,
+            "last_seq": last.seq if last else 0,
+        }
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _collection(self, name: str) -> AsyncCollection[Doc]:
+        if self._client is None:
+            raise StoreError("the MongoDB store is not open")
+        return self._client[self.db_name][name]
+
+    def _scrub(self, exc: BaseException) -> str:
+        text = str(exc)
+        for secret in _secrets_in(self._url):
+            text = text.replace(secret, "****")
+        return text
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Driver errors become StoreError naming the hosts only (a URL may carry a password)."""
+        try:
+            yield
+        except ConnectionFailure:
+            raise StoreError(
+                f"cannot reach MongoDB at {self.hosts} ({what}); "
+                "check JITPASS_STORE and that the server is up"
+            ) from None
+        except OperationFailure as exc:
+            if exc.code in (13, 18):  # Unauthorized, AuthenticationFailed
+                raise StoreError(
+                    f"MongoDB at {self.hosts} refused the credentials in JITPASS_STORE"
+                ) from None
+            raise StoreError(f"MongoDB at {self.hosts} refused {what}: {self._scrub(exc)}") from None
+        except PyMongoError as exc:
+            raise StoreError(f"MongoDB at {self.hosts} failed during {what}: {self._scrub(exc)}") from None
+
+    async def _unit(self, what: str, body: Callable[[Session], Awaitable[T]]) -> T:
+        """Run `body` in a transaction where the server has them, else directly (it compensates)."""
+        with self._errors(what):
+            if not self._transactions or self._client is None:
+                return await body(None)
+            async with self._client.start_session() as session:
+                for _ in range(APPEND_ATTEMPTS):
+                    try:
+                        return await session.with_transaction(body)
+                    except _SeqTaken:
+                        await asyncio.sleep(random.uniform(0, 0.005))
+        raise AuditWriteError(f"the audit trail is too busy to record {what}; nothing was changed")
+
+    async def _tail(self, session: Session) -> tuple[int, str]:
+        last = await self._collection("events").find_one({}, sort=[("_id", DESCENDING)], session=session)
+        if last is not None:
+            return int(last["_id"]), str(last["hash"])
+        checkpoint = await self._checkpoint(session)
+        return (checkpoint.seq, checkpoint.hash) if checkpoint else (0, GENESIS_HASH)
+
+    async def _append(self, draft: EventDraft, session: Session) -> Event:
+        """Insert `draft` at the next seq; on a lost race read the new tail and try again."""
+        events = self._collection("events")
+        for attempt in range(APPEND_ATTEMPTS):
+            try:
+                seq, prev_hash = await self._tail(session)
+                event = seal_event(draft, seq=seq + 1, prev_hash=prev_hash, at=self._clock.now())
+                await events.insert_one({"_id": event.seq, **event_to_dict(event)}, session=session)
+                return as_recorded(event)
+            except DuplicateKeyError as exc:
+                pattern = (exc.details or {}).get("keyPattern") or {"_id": 1}
+                if "_id" not in pattern:
+                    raise AuditWriteError(
+                        f"the audit event {draft.type} could not be written (duplicate event id)"
+                    ) from None
+                if session is not None:
+                    raise _SeqTaken from None  # the server aborted our transaction: redo the unit
+                if attempt > 2:
+                    await asyncio.sleep(random.uniform(0, 0.002 * attempt))
+            except PyMongoError as exc:
+                if session is not None and exc.has_error_label("TransientTransactionError"):
+                    raise  # with_transaction runs the unit again
+                raise AuditWriteError(
+                    f"the audit event {draft.type} could not be written to MongoDB at {self.hosts} "
+                    f"({type(exc).__name__}); nothing was changed"
+                ) from None
+        raise AuditWriteError(f"the audit trail is too busy to record {draft.type}; nothing was changed")
+
+    async def _checkpoint(self, session: Session = None) -> Checkpoint | None:
+        found = await self._collection("meta").find_one({"_id": CHECKPOINT_KEY}, session=session)
+        return checkpoint_from_json(found["value"] if found else None)
+
+    # -- metadata -----------------------------------------------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        """The value stored under `key`, or None."""
+        with self._errors("reading metadata"):
+            found = await self._collection("meta").find_one({"_id": key})
+        return str(found["value"]) if found else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store `value` under `key`, replacing any previous value."""
+        with self._errors("writing metadata"):
+            await self._collection("meta").update_one({"_id": key}, {"$set": {"value": value}}, upsert=True)
+
+    # -- items --------------------------------------------------------------------------------
+    async def add_items(self, sealed: Sequence[SealedItem], events: Sequence[EventDraft]) -> None:
+        """Insert all items and their events, or none: Conflict if any name exists."""
+        names = [s.item.name for s in sealed]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise Conflict(f"an item named {duplicates[0]!r} is listed twice")
+        docs = [{"_id": s.item.name, **sealed_to_doc(s)} for s in sealed]
+        items = self._collection("items")
+
+        async def body(session: Session) -> None:
+            existing = await items.find_one({"_id": {"$in": names}}, {"_id": 1}, session=session)
+            if existing is not None:
+                raise Conflict(f"an item named {existing['_id']!r} already exists")
+            if not docs:
+                inserted = 0
+            else:
+                try:
+                    await items.insert_many(docs, ordered=True, session=session)
+                    inserted = len(docs)
+                except BulkWriteError as exc:
+                    # Another writer added one of the names since we looked: take back ours.
+                    inserted = int(exc.details.get("nInserted", 0))
+                    if session is None:
+                        await items.delete_many({"_id": {"$in": names[:inserted]}})
+                    raise Conflict("an item with one of these names was just added by someone else") from None
+            try:
+                for draft in events:
+                    await self._append(draft, session)
+            except AuditWriteError:
+                if session is None:
+                    await items.delete_many({"_id": {"$in": names[:inserted]}})
+                raise
+
+        await self._unit("adding items", body)
+
+    async def replace_item(self, sealed: SealedItem, event: EventDraft | None) -> None:
+        """Overwrite an existing item (metadata and ciphertext). NotFound if absent."""
+        name = sealed.item.name
+        items = self._collection("items")
+
+        async def body(session: Session) -> None:
+            old = await items.find_one_and_replace(
+                {"_id": name}, {"_id": name, **sealed_to_doc(sealed)}, session=session
+            )
+            if old is None:
+                raise NotFound(f"no item named {name!r}")
+            if event is not None:
+                try:
+                    await self._append(event, session)
+                except AuditWriteError:
+                    if session is None:
+                        await items.replace_one({"_id": name}, old)
+                    raise
+
+        await self._unit("replacing an item", body)
+
+    async def rewrap_items(self, sealed: Sequence[SealedItem], event: EventDraft) -> None:
+        """Replace key material of many items at once (key rotation), all or nothing."""
+        items = self._collection("items")
+
+        async def body(session: Session) -> None:
+            olds: list[Doc] = []
+            try:
+                for one in sealed:
+                    keys = {k: v for k, v in sealed_to_doc(one).items() if k in KEY_FIELDS}
+                    old = await items.find_one_and_update(
+                        {"_id": one.item.name}, {"$set": keys}, projection=["_id", *KEY_FIELDS],
+                        session=session,
+                    )
+                    if old is None:
+                        raise NotFound(f"no item named {one.item.name!r}")
+                    olds.append(old)
+                await self._append(event, session)
+            except BaseException:
+                if session is None:
+                    for old in olds:  # put the previous key material back
+                        await items.update_one({"_id": old["_id"]}, {"$set": {k: old[k] for k in KEY_FIELDS}})
+                raise
+
+        await self._unit("re-wrapping items", body)
+
+    async def remove_item(self, name: str, event: EventDraft) -> None:
+        """Delete an item. NotFound if absent."""
+        items = self._collection("items")
+
+        async def body(session: Session) -> None:
+            old = await items.find_one_and_delete({"_id": name}, session=session)
+            if old is None:
+                raise NotFound(f"no item named {name!r}")
+            try:
+                await self._append(event, session)
+            except AuditWriteError:
+                if session is None:
+                    await items.insert_one(old)
+                raise
+
+        await self._unit("removing an item", body)
+
+    async def get_item(self, name: str) -> SealedItem | None:
+        """The item with its sealed secret, or None."""
+        with self._errors("reading an item"):
+            found = await self._collection("items").find_one({"_id": name})
+        return sealed_from_doc(found) if found else None
+
+    async def list_items(self) -> list[Item]:
+        """Every item's metadata, sorted by name."""
+        with self._errors("listing items"):
+            cursor = self._collection("items").find({}, _ITEM_META_PROJECTION).sort("_id", ASCENDING)
+            return [item_from_doc(d) async for d in cursor]
+
+    async def list_sealed_items(self) -> list[SealedItem]:
+        """Every item with its sealed secret, sorted by name."""
+        with self._errors("listing items"):
+            cursor = self._collection("items").find({}).sort("_id", ASCENDING)
+            return [sealed_from_doc(d) async for d in cursor]
+
+    # -- requests -----------------------------------------------------------------------------
+    async def create_request(self, request: AccessRequest, event: EventDraft) -> None:
+        """Insert a new request and its `request.created` event. Conflict if the id exists."""
+        requests = self._collection("requests")
+        doc = {"_id": request.id, **request_to_doc(request), "created_seq": None}
+
+        async def body(session: Session) -> None:
+            try:
+                await requests.insert_one(dict(doc), session=session)
+            except DuplicateKeyError:
+                raise Conflict(f"a request with id {request.id} already exists") from None
+            try:
+                recorded = await self._append(event, session)
+            except AuditWriteError:
+                if session is None:
+                    await requests.delete_one({"_id": request.id, "version": request.version})
+                raise
+            # The creating event's seq orders requests created in the same microsecond.
+            await requests.update_one(
+                {"_id": request.id}, {"$set": {"created_seq": recorded.seq}}, session=session
+            )
+
+        await self._unit("creating a request", body)
+
+    async def get_request(self, request_id: str) -> AccessRequest | None:
+        """The request with this id, or None."""
+        with self._errors("reading a request"):
+            found = await self._collection("requests").find_one({"_id": request_id})
+        return request_from_doc(found) if found else None
+
+    async def find_requests(
+        self,
+        *,
+        requester: Identity | None = None,
+        statuses: Collection[Status] | None = None,
+        item: str | None = None,
+        parent_id: str | None = None,
+        kind: RequestKind | None = None,
+        limit: int | None = None,
+    ) -> list[AccessRequest]:
+        """Requests matching every given filter, newest first."""
+        query: Doc = {}
+        if requester is not None:
+            query["requester_key"] = requester.key
+        if statuses is not None:
+            query["status"] = {"$in": [Status(s).value for s in statuses]}
+        if item is not None:
+            query["item"] = item
+        if parent_id is not None:
+            query["parent_id"] = parent_id
+        if kind is not None:
+            query["kind"] = kind.value
+        with self._errors("finding requests"):
+            cursor = self._collection("requests").find(query).sort(
+                [("created_at", DESCENDING), ("created_seq", DESCENDING)]
+            )
+            if limit is not None:
+                if limit <= 0:
+                    return []
+                cursor = cursor.limit(limit)
+            return [request_from_doc(d) async for d in cursor]
+
+    async def transition(
+        self,
+        request_id: str,
+        from_statuses: Collection[Status],
+        changes: Mapping[str, Any],
+        event: EventDraft | None,
+        *,
+        expected_version: int | None = None,
+    ) -> AccessRequest | None:
+        """Compare-and-set on status (and version), with its event in the same unit of work."""
+        statuses = [Status(s).value for s in from_statuses]
+        requests = self._collection("requests")
+
+        async def body(session: Session) -> AccessRequest | None:
+            for _ in range(CAS_ATTEMPTS):
+                found = await requests.find_one({"_id": request_id}, session=session)
+                if found is None:
+                    return None
+                current = request_from_doc(found)
+                if current.status.value not in statuses or (
+                    expected_version is not None and current.version != expected_version
+                ):
+                    return None
+                updated = apply_changes(current, changes, self._clock.now())
+                kept = () if "refs" in changes else _REFS_FIELDS  # save_refs may be writing those
+                new = {k: v for k, v in request_to_doc(updated).items() if k != "id" and k not in kept}
+                old = {k: v for k, v in request_to_doc(current).items() if k in new}
+                moved = await requests.find_one_and_update(
+                    {"_id": request_id, "version": current.version, "status": {"$in": statuses}},
+                    {"$set": new}, session=session, return_document=ReturnDocument.AFTER,
+                )
+                if moved is None:
+                    # Changed under us. Like SQLite, apply to the current request when the caller did
+                    # not pin a version and its status still qualifies.
+                    if expected_version is not None:
+                        return None
+                    continue
+                if event is not None:
+                    try:
+                        await self._append(event, session)
+                    except AuditWriteError:
+                        if session is None:
+                            await self._undo(request_id, updated.version, old)
+                        raise
+                return request_from_doc(moved)
+            return None
+
+        return await self._unit("changing a request", body)
+
+    async def _undo(self, request_id: str, version: int, old: Doc) -> None:
+        requests = self._collection("requests")
+        undone = await requests.update_one({"_id": request_id, "version": version}, {"$set": old})
+        if undone.matched_count != 1:
+            # Someone moved the request again before we could put it back: say so loudly.
+            log.error("audit write failed and the change could not be undone request_id=%s", request_id)
+
+    async def save_refs(self, request_id: str, refs: Mapping[str, Any], expected_version: int) -> bool:
+        """Replace the adapter's refs if `refs_version` is still `expected_version`."""
+        with self._errors("saving message references"):
+            result = await self._collection("requests").update_one(
+                {"_id": request_id, "refs_version": expected_version},
+                {"$set": {"refs": dict(refs)}, "$inc": {"refs_version": 1}},
+            )
+        return result.matched_count == 1
+
+    async def due_requests(self, until: datetime) -> list[AccessRequest]:
+        """Pending past timeout_at, approved past starts_at, active past ends_at; soonest first."""
+        limit = format_time(until)
+        query = {"$or": [{"status": status, field: {"$lte": limit}} for status, field in _DUE_FIELDS]}
+        due_field = dict(_DUE_FIELDS)
+        with self._errors("finding due requests"):
+            docs = [d async for d in self._collection("requests").find(query)]
+        docs.sort(key=lambda d: (d[due_field[d["status"]]], d.get("created_seq") or 0))
+        return [request_from_doc(d) for d in docs]
+
+    async def next_due_at(self) -> datetime | None:
+        """The earliest timeout_at / starts_at / ends_at among open requests."""
+        found: list[str] = []
+        requests = self._collection("requests")
+        with self._errors("planning due requests"):
+            for status, field in _DUE_FIELDS:
+                doc = await requests.find_one(
+                    {"status": status, field: {"$type": "string"}}, {field: 1}, sort=[(field, ASCENDING)]
+                )
+                if doc is not None:
+                    found.append(doc[field])
+        return time_from_doc(min(found)) if found else None
+
+    # -- audit trail --------------------------------------------------------------------------
+    async def append_event(self, event: EventDraft) -> Event:
+        """Give the event the next sequence number and chain it to the last one."""
+        with self._errors("appending an audit event"):
+            return await self._append(event, None)
+
+    async def events(
+        self,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        types: Collection[str] | None = None,
+    ) -> AsyncIterator[Event]:
+        """Events in sequence order, `since` <= at < `until`, read a page at a time."""
+        query: Doc = {}
+        at: Doc = {}
+        if since is not None:
+            at["$gte"] = format_time(since)
+        if until is not None:
+            at["$lt"] = format_time(until)
+        if at:
+            query["at"] = at
+        if types is not None:
+            query["type"] = {"$in": list(types)}
+        last = after_seq
+        events = self._collection("events")
+        while True:
+            with self._errors("reading audit events"):
+                page_query = {**query, "_id": {"$gt": last}}
+                cursor = events.find(page_query, sort=[("_id", ASCENDING)], limit=EVENTS_PAGE)
+                page = [d async for d in cursor]
+            for doc in page:
+                yield event_from_dict(doc)
+            if len(page) < EVENTS_PAGE:
+                return
+            last = int(page[-1]["_id"])
+
+    async def last_event(self) -> Event | None:
+        """The newest event, or None."""
+        with self._errors("reading audit events"):
+            found = await self._collection("events").find_one({}, sort=[("_id", DESCENDING)])
+        return event_from_dict(found) if found else None
+
+    async def count_events(self, *, before: datetime | None = None) -> int:
+        """How many events there are (older than `before`, when given)."""
+        query: Doc = {} if before is None else {"at": {"$lt": format_time(before)}}
+        with self._errors("counting audit events"):
+            return int(await self._collection("events").count_documents(query))
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """The chain's starting point after a purge, or None if nothing was ever purged."""
+        with self._errors("reading the audit checkpoint"):
+            return await self._checkpoint()
+
+    async def purge_events(self, before: datetime, event: EventDraft) -> PurgeResult:
+        """Delete the oldest events up to `before` (never the newest), checkpoint, and record the purge."""
+        events = self._collection("events")
+        meta = self._collection("meta")
+
+        async def body(session: Session) -> PurgeResult:
+            checkpoint = await self._checkpoint(session)
+            purged = 0
+            newest = await events.find_one({}, {"_id": 1}, sort=[("_id", DESCENDING)], session=session)
+            if newest is not None:
+                # Only a prefix of the chain goes, so the rest verifies from one checkpoint.
+                first_kept = await events.find_one(
+                    {"at": {"$gte": format_time(before)}}, {"_id": 1}, sort=[("_id", ASCENDING)],
+                    session=session,
+                )
+                cutoff = int(newest["_id"]) - 1
+                if first_kept is not None:
+                    cutoff = min(cutoff, int(first_kept["_id"]) - 1)
+                last = await events.find_one(
+                    {"_id": {"$lte": cutoff}}, sort=[("_id", DESCENDING)], session=session
+                )
+                if last is not None:
+                    checkpoint = Checkpoint(seq=int(last["_id"]), hash=str(last["hash"]),
+                                            at=event_from_dict(last).at)
+                    # Checkpoint first: should we stop halfway, the trail still verifies from it.
+                    await meta.update_one(
+                        {"_id": CHECKPOINT_KEY}, {"$set": {"value": checkpoint_to_json(checkpoint)}},
+                        upsert=True, session=session,
+                    )
+                    result = await events.delete_many({"_id": {"$lte": cutoff}}, session=session)
+                    purged = int(result.deleted_count)
+            await self._append(purge_draft(event, purged, checkpoint.seq if checkpoint else 0), session)
+            return PurgeResult(purged=purged, checkpoint=checkpoint)
+
+        return await self._unit("purging audit events", body)

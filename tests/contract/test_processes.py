@@ -1,0 +1,93 @@
+"""SQLite shared by two real processes: appends and transitions stay correct across them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bot.audit import verify_chain
+from bot.model import Status
+from storage.sqlite import SqliteStore
+from tests.support.stores import FakeClock, draft, make_request
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def _workers(*commands: list[str]) -> Iterator[list[subprocess.Popen[str]]]:
+    """Start one worker per command, wait until each has opened the store, then let all go at once."""
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tests.support.stores", *command], cwd=ROOT, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for command in commands
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            ready = proc.stdout.readline().strip()
+            assert ready == "ready", proc.communicate(timeout=30)[1]
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+
+def _finish(proc: subprocess.Popen[str]) -> str:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return out.strip()
+
+
+async def _fresh_store(tmp_path: Path) -> SqliteStore:
+    store = SqliteStore(tmp_path / "shared.db", FakeClock())
+    await store.open()  # create and migrate before the workers race for the file
+    return store
+
+
+async def test_two_processes_appending_at_once_build_one_contiguous_chain(tmp_path: Path) -> None:
+    store = await _fresh_store(tmp_path)
+    try:
+        path = str(store.path)
+        with _workers(["append", path, "300", "alpha"], ["append", path, "300", "beta"]) as procs:
+            assert [_finish(p) for p in procs] == ["done", "done"]
+
+        events = [e async for e in store.events()]
+        assert [e.seq for e in events] == list(range(1, 601))
+        assert sorted({e.actor.user_id for e in events if e.actor}) == ["alpha", "beta"]
+        report = await verify_chain(store.events())
+        assert report.ok, report.problem
+        # This process wrote nothing meanwhile; its next append still lands at the true tail.
+        assert (await store.append_event(draft())).seq == 601
+        assert (await verify_chain(store.events())).ok
+    finally:
+        await store.close()
+
+
+async def test_two_processes_racing_one_transition_apply_it_once_with_one_event(tmp_path: Path) -> None:
+    store = await _fresh_store(tmp_path)
+    try:
+        await store.create_request(make_request("R1"), draft("request.created", request_id="R1"))
+        path = str(store.path)
+        with _workers(["approve", path, "R1", "lead-a"], ["approve", path, "R1", "lead-b"]) as procs:
+            outcomes = [_finish(p) for p in procs]
+
+        assert sorted(outcomes) == ["lost", "won"]
+        approved = [e async for e in store.events(types={"request.approved"})]
+        assert len(approved) == 1
+        request = await store.get_request("R1")
+        assert request is not None
+        assert (request.status, request.version) == (Status.APPROVED, 1)
+        winner = ["lead-a", "lead-b"][outcomes.index("won")]
+        assert request.decided_by is not None and request.decided_by.user_id == winner
+        assert approved[0].actor is not None and approved[0].actor.user_id == winner
+    finally:
+        await store.close()

@@ -1,0 +1,172 @@
+"""SQLite only: what happens to the file itself — tampering, corruption, schema versions, sharing.
+
+Tampering is done with the plain sqlite3 module, as someone with access to the file would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from bot.audit import verify_chain
+from bot.errors import StoreError
+from storage.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.support.stores import FakeClock, draft, make_request
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "jitpass.db", FakeClock())
+    await store.open()
+    for i in range(1, 11):
+        await store.append_event(draft(details={"i": i}))
+    yield store
+    await store.close()
+
+
+def _edit(path: Path, *statements: str) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+
+
+async def test_an_edited_event_is_reported_at_its_sequence_number(store: SqliteStore) -> None:
+    details = json.dumps({"i": 999})
+    _edit(store.path, f"UPDATE events SET details = '{details}' WHERE seq = 7")
+
+    report = await verify_chain(store.events())
+
+    assert not report.ok
+    assert report.first_broken_seq == 7
+    assert "modified" in report.problem
+
+
+async def test_a_deleted_event_is_reported_as_missing(store: SqliteStore) -> None:
+    _edit(store.path, "DELETE FROM events WHERE seq = 4")
+
+    report = await verify_chain(store.events())
+
+    assert (report.ok, report.first_broken_seq, report.checked) == (False, 4, 3)
+    assert "missing" in report.problem
+
+
+async def test_two_swapped_events_are_reported_where_the_order_breaks(store: SqliteStore) -> None:
+    # Swap the bodies of events 5 and 6 but keep their seqs in place, as a careful forger would.
+    _edit(
+        store.path,
+        "UPDATE events SET seq = -5 WHERE seq = 5",
+        "UPDATE events SET seq = 5 WHERE seq = 6",
+        "UPDATE events SET seq = 6 WHERE seq = -5",
+    )
+
+    report = await verify_chain(store.events())
+
+    assert (report.ok, report.first_broken_seq) == (False, 5)
+
+
+async def test_a_replaced_hash_is_reported_at_its_event(store: SqliteStore) -> None:
+    _edit(store.path, "UPDATE events SET hash = 'f' || substr(hash, 2) WHERE seq = 9")
+
+    report = await verify_chain(store.events())
+
+    assert (report.ok, report.first_broken_seq) == (False, 9)
+
+
+async def test_a_file_of_random_bytes_is_refused_with_advice_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "jitpass.db"
+    path.write_bytes(os.urandom(8192))
+
+    with pytest.raises(StoreError) as caught:
+        await SqliteStore(path, FakeClock()).open()
+
+    message = str(caught.value)
+    assert message.startswith(f"the database file {path} is not a valid jitpass store (file is not a database)")
+    assert "restore it from a backup" in message
+
+
+async def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jitpass.db"
+    store = SqliteStore(path, FakeClock())
+    await store.open()
+    for i in range(300):
+        await store.create_request(make_request(f"R{i}", reason="x" * 500), draft("request.created"))
+    await store.close()
+    with closing(sqlite3.connect(path)) as conn:  # fold the WAL into the main file first
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    os.truncate(path, path.stat().st_size // 2)
+
+    with pytest.raises(StoreError, match="is not a valid jitpass store"):
+        await SqliteStore(path, FakeClock()).open()
+
+
+async def test_a_file_from_a_newer_jitpass_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jitpass.db"
+    store = SqliteStore(path, FakeClock())
+    await store.open()
+    await store.close()
+    _edit(path, f"INSERT INTO schema_version (version, applied_at) VALUES ({SCHEMA_VERSION + 1}, 'later')")
+
+    with pytest.raises(StoreError, match="newer jitpass"):
+        await SqliteStore(path, FakeClock()).open()
+
+
+async def test_another_applications_database_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    _edit(path, "CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+
+    with pytest.raises(StoreError, match="not a valid jitpass store"):
+        await SqliteStore(path, FakeClock()).open()
+
+    with closing(sqlite3.connect(path)) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"invoices"}
+
+
+async def test_a_missing_directory_is_a_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="directory does not exist"):
+        await SqliteStore(tmp_path / "nope" / "jitpass.db", FakeClock()).open()
+
+
+async def test_reopening_keeps_everything_and_migrations_run_once(store: SqliteStore) -> None:
+    await store.close()
+    again = SqliteStore(store.path, FakeClock())
+    await again.open()
+    try:
+        assert (await again.describe())["last_seq"] == 10
+        with closing(sqlite3.connect(store.path)) as conn:
+            assert conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        await again.append_event(draft())
+        assert (await verify_chain(again.events())).ok
+    finally:
+        await again.close()
+
+
+async def test_two_stores_on_one_file_interleave_appends_into_one_chain(store: SqliteStore) -> None:
+    # Each store remembers the last event it wrote; the other one's appends must not fool it.
+    other = SqliteStore(store.path, FakeClock())
+    await other.open()
+    try:
+        for _ in range(5):
+            await store.append_event(draft())
+            await other.append_event(draft())
+            await other.append_event(draft())
+    finally:
+        await other.close()
+
+    report = await verify_chain(store.events())
+    assert report.ok, report.problem
+    assert report.last_seq == 25
+
+
+async def test_a_closed_store_says_so(store: SqliteStore) -> None:
+    await store.close()
+    with pytest.raises(StoreError, match="not open"):
+        await store.append_event(draft())

@@ -1,0 +1,110 @@
+"""Shared test helpers for stores: a settable clock, small builders, and worker processes.
+
+Run as `python -m tests.support.stores <command> ...` it is a second process on a SQLite file,
+used by the contract suite to prove that appends and transitions are safe across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bot.model import AccessRequest, EventDraft, Identity, Item, SealedItem, Status, Window
+
+__all__ = ["ANN", "BOB", "START", "FakeClock", "draft", "make_request", "make_sealed"]
+
+START = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
+ANN = Identity("slack", "U0ANN", "Ann", frozenset({"dba"}))
+BOB = Identity("teams", "29:bob", "Bob")
+
+
+@dataclass
+class FakeClock:
+    """A clock that stands still until told to move."""
+
+    at: datetime = START
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, **delta: float) -> datetime:
+        self.at += timedelta(**delta)
+        return self.at
+
+
+def make_sealed(name: str, vault: str = "prod", *, key_id: str = "k1", ciphertext: bytes = b"\x00ct",
+                **meta: Any) -> SealedItem:
+    """An item with fake key material (the store never opens it)."""
+    item = Item(name=name, vault=vault, **meta)
+    return SealedItem(item=item, key_id=key_id, wrapped_key=b"\x01wrapped", nonce=b"\x02nonce",
+                      ciphertext=ciphertext)
+
+
+def make_request(request_id: str, *, item: str = "db-admin", requester: Identity = ANN, at: datetime = START,
+                 status: Status = Status.PENDING, **fields: Any) -> AccessRequest:
+    """A pending request for one hour, timing out after 30 minutes, unless told otherwise."""
+    values: dict[str, Any] = {
+        "id": request_id, "item": item, "vault": "prod", "requester": requester,
+        "reason": "fix the nightly job",
+        "window": Window(duration=timedelta(hours=1)), "status": status, "created_at": at, "updated_at": at,
+        "timeout_at": at + timedelta(minutes=30), "platform": requester.platform,
+    }
+    values.update(fields)
+    return AccessRequest(**values)
+
+
+def draft(event_type: str = "report.generated", actor: Identity | None = ANN, **fields: Any) -> EventDraft:
+    """An audit event draft."""
+    return EventDraft(type=event_type, actor=actor, **fields)
+
+
+class _SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+async def _append_worker(path: Path, count: int, who: str) -> None:
+    from storage.sqlite import SqliteStore
+
+    store = SqliteStore(path, _SystemClock())
+    await store.open()
+    print("ready", flush=True)
+    sys.stdin.readline()  # start together with the other process
+    actor = Identity("cli", who)
+    for i in range(count):
+        await store.append_event(EventDraft("report.generated", actor, details={"i": i}))
+    await store.close()
+    print("done", flush=True)
+
+
+async def _approve_worker(path: Path, request_id: str, who: str) -> None:
+    from storage.sqlite import SqliteStore
+
+    store = SqliteStore(path, _SystemClock())
+    await store.open()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    actor = Identity("cli", who)
+    changes = {"status": Status.APPROVED, "decided_by": actor, "decided_at": datetime.now(UTC)}
+    updated = await store.transition(request_id, {Status.PENDING}, changes,
+                                     EventDraft("request.approved", actor, request_id=request_id))
+    await store.close()
+    print("won" if updated is not None else "lost", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    command, path = argv[0], Path(argv[1])
+    if command == "append":
+        asyncio.run(_append_worker(path, int(argv[2]), argv[3]))
+    elif command == "approve":
+        asyncio.run(_approve_worker(path, argv[2], argv[3]))
+    else:
+        raise SystemExit(f"unknown command {command!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
