@@ -150,7 +150,7 @@ class AccessService:
         log.info("request created request_id=%s item=%s requester=%s", request.id, item.name, requester.key)
         await self._notify_posted(request, item)
         self._changed(request)
-        return await self._fresh(request.id)
+        return await self._get(request.id)
 
     async def request_extension(self, request_id: str, requester: Identity, duration_text: str) -> AccessRequest:
         """Ask the leads for more time on an active grant; the end moves only when approved."""
@@ -186,7 +186,7 @@ class AccessService:
                                                              {"extends": grant.id, "by": format_duration(extra)}))
         await self._notify_posted(request, await self._item_meta(request))
         self._changed(request)
-        return await self._fresh(request.id)
+        return await self._get(request.id)
 
     async def approve(self, request_id: str, approver: Identity) -> AccessRequest:
         """Add an approval; with enough of them the request is approved (and activated when due)."""
@@ -215,7 +215,7 @@ class AccessService:
             log.info("approval request_id=%s approver=%s done=%s", updated.id, approver.key, done)
             if not done:
                 await self._notify_updated(updated)
-                return await self._fresh(updated.id)
+                return await self._get(updated.id)
             if updated.is_extension:
                 return await self._apply_extension(updated)
             await self._tell(updated, f"✅ {updated.id} for {updated.item} was approved by {approver.label}.")
@@ -223,7 +223,7 @@ class AccessService:
             if updated.starts_at is not None and updated.starts_at <= now:
                 return await self.activate(updated.id)
             await self._notify_updated(updated)
-            return await self._fresh(updated.id)
+            return await self._get(updated.id)
         raise Conflict(f"{request_id} is changing too quickly; try again.")
 
     async def decline(self, request_id: str, approver: Identity, reason: str = "") -> AccessRequest:
@@ -345,7 +345,7 @@ class AccessService:
         self._changed(updated)
         await self._notify_updated(updated)
         await self._deliver(updated)
-        return await self._fresh(updated.id)
+        return await self._get(updated.id)
 
     async def expire(self, request_id: str) -> AccessRequest:
         """End a grant whose window is over."""
@@ -439,7 +439,7 @@ class AccessService:
         verb = "expired" if to is Status.EXPIRED else "ended"
         await self._tell(updated, f"🔒 Access to {updated.item} through {updated.id} has {verb}.")
         self._changed(updated)
-        return await self._fresh(updated.id)
+        return await self._get(updated.id)
 
     async def _close_extensions(self, grant: AccessRequest, now: datetime) -> None:
         for ext in await self.store.find_requests(parent_id=grant.id, statuses=OPEN_STATUSES):
@@ -478,7 +478,7 @@ class AccessService:
             await self._notify_updated(updated)
             await self._tell(updated, f"⏩ {grant.id} for {grant.item} now ends {_when(new_end, self.policy)}.")
             await self._deliver(updated)
-            return await self._fresh(extension.id)
+            return await self._get(extension.id)
         raise Conflict(f"{parent_id} is changing too quickly; try again.")
 
     async def _deliver(self, grant: AccessRequest) -> None:
@@ -491,7 +491,7 @@ class AccessService:
             log.error("reveal for delivery failed request_id=%s error=%s", grant.id, exc.message)
             return
         try:
-            refs = await notifier.deliver_secret(await self._fresh(grant.id), reveal)
+            refs = await notifier.deliver_secret(await self._get(grant.id), reveal)
         except Exception as exc:
             log.error("delivery failed request_id=%s error=%s", grant.id, type(exc).__name__)
             await self.store.append_event(self._draft("grant.delivery_failed", SYSTEM, grant, type(exc).__name__))
@@ -561,7 +561,6 @@ class AccessService:
             raise NotFound(f"There is no request {request_id}.")
         return request
 
-    _fresh = _get
 
     async def _item_meta(self, request: AccessRequest) -> Item:
         sealed = await self.store.get_item(request.item)
@@ -582,7 +581,7 @@ class AccessService:
         if notifier is None:
             return
         try:
-            refs = await getattr(notifier, method)(await self._fresh(request.id), item)
+            refs = await getattr(notifier, method)(await self._get(request.id), item)
         except Exception as exc:
             log.error("notify failed request_id=%s method=%s error=%s", request.id, method, type(exc).__name__)
             return

@@ -11,7 +11,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -246,8 +246,8 @@ class SqliteStore:
         if not self.path.parent.is_dir():
             raise StoreError(f"cannot create the database file {self.path}: its directory does not exist")
         try:
-            # "IMMEDIATE": statements that write open their own BEGIN IMMEDIATE (see `_write`).
-            conn = await aiosqlite.connect(self.path, isolation_level="IMMEDIATE")
+            # isolation_level=None: the sqlite3 module opens no transactions; `_write` does, explicitly.
+            conn = await aiosqlite.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database file {self.path}: {exc}") from None
         conn.row_factory = sqlite3.Row
@@ -304,7 +304,8 @@ class SqliteStore:
                     (number, format_time(self._clock.now())),
                 )
         except BaseException:
-            await conn.execute("ROLLBACK")
+            with suppress(sqlite3.Error):  # a corrupt file may refuse even this; report the first error
+                await conn.execute("ROLLBACK")
             raise
         await conn.execute("COMMIT")
         return max(current, SCHEMA_VERSION)
@@ -336,8 +337,7 @@ class SqliteStore:
     async def _write(self, *, begin: bool = True) -> AsyncIterator[aiosqlite.Connection]:
         """One IMMEDIATE transaction: committed when the block ends, rolled back on any error.
 
-        `begin=False` leaves the BEGIN IMMEDIATE to the sqlite3 module, which sends it with the
-        block's first INSERT/UPDATE/DELETE (one thread hop fewer): only for blocks that write first.
+        `begin=False` is for a block of one statement, which SQLite runs as its own transaction.
         """
         async with self._lock:
             conn = self._connection()
@@ -354,7 +354,9 @@ class SqliteStore:
                 self._pending_tail = None
                 self._tail = None  # unknown after a rollback: read it again next time
                 if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
+                    # Cancelled mid-COMMIT, the transaction may end before ROLLBACK runs: keep the first error.
+                    with suppress(sqlite3.Error):
+                        await conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise self._error(exc) from None
                 raise
@@ -384,20 +386,28 @@ class SqliteStore:
     async def _append(self, conn: aiosqlite.Connection, draft: EventDraft) -> Event:
         """Chain `draft` to the last event, inside the caller's unit of work.
 
-        The last (seq, hash) this process wrote is tried first: if another process appended since,
-        seq is taken and the INSERT fails on the primary key, and by then this transaction holds the
-        write lock, so the tail read next is the true one. Saves a read per event.
+        When this process wrote the last event it remembers (seq, hash) and inserts right after it.
+        The seq primary key checks that guess: had another process appended since, seq + 1 is taken
+        and the INSERT fails; then, holding the write lock (BEGIN IMMEDIATE), it reads the true tail
+        and inserts again. Outside a transaction the guessed INSERT is a single statement, which
+        SQLite runs as its own write transaction (taking the lock, honouring busy_timeout) and the
+        whole append costs one round trip to aiosqlite's thread instead of four.
         """
+        event: Event | None = None
         try:
-            tail = self._tail or await self._read_tail(conn)
-            event = seal_event(draft, seq=tail[0] + 1, prev_hash=tail[1], at=self._clock.now())
-            try:
-                await conn.execute(_INSERT_EVENT, _event_row(event))
-            except sqlite3.IntegrityError as exc:
-                if not conn.in_transaction or "events.seq" not in str(exc):
-                    raise
-                tail = await self._read_tail(conn)
-                event = seal_event(draft, seq=tail[0] + 1, prev_hash=tail[1], at=self._clock.now())
+            if self._tail is not None:
+                event = seal_event(draft, seq=self._tail[0] + 1, prev_hash=self._tail[1], at=self._clock.now())
+                try:
+                    await conn.execute(_INSERT_EVENT, _event_row(event))
+                except sqlite3.IntegrityError as exc:
+                    if "events.seq" not in str(exc):
+                        raise
+                    event = None  # another process appended since: fall through to the locked read
+            if event is None:
+                if not conn.in_transaction:
+                    await conn.execute("BEGIN IMMEDIATE")
+                seq, prev_hash = await self._read_tail(conn)
+                event = seal_event(draft, seq=seq + 1, prev_hash=prev_hash, at=self._clock.now())
                 await conn.execute(_INSERT_EVENT, _event_row(event))
         except sqlite3.Error as exc:
             raise AuditWriteError(
@@ -594,6 +604,7 @@ class SqliteStore:
     # -- audit trail --------------------------------------------------------------------------
     async def append_event(self, event: EventDraft) -> Event:
         """Give the event the next sequence number and chain it to the last one."""
+        # With a remembered tail the append is one INSERT (see `_append`); without, a full transaction.
         async with self._write(begin=self._tail is None) as conn:
             return await self._append(conn, event)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from bot.audit import GENESIS_HASH, verify_chain
@@ -122,3 +123,10 @@ async def test_purging_stops_at_the_first_event_that_is_not_old_enough(store: St
 
     assert result.purged == 1
     assert [e.seq async for e in store.events()] == [2, 3, 4, 5]
+
+
+async def test_concurrent_appends_in_one_process_take_distinct_places_in_the_chain(store: Store) -> None:
+    recorded = await asyncio.gather(*(store.append_event(draft(details={"i": i})) for i in range(40)))
+
+    assert sorted(e.seq for e in recorded) == list(range(1, 41))
+    assert (await verify_chain(store.events())).ok

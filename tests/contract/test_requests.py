@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -192,3 +193,16 @@ async def test_next_due_at_is_none_without_open_requests(store: Store) -> None:
     assert await store.next_due_at() is None
     await store.create_request(make_request("R1", status=Status.EXPIRED), _created("R1"))
     assert await store.next_due_at() is None
+
+
+async def test_concurrent_attempts_at_one_transition_apply_it_once(store: Store) -> None:
+    await store.create_request(make_request("R1"), _created("R1"))
+
+    outcomes = await asyncio.gather(*(
+        store.transition("R1", {Status.PENDING}, {"status": Status.DECLINED, "decided_by": who},
+                         draft("request.declined", who, request_id="R1"))
+        for who in (ANN, BOB, ANN, BOB)
+    ))
+
+    assert sum(o is not None for o in outcomes) == 1
+    assert len(await _events_of(store, "request.declined")) == 1
