@@ -439,7 +439,19 @@ class AccessService:
         verb = "expired" if to is Status.EXPIRED else "ended"
         await self._tell(updated, f"🔒 Access to {updated.item} through {updated.id} has {verb}.")
         self._changed(updated)
+        await self._start_queued(request)
         return await self._get(updated.id)
+
+    async def _start_queued(self, ended: AccessRequest) -> None:
+        """A grant queued behind this holder (planned to start at its end) may start now."""
+        if ended.ends_at is None or not self.policy.for_vault(ended.vault).is_exclusive(ended.item):
+            return
+        queued = await self.store.find_requests(item=ended.item, statuses={Status.APPROVED}, kind=RequestKind.ACCESS)
+        for request in sorted(queued, key=lambda r: r.created_at):
+            if request.starts_at == ended.ends_at:
+                await self.store.transition(request.id, {Status.APPROVED}, {"starts_at": self.clock.now()}, None)
+                await self.activate(request.id)
+                return
 
     async def _close_extensions(self, grant: AccessRequest, now: datetime) -> None:
         for ext in await self.store.find_requests(parent_id=grant.id, statuses=OPEN_STATUSES):
