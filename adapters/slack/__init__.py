@@ -1,32 +1,118 @@
-"""Slack adapter (placeholder until the Slack issue lands)."""
+"""Slack adapter: `/access`, the approval card, private delivery and the App Home, over HTTP or Socket Mode.
+
+Modules: `api` (Web API client, scopes), `blocks` (pure Block Kit builders), `notifier` (the
+core's Notifier), `app` (bolt listeners), `http` (the `/slack/events` endpoint), `groups`
+(user-group membership), `home` (App Home), `background` (work after the 3-second ack).
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import aiohttp
 from aiohttp import web
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 
+from adapters.slack.api import SlackApi, normalise_api_url, quiet_logger
+from adapters.slack.app import ACK_BUDGET_SECONDS, SlackInteractions, build_bolt_app
+from adapters.slack.background import Background
+from adapters.slack.groups import GroupDirectory
+from adapters.slack.home import HomeTab
+from adapters.slack.http import SlackEventsEndpoint
+from adapters.slack.notifier import SlackNotifier
 from bot.config import Settings
 from bot.runtime import Runtime
 
+__all__ = ["SlackAdapter"]
+
+log = logging.getLogger("jitpass.slack")
 
 class SlackAdapter:
+    """The Slack platform: HTTP mode by default, Socket Mode when SLACK_APP_TOKEN is set."""
+
     platform = "slack"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, ack_budget: float = ACK_BUDGET_SECONDS) -> None:
         self.settings = settings
+        self.ack_budget = ack_budget
+        self.mode = "socket" if settings.slack_app_token else "http"
+        # In Socket Mode Slack sends nothing over HTTP, so no signing secret is needed there.
+        self.endpoint = SlackEventsEndpoint(settings.slack_signing_secret)
+        self.background = Background()
+        self.api: SlackApi | None = None
+        self.notifier: SlackNotifier | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._socket: AsyncSocketModeHandler | None = None
+        self._socket_connected = False
 
     def add_routes(self, app: web.Application) -> None:
-        async def events(request: web.Request) -> web.Response:
-            return web.json_response({"error": "the Slack adapter is not implemented yet"}, status=501)
-
-        app.router.add_post("/slack/events", events)
+        """Mount `POST /slack/events` (events, interactivity and the slash command share it)."""
+        app.router.add_post("/slack/events", self.endpoint.handle)
 
     async def start(self, runtime: Runtime) -> None:
-        return None
+        """Register the notifier and listeners; in Socket Mode, connect in the background."""
+        if not self.settings.slack_bot_token:
+            self.endpoint.unavailable = "SLACK_BOT_TOKEN is not set: the Slack adapter cannot call Slack"
+            log.warning("event=slack_not_configured reason=no_bot_token")
+            return
+        self._session = aiohttp.ClientSession()
+        self.api = SlackApi(self.settings.slack_bot_token, self.settings.slack_api_url, self._session)
+        home = HomeTab(self.api, runtime.service, runtime.policy.timezone, self.background)
+        self.notifier = SlackNotifier(self.api, runtime.policy, runtime.clock, home)
+        directory = GroupDirectory(self.api, runtime.policy.approver_group_ids("slack"))
+        runtime.service.register_notifier(self.notifier)
+        bolt = build_bolt_app(self.api.client, self.settings.slack_signing_secret or "")
+        SlackInteractions(runtime, self.api, directory, self.notifier, home, self.background,
+                          ack_budget=self.ack_budget).register(bolt)
+        self.endpoint.bolt = bolt
+        if self.mode == "socket":
+            self._socket = AsyncSocketModeHandler(bolt, self.settings.slack_app_token,
+                                                  logger=quiet_logger("jitpass.slack.socket"))
+            self.background.spawn(self._connect_socket(), name="socket-connect")
+        log.info("event=slack_started mode=%s api_url=%s", self.mode,
+                 normalise_api_url(self.settings.slack_api_url))
+
+    async def _connect_socket(self) -> None:
+        assert self._socket is not None
+        try:
+            # slack_sdk keeps retrying until it is connected (and reconnects later by itself).
+            await self._socket.connect_async()  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            log.error("event=socket_mode_connect_failed error=%s", type(exc).__name__)
+            return
+        self._socket_connected = True
+        log.info("event=socket_mode_connected")
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for work started after acknowledgements (tests; graceful shutdown)."""
+        await self.background.drain(timeout)
 
     async def stop(self) -> None:
-        return None
+        """Disconnect Socket Mode, finish or cancel pending work, close HTTP sessions."""
+        if self._socket is not None:
+            try:
+                await self._socket.close_async()  # type: ignore[no-untyped-call]
+            except Exception as exc:
+                log.warning("event=socket_mode_close_failed error=%s", type(exc).__name__)
+            self._socket = None
+            self._socket_connected = False
+        try:
+            await self.background.drain(timeout=5.0)
+        except TimeoutError:
+            log.warning("event=slack_stop_cancelled_tasks count=%d", self.background.busy)
+        await self.background.close()
+        self.endpoint.bolt = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": "not implemented"}
+        """Mode and state for /healthz; never a token."""
+        state: dict[str, Any] = {"mode": self.mode, "started": self.endpoint.bolt is not None,
+                                 "api_url": normalise_api_url(self.settings.slack_api_url)}
+        if self.mode == "http":
+            state["signing_secret_set"] = bool(self.settings.slack_signing_secret)
+        else:
+            state["connected"] = self._socket_connected
+        return state

@@ -1,0 +1,146 @@
+"""The Slack Web API and `response_url`s as jitpass uses them: one client, retries, quiet logs.
+
+Every Web API method the adapter calls goes through `SlackApi.call`, which only accepts the
+methods in `METHOD_SCOPES`; `manifest.json` asks for exactly the scopes in that table (a unit
+test checks both agree).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
+
+from bot.errors import DeliveryError
+
+__all__ = [
+    "APP_TOKEN_METHOD_SCOPES",
+    "COMMAND_SCOPE",
+    "DEFAULT_API_URL",
+    "METHOD_SCOPES",
+    "SlackApi",
+    "SlackCallError",
+    "bot_scopes",
+    "normalise_api_url",
+    "quiet_logger",
+]
+
+DEFAULT_API_URL = "https://slack.com/api/"
+# Bot-token Web API methods we call, with the OAuth scope each needs (None: no scope needed).
+METHOD_SCOPES: dict[str, str | None] = {
+    "auth.test": None,  # bolt checks the bot token once, on the first request
+    "chat.postMessage": "chat:write",
+    "chat.update": "chat:write",
+    "conversations.open": "im:write",
+    "usergroups.users.list": "usergroups:read",
+    "views.open": None,
+    "views.publish": None,
+    "views.update": None,
+}
+# Called with the app-level token (Socket Mode only); app-level scopes are not bot scopes.
+APP_TOKEN_METHOD_SCOPES: dict[str, str] = {"apps.connections.open": "connections:write"}
+# The slash command itself needs this scope although it is no Web API method.
+COMMAND_SCOPE = "commands"
+# Read methods take query parameters; write methods take a JSON body.
+_GET_METHODS = frozenset({"usergroups.users.list"})
+_TIMEOUT_SECONDS = 10
+
+
+def bot_scopes() -> set[str]:
+    """The bot scopes the code needs: `commands` plus the scopes of every method it calls."""
+    return {COMMAND_SCOPE} | {scope for scope in METHOD_SCOPES.values() if scope}
+
+
+def normalise_api_url(url: str | None) -> str:
+    """`SLACK_API_URL` or Slack's own; slack_sdk joins method names to it, so it must end in '/'."""
+    base = (url or DEFAULT_API_URL).strip()
+    return base if base.endswith("/") else base + "/"
+
+
+class _NoDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.INFO
+
+
+class _NoTokenWarning(logging.Filter):
+    # bolt warns that SLACK_BOT_TOKEN is unused whenever it is set and a client is given: it is used,
+    # through our client.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("As you gave `client` as well")
+
+
+def quiet_logger(name: str) -> logging.Logger:
+    """A logger for slack_sdk / bolt that never emits DEBUG records.
+
+    Their DEBUG lines include whole request bodies, and a delivered secret is a request body.
+    """
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    for kind in (_NoDebug, _NoTokenWarning):
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
+    return logger
+
+
+class SlackCallError(DeliveryError):
+    """Slack refused or could not take a call; carries Slack's error code, never the payload."""
+
+    def __init__(self, method: str, error: str) -> None:
+        super().__init__(f"Slack did not accept {method} ({error}).")
+        self.method = method
+        self.error = error
+
+
+def _retry_handlers() -> list[AsyncRetryHandler]:
+    # 429 + Retry-After is honoured by sleeping that long; dropped connections are retried too.
+    return [AsyncRateLimitErrorRetryHandler(max_retry_count=2), AsyncConnectionErrorRetryHandler(max_retry_count=2)]
+
+
+class SlackApi:
+    """The Web API calls and `response_url` posts of the adapter."""
+
+    def __init__(self, token: str | None, api_url: str | None, session: aiohttp.ClientSession | None = None) -> None:
+        self.logger = quiet_logger("jitpass.slack.sdk")
+        self.session = session
+        self.client = AsyncWebClient(
+            token=token, base_url=normalise_api_url(api_url), timeout=_TIMEOUT_SECONDS, session=session,
+            logger=self.logger, retry_handlers=_retry_handlers(),
+        )
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """Call one Web API method from `METHOD_SCOPES`; SlackCallError when Slack says no."""
+        if method not in METHOD_SCOPES:
+            raise ValueError(f"{method} is not in METHOD_SCOPES; add it there and to manifest.json")
+        try:
+            if method in _GET_METHODS:
+                response = await self.client.api_call(method, http_verb="GET", params=params)
+            else:
+                response = await self.client.api_call(method, json=params)
+        except SlackApiError as exc:
+            error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
+            raise SlackCallError(method, str(error or f"http {exc.response.status_code}")) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SlackCallError(method, type(exc).__name__) from None
+        data = response.data
+        return dict(data) if isinstance(data, Mapping) else {}
+
+    async def respond(self, response_url: str, payload: Mapping[str, Any]) -> None:
+        """Post to an interaction's `response_url` (ephemeral replies, replacing a message)."""
+        webhook = AsyncWebhookClient(response_url, timeout=_TIMEOUT_SECONDS, session=self.session,
+                                     logger=self.logger, retry_handlers=_retry_handlers())
+        try:
+            response = await webhook.send_dict(dict(payload))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SlackCallError("response_url", type(exc).__name__) from None
+        if response.status_code != 200:
+            raise SlackCallError("response_url", f"http {response.status_code}: {response.body[:40]}")

@@ -1,0 +1,583 @@
+"""Bolt listeners: `/access`, buttons, modals and the App Home, translated into AccessService calls.
+
+Slack wants every request acknowledged within 3 seconds. Listeners run with
+`process_before_response=True` (so the HTTP response is exactly what the listener acks), do the
+core call in a referenced background task, and wait for it at most `ACK_BUDGET_SECONDS`: a quick
+answer goes into the ack itself, a slow one follows through the `response_url` or `views.update`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.slack import blocks
+from adapters.slack.api import SlackApi, SlackCallError, quiet_logger
+from adapters.slack.background import Background
+from adapters.slack.blocks import DURATION_BLOCK, ITEM_BLOCK, REASON_BLOCK, START_BLOCK, Actions
+from adapters.slack.groups import GroupDirectory
+from adapters.slack.home import HomeTab
+from adapters.slack.inputs import (
+    ActionInput,
+    CommandInput,
+    block_for,
+    form_values,
+    mapping,
+    metadata_of,
+    parse_time,
+    start_time,
+)
+from adapters.slack.notifier import ResponseUrl, SlackNotifier
+from bot.errors import Conflict, InputError, JitpassError, ParseError
+from bot.model import AccessRequest, Identity, Status, Window
+from bot.parse import RequestDraft, parse_duration, parse_request
+from bot.runtime import Runtime
+
+__all__ = ["ACK_BUDGET_SECONDS", "SlackInteractions", "build_bolt_app", "handle_report"]
+
+log = logging.getLogger("jitpass.slack")
+
+# Slack gives 3 s; keep the rest for the network and for bolt itself.
+ACK_BUDGET_SECONDS = 2.0
+WORKING = "⏳ Working on it… I'll follow up here."
+_REQUEST_ID = re.compile(r"^R-[0-9A-Z]{8}$", re.IGNORECASE)
+
+
+def apology(where: str, exc: BaseException, request_id: str | None = None) -> str:
+    """Log an unexpected error without its message (it might quote data) and return what the user sees."""
+    error_id = uuid.uuid4().hex[:8]
+    log.error("event=unexpected_error error_id=%s where=%s request_id=%s error=%s", error_id, where,
+              request_id or "-", type(exc).__name__)
+    log.debug("event=unexpected_error_trace error_id=%s frames=%r", error_id,
+              "".join(traceback.format_tb(exc.__traceback__)))
+    return f"😞 Sorry, something went wrong on our side (error id {error_id}). Please try again or tell an admin."
+
+
+async def handle_report(runtime: Runtime, who: Identity, text: str) -> str:
+    """`/access report …`: a hook for the reports module, which has not landed yet."""
+    return "📊 Reports are not available yet."
+
+
+@dataclass(frozen=True)
+class Outcome[T]:
+    """A core call's result, or the reply that explains why there is none."""
+
+    value: T | None = None
+    error: JitpassError | None = None
+    apology: str = ""
+
+
+class SlackInteractions:
+    """The listeners; each one acknowledges fast and does the work in `background`."""
+
+    def __init__(self, runtime: Runtime, api: SlackApi, directory: GroupDirectory, notifier: SlackNotifier,
+                 home: HomeTab, background: Background, *, ack_budget: float = ACK_BUDGET_SECONDS) -> None:
+        self.runtime = runtime
+        self.ack_budget = ack_budget
+        self.service = runtime.service
+        self.policy = runtime.policy
+        self.api = api
+        self.directory = directory
+        self.notifier = notifier
+        self.home = home
+        self.background = background
+
+    def register(self, app: AsyncApp) -> None:
+        """Attach every listener to the bolt app."""
+        app.command(re.compile(r"^/"))(self.on_command)
+        app.action(Actions.APPROVE)(self.on_approve)
+        app.action(Actions.DECLINE)(self.on_decline)
+        app.action(Actions.NEW_CODE)(self.on_new_code)
+        app.action(Actions.DONE)(self.on_done)
+        app.action(Actions.CANCEL)(self.on_cancel)
+        app.action(Actions.SHOW_CODE)(self.on_show_code)
+        app.action(Actions.MODAL_NEW_CODE)(self.on_modal_new_code)
+        app.action(Actions.OPEN_REQUEST)(self.on_open_request)
+        app.view(Actions.REQUEST_VIEW)(self.on_request_submitted)
+        app.view(Actions.DECLINE_VIEW)(self.on_decline_submitted)
+        app.event("app_home_opened")(self.on_home_opened)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    @property
+    def tz(self) -> tzinfo:
+        return self.policy.timezone
+
+    async def _capture[T](self, work: Awaitable[T], where: str, request_id: str | None = None) -> Outcome[T]:
+        try:
+            return Outcome(value=await work)
+        except JitpassError as exc:
+            return Outcome(error=exc)
+        except Exception as exc:
+            return Outcome(apology=apology(where, exc, request_id))
+
+    async def _within_budget[T](self, work: Awaitable[T], where: str,
+                                request_id: str | None = None) -> tuple[asyncio.Task[Outcome[T]], bool]:
+        """Start the work; report whether it finished within the ack budget."""
+        task = self.background.spawn(self._capture(work, where, request_id), name=where)
+        done, _ = await asyncio.wait({task}, timeout=self.ack_budget)
+        return task, task in done
+
+    async def _reply(self, text: str, *, response_url: str, user_id: str) -> None:
+        """An ephemeral reply through the interaction's response_url, or a DM when there is none."""
+        try:
+            if response_url:
+                await self.api.respond(response_url, {"response_type": "ephemeral", "replace_original": False,
+                                                      "text": text})
+            elif user_id:
+                channel = await self.notifier.dm_channel(user_id)
+                await self.api.call("chat.postMessage", channel=channel, text=text)
+        except SlackCallError as exc:
+            log.warning("event=reply_failed user=%s error=%s", user_id, exc.error)
+
+    def _words(self, outcome: Outcome[Any]) -> str:
+        if outcome.error is not None:
+            return blocks.escape(outcome.error.user_message())
+        return outcome.apology
+
+    async def _identity(self, user_id: str, display: str, *, groups: bool = False) -> Identity:
+        # Only deciding (approve, decline) and admin commands depend on user groups: spare Slack the rest.
+        if groups:
+            return await self.directory.identity(user_id, display)
+        return Identity("slack", user_id, display)
+
+    async def _already(self, request_id: str, exc: Conflict) -> str:
+        """Say "already approved by …" in Slack words, from the request's current state."""
+        try:
+            request = await self.service.get_request(request_id)
+        except JitpassError:
+            return blocks.escape(exc.user_message())
+        who = blocks.mention(request.decided_by)
+        if request.decided_by is not None and request.status in {Status.APPROVED, Status.ACTIVE, Status.EXPIRED,
+                                                                   Status.REVOKED}:
+            return f"{request.id} was already approved by {who}."
+        if request.decided_by is not None and request.status is Status.DECLINED:
+            return f"{request.id} was already declined by {who}."
+        return blocks.escape(exc.user_message())
+
+    # -- /access ---------------------------------------------------------------------------------
+
+    async def on_command(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """`/access …`: subcommands, a request, or the request form."""
+        command = CommandInput.from_body(body)
+        word, _, rest = command.text.partition(" ")
+        sub = word.lower()
+        if not command.user_id:
+            await ack(text="That command came without a user; please try again.", response_type="ephemeral")
+            return
+        simple: dict[str, Callable[[CommandInput, str], Coroutine[Any, Any, str]]] = {
+            "help": self._help, "list": self._list, "status": self._status, "cancel": self._cancel,
+            "done": self._done, "extend": self._extend, "report": self._report,
+        }
+        if not command.text:
+            await ack()
+            self.background.spawn(self._open_request_modal(command), name="modal")
+            return
+        if sub in simple:
+            await self._answer(ack, command, simple[sub](command, rest.strip()), where=f"command.{sub}")
+            return
+        try:
+            draft = parse_request(command.text, now=self.runtime.clock.now(), tz=self.tz,
+                                  default_duration=timedelta(0))
+        except ParseError as exc:
+            # The form lets them fix it; the problem is shown at its top.
+            await ack()
+            self.background.spawn(self._open_request_modal(command, item=word, problem=exc.user_message()),
+                                  name="modal")
+            return
+        if not draft.reason:
+            await ack()
+            duration = draft.window.duration if draft.window and draft.window.duration else None
+            self.background.spawn(self._open_request_modal(command, item=draft.item, duration=duration),
+                                  name="modal")
+            return
+        await self._answer(ack, command, self._request(command, draft), where="command.request")
+
+    async def _answer(self, ack: AsyncAck, command: CommandInput, work: Coroutine[Any, Any, str],
+                      where: str) -> None:
+        task, finished = await self._within_budget(work, where)
+        if finished:
+            await ack(text=self._text_of(task.result()), response_type="ephemeral")
+            return
+        await ack(text=WORKING, response_type="ephemeral")
+        self.background.spawn(self._follow_up(task, command), name=f"{where}.follow-up")
+
+    def _text_of(self, outcome: Outcome[str]) -> str:
+        return outcome.value if outcome.value is not None else self._words(outcome)
+
+    async def _follow_up(self, task: asyncio.Task[Outcome[str]], command: CommandInput) -> None:
+        text = self._text_of(await task)
+        await self._reply(text, response_url=command.response_url, user_id=command.user_id)
+
+    def _origin_refs(self, channel_id: str, response_url: str, issued_at: datetime | None = None) -> dict[str, Any]:
+        refs: dict[str, Any] = {}
+        if channel_id:
+            refs["origin_channel"] = channel_id
+        if response_url:
+            refs["command"] = ResponseUrl(response_url, issued_at or self.runtime.clock.now()).to_refs()
+        return refs
+
+    def _sent_text(self, request: AccessRequest) -> str:
+        channel = self.policy.leads_channel(request.vault, "slack")
+        what = "Extension" if request.is_extension else "Request"
+        if channel and isinstance(request.refs.get("card"), Mapping):
+            return (f"📨 {what} *{request.id}* for `{blocks.escape(request.item)}` sent to <#{channel}>. "
+                    "I'll message you when a lead decides.")
+        return (f"⚠️ {what} *{request.id}* is recorded, but I could not post it to the leads channel: "
+                "please tell a lead.")
+
+    async def _request(self, command: CommandInput, draft: RequestDraft) -> str:
+        who = await self._identity(command.user_id, command.user_name)
+        request = await self.service.request_access(
+            who, draft, refs=self._origin_refs(command.channel_id, command.response_url))
+        return self._sent_text(request)
+
+    async def _help(self, command: CommandInput, rest: str) -> str:
+        return blocks.help_text(command.command)
+
+    async def _list(self, command: CommandInput, rest: str) -> str:
+        return blocks.items_text(await self.service.list_items(rest), rest)
+
+    async def _status(self, command: CommandInput, rest: str) -> str:
+        who = await self._identity(command.user_id, command.user_name)
+        return blocks.status_text(await self.service.my_requests(who), self.tz)
+
+    def _request_id(self, text: str, usage: str) -> str:
+        request_id = text.split()[0] if text.split() else ""
+        if not _REQUEST_ID.match(request_id):
+            raise InputError(f"Which request? Usage: `{usage}`")
+        return request_id.upper()
+
+    async def _cancel(self, command: CommandInput, rest: str) -> str:
+        request_id = self._request_id(rest, f"{command.command} cancel R-XXXXXXXX")
+        who = await self._identity(command.user_id, command.user_name)
+        request = await self.service.cancel(request_id, who)
+        return f"🚫 Cancelled {request.id} for `{blocks.escape(request.item)}`."
+
+    async def _done(self, command: CommandInput, rest: str) -> str:
+        request_id = self._request_id(rest, f"{command.command} done R-XXXXXXXX")
+        who = await self._identity(command.user_id, command.user_name)
+        request = await self.service.done(request_id, who)
+        if request.status is Status.CANCELLED:
+            return f"🚫 Cancelled {request.id} for `{blocks.escape(request.item)}`."
+        return f"🔒 Your access to `{blocks.escape(request.item)}` through {request.id} has ended."
+
+    async def _extend(self, command: CommandInput, rest: str) -> str:
+        usage = f"{command.command} extend R-XXXXXXXX 30m"
+        request_id = self._request_id(rest, usage)
+        duration = rest.split(maxsplit=1)[1] if len(rest.split()) > 1 else ""
+        if not duration:
+            raise InputError(f"For how much longer? Usage: `{usage}`")
+        who = await self._identity(command.user_id, command.user_name)
+        return self._sent_text(await self.service.request_extension(request_id, who, duration))
+
+    async def _report(self, command: CommandInput, rest: str) -> str:
+        who = await self._identity(command.user_id, command.user_name, groups=True)
+        return await handle_report(self.runtime, who, rest)
+
+    # -- the request form ------------------------------------------------------------------------
+
+    async def _open_request_modal(self, command: CommandInput, *, item: str = "", problem: str = "",
+                                  duration: timedelta | None = None) -> None:
+        metadata: dict[str, Any] = {"channel": command.channel_id}
+        if command.response_url:
+            metadata["response_url"] = command.response_url
+            metadata["issued_at"] = self.runtime.clock.now().isoformat()
+        await self._open_form(command.trigger_id, command.user_id, command.response_url, metadata,
+                              item=item, problem=problem, duration=duration)
+
+    async def _open_form(self, trigger_id: str, user_id: str, response_url: str, metadata: Mapping[str, Any], *,
+                         item: str = "", problem: str = "", duration: timedelta | None = None) -> None:
+        try:
+            items = await self.service.list_items()
+            chosen = next((i for i in items if i.name == item.lower()), None)
+            limits = self.policy.for_vault(chosen.vault).limits if chosen else self.policy.defaults.limits
+            view = blocks.request_modal(items, item=chosen.name if chosen else item, duration=duration or
+                                        limits.default_duration, metadata=metadata, problem=problem)
+            await self.api.call("views.open", trigger_id=trigger_id, view=view)
+        except Exception as exc:
+            await self._reply(apology("views.open", exc), response_url=response_url, user_id=user_id)
+
+    async def on_request_submitted(self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+        """The request form was sent: validate, then request_access; errors point at their input."""
+        user = mapping(body.get("user"))
+        user_id, display = str(user.get("id") or ""), str(user.get("username") or user.get("name") or "")
+        form = form_values(view)
+        metadata = metadata_of(view)
+        errors: dict[str, str] = {}
+        item, reason = form.get(ITEM_BLOCK, "").strip().lower(), " ".join(form.get(REASON_BLOCK, "").split())
+        if not item:
+            errors[ITEM_BLOCK] = "Choose an item."
+        if not reason:
+            errors[REASON_BLOCK] = "Say why you need it."
+        duration: timedelta | None = None
+        try:
+            duration = parse_duration(form.get(DURATION_BLOCK, ""))
+        except ParseError as exc:
+            errors[DURATION_BLOCK] = exc.message
+        start = start_time(form.get(START_BLOCK, ""))
+        if form.get(START_BLOCK) and start is None:
+            errors[START_BLOCK] = "That start time cannot be read."
+        if errors or duration is None:
+            await ack(response_action="errors", errors=errors)
+            return
+        draft = RequestDraft(item=item, reason=reason, window=Window(duration=duration, start=start))
+        issued = parse_time(metadata.get("issued_at"))
+        refs = self._origin_refs(str(metadata.get("channel") or ""), str(metadata.get("response_url") or ""), issued)
+
+        async def submit() -> AccessRequest:
+            who = await self._identity(user_id, display)
+            return await self.service.request_access(who, draft, refs=refs)
+
+        task, finished = await self._within_budget(submit(), "view.request")
+        if not finished:
+            await ack(response_action="update", view=blocks.notice_modal("Request access", WORKING))
+            self.background.spawn(self._finish_form(task, str(view.get("id") or "")), name="view.request.follow-up")
+            return
+        outcome = task.result()
+        if outcome.error is not None:
+            await ack(response_action="errors",
+                      errors={block_for(outcome.error): blocks.truncate(outcome.error.user_message(), 500)})
+        elif outcome.value is not None:
+            sent = self._sent_text(outcome.value)
+            await ack(response_action="update", view=blocks.notice_modal("Request sent", sent))
+        else:
+            await ack(response_action="update", view=blocks.notice_modal("Request access", outcome.apology))
+
+    async def _finish_form(self, task: asyncio.Task[Outcome[AccessRequest]], view_id: str) -> None:
+        outcome = await task
+        text = self._sent_text(outcome.value) if outcome.value is not None else self._words(outcome)
+        try:
+            await self.api.call("views.update", view_id=view_id, view=blocks.notice_modal("Request access", text))
+        except SlackCallError as exc:
+            log.warning("event=form_follow_up_failed error=%s", exc.error)
+
+    async def on_open_request(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """The Home tab's "Request access" button."""
+        await ack()
+        action = ActionInput.from_body(body)
+        self.background.spawn(self._open_form(action.trigger_id, action.user_id, "", {}), name="modal")
+
+    # -- the approval card -----------------------------------------------------------------------
+
+    def _act(self, action: ActionInput, work: Coroutine[Any, Any, str | None], where: str) -> None:
+        async def run() -> None:
+            outcome = await self._capture(work, where, action.value)
+            text = outcome.value if outcome.error is None and not outcome.apology else self._words(outcome)
+            if text:
+                await self._reply(text, response_url=action.response_url, user_id=action.user_id)
+
+        self.background.spawn(run(), name=where)
+
+    async def on_approve(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """Approve on the card; the card itself shows the result."""
+        await ack()
+        action = ActionInput.from_body(body)
+
+        async def approve() -> str | None:
+            who = await self._identity(action.user_id, action.user_name, groups=True)
+            try:
+                await self.service.approve(action.value, who)
+            except Conflict as exc:
+                return await self._already(action.value, exc)
+            return None
+
+        self._act(action, approve(), "action.approve")
+
+    async def on_decline(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """Decline on the card: ask for an optional reason first."""
+        await ack()
+        action = ActionInput.from_body(body)
+
+        async def open_modal() -> str | None:
+            request = await self.service.get_request(action.value)
+            if request.status is not Status.PENDING:
+                return await self._already(request.id, Conflict(f"{request.id} is {request.status.value}."))
+            view = blocks.decline_modal(request, {"request_id": request.id, "response_url": action.response_url})
+            await self.api.call("views.open", trigger_id=action.trigger_id, view=view)
+            return None
+
+        self._act(action, open_modal(), "action.decline")
+
+    async def on_decline_submitted(self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+        """The decline form was sent: decline, or show why not on the form."""
+        user = mapping(body.get("user"))
+        user_id, display = str(user.get("id") or ""), str(user.get("username") or user.get("name") or "")
+        metadata = metadata_of(view)
+        request_id = str(metadata.get("request_id") or "")
+        reason = form_values(view).get(REASON_BLOCK, "")
+
+        async def decline() -> AccessRequest:
+            who = await self._identity(user_id, display, groups=True)
+            return await self.service.decline(request_id, who, reason)
+
+        task, finished = await self._within_budget(decline(), "view.decline", request_id)
+        if not finished:
+            await ack()
+            response_url = str(metadata.get("response_url") or "")
+
+            async def follow_up() -> None:
+                outcome = await task
+                if outcome.value is None:
+                    await self._reply(await self._declined_words(outcome, request_id), response_url=response_url,
+                                      user_id=user_id)
+
+            self.background.spawn(follow_up(), name="view.decline.follow-up")
+            return
+        outcome = task.result()
+        if outcome.value is not None:
+            await ack()
+        else:
+            await ack(response_action="errors", errors={REASON_BLOCK: blocks.truncate(
+                await self._declined_words(outcome, request_id), 500)})
+
+    async def _declined_words(self, outcome: Outcome[AccessRequest], request_id: str) -> str:
+        if isinstance(outcome.error, Conflict):
+            return await self._already(request_id, outcome.error)
+        return self._words(outcome)
+
+    # -- the delivered secret --------------------------------------------------------------------
+
+    async def on_new_code(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """"New code" on the delivered message: audited, then the message is replaced."""
+        await ack()
+        action = ActionInput.from_body(body)
+
+        async def new_code() -> str | None:
+            who = await self._identity(action.user_id, action.user_name)
+            try:
+                reveal = await self.service.new_code(action.value, who)
+            except Conflict as exc:  # the grant is over: say so in place of the old secret
+                if action.response_url:
+                    await self.api.respond(action.response_url, {"replace_original": True,
+                                                                 "text": blocks.escape(exc.user_message())})
+                    return None
+                raise
+            request = await self.service.get_request(action.value)
+            message = blocks.secret_message(request, reveal, self.tz)
+            if not action.response_url:
+                return "That message can no longer be updated; use the App Home tab."
+            await self.api.respond(action.response_url, {"replace_original": True, **message.payload()})
+            await self._remember_delivery_url(request, action.response_url)
+            await self._wipe_if_ended(request.id, action.response_url)
+            return None
+
+        self._act(action, new_code(), "action.new_code")
+
+    async def _remember_delivery_url(self, request: AccessRequest, response_url: str) -> None:
+        """A press gives a fresh response_url for the very message pressed: wipe with that one later."""
+        delivery = request.refs.get("delivery")
+        if isinstance(delivery, Mapping) and delivery.get("via") == "response_url" and not delivery.get("ended"):
+            fresh = ResponseUrl(response_url, self.runtime.clock.now(), uses=1)
+            await self.service.save_refs(request.id, {"delivery": {**delivery, **fresh.to_refs()}})
+
+    async def _wipe_if_ended(self, request_id: str, response_url: str) -> None:
+        # The grant may have ended while the new code was on its way: do not leave it on screen.
+        request = await self.service.get_request(request_id)
+        if request.status is not Status.ACTIVE:
+            item = await self.service.item_of(request)
+            ended = blocks.ended_message(request, item, self.tz)
+            await self.api.respond(response_url, {"replace_original": True, **ended.payload()})
+
+    async def on_done(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """"Done": end the grant now; the notifier wipes the delivered secret."""
+        await ack()
+        action = ActionInput.from_body(body)
+
+        async def done() -> str | None:
+            who = await self._identity(action.user_id, action.user_name)
+            if action.response_url:
+                with contextlib.suppress(JitpassError):  # done() below reports the real problem
+                    await self._remember_delivery_url(await self.service.get_request(action.value),
+                                                      action.response_url)
+            await self.service.done(action.value, who)
+            return None
+
+        self._act(action, done(), "action.done")
+
+    async def on_cancel(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """The Home tab's "Cancel" on a waiting request."""
+        await ack()
+        action = ActionInput.from_body(body)
+
+        async def cancel() -> str | None:
+            await self.service.cancel(action.value, await self._identity(action.user_id, action.user_name))
+            return None
+
+        self._act(action, cancel(), "action.cancel")
+
+    # -- App Home --------------------------------------------------------------------------------
+
+    async def on_home_opened(self, event: dict[str, Any]) -> None:
+        """Publish the Home tab when the user opens it."""
+        user = event.get("user")
+        if event.get("tab", "home") == "home" and isinstance(user, str) and user:
+            self.home.refresh(Identity("slack", user))
+
+    async def on_show_code(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """The Home tab's "Show code": a modal with the secret, audited as grant.code_shown.
+
+        The Home tab itself never shows a code: it stays on screen indefinitely, and republishing
+        it every 30 s would audit codes nobody asked to see.
+        """
+        await ack()
+        action = ActionInput.from_body(body)
+
+        async def show() -> str | None:
+            who = await self._identity(action.user_id, action.user_name)
+            reveal = await self.service.new_code(action.value, who)
+            request = await self.service.get_request(action.value)
+            data = await self.api.call("views.open", trigger_id=action.trigger_id,
+                                       view=blocks.code_modal(request, reveal, self.tz))
+            opened = data.get("view")
+            if isinstance(opened, Mapping) and isinstance(opened.get("id"), str):
+                await self.service.save_refs(request.id, {"code_view": opened["id"]})
+            return None
+
+        self._act(action, show(), "action.show_code")
+
+    async def on_modal_new_code(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """"New code" inside the code modal: audited, then the modal is updated."""
+        await ack()
+        action = ActionInput.from_body(body)
+
+        async def refresh() -> str | None:
+            who = await self._identity(action.user_id, action.user_name)
+            try:
+                reveal = await self.service.new_code(action.value, who)
+            except Conflict as exc:
+                await self.api.call("views.update", view_id=action.view_id,
+                                    view=blocks.notice_modal("Access ended", exc.user_message()))
+                return None
+            request = await self.service.get_request(action.value)
+            await self.api.call("views.update", view_id=action.view_id,
+                                view=blocks.code_modal(request, reveal, self.tz))
+            return None
+
+        self._act(action, refresh(), "action.modal_new_code")
+
+
+def build_bolt_app(client: AsyncWebClient, signing_secret: str) -> AsyncApp:
+    """The bolt app: listeners ack themselves; our HTTP handler verifies signatures before bolt sees a body."""
+    return AsyncApp(
+        client=client,
+        signing_secret=signing_secret,
+        logger=quiet_logger("jitpass.slack.bolt"),
+        name="jitpass",
+        process_before_response=True,
+        # Verified once, on the raw bytes, in adapters/slack/http.py (bolt then gets a re-encoded body);
+        # Socket Mode needs no signature at all.
+        request_verification_enabled=False,
+    )

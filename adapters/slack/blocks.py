@@ -1,0 +1,528 @@
+"""Pure Block Kit builders: core objects in, Slack JSON out. No I/O, no clock, no Slack client.
+
+Two layers: platform-neutral wording (`status_words`, `window_words`, ...) and Block Kit
+assembly, which escapes and truncates every user-supplied string to Slack's limits, named
+below. Secrets appear only in `secret_message` and `code_modal`, never in fallback `text`
+(which Slack shows in notifications) and never in an approval card.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from bot.model import AccessRequest, Identity, Item, Reveal, Status
+from bot.parse import format_duration
+
+__all__ = [
+    "ACTION_ID_MAX",
+    "BUTTON_TEXT_MAX",
+    "BUTTON_VALUE_MAX",
+    "CONTEXT_ELEMENTS_MAX",
+    "FIELDS_MAX",
+    "FIELD_TEXT_MAX",
+    "HEADER_TEXT_MAX",
+    "MESSAGE_BLOCKS_MAX",
+    "MESSAGE_TEXT_MAX",
+    "OPTIONS_MAX",
+    "OPTION_TEXT_MAX",
+    "OPTION_VALUE_MAX",
+    "PLAIN_LABEL_MAX",
+    "PRIVATE_METADATA_MAX",
+    "SECTION_TEXT_MAX",
+    "VIEW_BLOCKS_MAX",
+    "VIEW_TITLE_MAX",
+    "Actions",
+    "Message",
+    "approval_card",
+    "code_modal",
+    "cut_mrkdwn",
+    "decline_modal",
+    "ended_message",
+    "ended_modal",
+    "escape",
+    "fit",
+    "help_text",
+    "home_view",
+    "items_text",
+    "mention",
+    "notice_modal",
+    "request_modal",
+    "secret_message",
+    "status_text",
+    "status_words",
+    "truncate",
+    "window_words",
+]
+
+# -- Slack's limits (https://docs.slack.dev/reference/block-kit) ----------------------------------
+SECTION_TEXT_MAX = 3000  # section block text
+FIELD_TEXT_MAX = 2000  # each section field
+FIELDS_MAX = 10  # fields per section
+HEADER_TEXT_MAX = 150  # header block plain_text
+BUTTON_TEXT_MAX = 75  # button label
+BUTTON_VALUE_MAX = 2000
+PLAIN_LABEL_MAX = 75  # our cap for short plain_text labels (input labels, placeholders)
+OPTION_TEXT_MAX = 75  # select option text
+OPTION_VALUE_MAX = 150  # select option value
+OPTIONS_MAX = 100  # options in a static_select
+ACTION_ID_MAX = 255  # action_id and block_id
+CONTEXT_ELEMENTS_MAX = 10  # elements in a context block
+CONTEXT_TEXT_MAX = 2000  # our cap per context element (Slack's own limit is larger)
+MESSAGE_BLOCKS_MAX = 50  # blocks per message
+VIEW_BLOCKS_MAX = 100  # blocks per modal or Home tab
+VIEW_TITLE_MAX = 24  # modal title, submit and close labels
+PRIVATE_METADATA_MAX = 3000
+MESSAGE_TEXT_MAX = 4000  # our cap for plain replies; Slack truncates `text` at 40,000
+REASON_INPUT_MAX = 500  # the core keeps at most 500 characters of a decline reason
+
+ELLIPSIS = "…"
+
+
+class Actions:
+    """action_id / callback_id values: the contract between these builders and the listeners."""
+
+    APPROVE = "jitpass_approve"
+    DECLINE = "jitpass_decline"
+    NEW_CODE = "jitpass_new_code"
+    DONE = "jitpass_done"
+    CANCEL = "jitpass_cancel"
+    SHOW_CODE = "jitpass_show_code"
+    MODAL_NEW_CODE = "jitpass_modal_new_code"
+    OPEN_REQUEST = "jitpass_open_request"
+    REQUEST_VIEW = "jitpass_request"
+    DECLINE_VIEW = "jitpass_decline_reason"
+
+
+# Block ids of the request modal, named so validation errors can point at the right input.
+ITEM_BLOCK, REASON_BLOCK, DURATION_BLOCK, START_BLOCK = "item", "reason", "duration", "start"
+
+
+@dataclass(frozen=True)
+class Message:
+    """A chat message: notification `text` (never secret) and its blocks."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+
+    def payload(self) -> dict[str, Any]:
+        return {"text": self.text, "blocks": self.blocks}
+
+
+# -- text helpers -------------------------------------------------------------------------------------
+
+
+def escape(text: str) -> str:
+    """Escape the three characters Slack's mrkdwn treats as markup (`<@U…>`, `<!channel>`, links)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def truncate(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, ending in an ellipsis when cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - 1, 0)].rstrip() + ELLIPSIS
+
+
+def fit(text: str, limit: int) -> str:
+    """Escape `text` for mrkdwn and cut it to `limit` characters without splitting an entity."""
+    escaped = escape(text)
+    if len(escaped) <= limit:
+        return escaped
+    out: list[str] = []
+    size = 0
+    for char in text:
+        piece = escape(char)
+        if size + len(piece) > limit - 1:
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out).rstrip() + ELLIPSIS
+
+
+def mention(who: Identity | None) -> str:
+    """A Slack mention for Slack users; the escaped display name for anyone else."""
+    if who is None:
+        return "jitpass"
+    if who.platform == "slack":
+        return f"<@{who.user_id}>"
+    return escape(who.label)
+
+
+def _when(at: datetime | None, tz: tzinfo) -> str:
+    return at.astimezone(tz).strftime("%a %d %b %H:%M %Z") if at else "-"
+
+
+def _plain(text: str, limit: int = PLAIN_LABEL_MAX) -> dict[str, Any]:
+    return {"type": "plain_text", "text": truncate(text, limit) or " ", "emoji": True}
+
+
+def _mrkdwn(text: str) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": text}
+
+
+def cut_mrkdwn(text: str, limit: int) -> str:
+    """Cut already-escaped mrkdwn to `limit` characters without ending inside `&amp;` or `<...>`."""
+    if len(text) <= limit:
+        return text
+    head = text[: max(limit - 1, 0)]
+    amp, semi = head.rfind("&"), head.rfind(";")
+    if amp > semi and len(head) - amp <= 6:
+        head = head[:amp]
+    opening, closing = head.rfind("<"), head.rfind(">")
+    if opening > closing:
+        head = head[:opening]
+    return head.rstrip() + ELLIPSIS
+
+
+def _section(text: str) -> dict[str, Any]:
+    # Callers pass escaped mrkdwn; the final cut keeps any composition within the limit.
+    return {"type": "section", "text": _mrkdwn(cut_mrkdwn(text, SECTION_TEXT_MAX))}
+
+
+def _fields(fields: Sequence[str | dict[str, Any]]) -> dict[str, Any]:
+    objects = [f if isinstance(f, dict) else _mrkdwn(cut_mrkdwn(f, FIELD_TEXT_MAX)) for f in fields[:FIELDS_MAX]]
+    return {"type": "section", "fields": objects}
+
+
+def _context(texts: Iterable[str]) -> dict[str, Any]:
+    elements = [_mrkdwn(cut_mrkdwn(t, CONTEXT_TEXT_MAX)) for t in texts if t]
+    return {"type": "context", "elements": elements[:CONTEXT_ELEMENTS_MAX] or [_mrkdwn(" ")]}
+
+
+def _header(text: str) -> dict[str, Any]:
+    return {"type": "header", "text": _plain(text, HEADER_TEXT_MAX)}
+
+
+def _button(text: str, action_id: str, value: str, style: str | None = None,
+            confirm: dict[str, Any] | None = None) -> dict[str, Any]:
+    button: dict[str, Any] = {
+        "type": "button", "text": _plain(text, BUTTON_TEXT_MAX), "action_id": action_id[:ACTION_ID_MAX],
+        "value": value[:BUTTON_VALUE_MAX],
+    }
+    if style:
+        button["style"] = style
+    if confirm:
+        button["confirm"] = confirm
+    return button
+
+
+def _actions(block_id: str, *buttons: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "actions", "block_id": block_id[:ACTION_ID_MAX], "elements": list(buttons)}
+
+
+def _cap(blocks: list[dict[str, Any]], limit: int, note: str) -> list[dict[str, Any]]:
+    """Keep within a block budget, saying what was left out rather than failing the whole post."""
+    if len(blocks) <= limit:
+        return blocks
+    return [*blocks[: limit - 1], _context([note])]
+
+
+def _metadata(data: Mapping[str, Any]) -> str:
+    text = json.dumps(dict(data), separators=(",", ":"))
+    if len(text) > PRIVATE_METADATA_MAX:
+        raise ValueError("private_metadata too long")
+    return text
+
+
+# -- platform-neutral wording -------------------------------------------------------------------------
+
+
+def window_words(request: AccessRequest, tz: tzinfo) -> str:
+    """How long and from when, as the requester asked (or as granted, once active)."""
+    length = format_duration(request.window.duration)
+    if request.status is Status.ACTIVE and request.ends_at:
+        return f"{length}, until {_when(request.ends_at, tz)}"
+    if request.window.start is not None:
+        return f"{length} from {_when(request.window.start, tz)}"
+    return f"{length}, starting when approved"
+
+
+def status_words(request: AccessRequest, tz: tzinfo) -> str:
+    """The request's state in one line of mrkdwn: who decided what, and when."""
+    by = f" by {mention(request.decided_by)}" if request.decided_by else ""
+    at = f" at {_when(request.decided_at, tz)}" if request.decided_at else ""
+    match request.status:
+        case Status.PENDING:
+            count = f" ({len(request.approvals)} of {request.required_approvals} approvals)" \
+                if request.required_approvals > 1 else ""
+            voters = ", ".join(mention(a.approver) for a in request.approvals)
+            so_far = f"; approved so far by {voters}" if voters else ""
+            return f"⏳ Waiting for a lead{count}{so_far}. Times out {_when(request.timeout_at, tz)}."
+        case Status.APPROVED:
+            return f"✅ Approved{by}{at}; starts {_when(request.starts_at, tz)}."
+        case Status.ACTIVE:
+            return f"🟢 Active until {_when(request.ends_at, tz)} (approved{by}{at})."
+        case Status.EXPIRED:
+            return f"⌛ Expired at {_when(request.ended_at or request.ends_at, tz)} (approved{by})."
+        case Status.REVOKED:
+            return f"🔒 Ended early at {_when(request.ended_at, tz)} (approved{by})."
+        case Status.DECLINED:
+            why = f": {fit(request.decline_reason, 500)}" if request.decline_reason else "."
+            return f"❌ Declined{by}{at}{why}"
+        case Status.CANCELLED:
+            return f"🚫 Cancelled at {_when(request.ended_at or request.updated_at, tz)}."
+        case Status.TIMED_OUT:
+            return f"⌛ Timed out at {_when(request.ended_at, tz)}: no lead decided in time."
+    return escape(request.status.value)
+
+
+def _request_title(request: AccessRequest) -> str:
+    kind = "Extension request" if request.is_extension else "Access request"
+    return f"{kind} {request.id}"
+
+
+# -- the approval card (leads channel) ------------------------------------------------------------------
+
+
+def approval_card(request: AccessRequest, item: Item, tz: tzinfo) -> Message:
+    """The card in the leads channel: who, what, why, when; buttons while pending. Never a secret."""
+    blocks: list[dict[str, Any]] = [
+        _header(f"🔑 {_request_title(request)}"),
+        _fields([
+            f"*Requester*\n{mention(request.requester)}",
+            f"*Item*\n`{fit(item.name, 200)}` (vault {fit(item.vault, 200)})",
+            f"*Window*\n{window_words(request, tz)}",
+            f"*Requested*\n{_when(request.created_at, tz)}",
+        ]),
+        _section(f"*Reason*\n{fit(request.reason, SECTION_TEXT_MAX - 20)}"),
+    ]
+    about = [fit(item.url, 300), f"user {fit(item.username, 200)}" if item.username else "",
+             fit(item.notes, 500) if item.notes else ""]
+    if any(about):
+        blocks.append(_context(about))
+    if request.notes:
+        blocks.append(_context(f"⚠️ {fit(note, 300)}" for note in request.notes))
+    blocks.append(_section(status_words(request, tz)))
+    if request.status is Status.PENDING:
+        blocks.append(_actions(
+            f"decide:{request.id}",
+            _button("Approve", Actions.APPROVE, request.id, "primary"),
+            _button("Decline", Actions.DECLINE, request.id, "danger"),
+        ))
+    text = truncate(f"{_request_title(request)}: {request.requester.label} asks for {item.name} "
+                    f"({request.status.value.replace('_', ' ')})", MESSAGE_TEXT_MAX)
+    return Message(text=escape(text), blocks=_cap(blocks, MESSAGE_BLOCKS_MAX, "(more details left out)"))
+
+
+# -- the delivered secret (requester only) ---------------------------------------------------------------
+
+
+def _copyable(label: str, value: str, limit: int) -> str | dict[str, Any]:
+    """A field to copy from: code-formatted, or plain text when the value itself holds a backtick."""
+    if "`" in value:
+        return _plain(f"{label}:\n{value}", limit)
+    return f"*{label}*\n`{fit(value, limit - len(label) - 6)}`"
+
+
+def _secret_fields(reveal: Reveal) -> list[str | dict[str, Any]]:
+    item = reveal.item
+    fields: list[str | dict[str, Any]] = []
+    if item.username:
+        fields.append(_copyable("Username", item.username, 300))
+    if item.url:
+        fields.append(f"*URL*\n{fit(item.url, 500)}")
+    if reveal.password is not None:
+        fields.append(_copyable("Password", reveal.password.reveal(), FIELD_TEXT_MAX))
+    if reveal.code is not None:
+        fields.append(f"*Code*\n`{escape(reveal.code.code)}` (valid {reveal.code.seconds_left} s more)")
+    return fields
+
+
+def secret_message(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> Message:
+    """What only the requester sees: username, URL, password, current code; New code and Done."""
+    blocks: list[dict[str, Any]] = [
+        _section(f"🔓 *{fit(reveal.item.name, 200)}*: your access through {request.id} lasts until "
+                 f"{_when(reveal.ends_at, tz)}."),
+    ]
+    fields = _secret_fields(reveal)
+    if fields:
+        blocks.append(_fields(fields))
+    buttons = [_button("Done", Actions.DONE, request.id, "danger", confirm={
+        "title": _plain("End access now?", VIEW_TITLE_MAX),
+        "text": _plain("The password and code disappear and the grant ends.", 300),
+        "confirm": _plain("End access", VIEW_TITLE_MAX), "deny": _plain("Keep it", VIEW_TITLE_MAX),
+    })]
+    if reveal.code is not None:
+        buttons.insert(0, _button("New code", Actions.NEW_CODE, request.id, "primary"))
+    blocks.append(_actions(f"grant:{request.id}", *buttons))
+    blocks.append(_context(["Only you can see this. It is wiped when your access ends; "
+                            "each new code is recorded in the audit trail."]))
+    # Notification text must not carry the secret: it shows on lock screens and in previews.
+    text = f"Your access to {reveal.item.name} ({request.id}) is ready until {_when(reveal.ends_at, tz)}."
+    return Message(text=escape(text), blocks=blocks)
+
+
+def ended_message(request: AccessRequest, item: Item, tz: tzinfo) -> Message:
+    """What replaces the delivered secret once the grant is over."""
+    verb = "expired" if request.status is Status.EXPIRED else "ended"
+    when = _when(request.ended_at or request.ends_at, tz)
+    text = f"🔒 Access to {item.name} through {request.id} has {verb} ({when}). Nothing secret is shown here any more."
+    return Message(text=escape(text), blocks=[_section(fit(text, SECTION_TEXT_MAX))])
+
+
+# -- modals ----------------------------------------------------------------------------------------------
+
+
+def _modal(title: str, blocks: list[dict[str, Any]], *, callback_id: str = "", submit: str | None = None,
+           close: str = "Close", metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "type": "modal", "title": _plain(title, VIEW_TITLE_MAX), "close": _plain(close, VIEW_TITLE_MAX),
+        "blocks": _cap(blocks, VIEW_BLOCKS_MAX, "(more left out)"),
+    }
+    if callback_id:
+        view["callback_id"] = callback_id
+    if submit:
+        view["submit"] = _plain(submit, VIEW_TITLE_MAX)
+    if metadata:
+        view["private_metadata"] = _metadata(metadata)
+    return view
+
+
+def _option(item: Item) -> dict[str, Any]:
+    return {"text": _plain(f"{item.name} ({item.vault})", OPTION_TEXT_MAX), "value": item.name[:OPTION_VALUE_MAX]}
+
+
+def request_modal(items: Sequence[Item], *, item: str = "", reason: str = "", duration: timedelta,
+                  metadata: Mapping[str, Any], problem: str = "") -> dict[str, Any]:
+    """The request form: item picker, reason, optional start, duration."""
+    blocks: list[dict[str, Any]] = []
+    if problem:
+        blocks.append(_section(f"⚠️ {fit(problem, 1000)}"))
+    if len(items) <= OPTIONS_MAX and items:
+        picker: dict[str, Any] = {"type": "static_select", "action_id": ITEM_BLOCK,
+                                  "placeholder": _plain("Choose an item"), "options": [_option(i) for i in items]}
+        chosen = next((i for i in items if i.name == item), None)
+        if chosen is not None:
+            picker["initial_option"] = _option(chosen)
+    else:
+        # Beyond 100 options a static select cannot list them all: type the name instead.
+        picker = {"type": "plain_text_input", "action_id": ITEM_BLOCK, "placeholder": _plain("e.g. acme-zendesk")}
+        if item:
+            picker["initial_value"] = item[:OPTION_VALUE_MAX]
+    blocks.append({"type": "input", "block_id": ITEM_BLOCK, "label": _plain("Item"), "element": picker})
+    reason_input: dict[str, Any] = {"type": "plain_text_input", "action_id": REASON_BLOCK, "multiline": True,
+                                    "max_length": REASON_INPUT_MAX,
+                                    "placeholder": _plain("Why do you need it? e.g. fix broken trigger")}
+    if reason:
+        reason_input["initial_value"] = reason[:REASON_INPUT_MAX]
+    blocks.append({"type": "input", "block_id": REASON_BLOCK, "label": _plain("Reason"), "element": reason_input})
+    blocks.append({"type": "input", "block_id": START_BLOCK, "optional": True,
+                   "label": _plain("Start (leave empty for: as soon as approved)"),
+                   "element": {"type": "datetimepicker", "action_id": START_BLOCK}})
+    blocks.append({"type": "input", "block_id": DURATION_BLOCK, "label": _plain("For how long"),
+                   "hint": _plain("e.g. 30m, 1h, 1h30m"),
+                   "element": {"type": "plain_text_input", "action_id": DURATION_BLOCK, "max_length": 40,
+                               "initial_value": format_duration(duration)}})
+    return _modal("Request access", blocks, callback_id=Actions.REQUEST_VIEW, submit="Send request",
+                  close="Cancel", metadata=metadata)
+
+
+def decline_modal(request: AccessRequest, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Ask the lead for an optional reason before declining."""
+    blocks = [
+        _section(f"Decline *{request.id}*: {mention(request.requester)} asks for `{fit(request.item, 200)}`."),
+        {"type": "input", "block_id": REASON_BLOCK, "optional": True, "label": _plain("Reason (told to the requester)"),
+         "element": {"type": "plain_text_input", "action_id": REASON_BLOCK, "multiline": True,
+                     "max_length": REASON_INPUT_MAX}},
+    ]
+    return _modal(f"Decline {request.id}", blocks, callback_id=Actions.DECLINE_VIEW, submit="Decline",
+                  close="Cancel", metadata=metadata)
+
+
+def code_modal(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> dict[str, Any]:
+    """The App Home's "Show code" modal: the secret fields and a New code button."""
+    blocks: list[dict[str, Any]] = [_section(f"🔓 *{fit(reveal.item.name, 200)}* until {_when(reveal.ends_at, tz)}")]
+    fields = _secret_fields(reveal)
+    if fields:
+        blocks.append(_fields(fields))
+    if reveal.code is not None:
+        blocks.append(_actions(f"modal:{request.id}", _button("New code", Actions.MODAL_NEW_CODE, request.id)))
+    blocks.append(_context(["Close this window when you are done; every code shown is audited."]))
+    return _modal(truncate(reveal.item.name, VIEW_TITLE_MAX), blocks,
+                  metadata={"request_id": request.id})
+
+
+def ended_modal(request: AccessRequest, item: Item, tz: tzinfo) -> dict[str, Any]:
+    """Replaces an open code modal when the grant ends."""
+    return _modal("Access ended", ended_message(request, item, tz).blocks)
+
+
+def notice_modal(title: str, text: str) -> dict[str, Any]:
+    """A modal that only says something (confirmation, "working on it", an error)."""
+    return _modal(title, [_section(fit(text, SECTION_TEXT_MAX))])
+
+
+# -- App Home -------------------------------------------------------------------------------------------
+
+
+def home_view(requests: Sequence[AccessRequest], tz: tzinfo, *, history: int = 10) -> dict[str, Any]:
+    """The Home tab: active grants (Show code / Done), waiting requests (Cancel), recent history."""
+    active = [r for r in requests if r.status is Status.ACTIVE]
+    waiting = [r for r in requests if r.status in {Status.PENDING, Status.APPROVED}]
+    done = [r for r in requests if not r.is_open][:history]
+    blocks: list[dict[str, Any]] = [
+        _header("jitpass: just-in-time access"),
+        _section("Ask for a shared credential with `/access <item> <why> for <how long>`, or:"),
+        _actions("home:request", _button("Request access", Actions.OPEN_REQUEST, "open", "primary")),
+        {"type": "divider"},
+        _header("Active access"),
+    ]
+    if not active:
+        blocks.append(_context(["Nothing active."]))
+    for request in active:
+        blocks.append(_section(f"*{fit(request.item, 200)}* ({request.id}) until {_when(request.ends_at, tz)}"))
+        blocks.append(_actions(f"home:{request.id}",
+                               _button("Show code", Actions.SHOW_CODE, request.id, "primary"),
+                               _button("Done", Actions.DONE, request.id, "danger")))
+    blocks.append(_header("Waiting"))
+    if not waiting:
+        blocks.append(_context(["Nothing waiting."]))
+    for request in waiting:
+        blocks.append({**_section(f"*{fit(request.item, 200)}* ({request.id}): {status_words(request, tz)}"),
+                       "accessory": _button("Cancel", Actions.CANCEL, request.id)})
+    blocks.append(_header("History"))
+    if not done:
+        blocks.append(_context(["No past requests."]))
+    for request in done:
+        blocks.append(_context([f"*{fit(request.item, 200)}* ({request.id}): {status_words(request, tz)}"]))
+    return {"type": "home", "blocks": _cap(blocks, VIEW_BLOCKS_MAX, "(older entries left out)")}
+
+
+# -- plain replies to /access ------------------------------------------------------------------------------
+
+
+def help_text(command: str = "/access") -> str:
+    """What `/access help` answers."""
+    return "\n".join([
+        "*jitpass*: ask for a shared credential for a while; a lead approves it here in Slack.",
+        f"• `{command} <item> <why> for <how long>`, e.g. `{command} acme-zendesk fix broken trigger for 1h`",
+        f"• `{command}` alone opens a form",
+        f"• `{command} list [words]`: the catalogue (names only, never secrets)",
+        f"• `{command} status`: your waiting and active requests",
+        f"• `{command} cancel R-…` / `{command} done R-…`: withdraw a request or end access now",
+        f"• `{command} extend R-… 30m`: ask for more time",
+        f"• `{command} report …`: reports (admins)",
+    ])
+
+
+def items_text(items: Sequence[Item], query: str, limit: int = 40) -> str:
+    """Catalogue metadata for `/access list`."""
+    if not items:
+        return f"No items match `{fit(query, 100)}`." if query else "The catalogue is empty."
+    lines = [f"• `{fit(i.name, 100)}` (vault {fit(i.vault, 100)})" + (f": {fit(i.url, 200)}" if i.url else "")
+             for i in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"…and {len(items) - limit} more: narrow it down with `/access list <words>`.")
+    return truncate("\n".join(lines), MESSAGE_TEXT_MAX)
+
+
+def status_text(requests: Sequence[AccessRequest], tz: tzinfo) -> str:
+    """The requester's open requests for `/access status`."""
+    if not requests:
+        return "You have no waiting or active requests."
+    lines = [f"• *{r.id}* `{fit(r.item, 100)}`: {status_words(r, tz)}" for r in requests]
+    return truncate("\n".join(lines), MESSAGE_TEXT_MAX)
