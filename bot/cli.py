@@ -384,7 +384,8 @@ def _configure_logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
-    for noisy in ("apscheduler", "aiohttp.access", "msal", "urllib3"):
+    # aiosqlite logs every SQL parameter at DEBUG, refs (response_urls) included.
+    for noisy in ("apscheduler", "aiohttp.access", "msal", "urllib3", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -196,6 +196,7 @@ class AccessRequest:
     starts_at: datetime | None = None  # when the grant became / becomes active
     ends_at: datetime | None = None  # when the grant ends (moves with approved extensions)
     ended_at: datetime | None = None
+    ended_by: Identity | None = None  # who ended a grant early (None: the window ended, or not ended)
     revealed: bool = False  # the password was shown at least once
     kind: RequestKind = RequestKind.ACCESS
     parent_id: str | None = None  # for extensions: the grant being extended

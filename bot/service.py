@@ -422,7 +422,8 @@ class AccessService:
         now = self.clock.now()
         event_type = "grant.expired" if to is Status.EXPIRED else "grant.revoked"
         updated = await self.store.transition(
-            request.id, {Status.ACTIVE}, {"status": to, "ended_at": now},
+            request.id, {Status.ACTIVE},
+            {"status": to, "ended_at": now, "ended_by": None if actor == SYSTEM else actor},
             self._draft(event_type, actor, request, reason, {"revealed": request.revealed}),
         )
         if updated is None:
@@ -555,7 +556,11 @@ class AccessService:
             )
 
     def _already(self, request: AccessRequest) -> str:
+        """Why a decision came too late, in the words of the decision that won."""
         who = f" by {request.decided_by.label}" if request.decided_by else ""
+        approved = {Status.APPROVED, Status.ACTIVE, Status.EXPIRED, Status.REVOKED}
+        if request.status in approved and request.decided_by is not None:
+            return f"{request.id} was already approved{who}."
         return f"{request.id} was already {request.status.value.replace('_', ' ')}{who}."
 
     def _state_words(self, request: AccessRequest) -> str:

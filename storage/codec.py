@@ -185,6 +185,7 @@ def request_to_doc(request: AccessRequest) -> dict[str, Any]:
             {"approver": identity_to_doc(a.approver), "at": format_time(a.at)} for a in request.approvals
         ],
         "decided_by": None if request.decided_by is None else identity_to_doc(request.decided_by),
+        "ended_by": None if request.ended_by is None else identity_to_doc(request.ended_by),
         "decided_at": time_to_doc(request.decided_at),
         "decline_reason": request.decline_reason,
         "timeout_at": time_to_doc(request.timeout_at),
@@ -220,6 +221,7 @@ def request_from_doc(doc: dict[str, Any]) -> AccessRequest:
             for a in doc.get("approvals") or ()
         ),
         decided_by=_optional_identity(doc.get("decided_by")),
+        ended_by=_optional_identity(doc.get("ended_by")),
         decided_at=time_from_doc(doc.get("decided_at")),
         decline_reason=str(doc.get("decline_reason") or ""),
         timeout_at=time_from_doc(doc.get("timeout_at")),

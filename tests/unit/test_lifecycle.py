@@ -303,3 +303,14 @@ async def test_audit_chain_stays_intact_and_never_holds_a_secret(runtime: Runtim
     for event in await events(runtime):
         text = repr(event)
         assert CANARY_PASSWORD not in text and CANARY_SEED not in text
+
+
+async def test_done_records_who_ended_the_grant_and_late_approver_hears_it_was_approved(
+    runtime: Runtime, notifier: RecordingNotifier
+) -> None:
+    request = await runtime.service.request_access(ALICE, "acme-zendesk fix broken trigger")
+    await runtime.service.approve(request.id, LEAD1)
+    with pytest.raises(Conflict, match=f"{request.id} was already approved by lead one"):
+        await runtime.service.approve(request.id, LEAD2)
+    ended = await runtime.service.done(request.id, ALICE)
+    assert ended.status is Status.REVOKED and ended.ended_by == ALICE
