@@ -1,32 +1,159 @@
-"""Teams adapter (placeholder until the Teams issue lands)."""
+"""Teams adapter: `POST /api/messages` through the Microsoft 365 Agents SDK.
+
+`TeamsAdapter(settings)` is a `bot.runtime.ChatAdapter`. With app credentials
+(`CONNECTIONS__SERVICE_CONNECTION__SETTINGS__CLIENTID` / `CLIENTSECRET` / `TENANTID`) every
+request must carry a Bot Framework JWT; without them the endpoint is anonymous, for local
+development with Microsoft 365 Agents Playground only, and says so loudly at start.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiohttp import web
+from microsoft_agents.activity import Activity
+from microsoft_agents.authentication.msal import MsalConnectionManager
+from microsoft_agents.hosting.aiohttp import CloudAdapter
+from microsoft_agents.hosting.core import TurnContext
+from microsoft_agents.hosting.core.rest_channel_service_client_factory import RestChannelServiceClientFactory
+from pydantic import ValidationError
 
+from adapters.teams.agent import TeamsAgent, apology, report_unexpected
+from adapters.teams.auth import CONNECTION, InboundAuth, auth_configuration
+from adapters.teams.connector import Connector, ServiceUrlBook, ServiceUrlValidator
+from adapters.teams.notifier import TeamsNotifier
 from bot.config import Settings
 from bot.runtime import Runtime
 
+__all__ = ["TeamsAdapter"]
+
+log = logging.getLogger("jitpass.teams")
+
+ROUTE = "/api/messages"
+
+
+class _AnonymousNoise(logging.Filter):
+    """In anonymous mode the SDK warns on every turn that its user-token client has no app id:
+    true, expected, and noise that hides the one warning that matters (the mode itself)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("App ID is not provided")
+
+
+_ANONYMOUS_NOISE = _AnonymousNoise()
+_USER_TOKEN_LOG = logging.getLogger("microsoft_agents.hosting.core.connector.client.user_token_client")
+
 
 class TeamsAdapter:
+    """Mounts /api/messages; at start registers the Teams notifier with the core."""
+
     platform = "teams"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.auth_config = auth_configuration(settings)
+        self.app_id = settings.teams_app_id or None
+        self.inbound_auth = InboundAuth(self.auth_config) if self.app_id else None
+        self.validator = ServiceUrlValidator(enabled=settings.teams_service_url_validation,
+                                             allow_loopback=self.app_id is None)
+        self.connections = MsalConnectionManager(connections_configurations={CONNECTION: self.auth_config})
+        self.client_factory = RestChannelServiceClientFactory(self.connections)
+        self.cloud = CloudAdapter(channel_service_client_factory=self.client_factory, host_validator=self.validator)
+        self.cloud.on_turn_error = self._on_turn_error
+        self.connector = Connector(self.client_factory, self.validator, self.app_id)
+        self.agent: TeamsAgent | None = None
+        self.service_urls: ServiceUrlBook | None = None
+        if self.app_id is None and _ANONYMOUS_NOISE not in _USER_TOKEN_LOG.filters:
+            _USER_TOKEN_LOG.addFilter(_ANONYMOUS_NOISE)
+
+    # -- ChatAdapter -----------------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:
-        async def events(request: web.Request) -> web.Response:
-            return web.json_response({"error": "the Teams adapter is not implemented yet"}, status=501)
-
-        app.router.add_post("/api/messages", events)
+        app.router.add_post(ROUTE, self.messages)
 
     async def start(self, runtime: Runtime) -> None:
-        return None
+        self.service_urls = ServiceUrlBook(runtime.store)
+        await self.service_urls.load()
+        notifier = TeamsNotifier(runtime.policy, self.connector, self.service_urls, runtime.service.get_request,
+                                 runtime.service.save_refs)
+        runtime.service.register_notifier(notifier)
+        self.agent = TeamsAgent(runtime, self.service_urls, self.connections)
+        validation = "on" if self.validator.enabled else "OFF"
+        if self.app_id:
+            log.info("event=teams_mode mode=jwt note=\"Teams: JWT validation on for app id %s\" "
+                     "service_url_validation=%s", self.app_id, validation)
+        else:
+            log.warning("event=teams_mode mode=anonymous note=\"Teams: ANONYMOUS mode (local development only) — "
+                        "set CLIENTID/CLIENTSECRET/TENANTID for production\" service_url_validation=%s%s",
+                        validation, " (loopback allowed)" if self.validator.enabled else "")
+        if not self.validator.enabled:
+            log.warning("event=teams_service_url_validation_off note=\"JITPASS_TEAMS_VALIDATE_SERVICE_URL=false: "
+                        "the bot will post to any serviceUrl an activity names\"")
+        for vault in ("*", *runtime.policy.vaults):
+            if not runtime.policy.leads_channel(vault, self.platform):
+                log.warning("event=teams_no_leads_channel vault=%s note=\"approval cards for this vault cannot be "
+                            "posted in Teams: set [leads_channel] teams\"", vault)
 
     async def stop(self) -> None:
-        return None
+        self.agent = None
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": "not implemented"}
+        return {
+            "mode": "jwt" if self.app_id else "anonymous",
+            "app_id": self.app_id,
+            "service_url_validation": self.validator.enabled,
+            "started": self.agent is not None,
+            "known_tenants": len(self.service_urls.by_tenant) if self.service_urls else 0,
+        }
+
+    # -- the endpoint ----------------------------------------------------------------------
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Authenticate, check the activity's shape, then let the SDK run the turn."""
+        if self.inbound_auth is not None:
+            claims = await self.inbound_auth.authenticate(request.headers.get("Authorization"))
+            if claims is None:
+                return web.json_response({"error": "Invalid token or authentication failed."}, status=401)
+            request["claims_identity"] = claims
+        problem = await self._malformed(request)
+        if problem:
+            log.info("event=teams_bad_request why=\"%s\"", problem)
+            return web.json_response({"error": problem}, status=400)
+        if self.agent is None:
+            return web.json_response({"error": "jitpass is starting"}, status=503)
+        try:
+            response = await self.cloud.process(request, self.agent.app)
+        except Exception as exc:  # never a stack trace to the caller
+            error_id = report_unexpected("process", exc)
+            return web.json_response({"error": "internal error", "error_id": error_id}, status=500)
+        return response if response is not None else web.Response(status=202)
+
+    @staticmethod
+    async def _malformed(request: web.Request) -> str:
+        try:
+            body = await request.json()
+        except ValueError:
+            return "the body is not JSON"
+        if not isinstance(body, dict):
+            return "the body is not an activity object"
+        try:
+            activity = Activity.model_validate(body)
+        except ValidationError as exc:
+            return f"not a valid activity ({exc.error_count()} problem(s))"
+        if not activity.type or not activity.conversation or not activity.conversation.id:
+            return "an activity needs a type and conversation.id"
+        if not activity.channel_id or not activity.service_url:
+            return "an activity needs a channelId and a serviceUrl"
+        if not activity.from_property or not activity.from_property.id:
+            return "an activity needs from.id"
+        return ""
+
+    async def _on_turn_error(self, context: TurnContext, error: Exception) -> None:
+        """Replaces the SDK's default, which would post the exception text into the chat."""
+        error_id = report_unexpected("turn", error)
+        if context.activity.type == "message":
+            try:
+                await context.send_activity(apology(error_id))
+            except Exception as exc:  # the apology is a courtesy; the error is logged already
+                report_unexpected("apology", exc)

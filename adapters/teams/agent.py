@@ -1,0 +1,410 @@
+"""Agents SDK handlers: Teams messages, card actions and installs, turned into AccessService calls.
+
+Messages are commands (`access …`, `list`, `status`, `cancel`, `done`, `extend`, `whereami`,
+`help`), typed in a 1:1 chat or after an @mention in a channel. Card buttons are Universal
+Actions: an `adaptiveCard/action` invoke whose answer is the updated card, or an error the
+Teams client shows under the card. The core decides and audits; this module only translates.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import secrets
+import traceback
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from microsoft_agents.activity import Activity, ActivityTypes, InvokeResponse
+from microsoft_agents.hosting.core import AgentApplication, MemoryStorage, RouteRank, TurnContext, TurnState
+from microsoft_agents.hosting.core.app.app_options import ApplicationOptions
+from microsoft_agents.hosting.core.authorization import Connections
+
+from adapters.teams import cards
+from adapters.teams.connector import ServiceUrlBook, card_activity
+from adapters.teams.notifier import teams_wording
+from adapters.teams.refs import REQUESTER, VERSION, RequesterRef
+from bot.errors import InputError, JitpassError, NotFound, ParseError
+from bot.model import AccessRequest, Identity, Window
+from bot.parse import RequestDraft, format_duration, parse_request
+from bot.runtime import Runtime
+
+__all__ = ["Inbound", "TeamsAgent", "clean_text", "identity_of", "report_unexpected"]
+
+log = logging.getLogger("jitpass.teams")
+
+ADAPTIVE_CARD_ACTION = "adaptiveCard/action"
+ERROR_CONTENT_TYPE = "application/vnd.microsoft.error"
+_MENTION = re.compile(r"<at\b[^>]*>.*?</at>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+_REQUEST_ID = re.compile(r"^R-[0-9A-Z]{8}$", re.IGNORECASE)
+
+Reply = Callable[[TurnContext, "Inbound", str], Awaitable[None]]
+
+
+def report_unexpected(what: str, exc: BaseException) -> str:
+    """Log an unexpected failure without its message (which might quote a secret); return an error id."""
+    error_id = "E-" + secrets.token_hex(3).upper()
+    log.error("event=teams_error error_id=%s where=%s error=%s", error_id, what, type(exc).__name__)
+    log.debug("event=teams_error_trace error_id=%s frames=%r", error_id,
+              "".join(traceback.format_tb(exc.__traceback__)))
+    return error_id
+
+
+def apology(error_id: str) -> str:
+    return f"Sorry, something went wrong on my side (error {error_id}). Try again; if it keeps happening, " \
+           "give the error id to an admin."
+
+
+def clean_text(text: str) -> str:
+    """The command in a Teams message: mentions (`<at>jitpass</at>`) and markup removed."""
+    text = _MENTION.sub(" ", text)
+    text = _TAG.sub(" ", text)
+    return " ".join(html.unescape(text).replace("\u00a0", " ").split())
+
+
+def tenant_of(activity: Activity) -> str:
+    if activity.conversation and activity.conversation.tenant_id:
+        return activity.conversation.tenant_id
+    data = activity.channel_data if isinstance(activity.channel_data, Mapping) else {}
+    tenant = data.get("tenant")
+    return str(tenant.get("id") or "") if isinstance(tenant, Mapping) else ""
+
+
+def identity_of(activity: Activity) -> Identity:
+    """Who acts: the Entra object id when Teams sends it (it does for real users), else the Teams id."""
+    user = activity.from_property
+    if user is None or not (user.aad_object_id or user.id):
+        raise InputError("This message does not say who sent it.")
+    tenant = tenant_of(activity)
+    return Identity("teams", user.aad_object_id or user.id or "", user.name or "",
+                    frozenset({tenant}) if tenant else frozenset())
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """Who acts, and where: enough to answer and to reach them privately later."""
+
+    identity: Identity
+    requester: RequesterRef
+    conversation_id: str  # top-level id: a channel's id without the `;messageid=` of its thread
+
+    @property
+    def in_personal_chat(self) -> bool:
+        return self.requester.is_personal
+
+    @classmethod
+    def of(cls, activity: Activity) -> Inbound:
+        identity = identity_of(activity)
+        conversation = activity.conversation
+        data = activity.channel_data if isinstance(activity.channel_data, Mapping) else {}
+        channel = data.get("channel")
+        conversation_id = (conversation.id if conversation else "") or ""
+        if isinstance(channel, Mapping) and channel.get("id"):
+            conversation_id = str(channel["id"])
+        conversation_id = conversation_id.split(";", 1)[0]
+        kind = (conversation.conversation_type if conversation else None) or (
+            "channel" if isinstance(channel, Mapping) else "personal")
+        user = activity.from_property
+        requester = RequesterRef(
+            service_url=activity.service_url or "", conversation_id=conversation_id, conversation_type=kind,
+            user_id=(user.id if user else "") or "", aad_object_id=(user.aad_object_id if user else "") or "",
+            tenant_id=tenant_of(activity), bot_id=(activity.recipient.id if activity.recipient else "") or "",
+        )
+        return cls(identity, requester, conversation_id)
+
+    def refs(self) -> dict[str, Any]:
+        return {VERSION: 1, REQUESTER: self.requester.to_dict()}
+
+
+def card_response(card: dict[str, Any]) -> dict[str, Any]:
+    """The body of an `adaptiveCard/action` answer that shows `card` in place of the clicked one."""
+    return {"statusCode": 200, "type": cards.CARD_CONTENT_TYPE, "value": card}
+
+
+def error_response(code: str, message: str, status: int = 400) -> dict[str, Any]:
+    """The body of an `adaptiveCard/action` answer that Teams shows as an error under the card."""
+    return {"statusCode": status, "type": ERROR_CONTENT_TYPE, "value": {"code": code, "message": message}}
+
+
+class TeamsAgent:
+    """The AgentApplication and its handlers."""
+
+    def __init__(self, runtime: Runtime, service_urls: ServiceUrlBook, connection_manager: Connections) -> None:
+        self.runtime = runtime
+        self.service = runtime.service
+        self.policy = runtime.policy
+        self.service_urls = service_urls
+        # jitpass keeps no conversation state in the SDK; the storage only satisfies its turn state.
+        options = ApplicationOptions(storage=MemoryStorage(), start_typing_timer=False,
+                                     remove_recipient_mention=False)
+        self.app: AgentApplication[TurnState] = AgentApplication[TurnState](
+            options, connection_manager=connection_manager)
+        self.app.before_turn(self._remember_service_url)
+        self.app.activity(ActivityTypes.message)(self.on_message)
+        self.app.conversation_update("membersAdded")(self.on_members_added)
+        self.app.invoke(ADAPTIVE_CARD_ACTION)(self.on_card_action)
+        self.app.invoke()(self.on_other_invoke)
+        self.app.add_route(lambda context: context.activity.type != ActivityTypes.invoke, self.on_other_activity,
+                           rank=RouteRank.LAST)
+        self.commands: dict[str, Reply] = {
+            "access": self.cmd_access, "list": self.cmd_list, "status": self.cmd_status,
+            "cancel": self.cmd_cancel, "done": self.cmd_done, "extend": self.cmd_extend,
+            "help": self.cmd_help, "report": self.cmd_report, "whereami": self.cmd_whereami,
+        }
+        self.verbs: dict[str, Callable[[TurnContext, Inbound, Mapping[str, Any]], Awaitable[dict[str, Any]]]] = {
+            cards.VERB_APPROVE: self.act_approve, cards.VERB_DECLINE: self.act_decline,
+            cards.VERB_NEW_CODE: self.act_new_code, cards.VERB_DONE: self.act_done,
+            cards.VERB_SUBMIT_REQUEST: self.act_submit_request,
+        }
+
+    # -- every turn --------------------------------------------------------------------------
+
+    async def _remember_service_url(self, context: TurnContext, state: TurnState) -> bool:
+        activity = context.activity
+        if activity.service_url:
+            await self.service_urls.remember(tenant_of(activity), activity.service_url)
+        return True
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def on_message(self, context: TurnContext, state: TurnState) -> None:
+        activity = context.activity
+        try:
+            inbound = Inbound.of(activity)
+            text = clean_text(activity.text or "")
+            if not inbound.in_personal_chat:
+                log.info("event=teams_mention conversation_id=%s type=%s tenant=%s", inbound.conversation_id,
+                         inbound.requester.conversation_type, inbound.requester.tenant_id or "-")
+            word, _, rest = text.partition(" ")
+            word = word.lower().lstrip("/")
+            if word == "channel" and rest.strip().lower() in {"id", "id?"}:
+                word, rest = "whereami", ""
+            command = self.commands.get(word)
+            if command is None:
+                note = f"I don't know “{cards.clip(word, 40)}”. Here is what I understand:" if word else ""
+                await self.cmd_help(context, inbound, note)
+                return
+            await command(context, inbound, rest.strip())
+        except JitpassError as exc:
+            await self._say(context, teams_wording(exc.user_message()))
+        except Exception as exc:  # answered with an apology and an error id
+            await self._say(context, apology(report_unexpected("message", exc)))
+
+    async def cmd_access(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
+        if not rest:
+            await self._show(context, await self._form())
+            return
+        try:
+            draft = parse_request(rest, now=self.runtime.clock.now(), tz=self.policy.timezone,
+                                  default_duration=timedelta(0))
+        except ParseError as exc:
+            first = rest.split()[0].strip("`:,").lower()
+            await self._show(context, await self._form(error=teams_wording(exc.user_message()), item=first))
+            return
+        if not draft.reason:
+            when = rest[len(rest.split()[0]):].strip()
+            await self._show(context, await self._form(
+                error=f"Say why you need {draft.item}.", item=draft.item, window=when))
+            return
+        request = await self.service.request_access(inbound.identity, rest, refs=inbound.refs())
+        await self._say(context, self._sent_text(request, inbound))
+
+    async def cmd_list(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
+        await self._show(context, cards.items_card(await self.service.list_items(rest), rest))
+
+    async def cmd_status(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
+        mine = await self.service.my_requests(inbound.identity)
+        await self._show(context, cards.status_card(mine, self.policy.timezone))
+
+    async def cmd_cancel(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
+        request = await self.service.cancel(self._request_id(rest, "cancel"), inbound.identity)
+        await self._say(context, f"↩️ {request.id} for {request.item} is cancelled.")
+
+    async def cmd_done(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
+        request = await self.service.done(self._request_id(rest, "done"), inbound.identity)
+        await self._say(context, f"🔒 {request.id} for {request.item} is {request.status.value.replace('_', ' ')}.")
+
+    async def cmd_extend(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
+        request_id, _, duration = rest.partition(" ")
+        extension = await self.service.request_extension(self._request_id(request_id, "extend", "30m"),
+                                                         inbound.identity, duration.strip() or "")
+        await self.service.save_refs(extension.id, inbound.refs())
+        await self._say(context, f"⏩ Extension {extension.id} asks the leads for "
+                                 f"{format_duration(extension.window.duration)} more on {extension.parent_id}.")
+
+    async def cmd_help(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
+        await self._show(context, cards.help_card(rest))
+
+    async def cmd_report(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
+        """Admins' access report summary; only in a 1:1 chat (it names people and credentials)."""
+        try:
+            from bot.reports import chat_report  # imported here: the reports module is optional for Teams
+        except ImportError:
+            await self._say(context, "Reports are not available yet.")
+            return
+        if not inbound.in_personal_chat:
+            await self._say(context, "Ask for reports in a 1:1 chat with me: they name people and credentials.")
+            return
+        report = await chat_report(self.runtime, inbound.identity, rest)
+        lines = "\n\n".join(line for line in report.summary.splitlines() if line.strip())
+        await self._say(context, f"📊 {lines}\n\nThe full CSV and HTML reports come from the server: "
+                                 f"`jitpass report` (Teams bots cannot attach files to a chat without a file "
+                                 f"consent step).")
+
+    async def cmd_whereami(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
+        where = inbound.requester
+        log.info("event=teams_whereami conversation_id=%s type=%s tenant=%s", where.conversation_id,
+                 where.conversation_type, where.tenant_id or "-")
+        tip = "" if inbound.in_personal_chat else (
+            f"\n\nTo post approval cards here, put this in the policy file:\n\n"
+            f"[leads_channel]\nteams = \"{where.conversation_id}\"")
+        await self._say(context, f"This {where.conversation_type} conversation is `{where.conversation_id}` "
+                                 f"(tenant `{where.tenant_id or '-'}`).{tip}")
+
+    # -- installs ----------------------------------------------------------------------------
+
+    async def on_members_added(self, context: TurnContext, state: TurnState) -> None:
+        activity = context.activity
+        bot_id = activity.recipient.id if activity.recipient else None
+        if not any(member.id == bot_id for member in activity.members_added or []):
+            return
+        try:
+            inbound = Inbound.of(activity)
+        except JitpassError:
+            return
+        where = inbound.requester
+        log.info("event=teams_installed conversation_id=%s type=%s tenant=%s service_url=%s",
+                 where.conversation_id, where.conversation_type, where.tenant_id or "-", where.service_url)
+        if inbound.in_personal_chat:
+            await self._show(context, cards.help_card())
+        else:
+            await self.cmd_whereami(context, inbound, "")
+
+    # -- card buttons ------------------------------------------------------------------------
+
+    async def on_card_action(self, context: TurnContext, state: TurnState) -> None:
+        try:
+            body = await self._card_action(context)
+        except JitpassError as exc:
+            body = error_response(type(exc).__name__, teams_wording(exc.user_message()))
+        except Exception as exc:  # answered with an error id
+            body = error_response("InternalError", apology(report_unexpected("card action", exc)), 500)
+        await self._answer(context, body)
+
+    async def _card_action(self, context: TurnContext) -> dict[str, Any]:
+        value = context.activity.value
+        action = value.get("action") if isinstance(value, Mapping) else None
+        if not isinstance(action, Mapping) or action.get("type", "Action.Execute") != "Action.Execute":
+            return error_response("BadRequest", "This is not an Action.Execute card action.")
+        verb = action.get("verb")
+        raw_data = action.get("data")
+        data: Mapping[str, Any] = raw_data if isinstance(raw_data, Mapping) else {}
+        handler = self.verbs.get(verb) if isinstance(verb, str) else None
+        if handler is None:
+            return error_response("UnknownVerb", f"jitpass does not know the card action “{verb}”.")
+        return await handler(context, Inbound.of(context.activity), data)
+
+    async def act_approve(self, context: TurnContext, inbound: Inbound, data: Mapping[str, Any]) -> dict[str, Any]:
+        request = await self.service.approve(self._card_request_id(data), inbound.identity)
+        return card_response(cards.approval_card(request, await self.service.item_of(request), self.policy.timezone))
+
+    async def act_decline(self, context: TurnContext, inbound: Inbound, data: Mapping[str, Any]) -> dict[str, Any]:
+        reason = data.get(cards.INPUT_DECLINE_REASON)
+        request = await self.service.decline(self._card_request_id(data), inbound.identity,
+                                             reason if isinstance(reason, str) else "")
+        return card_response(cards.approval_card(request, await self.service.item_of(request), self.policy.timezone))
+
+    async def act_new_code(self, context: TurnContext, inbound: Inbound, data: Mapping[str, Any]) -> dict[str, Any]:
+        request_id = self._card_request_id(data)
+        reveal = await self.service.new_code(request_id, inbound.identity)
+        request = await self.service.get_request(request_id)
+        return card_response(cards.delivery_card(request, reveal, self.policy.timezone))
+
+    async def act_done(self, context: TurnContext, inbound: Inbound, data: Mapping[str, Any]) -> dict[str, Any]:
+        request = await self.service.done(self._card_request_id(data), inbound.identity)
+        return card_response(cards.grant_ended_card(request, await self.service.item_of(request),
+                                                    self.policy.timezone))
+
+    async def act_submit_request(self, context: TurnContext, inbound: Inbound,
+                                 data: Mapping[str, Any]) -> dict[str, Any]:
+        item, reason, window = (str(data.get(key) or "").strip()
+                                for key in (cards.INPUT_ITEM, cards.INPUT_REASON, cards.INPUT_WINDOW))
+        try:
+            if not item or not reason:
+                raise InputError("Pick an item and say why you need it.")
+            draft = RequestDraft(item, reason, self._window(item, window))
+            request = await self.service.request_access(inbound.identity, draft, refs=inbound.refs())
+        except JitpassError as exc:
+            return card_response(await self._form(error=teams_wording(exc.user_message()), item=item,
+                                                  reason=reason, window=window))
+        return card_response(cards.request_sent_card(request, self.policy.timezone, self._sent_note(request, inbound)))
+
+    async def on_other_invoke(self, context: TurnContext, state: TurnState) -> None:
+        name = context.activity.name or ""
+        log.info("event=teams_invoke_unsupported name=%s", name)
+        await self._answer(context, error_response("NotSupported", f"jitpass does not handle “{name}”.", 501))
+
+    async def on_other_activity(self, context: TurnContext, state: TurnState) -> None:
+        """Reactions, typing, renames, uninstalls …: nothing for jitpass to do."""
+        log.debug("event=teams_activity_ignored type=%s", context.activity.type)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _window(self, item: str, window: str) -> Window | None:
+        """The form's free-text window, read by the same parser as a chat request."""
+        if not window:
+            return None
+        draft = parse_request(f"{item} {window}", now=self.runtime.clock.now(), tz=self.policy.timezone,
+                              default_duration=timedelta(0))
+        if draft.reason or draft.window is None:
+            raise ParseError(f"I can't read “{cards.clip(window, 60)}” as a time.",
+                             hint="Examples: for 1h · until 17:00 · tomorrow 9am-11am")
+        return draft.window
+
+    @staticmethod
+    def _request_id(text: str, verb: str, extra: str = "") -> str:
+        request_id = text.split()[0] if text.split() else ""
+        if not _REQUEST_ID.match(request_id):
+            example = f"Example: {verb} R-ABCD2345{' ' + extra if extra else ''}"
+            raise InputError(f"Say which request: {verb} needs a request id like R-ABCD2345.", hint=example)
+        return request_id.upper()
+
+    @staticmethod
+    def _card_request_id(data: Mapping[str, Any]) -> str:
+        request_id = data.get("request_id")
+        if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
+            raise NotFound("This card names no request.")
+        return request_id
+
+    async def _form(self, *, error: str = "", item: str = "", reason: str = "", window: str = "") -> dict[str, Any]:
+        return cards.request_form_card(await self.service.list_items(), error=error, item=item, reason=reason,
+                                       window=window)
+
+    def _sent_note(self, request: AccessRequest, inbound: Inbound) -> str:
+        where = "here" if inbound.in_personal_chat else "in a private chat"
+        note = f"I'll tell you {where} when a lead decides."
+        if not self.policy.leads_channel(request.vault, "teams"):
+            note += f" ⚠️ No Teams leads channel is set for vault '{request.vault}': ask an admin."
+        return note
+
+    def _sent_text(self, request: AccessRequest, inbound: Inbound) -> str:
+        return (f"📨 {request.id} for {request.item} ({cards.window_text(request, self.policy.timezone)}) is "
+                f"waiting for a lead. {self._sent_note(request, inbound)}")
+
+    @staticmethod
+    async def _say(context: TurnContext, text: str) -> None:
+        await context.send_activity(Activity(type=ActivityTypes.message, text=text))
+
+    @staticmethod
+    async def _show(context: TurnContext, card: dict[str, Any]) -> None:
+        await context.send_activity(card_activity(card))
+
+    @staticmethod
+    async def _answer(context: TurnContext, body: dict[str, Any]) -> None:
+        await context.send_activity(Activity(type=ActivityTypes.invoke_response,
+                                             value=InvokeResponse(status=200, body=body)))
+

@@ -1,0 +1,369 @@
+"""Adaptive Cards for Teams: pure functions from core objects to card JSON (schema 1.5).
+
+Two layers, as for Slack's Block Kit: first platform-neutral wording (what a state is called,
+how a window reads, escaping and truncation of what users typed), then assembly with
+Microsoft's typed card models (`microsoft_teams.cards`), serialised to plain dicts.
+
+Buttons are Universal Actions (`Action.Execute`): Teams sends an `adaptiveCard/action` invoke
+with the verb and `{"request_id": ...}` and shows the card we answer with. Only the delivery
+card ever holds a secret; it goes to the requester's 1:1 chat and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, tzinfo
+from typing import Any, Final, Literal
+
+from microsoft_teams.cards import (
+    AdaptiveCard,
+    CardElement,
+    Choice,
+    ChoiceSetInput,
+    Container,
+    ExecuteAction,
+    Fact,
+    FactSet,
+    TextBlock,
+    TextInput,
+)
+
+from bot.model import AccessRequest, Item, Reveal, Status
+from bot.parse import format_duration
+
+__all__ = [
+    "CARD_CONTENT_TYPE",
+    "CARD_VERSION",
+    "ID_CODE",
+    "ID_PASSWORD",
+    "ID_STATUS",
+    "INPUT_DECLINE_REASON",
+    "INPUT_ITEM",
+    "INPUT_REASON",
+    "INPUT_WINDOW",
+    "MAX_CARD_BYTES",
+    "MAX_FORM_ITEMS",
+    "MAX_LIST_ITEMS",
+    "VERB_APPROVE",
+    "VERB_DECLINE",
+    "VERB_DONE",
+    "VERB_NEW_CODE",
+    "VERB_SUBMIT_REQUEST",
+    "approval_card",
+    "card_bytes",
+    "clip",
+    "delivery_card",
+    "grant_ended_card",
+    "help_card",
+    "items_card",
+    "request_form_card",
+    "request_sent_card",
+    "state_line",
+    "status_card",
+    "user_text",
+    "when",
+    "window_text",
+]
+
+CARD_VERSION: Final = "1.5"
+CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
+CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
+# Teams refuses a message larger than about 28 KB; cards are kept well below it.
+MAX_CARD_BYTES = 28 * 1024
+MAX_TEXT = 600  # characters of user-typed text (reasons) shown on a card
+MAX_LIST_ITEMS = 40  # catalogue entries listed in one card
+MAX_FORM_ITEMS = 150  # items offered in the request form's choice list...
+FORM_CHOICES_BYTES = 18 * 1024  # ...as long as they fit in this share of the card
+MAX_STATUS_ROWS = 20
+
+VERB_APPROVE = "approve"
+VERB_DECLINE = "decline"
+VERB_NEW_CODE = "newCode"
+VERB_DONE = "done"
+VERB_SUBMIT_REQUEST = "submitRequest"
+
+# Input ids: the values come back merged into the action data of the invoke.
+INPUT_DECLINE_REASON = "decline_reason"
+INPUT_ITEM = "item"
+INPUT_REASON = "reason"
+INPUT_WINDOW = "window"
+# Element ids the tests (and people reading a card JSON) can find.
+ID_STATUS = "status"
+ID_PASSWORD = "password"
+ID_CODE = "totp_code"
+
+Color = Literal["Default", "Good", "Warning", "Attention", "Accent"]
+
+# -- platform-neutral wording --------------------------------------------------------------------
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """Collapse whitespace and cut at `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def user_text(text: str, limit: int = MAX_TEXT) -> str:
+    """What a user typed, made safe to show: clipped, and with link syntax broken so a reason
+    cannot put a disguised link (`[Approve](https://…)`) on the leads' card."""
+    return clip(text, limit).replace("](", "] (").replace("<", "‹").replace(">", "›")
+
+
+def when(at: datetime | None, tz: tzinfo) -> str:
+    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z") if at else "-"
+
+
+def window_text(request: AccessRequest, tz: tzinfo) -> str:
+    """How long and when, e.g. `1h from approval` or `2026-03-11 09:00 UTC – 11:00 (2h)`."""
+    duration = format_duration(request.window.duration)
+    if request.starts_at and request.ends_at:
+        end = request.ends_at.astimezone(tz).strftime("%H:%M")
+        return f"{when(request.starts_at, tz)} – {end} ({format_duration(request.ends_at - request.starts_at)})"
+    if request.starts_at:
+        return f"from {when(request.starts_at, tz)} for {duration}"
+    return f"{duration} from approval"
+
+
+def state_line(request: AccessRequest, tz: tzinfo) -> tuple[str, Color]:
+    """One line saying where the request stands, and the colour it deserves."""
+    by = f" by {request.decided_by.label}" if request.decided_by else ""
+    match request.status:
+        case Status.PENDING:
+            got = len(request.approvals)
+            votes = f" ({got} of {request.required_approvals} approvals)" if request.required_approvals > 1 else ""
+            return f"⏳ Waiting for a lead{votes} — decide by {when(request.timeout_at, tz)}", "Default"
+        case Status.APPROVED:
+            return f"✅ Approved{by}; starts {when(request.starts_at, tz)}", "Good"
+        case Status.ACTIVE:
+            return f"✅ Approved{by}; active until {when(request.ends_at, tz)}", "Good"
+        case Status.EXPIRED:
+            return f"🔒 Expired at {when(request.ended_at or request.ends_at, tz)}", "Default"
+        case Status.REVOKED:
+            return f"🔒 Ended early at {when(request.ended_at, tz)}", "Default"
+        case Status.DECLINED:
+            why = f": {user_text(request.decline_reason)}" if request.decline_reason else ""
+            return f"❌ Declined{by}{why}", "Attention"
+        case Status.CANCELLED:
+            return f"↩️ Cancelled at {when(request.ended_at or request.updated_at, tz)}", "Default"
+        case Status.TIMED_OUT:
+            return f"⌛ Timed out at {when(request.ended_at, tz)}: no lead decided in time", "Warning"
+    return request.status.value, "Default"  # pragma: no cover - every status is matched above
+
+
+def title_line(request: AccessRequest) -> str:
+    who = user_text(request.requester.label, 80)
+    if request.is_extension:
+        return f"⏩ {who} asks to extend {request.parent_id} by {format_duration(request.window.duration)}"
+    return f"🔐 {who} requests access to {request.item}"
+
+
+# -- assembly ------------------------------------------------------------------------------------
+
+
+def _card(body: Sequence[CardElement], actions: Sequence[ExecuteAction] = (), *, fallback: str) -> dict[str, Any]:
+    card = AdaptiveCard(version=CARD_VERSION, fallback_text=fallback, body=list(body),
+                        actions=list(actions) or None)
+    data: dict[str, Any] = {"$schema": CARD_SCHEMA, **card.model_dump(mode="json", exclude_none=True)}
+    data.pop("schema", None)  # the library spells `$schema` without its dollar sign
+    return data
+
+
+def _heading(text: str) -> TextBlock:
+    return TextBlock(text=text, style="heading", weight="Bolder", size="Medium", wrap=True)
+
+
+def _line(text: str, *, color: Color = "Default", subtle: bool = False, element_id: str | None = None) -> TextBlock:
+    return TextBlock(text=text, wrap=True, color=None if color == "Default" else color,
+                     is_subtle=subtle or None, id=element_id)
+
+
+def _facts(pairs: Sequence[tuple[str, str]]) -> FactSet:
+    return FactSet(facts=[Fact(title=title, value=value) for title, value in pairs if value])
+
+
+def _action(title: str, verb: str, request_id: str, *, style: Literal["positive", "destructive"] | None = None,
+            with_inputs: bool = False) -> ExecuteAction:
+    return ExecuteAction(title=title, verb=verb, data={"request_id": request_id}, style=style,
+                         associated_inputs=None if with_inputs else "none")
+
+
+def card_bytes(card: dict[str, Any]) -> int:
+    """Size of the card as Teams receives it (compact UTF-8 JSON)."""
+    return len(json.dumps(card, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def approval_card(request: AccessRequest, item: Item, tz: tzinfo) -> dict[str, Any]:
+    """The leads' card: who wants what, why and when; Approve / Decline while pending. No secret."""
+    state, color = state_line(request, tz)
+    facts = [
+        ("Request", request.id),
+        ("Item", f"{item.name} (vault {item.vault})"),
+        ("URL", clip(item.url, 200)),
+        ("Reason", user_text(request.reason)),
+        ("Window", window_text(request, tz)),
+        ("Approved by", ", ".join(user_text(a.approver.label, 80) for a in request.approvals)),
+        ("Notes", user_text("; ".join(request.notes))),
+    ]
+    body: list[CardElement] = [_heading(title_line(request)), _line(state, color=color, element_id=ID_STATUS),
+                               _facts(facts)]
+    actions: list[ExecuteAction] = []
+    if request.status is Status.PENDING:
+        body.append(TextInput(id=INPUT_DECLINE_REASON, label="Reason, if you decline (optional)",
+                              placeholder="e.g. use the read-only account instead", max_length=500))
+        actions = [_action("Approve", VERB_APPROVE, request.id, style="positive"),
+                   _action("Decline", VERB_DECLINE, request.id, style="destructive", with_inputs=True)]
+    return _card(body, actions, fallback=f"{title_line(request)} — {state}")
+
+
+def delivery_card(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> dict[str, Any]:
+    """The requester's private card: username, URL, password and the current code; New code / Done.
+
+    The password sits in a text input so it is shown and copied exactly (a text block would
+    render `*` or `_` in it as formatting); the buttons send no inputs back, so it never
+    travels back to the bot.
+    """
+    item = reveal.item
+    body: list[CardElement] = [
+        _heading(f"🔓 Your access to {item.name} is ready"),
+        _line(f"Until {when(reveal.ends_at, tz)} — this card is wiped when access ends.", element_id=ID_STATUS),
+        _facts([("Request", request.id), ("Username", item.username), ("URL", clip(item.url, 200))]),
+    ]
+    if reveal.password is not None:
+        body.append(TextInput(id=ID_PASSWORD, label="Password", value=reveal.password.reveal()))
+    actions: list[ExecuteAction] = []
+    if reveal.code is not None:
+        seconds = reveal.code.seconds_left
+        body.append(Container(style="emphasis", items=[
+            TextBlock(text="One-time code", weight="Bolder", spacing="None"),
+            TextBlock(id=ID_CODE, text=reveal.code.code, size="ExtraLarge", font_type="Monospace", spacing="None"),
+            _line(f"valid for {seconds} more second{'s' if seconds != 1 else ''}; press New code for a fresh one",
+                  subtle=True),
+        ]))
+        actions.append(_action("New code", VERB_NEW_CODE, request.id))
+    actions.append(_action("Done", VERB_DONE, request.id, style="destructive"))
+    return _card(body, actions, fallback=f"Your access to {item.name} is ready: open the card in Teams to see it.")
+
+
+def grant_ended_card(request: AccessRequest, item: Item, tz: tzinfo) -> dict[str, Any]:
+    """What replaces the delivery card when the grant ends: no secret left in the chat."""
+    verb = "expired" if request.status is Status.EXPIRED else "ended"
+    at = when(request.ended_at or request.ends_at, tz)
+    body: list[CardElement] = [
+        _heading(f"🔒 Access to {item.name} has {verb}"),
+        _line(f"{request.id} {verb} at {at}. The password and code were removed from this chat.",
+              element_id=ID_STATUS),
+        _line(f"Need it again? Send: access {item.name} WHY for HOW-LONG", subtle=True),
+    ]
+    return _card(body, fallback=f"Access to {item.name} through {request.id} has {verb}.")
+
+
+def request_form_card(items: Sequence[Item], *, error: str = "", item: str = "", reason: str = "",
+                      window: str = "") -> dict[str, Any]:
+    """A form for a request the chat text did not complete: item, reason and window."""
+    body: list[CardElement] = [_heading("Request access")]
+    if error:
+        body.append(_line(clip(error, 400), color="Attention", element_id=ID_STATUS))
+    offered = _fitting(items)
+    if not offered:
+        body.append(_line("The catalogue is empty: ask an admin to add items.", color="Warning"))
+        return _card(body, fallback="Request access: the catalogue is empty.")
+    names = {i.name for i in offered}
+    body += [
+        ChoiceSetInput(id=INPUT_ITEM, label="Item", style="filtered", is_required=True,
+                       error_message="Pick an item.", value=item if item in names else None,
+                       choices=[Choice(title=f"{i.name} ({i.vault})", value=i.name) for i in offered]),
+        TextInput(id=INPUT_REASON, label="Why do you need it?", is_multiline=True, is_required=True,
+                  error_message="Say why you need it.", max_length=500, value=clip(reason, 500) or None,
+                  placeholder="e.g. fix broken trigger"),
+        TextInput(id=INPUT_WINDOW, label="When (optional)", value=clip(window, 80) or None,
+                  placeholder="for 1h · until 17:00 · tomorrow 9am-11am"),
+    ]
+    if len(items) > len(offered):
+        body.append(_line(f"Showing {len(offered)} of {len(items)} items; type `list WORDS` to search.",
+                          subtle=True))
+    submit = ExecuteAction(title="Request access", verb=VERB_SUBMIT_REQUEST, style="positive", data={})
+    return _card(body, [submit], fallback="Request access: open the card in Teams to fill it in.")
+
+
+def _fitting(items: Sequence[Item]) -> list[Item]:
+    """The first items whose choices fit the form's share of Teams' message size."""
+    used = 0
+    offered: list[Item] = []
+    for item in items[:MAX_FORM_ITEMS]:
+        used += len(item.name.encode()) * 2 + len(item.vault.encode()) + 40  # title, value and JSON around them
+        if used > FORM_CHOICES_BYTES:
+            break
+        offered.append(item)
+    return offered
+
+
+def request_sent_card(request: AccessRequest, tz: tzinfo, note: str = "") -> dict[str, Any]:
+    """What the form turns into once the request is recorded."""
+    body: list[CardElement] = [
+        _heading(f"📨 Request {request.id} sent"),
+        _line(f"{request.item}: {user_text(request.reason)}", element_id=ID_STATUS),
+        _facts([("Window", window_text(request, tz)), ("Decide by", when(request.timeout_at, tz))]),
+    ]
+    if note:
+        body.append(_line(note, subtle=True))
+    return _card(body, fallback=f"Request {request.id} for {request.item} sent to the leads.")
+
+
+HELP_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("access ITEM WHY WHEN", "ask for a credential, e.g. access acme-zendesk fix broken trigger for 1h"),
+    ("access", "open a form to pick an item"),
+    ("list [WORDS]", "search the catalogue (names, vaults, URLs; never secrets)"),
+    ("status", "your open requests and grants"),
+    ("cancel ID", "withdraw a request that has not started"),
+    ("done ID", "end your grant now"),
+    ("extend ID DURATION", "ask the leads for more time, e.g. extend R-ABCD2345 30m"),
+    ("whereami", "this conversation's id (to set it as a leads channel)"),
+    ("help", "this list"),
+)
+
+
+def help_card(note: str = "") -> dict[str, Any]:
+    """What jitpass understands; in a channel, mention the bot first."""
+    body: list[CardElement] = [_heading("jitpass: just-in-time access to shared credentials")]
+    if note:
+        body.append(_line(clip(note, 300), color="Warning", element_id=ID_STATUS))
+    body += [
+        _facts(list(HELP_COMMANDS)),
+        _line("In a channel, @mention jitpass first. Secrets are only ever sent to you in a 1:1 chat.",
+              subtle=True),
+    ]
+    return _card(body, fallback="jitpass commands: access, list, status, cancel, done, extend, whereami, help")
+
+
+def items_card(items: Sequence[Item], query: str = "") -> dict[str, Any]:
+    """Catalogue entries matching a search: metadata only."""
+    heading = f"Catalogue matching “{clip(query, 60)}”" if query.strip() else "Catalogue"
+    body: list[CardElement] = [_heading(heading)]
+    if not items:
+        body.append(_line("No items match." if query.strip() else "The catalogue is empty.", element_id=ID_STATUS))
+        return _card(body, fallback=f"{heading}: nothing found.")
+    shown = items[:MAX_LIST_ITEMS]
+    body.append(_facts([(i.name, " · ".join(p for p in (f"vault {i.vault}", clip(i.url, 120),
+                                                          "TOTP" if i.has_totp else "") if p))
+                        for i in shown]))
+    if len(items) > len(shown):
+        body.append(_line(f"…and {len(items) - len(shown)} more: add words to narrow the search.", subtle=True))
+    body.append(_line("Ask with: access ITEM WHY WHEN", subtle=True))
+    return _card(body, fallback=f"{heading}: {len(items)} item(s).")
+
+
+def status_card(requests: Sequence[AccessRequest], tz: tzinfo) -> dict[str, Any]:
+    """The requester's open requests and grants."""
+    body: list[CardElement] = [_heading("Your requests")]
+    if not requests:
+        body.append(_line("You have no open requests.", element_id=ID_STATUS))
+        return _card(body, fallback="You have no open requests.")
+    for request in requests[:MAX_STATUS_ROWS]:
+        state, color = state_line(request, tz)
+        body.append(Container(separator=True, items=[
+            TextBlock(text=f"{request.id} · {request.item}", weight="Bolder", wrap=True),
+            _line(state, color=color),
+            _line(window_text(request, tz), subtle=True),
+        ]))
+    return _card(body, fallback=f"You have {len(requests)} open request(s).")

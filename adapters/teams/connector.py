@@ -1,0 +1,202 @@
+"""Outbound calls to the Bot Connector service: which service URLs we trust, and the REST calls.
+
+Proactive messages (the leads' card, the 1:1 delivery, updates in place) need the
+`serviceUrl` Teams gave us in an inbound activity. We check it against the known Bot
+Framework / Teams hosts before every call (unless validation is switched off), remember the
+latest one per tenant in memory and in the store's meta (it must survive a restart), and
+create a connector client through the Agents SDK's client factory, which attaches an Entra
+token when app credentials are configured and none in anonymous mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from microsoft_agents.activity import (
+    Activity,
+    ActivityTypes,
+    Attachment,
+    ConversationAccount,
+    ConversationParameters,
+)
+from microsoft_agents.hosting.core import OutboundHostValidator
+from microsoft_agents.hosting.core.authorization import AuthenticationConstants, ClaimsIdentity
+from microsoft_agents.hosting.core.connector import ConnectorClientBase
+from microsoft_agents.hosting.core.rest_channel_service_client_factory import RestChannelServiceClientFactory
+
+from adapters.teams.cards import CARD_CONTENT_TYPE
+from adapters.teams.refs import ConversationRef
+from bot.errors import DeliveryError
+from bot.ports import Store
+
+__all__ = ["SERVICE_URL_HOSTS", "Connector", "ServiceUrlBook", "ServiceUrlValidator", "card_activity"]
+
+log = logging.getLogger("jitpass.teams")
+
+# Where Teams and the Bot Framework channels live (public cloud, GCC, GCC High, DoD).
+SERVICE_URL_HOSTS = ("botframework.com", "botframework.azure.us", "smba.trafficmanager.net",
+                     "teams.microsoft.com", "teams.microsoft.us")
+META_KEY = "teams.service_url"
+# Throttling and transient errors Microsoft asks bots to retry with a back-off.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+ATTEMPTS = 3
+MAX_RETRY_AFTER = 3.0  # seconds; an approval click waits for these calls
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ServiceUrlValidator(OutboundHostValidator):
+    """https on the known Bot Framework / Teams hosts only; in anonymous (local development)
+    mode loopback URLs are accepted too, so Microsoft 365 Agents Playground works."""
+
+    def __init__(self, *, enabled: bool, allow_loopback: bool) -> None:
+        super().__init__(list(SERVICE_URL_HOSTS), enabled=enabled, include_default_microsoft_hosts=False)
+        self.allow_loopback = allow_loopback
+
+    def is_allowed(self, url: Any) -> bool:
+        if self.enabled and self.allow_loopback and _is_loopback(str(url)):
+            return True
+        return bool(super().is_allowed(url))
+
+
+class ServiceUrlBook:
+    """The latest service URL seen per tenant, kept in memory and in the store's meta."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.by_tenant: dict[str, str] = {}
+        self.latest: str = ""
+
+    async def load(self) -> None:
+        raw = await self.store.get_meta(META_KEY)
+        if not raw:
+            return
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            log.warning("event=teams_service_urls_unreadable key=%s", META_KEY)
+            return
+        if isinstance(data, dict):
+            tenants = data.get("tenants")
+            self.by_tenant = {str(k): str(v) for k, v in tenants.items()} if isinstance(tenants, dict) else {}
+            self.latest = str(data.get("latest") or "")
+
+    async def remember(self, tenant_id: str, service_url: str) -> None:
+        """Note the service URL of an authenticated inbound activity (written only when it changes)."""
+        if not service_url:
+            return
+        changed = self.latest != service_url or (tenant_id and self.by_tenant.get(tenant_id) != service_url)
+        if not changed:
+            return
+        self.latest = service_url
+        if tenant_id:
+            self.by_tenant[tenant_id] = service_url
+        await self.store.set_meta(META_KEY, json.dumps({"latest": self.latest, "tenants": self.by_tenant},
+                                                       sort_keys=True))
+        log.info("event=teams_service_url tenant=%s service_url=%s", tenant_id or "-", service_url)
+
+    def for_tenant(self, tenant_id: str) -> str:
+        return self.by_tenant.get(tenant_id, "") or self.latest
+
+
+def card_activity(card: dict[str, Any], *, conversation_id: str = "", activity_id: str = "") -> Activity:
+    """A message activity carrying one Adaptive Card and no text (no secret in notifications)."""
+    activity = Activity(type=ActivityTypes.message,
+                        attachments=[Attachment(content_type=CARD_CONTENT_TYPE, content=card)])
+    if conversation_id:
+        activity.conversation = ConversationAccount(id=conversation_id)
+    if activity_id:
+        activity.id = activity_id
+    return activity
+
+
+class Connector:
+    """Bot Connector REST calls for proactive messages, through the Agents SDK's connector client."""
+
+    def __init__(self, factory: RestChannelServiceClientFactory, validator: ServiceUrlValidator,
+                 app_id: str | None, *, retry_delay: float = 0.25) -> None:
+        self.factory = factory
+        self.validator = validator
+        self.app_id = app_id
+        self.retry_delay = retry_delay
+
+    @asynccontextmanager
+    async def client(self, service_url: str) -> AsyncIterator[ConnectorClientBase]:
+        if not self.validator.is_allowed(service_url):
+            raise DeliveryError(f"service URL {service_url!r} is not a known Teams / Bot Framework host")
+        # The same identity the SDK's continue_conversation uses: our app id, or none at all.
+        anonymous = not self.app_id
+        identity = ClaimsIdentity() if anonymous else ClaimsIdentity({
+            AuthenticationConstants.AUDIENCE_CLAIM: self.app_id,
+            AuthenticationConstants.APP_ID_CLAIM: self.app_id,
+        })
+        client = await self.factory.create_connector_client(
+            None, identity, service_url, AuthenticationConstants.AGENTS_SDK_SCOPE, use_anonymous=anonymous)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+    async def _retrying[T](self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a connector call, again after a pause when Teams throttles (429) or hiccups (502-504)."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await call()
+            except aiohttp.ClientResponseError as exc:
+                if exc.status not in RETRY_STATUSES or attempt == ATTEMPTS:
+                    raise
+                delay = self.retry_delay * 2 ** (attempt - 1)
+                retry_after = exc.headers.get("Retry-After", "") if exc.headers else ""
+                if retry_after.replace(".", "", 1).isdigit():
+                    delay = min(float(retry_after), MAX_RETRY_AFTER)
+                log.warning("event=teams_connector_retry status=%s attempt=%s delay=%.2f", exc.status, attempt, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(self, where: ConversationRef, activity: Activity) -> ConversationRef:
+        """Post a new message; returns the reference with the new message's id."""
+        activity.conversation = ConversationAccount(id=where.conversation_id, tenant_id=where.tenant_id or None)
+        async with self.client(where.service_url) as client:
+            response = await self._retrying(
+                lambda: client.conversations.send_to_conversation(where.conversation_id, activity))
+        return where.with_activity(response.id or "")
+
+    async def update(self, where: ConversationRef, activity: Activity) -> None:
+        """Replace one of our messages in place (PUT …/activities/{id})."""
+        if not where.activity_id:
+            raise DeliveryError("no message to update")
+        activity.id = where.activity_id
+        activity.conversation = ConversationAccount(id=where.conversation_id)
+        async with self.client(where.service_url) as client:
+            await self._retrying(
+                lambda: client.conversations.update_activity(where.conversation_id, where.activity_id, activity))
+
+    async def open_personal_chat(self, service_url: str, tenant_id: str, user_id: str, bot_id: str) -> ConversationRef:
+        """The 1:1 chat between the bot and a user (Teams returns the existing one if there is one)."""
+        raw: dict[str, Any] = {"isGroup": False, "members": [{"id": user_id}]}
+        if bot_id:
+            raw["bot"] = {"id": bot_id}
+        if tenant_id:
+            raw |= {"tenantId": tenant_id, "channelData": {"tenant": {"id": tenant_id}}}
+        parameters = ConversationParameters.model_validate(raw)
+        async with self.client(service_url) as client:
+            created = await self._retrying(lambda: client.conversations.create_conversation(parameters))
+        if not created.id:
+            raise DeliveryError("the connector created no conversation")
+        return ConversationRef(created.service_url or service_url, created.id, tenant_id)
