@@ -42,11 +42,15 @@ min_reason_length = 4
 
 [approvers]
 slack = ["U0DEMOLEAD"]
-teams = ["demo-lead"]
+# Microsoft 365 Agents Playground's built-in users: Megan Bowen leads, Alex Wilber (the default user) asks.
+teams = ["00000000-0000-0000-0000-0000000000021"]
+
+[leads_channel]
+teams = "channel-announcements-id"
 
 [admins]
 slack = ["U0DEMOADMIN"]
-teams = ["demo-admin"]
+teams = ["00000000-0000-0000-0000-0000000000020"]
 
 [retention]
 keep_days = 400

@@ -45,7 +45,8 @@ class Cli:
         self.tmp = tmp_path
 
     def __call__(self, *args: str, stdin: str = "", entry: str = "jitpass") -> subprocess.CompletedProcess[str]:
-        command = [str(Path(sys.executable).parent / "jitpass")] if entry == "jitpass" else [sys.executable, "-m", "bot"]
+        jitpass = [str(Path(sys.executable).parent / "jitpass")]
+        command = jitpass if entry == "jitpass" else [sys.executable, "-m", "bot"]
         return subprocess.run([*command, *args], input=stdin, capture_output=True, text=True, env=self.env,
                               cwd=self.tmp, timeout=60)
 
