@@ -152,7 +152,8 @@ class AccessService:
         self._changed(request)
         return await self._get(request.id)
 
-    async def request_extension(self, request_id: str, requester: Identity, duration_text: str) -> AccessRequest:
+    async def request_extension(self, request_id: str, requester: Identity, duration_text: str, *,
+                                refs: Mapping[str, Any] | None = None) -> AccessRequest:
         """Ask the leads for more time on an active grant; the end moves only when approved."""
         grant = await self._get(request_id)
         if not grant.requester.same_person(requester):
@@ -179,7 +180,7 @@ class AccessService:
             reason=f"extend {grant.id} by {format_duration(extra)}: {grant.reason}",
             window=Window(duration=extra), status=Status.PENDING, created_at=now, updated_at=now,
             required_approvals=vault.limits.approvals_required, timeout_at=now + vault.limits.request_timeout,
-            kind=RequestKind.EXTENSION, parent_id=grant.id, platform=requester.platform, refs={},
+            kind=RequestKind.EXTENSION, parent_id=grant.id, platform=requester.platform, refs=dict(refs or {}),
             notes=(f"extension of {grant.id}, now ending {_when(grant.ends_at, self.policy)}",),
         )
         await self.store.create_request(request, self._draft("request.created", requester, request, request.reason,

@@ -231,8 +231,8 @@ class TeamsAgent:
     async def cmd_extend(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
         request_id, _, duration = rest.partition(" ")
         extension = await self.service.request_extension(self._request_id(request_id, "extend", "30m"),
-                                                         inbound.identity, duration.strip() or "")
-        await self.service.save_refs(extension.id, inbound.refs())
+                                                         inbound.identity, duration.strip() or "",
+                                                         refs=inbound.refs())
         await self._say(context, f"⏩ Extension {extension.id} asks the leads for "
                                  f"{format_duration(extension.window.duration)} more on {extension.parent_id}.")
 
