@@ -21,6 +21,7 @@ from bot.demo import seed_demo
 from bot.errors import VaultError
 from bot.policy import Policy
 from bot.ports import Clock, Store, SystemClock
+from bot.retention import install_retention
 from bot.runtime import ChatAdapter, Runtime
 from bot.schedule import GrantScheduler
 from bot.service import AccessService
@@ -102,6 +103,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
         for adapter in chat:
             await adapter.start(runtime)
         await runtime.scheduler.start()
+        install_retention(runtime)
         log.info("event=started store=%s platforms=%s", runtime.store.kind, ",".join(a.platform for a in chat))
 
     async def stop(app: web.Application) -> None:

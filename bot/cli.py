@@ -21,7 +21,7 @@ from bot.config import Settings, load_policy, parse_policy
 from bot.errors import InputError, JitpassError
 from bot.importers import ItemInput, read_import
 from bot.model import Identity, Item, Secret
-from bot.parse import format_duration, parse_duration
+from bot.parse import MAX_LOOKBACK, format_duration, parse_duration
 from bot.runtime import Runtime
 from bot.totp import parse_totp
 from bot.vault import format_key_line, generate_key
@@ -199,7 +199,7 @@ async def cmd_audit_export(args: argparse.Namespace) -> int:
     try:
         async with _runtime() as rt:
             if args.since:
-                since = rt.clock.now() - parse_duration(args.since)
+                since = rt.clock.now() - parse_duration(args.since, maximum=MAX_LOOKBACK)
             writer = csv.writer(out) if args.format == "csv" else None
             if writer:
                 writer.writerow(CSV_COLUMNS)
@@ -298,7 +298,7 @@ async def cmd_policy_check(args: argparse.Namespace) -> int:
 
 def _duration_arg(text: str) -> str:
     try:
-        parse_duration(text)
+        parse_duration(text, maximum=MAX_LOOKBACK)
     except JitpassError as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
     return text

@@ -33,12 +33,15 @@ from typing import NoReturn
 from bot.errors import ParseError
 from bot.model import Window
 
-__all__ = ["COMMAND", "MAX_DURATION", "RequestDraft", "format_duration", "parse_duration", "parse_request"]
+__all__ = [
+    "COMMAND", "MAX_DURATION", "MAX_LOOKBACK", "RequestDraft", "format_duration", "parse_duration", "parse_request",
+]
 
 # Adapters rewrite this prefix when their platform names the command differently.
 COMMAND = "/access"
 # Far beyond any policy; it only keeps typos like `for 9999999d` from overflowing.
 MAX_DURATION = timedelta(days=366)
+MAX_LOOKBACK = timedelta(days=3660)  # how far back a report or an export may reach
 
 # The longest when-phrase people write is about a dozen words ("in 1 hour and 30 minutes
 # for 2 hours ..."); looking no further keeps a 40 kB chat message from costing seconds.
@@ -152,12 +155,14 @@ def parse_request(text: str, *, now: datetime, tz: tzinfo, default_duration: tim
     return RequestDraft(item, reason, window)
 
 
-def parse_duration(text: str) -> timedelta:
-    """Read a duration such as ``30m``, ``1h30m``, ``45 min``, ``90s``, ``1d`` or ``2 hours``."""
+def parse_duration(text: str, *, maximum: timedelta = MAX_DURATION) -> timedelta:
+    """Read a duration such as ``30m``, ``1h30m``, ``45 min``, ``90s``, ``1d`` or ``2 hours``.
+
+    `maximum` defaults to the longest access window; look-back periods (reports) pass MAX_LOOKBACK."""
     if not text.strip():
         raise ParseError("Say how long, like 30m, 2h or 1h30m.", hint=_DEFAULT_EXAMPLE)
     try:
-        return timedelta(seconds=_duration_seconds(text))
+        return timedelta(seconds=_duration_seconds(text, maximum))
     except _Problem as problem:
         raise ParseError(
             f'I can\'t read "{text.strip()}" as a duration: {_sentence(problem.detail)}', hint=_DEFAULT_EXAMPLE
@@ -682,7 +687,7 @@ def _duration(r: _Reader) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def _duration_seconds(text: str) -> int:
+def _duration_seconds(text: str, maximum: timedelta = MAX_DURATION) -> int:
     """Whole seconds in a duration text; raises `_Problem` naming the bad part."""
     s = " ".join(text.lower().split())
     if not s:
@@ -691,15 +696,15 @@ def _duration_seconds(text: str) -> int:
     if clock_style:
         total = int(clock_style["hours"]) * 3600 + int(clock_style["minutes"]) * 60
     else:
-        total = _sum_duration_parts(s)
+        total = _sum_duration_parts(s, maximum)
     if total <= 0:
         raise _Problem("a duration must be longer than zero")
-    if total > MAX_DURATION.total_seconds():
-        raise _Problem(f"the longest duration I accept is {MAX_DURATION.days} days", example="for 1d")
+    if total > maximum.total_seconds():
+        raise _Problem(f"the longest duration I accept is {maximum.days} days", example="for 1d")
     return total
 
 
-def _sum_duration_parts(s: str) -> int:
+def _sum_duration_parts(s: str, maximum: timedelta) -> int:
     total = 0.0
     previous_unit = ""
     pos = 0
@@ -727,7 +732,7 @@ def _sum_duration_parts(s: str) -> int:
             raise _Problem(_unknown_unit(unit))
         previous_unit = "h" if _UNIT_SECONDS[unit] == 3600 else unit
         total += number * _UNIT_SECONDS[unit]
-        if total > MAX_DURATION.total_seconds():
+        if total > maximum.total_seconds():
             break  # stop before a huge number makes float or timedelta overflow
     return round(total)
 

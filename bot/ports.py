@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bot.model import AccessRequest, Event, EventDraft, Identity, Item, RequestKind, Reveal, SealedItem, Status
+
+if TYPE_CHECKING:
+    from bot.reports import ProgressCallback, ReportData, ReportQuery
 
 __all__ = ["Checkpoint", "Clock", "Notifier", "PurgeResult", "Store", "SystemClock"]
 
@@ -161,6 +164,11 @@ class Store(Protocol):
     async def purge_events(self, before: datetime, event: EventDraft) -> PurgeResult:
         """Delete events older than `before` (never the newest event), record a checkpoint and
         append `event` (details gain `purged` and `checkpoint_seq`)."""
+        ...
+
+    # -- reports -------------------------------------------------------------------------------
+    async def report_data(self, query: ReportQuery, progress: ProgressCallback | None = None) -> ReportData:
+        """Every figure of an access report, aggregated inside the store (SQL / aggregation pipelines)."""
         ...
 
 

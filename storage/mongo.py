@@ -18,7 +18,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
@@ -55,6 +55,9 @@ from .common import (
     checkpoint_to_json,
     purge_draft,
 )
+
+if TYPE_CHECKING:
+    from bot.reports import ProgressCallback, ReportData, ReportQuery
 
 __all__ = ["SCHEMA_VERSION", "MongoStore", "mongo_location"]
 
@@ -609,6 +612,14 @@ class MongoStore:
         """The chain's starting point after a purge, or None if nothing was ever purged."""
         with self._errors("reading the audit checkpoint"):
             return await self._checkpoint()
+
+    async def report_data(self, query: ReportQuery, progress: ProgressCallback | None = None) -> ReportData:
+        """Report aggregates through aggregation pipelines on the server."""
+        from .mongo_reports import report_data
+
+        if self._client is None:
+            raise StoreError("the MongoDB store is not open")
+        return await report_data(self._client[self.db_name], query, progress)
 
     async def purge_events(self, before: datetime, event: EventDraft) -> PurgeResult:
         """Delete the oldest events up to `before` (never the newest), checkpoint, and record the purge."""

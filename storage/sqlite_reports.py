@@ -1,0 +1,487 @@
+"""Report aggregates on SQLite: GROUP BY and window functions over the events table.
+
+One pass over the period's request and grant events (a covering index range scan) folds them into a
+per-request temp table; every figure is then a small GROUP BY over that table or another indexed scan
+of one event type. Nothing is read into Python row by row except the (capped) anomaly lists.
+
+The report runs on its own connection inside one read transaction: every section sees the same
+snapshot, and in WAL mode the store keeps appending events while a long report runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from bot.audit import format_time, parse_time
+from bot.errors import StoreError
+from bot.reports import (
+    BURST_MIN_VAULTS,
+    BURST_WINDOW,
+    GRANT_LOOKBACK,
+    LATENCY_BUCKETS,
+    LIST_LIMIT,
+    AccessRow,
+    ApproverLoad,
+    ExposureReveal,
+    LatencyBucket,
+    LatencyStats,
+    OffHoursReveal,
+    PersonCount,
+    ProgressCallback,
+    Refusal,
+    ReportData,
+    ReportQuery,
+    SharedUse,
+    TimelinePoint,
+    UnrevealedGrant,
+    VaultBurst,
+)
+
+__all__ = ["REPORT_INDEXES", "compute_report", "ensure_report_indexes", "report_data"]
+
+# The one index reports need: every per-type range scan below is answered from it alone (seq is the
+# rowid, so it rides along). Idempotent, so a later schema migration may add the same statement.
+REPORT_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS events_report "
+    "ON events (type, at, request_id, vault, item, actor_platform, actor_user_id)",
+)
+
+_REQUEST_TYPES = (
+    "request.created", "request.approval_added", "request.approved", "request.declined", "request.cancelled",
+    "request.timed_out", "grant.activated", "grant.revealed", "grant.code_shown", "grant.expired", "grant.revoked",
+)
+def _seconds_between(later: str, earlier: str) -> str:
+    """SQL for the seconds from `earlier` to `later`, rounded to the millisecond julianday resolves."""
+    return f"round((julianday({later}) - julianday({earlier})) * 86400.0, 3)"
+
+
+def _who(alias: str = "") -> str:
+    """The person key `platform:user_id` of an events row."""
+    return f"{alias}actor_platform || ':' || {alias}actor_user_id"
+
+
+_WHO = _who()
+# Memory the report's sorter and temp tables may use before spilling to temp files (KiB).
+_CACHE_KIB = 8 * 1024
+
+
+def ensure_report_indexes(conn: sqlite3.Connection) -> None:
+    """Create the report index if it is missing (once per store: a one-off scan of the table)."""
+    names = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    if "events_report" not in names:
+        for statement in REPORT_INDEXES:
+            conn.execute(statement)
+
+
+def _in(values: Sequence[str]) -> str:
+    return ", ".join(f"'{v}'" for v in values)  # only our own constant type names go through here
+
+
+def _label(display: Any, key: str | None) -> str:
+    if display:
+        return str(display)
+    return (key or "").partition(":")[2] or (key or "")
+
+
+def _time(value: Any) -> datetime:
+    return parse_time(str(value))
+
+
+def _maybe_time(value: Any) -> datetime | None:
+    return None if value is None else parse_time(str(value))
+
+
+@dataclass(frozen=True)
+class _Sql:
+    """The query's filters as SQL fragments plus named parameters."""
+
+    params: dict[str, Any]
+    events: str  # extra WHERE terms for events rows (vault / item)
+    actor: str  # WHERE term: the event's actor is the filtered user
+    user: bool
+
+    @classmethod
+    def of(cls, query: ReportQuery) -> _Sql:
+        params: dict[str, Any] = {
+            "since": format_time(query.since), "until": format_time(query.until),
+            "lo": format_time(query.since - GRANT_LOOKBACK), "open_end": format_time(query.open_end),
+            "vault": query.vault, "item": query.item, "limit": LIST_LIMIT, "max_seq": 0,
+            "user_id": query.user.user_id if query.user else None,
+            "platform": query.user.platform if query.user else None,
+        }
+        events = (" AND vault = :vault" if query.vault else "") + (" AND item = :item" if query.item else "")
+        actor = "(actor_user_id = :user_id AND (:platform IS NULL OR actor_platform = :platform))"
+        return cls(params, events, actor, query.user is not None)
+
+    def requests_only(self, alias: str = "") -> str:
+        """With a user filter: only events of the requests that involve the user."""
+        column = f"{alias}request_id" if alias else "request_id"
+        return f" AND {column} IN (SELECT request_id FROM rq)" if self.user else ""
+
+
+# Per-request counters are packed into two integer sums (8- or 20-bit fields): one aggregate step per
+# row instead of one per counter, which is most of the cost of the per-request pass on a large trail.
+_C1 = (("n_created", 8), ("n_approved", 16), ("n_declined", 24), ("n_cancelled", 32), ("n_timed_out", 40))
+_C2 = (("n_reveals_any", 0), ("n_reveals", 20), ("n_codes", 40))
+_IN_PERIOD = "(at >= :since)"
+_PACK_C1 = f"""CASE type
+    WHEN 'request.created' THEN 1 + ({_IN_PERIOD} << 8) WHEN 'request.approved' THEN {_IN_PERIOD} << 16
+    WHEN 'request.declined' THEN {_IN_PERIOD} << 24 WHEN 'request.cancelled' THEN {_IN_PERIOD} << 32
+    WHEN 'request.timed_out' THEN {_IN_PERIOD} << 40 WHEN 'grant.expired' THEN {1 << 48}
+    WHEN 'grant.revoked' THEN {1 << 48} ELSE 0 END"""
+_PACK_C2 = f"""CASE type
+    WHEN 'grant.revealed' THEN 1 + ({_IN_PERIOD} << 20) WHEN 'grant.code_shown' THEN {_IN_PERIOD} << 40 ELSE 0 END"""
+
+
+def _unpack(column: str, fields: tuple[tuple[str, int], ...], width: int) -> str:
+    return ", ".join(f"({column} >> {shift}) & {(1 << width) - 1} AS {name}" for name, shift in fields)
+
+
+def _build_requests(conn: sqlite3.Connection, q: _Sql) -> None:
+    """rq: one row per request with activity in the period (or a grant overlapping it).
+
+    A request's events all name the same item and vault, so those are bare columns of the GROUP BY
+    (SQLite takes them from any row of the group). Its first event is request.created and its last a
+    grant's end, which makes min/max of seq and at enough to place both.
+    """
+    involves = f", max({q.actor}) AS involves_user" if q.user else ", 0 AS involves_user"
+    conn.execute(f"""
+        CREATE TEMP TABLE rq AS
+        SELECT request_id, item, vault,
+               CASE WHEN c1 & 255 THEN first_seq END AS created_seq,
+               CASE WHEN c1 & 255 THEN first_at END AS created_at,
+               requester, approved_at, decider, decided_seq, activated_at,
+               CASE WHEN (c1 >> 48) & 255 THEN last_at END AS ended_at,
+               last_at >= :since AS in_period, {_unpack("c1", _C1, 8)}, {_unpack("c2", _C2, 20)},
+               involves_user, 0.0 AS granted
+        FROM (SELECT request_id, item, vault, min(seq) AS first_seq, min(at) AS first_at, max(at) AS last_at,
+                     max(CASE WHEN type = 'request.created' THEN {_WHO} END) AS requester,
+                     min(CASE WHEN type = 'request.approved' THEN at END) AS approved_at,
+                     max(CASE WHEN type IN ('request.approved', 'request.declined') THEN {_WHO} END) AS decider,
+                     max(CASE WHEN type IN ('request.approved', 'request.declined') THEN seq END) AS decided_seq,
+                     min(CASE WHEN type = 'grant.activated' THEN at END) AS activated_at,
+                     sum({_PACK_C1}) AS c1, sum({_PACK_C2}) AS c2{involves}
+              FROM events INDEXED BY events_report
+              WHERE type IN ({_in(_REQUEST_TYPES)}) AND at >= :lo AND at < :until AND request_id IS NOT NULL
+                    AND seq <= :max_seq{q.events}
+              GROUP BY request_id)
+""", q.params)
+    # Requests created (or grants started) before the scanned window: look their start up by request id.
+    conn.execute(f"""
+        UPDATE rq SET (created_seq, created_at, requester) = (
+            SELECT e.seq, e.at, {_who("e.")} FROM events e
+            WHERE e.request_id = rq.request_id AND e.type = 'request.created' ORDER BY e.seq LIMIT 1)
+        WHERE created_seq IS NULL""")
+    conn.execute("""
+        UPDATE rq SET activated_at = (
+            SELECT min(e.at) FROM events e WHERE e.request_id = rq.request_id AND e.type = 'grant.activated')
+        WHERE activated_at IS NULL AND ended_at IS NOT NULL""")
+    granted = _seconds_between("min(coalesce(ended_at, :open_end), :until)", "max(activated_at, :since)")
+    conn.execute(f"UPDATE rq SET granted = max(0.0, {granted}) WHERE activated_at IS NOT NULL", q.params)
+    if q.user:
+        conn.execute("""
+            DELETE FROM rq WHERE NOT (involves_user OR (requester IS NOT NULL
+                AND substr(requester, instr(requester, ':') + 1) = :user_id
+                AND (:platform IS NULL OR substr(requester, 1, instr(requester, ':') - 1) = :platform)))""",
+                     q.params)
+    conn.execute("DELETE FROM rq WHERE NOT in_period AND granted <= 0")
+    conn.execute("CREATE UNIQUE INDEX rq_id ON rq (request_id)")
+    # Display names: each person's most recent request / decision carries their current label.
+    conn.execute("""
+        CREATE TEMP TABLE people AS
+        SELECT p.k AS k, json_extract(e.actor, '$.display') AS display
+        FROM (SELECT k, max(s) AS s FROM (
+                  SELECT requester AS k, max(created_seq) AS s FROM rq WHERE requester IS NOT NULL GROUP BY 1
+                  UNION ALL
+                  SELECT decider, max(decided_seq) FROM rq WHERE decider IS NOT NULL GROUP BY 1)
+              GROUP BY k) p
+        JOIN events e ON e.seq = p.s""")
+    conn.execute("CREATE UNIQUE INDEX people_k ON people (k)")
+
+
+_SUMS = ("sum(n_created), sum(n_approved), sum(n_declined), sum(n_timed_out), sum(n_cancelled), "
+         "sum(n_reveals), sum(n_codes), sum(granted)")
+
+
+def _row(dimension: str, key: str, label: str, vault: str, sums: Sequence[Any]) -> AccessRow:
+    n = [int(v or 0) for v in sums[:7]]
+    return AccessRow(dimension, key, label, vault, requests=n[0], approved=n[1], declined=n[2], timed_out=n[3],
+                     cancelled=n[4], reveals=n[5], code_views=n[6], granted_seconds=round(float(sums[7] or 0.0), 3))
+
+
+def _order(rows: list[AccessRow]) -> tuple[AccessRow, ...]:
+    return tuple(sorted(rows, key=lambda r: (-r.requests, -r.reveals, -r.granted_seconds, r.key)))
+
+
+def _summaries(conn: sqlite3.Connection) -> dict[str, Any]:
+    totals = conn.execute(f"SELECT {_SUMS} FROM rq").fetchone()
+    by_item = [_row("item", r[0], "", r[1] or "", r[2:])
+               for r in conn.execute(f"SELECT item, max(vault), {_SUMS} FROM rq WHERE item IS NOT NULL GROUP BY item")]
+    by_vault = [_row("vault", r[0], "", "", r[1:])
+                for r in conn.execute(f"SELECT vault, {_SUMS} FROM rq WHERE vault IS NOT NULL GROUP BY vault")]
+    people: dict[str, list[AccessRow]] = {}
+    for dimension, column in (("requester", "requester"), ("approver", "decider")):
+        rows = conn.execute(f"""
+            SELECT g.*, p.display FROM (SELECT {column} AS k, {_SUMS} FROM rq WHERE {column} IS NOT NULL
+                                        GROUP BY {column}) g
+            LEFT JOIN people p ON p.k = g.k""").fetchall()
+        people[dimension] = [_row(dimension, r[0], _label(r[-1], r[0]), "", r[1:-1]) for r in rows]
+    return {
+        "totals": _row("total", "all", "", "", totals),
+        "by_item": _order(by_item), "by_vault": _order(by_vault),
+        "by_requester": _order(people["requester"]), "by_approver": _order(people["approver"]),
+    }
+
+
+def _percentiles(source: str) -> str:
+    """p50 / p95 by nearest rank (rank = ceil(p * n)) per `grp` of a (grp, s) row source."""
+    return f"""
+        SELECT grp, max(n), max(CASE WHEN rn = (n + 1) / 2 THEN s END),
+               max(CASE WHEN rn = (95 * n + 99) / 100 THEN s END)
+        FROM (SELECT grp, s, row_number() OVER (PARTITION BY grp ORDER BY s) AS rn,
+                     count(*) OVER (PARTITION BY grp) AS n FROM ({source}))
+        GROUP BY grp"""
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+def _latency(conn: sqlite3.Connection, q: _Sql) -> dict[str, Any]:
+    conn.execute(f"""
+        CREATE TEMP TABLE lat AS
+        SELECT decider, {_seconds_between("approved_at", "created_at")} AS s
+        FROM rq WHERE n_approved > 0 AND created_at IS NOT NULL""")
+    conn.execute("CREATE INDEX lat_s ON lat (s)")
+    conn.execute("CREATE INDEX lat_ds ON lat (decider, s)")
+    overall = conn.execute(_percentiles("SELECT 'all' AS grp, s FROM lat")).fetchone()
+    per_approver = {r[0]: r for r in conn.execute(_percentiles("SELECT decider AS grp, s FROM lat"))}
+    bounds: list[str] = []
+    lower: float | None = None
+    for _, upper in LATENCY_BUCKETS:
+        terms = ([f"s >= {lower!r}"] if lower is not None else []) + ([f"s < {upper!r}"] if upper is not None else [])
+        bounds.append(f"sum({' AND '.join(terms) or '1'})")
+        lower = upper
+    counts = conn.execute(f"SELECT {', '.join(bounds)} FROM lat").fetchone()
+    buckets = tuple(LatencyBucket(label, int(counts[i] or 0)) for i, (label, _) in enumerate(LATENCY_BUCKETS))
+    loads = conn.execute(f"""
+        SELECT g.k, g.approvals, g.declines, json_extract(e.actor, '$.display')
+        FROM (SELECT {_WHO} AS k, sum(type IN ('request.approval_added', 'request.approved')) AS approvals,
+                     sum(type = 'request.declined') AS declines, max(seq) AS s
+              FROM events INDEXED BY events_report
+              WHERE type IN ('request.approval_added', 'request.approved', 'request.declined')
+                AND at >= :since AND at < :until{q.events}{q.requests_only()}
+              GROUP BY k) g
+        JOIN events e ON e.seq = g.s""", q.params).fetchall()
+    approver_load = tuple(sorted((ApproverLoad(
+        key=k, label=_label(display, k), approvals=int(approvals), declines=int(declines),
+        median_seconds=_seconds(per_approver[k][2]) if k in per_approver else None,
+        p95_seconds=_seconds(per_approver[k][3]) if k in per_approver else None,
+    ) for k, approvals, declines, display in loads), key=lambda a: (-(a.approvals + a.declines), a.key)))
+    stats = LatencyStats(approved=int(overall[1]), median_seconds=_seconds(overall[2]),
+                         p95_seconds=_seconds(overall[3])) if overall else LatencyStats()
+    return {"latency": stats, "latency_buckets": buckets, "approver_load": approver_load}
+
+
+def _timeline(conn: sqlite3.Connection, q: _Sql) -> tuple[TimelinePoint, ...]:
+    rows = conn.execute(f"""
+        SELECT substr(at, 1, 10) AS day, sum(type = 'request.created'), sum(type = 'request.approved'),
+               sum(type = 'grant.revealed'), sum(type = 'grant.code_shown')
+        FROM events INDEXED BY events_report
+        WHERE type IN ('request.created', 'request.approved', 'grant.revealed', 'grant.code_shown')
+          AND at >= :since AND at < :until{q.events}{q.requests_only()}
+        GROUP BY day ORDER BY day""", q.params)
+    return tuple(TimelinePoint(date.fromisoformat(d), int(a), int(b), int(c), int(e)) for d, a, b, c, e in rows)
+
+
+def _unrevealed(conn: sqlite3.Connection, q: _Sql) -> dict[str, Any]:
+    rows = conn.execute("""
+        SELECT rq.request_id, rq.item, rq.vault, rq.requester, p.display, rq.activated_at, rq.ended_at,
+               count(*) OVER () AS total
+        FROM rq LEFT JOIN people p ON p.k = rq.requester
+        WHERE rq.activated_at >= :since AND rq.activated_at < :until AND rq.n_reveals_any = 0
+        ORDER BY rq.activated_at DESC, rq.request_id LIMIT :limit""", q.params).fetchall()
+    return {
+        "unrevealed_total": int(rows[0][7]) if rows else 0,
+        "unrevealed": tuple(UnrevealedGrant(r[0], r[1] or "", r[2] or "", r[3] or "", _label(r[4], r[3]),
+                                            _time(r[5]), _maybe_time(r[6])) for r in rows),
+    }
+
+
+def _off_hours(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> dict[str, Any]:
+    conn.execute("CREATE TEMP TABLE work (start_at TEXT PRIMARY KEY, end_at TEXT NOT NULL) WITHOUT ROWID")
+    conn.executemany("INSERT OR REPLACE INTO work VALUES (?, ?)",
+                     [(format_time(a), format_time(b)) for a, b in query.working_intervals])
+    conn.execute(f"""
+        CREATE TEMP TABLE offh AS
+        SELECT e.seq AS seq, e.at AS at, e.request_id AS request_id, e.item AS item, e.vault AS vault,
+               {_who("e.")} AS who
+        FROM events e INDEXED BY events_report
+        WHERE e.type = 'grant.revealed' AND e.at >= :since AND e.at < :until{q.events}{q.requests_only("e.")}
+          AND NOT coalesce((SELECT w.end_at > e.at FROM work w WHERE w.start_at <= e.at
+                            ORDER BY w.start_at DESC LIMIT 1), 0)""", q.params)
+    total = int(conn.execute("SELECT count(*) FROM offh").fetchone()[0])
+    by_person = conn.execute("""
+        SELECT g.who, g.n, json_extract(e.actor, '$.display')
+        FROM (SELECT who, count(*) AS n, max(seq) AS s FROM offh GROUP BY who) g JOIN events e ON e.seq = g.s
+        ORDER BY g.n DESC, g.who""").fetchall()
+    labels = {who: _label(display, who) for who, _, display in by_person}
+    rows = conn.execute("SELECT at, request_id, item, vault, who FROM offh ORDER BY at DESC, seq DESC LIMIT :limit",
+                        q.params).fetchall()
+    return {
+        "off_hours_total": total,
+        "off_hours_by_person": tuple(PersonCount(who, labels[who], int(n)) for who, n, _ in by_person),
+        "off_hours": tuple(OffHoursReveal(_time(at), rid or "", item or "", vault or "", who, labels.get(who, who))
+                           for at, rid, item, vault, who in rows),
+    }
+
+
+def _bursts(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> tuple[VaultBurst, ...]:
+    # Vault and item filters do not apply: a burst is about one person across vaults.
+    user = f" AND {q.actor}" if q.user else ""
+    window = int(BURST_WINDOW.total_seconds())
+    conn.execute(f"""
+        CREATE TEMP TABLE cr AS SELECT seq, {_WHO} AS who, at, vault, julianday(at) AS t
+        FROM events INDEXED BY events_report
+        WHERE type = 'request.created' AND at >= :since AND at < :until AND vault IS NOT NULL
+              AND seq <= :max_seq{user}""", q.params)
+    conn.execute("CREATE INDEX cr_who ON cr (who, at)")
+    # Cheap necessary condition first: at least BURST_MIN_VAULTS requests within the window.
+    rows = conn.execute(f"""
+        WITH candidates AS (
+            SELECT seq FROM (SELECT seq, count(*) OVER (PARTITION BY who ORDER BY t
+                                    RANGE BETWEEN {window / 86400!r} PRECEDING AND CURRENT ROW) AS n FROM cr)
+            WHERE n >= {BURST_MIN_VAULTS}),
+        hits AS (
+            SELECT a.seq AS seq, a.who AS who, a.at AS at, count(DISTINCT b.vault) AS n,
+                   group_concat(DISTINCT b.vault) AS vaults
+            FROM candidates c JOIN cr a ON a.seq = c.seq
+                 JOIN cr b ON b.who = a.who AND b.at <= a.at
+                 AND b.at > strftime('%Y-%m-%dT%H:%M:%S', a.at, '-{window} seconds') || substr(a.at, 20)
+            GROUP BY a.seq HAVING n >= {BURST_MIN_VAULTS}),
+        ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY who ORDER BY n DESC, at, seq) AS rk,
+                   count(*) OVER (PARTITION BY who) AS flagged FROM hits)
+        SELECT r.who, r.n, r.at, r.vaults, r.flagged, json_extract(e.actor, '$.display')
+        FROM ranked r JOIN events e ON e.seq = r.seq WHERE r.rk = 1
+        ORDER BY r.n DESC, r.flagged DESC, r.who""").fetchall()
+    bursts = (VaultBurst(who, _label(display, who), int(n), _time(at), tuple(sorted(str(vaults).split(","))),
+                         int(flagged)) for who, n, at, vaults, flagged, display in rows)
+    return tuple(b for b in bursts if query.vault is None or query.vault in b.vaults)
+
+
+def _refusals(conn: sqlite3.Connection, q: _Sql) -> tuple[Refusal, ...]:
+    user = f" AND {q.actor}" if q.user else ""
+    rows = conn.execute(f"""
+        SELECT g.k, g.reason, g.n, g.first_at, g.last_at, json_extract(e.actor, '$.display')
+        FROM (SELECT {_WHO} AS k, reason, count(*) AS n, min(at) AS first_at, max(at) AS last_at, max(seq) AS s
+              FROM events WHERE type = 'access.refused' AND at >= :since AND at < :until{q.events}{user}
+              GROUP BY k, reason) g
+        JOIN events e ON e.seq = g.s
+        ORDER BY g.reason NOT LIKE 'self-%', g.n DESC, g.k, g.reason""", q.params).fetchall()
+    return tuple(Refusal(k, _label(display, k), reason, int(n), _time(a), _time(b))
+                 for k, reason, n, a, b, display in rows)
+
+
+def _shared_use(conn: sqlite3.Connection, q: _Sql) -> tuple[SharedUse, ...]:
+    # Grants of one item in start order: one overlaps an earlier one when it starts before the latest end
+    # so far (a running max, lagged by one row); an earlier one is involved when the next start falls
+    # before its own end.
+    rows = conn.execute("""
+        WITH g AS (
+            SELECT request_id, item, vault, requester, max(activated_at, :since) AS s,
+                   min(coalesce(ended_at, :open_end), :until) AS e
+            FROM rq WHERE activated_at IS NOT NULL AND activated_at < :until
+                      AND coalesce(ended_at, :open_end) > :since),
+        w AS (
+            SELECT *, max(e) OVER win AS run_end, lead(s) OVER win AS next_s FROM g
+            WINDOW win AS (PARTITION BY item ORDER BY s, request_id)),
+        x AS (
+            SELECT item, vault, requester, s, e, next_s,
+                   coalesce(s < lag(run_end) OVER (PARTITION BY item ORDER BY s, request_id), 0) AS flagged
+            FROM w)
+        SELECT item, max(vault), sum(flagged), min(CASE WHEN flagged THEN s END),
+               group_concat(DISTINCT CASE WHEN flagged OR coalesce(next_s < e, 0) THEN requester END)
+        FROM x GROUP BY item HAVING sum(flagged) > 0
+        ORDER BY sum(flagged) DESC, item""", q.params).fetchall()
+    keys = sorted({k for *_, who in rows for k in str(who or "").split(",") if k})
+    labels = {k: _label(display, k) for k, display in conn.execute(
+        f"SELECT k, display FROM people WHERE k IN ({', '.join('?' * len(keys))})", keys)} if keys else {}
+    return tuple(SharedUse(item, vault or "", int(n), _time(first),
+                           tuple(sorted({labels.get(k, _label(None, k)) for k in str(who or "").split(",") if k})))
+                 for item, vault, n, first, who in rows)
+
+
+def _exposure(conn: sqlite3.Connection, query: ReportQuery) -> tuple[ExposureReveal, ...]:
+    found: list[ExposureReveal] = []
+    ids = list(query.exposed_requests)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        rows = conn.execute(f"""
+            SELECT g.request_id, g.k, g.first_at, g.last_at, json_extract(e.actor, '$.display')
+            FROM (SELECT request_id, {_WHO} AS k, min(at) AS first_at, max(at) AS last_at, max(seq) AS s
+                  FROM events WHERE type = 'grant.revealed' AND request_id IN ({", ".join("?" * len(chunk))})
+                  GROUP BY request_id, k) g
+            JOIN events e ON e.seq = g.s""", chunk).fetchall()
+        found += [ExposureReveal(rid, k, _label(display, k), _time(a), _time(b)) for rid, k, a, b, display in rows]
+    return tuple(sorted(found, key=lambda r: (r.first_at, r.request_id)))
+
+
+def compute_report(conn: sqlite3.Connection, query: ReportQuery, step: Callable[[str], None]) -> ReportData:
+    """Every figure of the report, from one read snapshot on `conn` (an autocommit connection)."""
+    ensure_report_indexes(conn)
+    q = _Sql.of(query)
+    conn.execute("BEGIN")
+    try:
+        q.params["max_seq"] = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+        _build_requests(conn, q)
+        step("requests")
+        summaries = _summaries(conn)
+        step("summaries")
+        latency = _latency(conn, q)
+        step("latency")
+        timeline = _timeline(conn, q)
+        step("timeline")
+        anomalies: dict[str, Any] = {
+            **_unrevealed(conn, q), **_off_hours(conn, q, query), "bursts": _bursts(conn, q, query),
+            "refusals": _refusals(conn, q), "shared_use": _shared_use(conn, q),
+            "accessed_items": frozenset(str(r[0]) for r in conn.execute(
+                "SELECT DISTINCT item FROM rq WHERE item IS NOT NULL")),
+        }
+        step("anomalies")
+        exposure = _exposure(conn, query)
+        step("exposure")
+    finally:
+        conn.execute("ROLLBACK")  # read-only: the temp tables go with it
+    return ReportData(**summaries, **latency, timeline=timeline, **anomalies, exposure_reveals=exposure)
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise StoreError(f"the database file {path} does not exist")
+    conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+    return conn
+
+
+async def report_data(path: Path, query: ReportQuery, progress: ProgressCallback | None = None) -> ReportData:
+    """Aggregate the store file at `path` for `query`, in a worker thread (the event loop stays free)."""
+    loop = asyncio.get_running_loop()
+
+    def step(name: str) -> None:
+        if progress is not None:
+            loop.call_soon_threadsafe(progress, name)
+
+    def run() -> ReportData:
+        with closing(_open(path)) as conn:
+            return compute_report(conn, query, step)
+
+    return await asyncio.to_thread(run)
