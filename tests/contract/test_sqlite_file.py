@@ -79,6 +79,15 @@ async def test_a_replaced_hash_is_reported_at_its_event(store: SqliteStore) -> N
     assert (report.ok, report.first_broken_seq) == (False, 9)
 
 
+async def test_an_edited_actor_column_is_reported_although_the_actor_json_is_intact(store: SqliteStore) -> None:
+    # Reports count by the indexed actor columns: crediting another user there must break the chain.
+    _edit(store.path, "UPDATE events SET actor_user_id = 'USOMEONE-ELSE' WHERE seq = 3")
+
+    report = await verify_chain(store.events())
+
+    assert (report.ok, report.first_broken_seq) == (False, 3)
+
+
 async def test_a_file_of_random_bytes_is_refused_with_advice_not_a_traceback(tmp_path: Path) -> None:
     path = tmp_path / "jitpass.db"
     path.write_bytes(os.urandom(8192))
