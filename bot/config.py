@@ -68,6 +68,8 @@ class Settings:
     teams_app_password: str | None = field(default=None, repr=False)
     teams_tenant_id: str | None = None
     teams_service_url_validation: bool = True
+    # Where people's browsers reach this server (report download links); None: http://localhost:{port}.
+    public_url: str | None = None
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -78,6 +80,10 @@ class Settings:
         port_text = env.get("PORT", "3978")
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise InputError(f"PORT={port_text!r} is not a TCP port number")
+        public_url = (env.get("JITPASS_PUBLIC_URL") or "").strip().rstrip("/")
+        if public_url and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", public_url):
+            raise InputError(f"JITPASS_PUBLIC_URL={public_url!r} is not an http(s) URL such as "
+                             "https://jitpass.example.com")
         teams_id = env.get("CONNECTIONS__SERVICE_CONNECTION__SETTINGS__CLIENTID") or env.get("MICROSOFT_APP_ID")
         teams_secret = env.get("CONNECTIONS__SERVICE_CONNECTION__SETTINGS__CLIENTSECRET") or env.get(
             "MICROSOFT_APP_PASSWORD"
@@ -102,6 +108,7 @@ class Settings:
             teams_service_url_validation=parse_bool(
                 "JITPASS_TEAMS_VALIDATE_SERVICE_URL", env.get("JITPASS_TEAMS_VALIDATE_SERVICE_URL"), True
             ),
+            public_url=public_url or None,
             environ=env,
         )
 

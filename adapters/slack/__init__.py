@@ -2,7 +2,8 @@
 
 Modules: `api` (Web API client, scopes), `blocks` (pure Block Kit builders), `notifier` (the
 core's Notifier), `app` (bolt listeners), `http` (the `/slack/events` endpoint), `groups`
-(user-group membership), `home` (App Home), `background` (work after the 3-second ack).
+(user-group membership), `home` (App Home), `background` (work after the 3-second ack), `reports`
+(`/access report`: summary plus CSV/HTML files in the admin's DM).
 """
 
 from __future__ import annotations

@@ -2,14 +2,19 @@
 
 Every Web API method the adapter calls goes through `SlackApi.call`, which only accepts the
 methods in `METHOD_SCOPES`; `manifest.json` asks for exactly the scopes in that table (a unit
-test checks both agree).
+test checks both agree). Files go through Slack's external upload flow (`SlackApi.share_files`):
+`files.getUploadURLExternal`, a POST of the raw bytes to the URL it returns, then
+`files.completeUploadExternal` to share them in one conversation.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -28,6 +33,7 @@ __all__ = [
     "COMMAND_SCOPE",
     "DEFAULT_API_URL",
     "METHOD_SCOPES",
+    "SharedFile",
     "SlackApi",
     "SlackCallError",
     "bot_scopes",
@@ -42,6 +48,8 @@ METHOD_SCOPES: dict[str, str | None] = {
     "chat.postMessage": "chat:write",
     "chat.update": "chat:write",
     "conversations.open": "im:write",
+    "files.completeUploadExternal": "files:write",
+    "files.getUploadURLExternal": "files:write",
     "usergroups.users.list": "usergroups:read",
     "views.open": None,
     "views.publish": None,
@@ -53,6 +61,8 @@ APP_TOKEN_METHOD_SCOPES: dict[str, str] = {"apps.connections.open": "connections
 COMMAND_SCOPE = "commands"
 # Read methods take query parameters; write methods take a JSON body.
 _GET_METHODS = frozenset({"usergroups.users.list"})
+# Slack documents the upload methods as form-encoded (JSON only later, and not everywhere): send forms.
+_FORM_METHODS = frozenset({"files.getUploadURLExternal", "files.completeUploadExternal"})
 _TIMEOUT_SECONDS = 10
 
 
@@ -92,6 +102,26 @@ def quiet_logger(name: str) -> logging.Logger:
     return logger
 
 
+def _form(params: Mapping[str, Any]) -> dict[str, str]:
+    """Form fields: lists and objects as JSON strings (how Slack reads `files=[...]`), the rest as text."""
+    return {key: json.dumps(value, separators=(",", ":")) if isinstance(value, list | dict) else str(value)
+            for key, value in params.items() if value is not None}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+@dataclass(frozen=True)
+class SharedFile:
+    """One file to share: its name, what to show as its title, and its bytes."""
+
+    filename: str
+    title: str
+    data: bytes
+
+
 class SlackCallError(DeliveryError):
     """Slack refused or could not take a call; carries Slack's error code, never the payload."""
 
@@ -124,6 +154,8 @@ class SlackApi:
         try:
             if method in _GET_METHODS:
                 response = await self.client.api_call(method, http_verb="GET", params=params)
+            elif method in _FORM_METHODS:
+                response = await self.client.api_call(method, data=_form(params))
             else:
                 response = await self.client.api_call(method, json=params)
         except SlackApiError as exc:
@@ -144,3 +176,41 @@ class SlackApi:
             raise SlackCallError("response_url", type(exc).__name__) from None
         if response.status_code != 200:
             raise SlackCallError("response_url", f"http {response.status_code}: {response.body[:40]}")
+
+    async def share_files(self, channel_id: str, files: Sequence[SharedFile], *, comment: str = "") -> list[str]:
+        """Upload `files` with Slack's external upload flow and share them in `channel_id`; returns the file ids."""
+        uploaded: list[dict[str, str]] = []
+        for file in files:
+            data = await self.call("files.getUploadURLExternal", filename=file.filename, length=len(file.data))
+            upload_url, file_id = data.get("upload_url"), data.get("file_id")
+            if not isinstance(upload_url, str) or not isinstance(file_id, str) or not file_id:
+                raise SlackCallError("files.getUploadURLExternal", "no_upload_url")
+            await self._upload(upload_url, file)
+            uploaded.append({"id": file_id, "title": file.title})
+        params: dict[str, Any] = {"files": uploaded, "channel_id": channel_id}
+        if comment:
+            params["initial_comment"] = comment
+        await self.call("files.completeUploadExternal", **params)
+        return [f["id"] for f in uploaded]
+
+    def _trusted_upload_url(self, url: str) -> bool:
+        # The bytes are a report naming people and credentials: only https, or the API's own origin
+        # (a proxy or a local stand-in at SLACK_API_URL), may receive them.
+        scheme = urlsplit(url).scheme
+        return scheme == "https" or _origin(url) == _origin(str(self.client.base_url))
+
+    async def _upload(self, upload_url: str, file: SharedFile) -> None:
+        """POST the raw bytes to the pre-signed upload URL; no token goes with them (the URL is the credential)."""
+        if not self._trusted_upload_url(upload_url):
+            raise SlackCallError("file upload", "untrusted_upload_url")
+        session = self.session or aiohttp.ClientSession()
+        try:
+            async with session.post(upload_url, data=file.data, timeout=aiohttp.ClientTimeout(total=_TIMEOUT_SECONDS),
+                                    headers={"Content-Type": "application/octet-stream"}) as response:
+                if response.status != 200:
+                    raise SlackCallError("file upload", f"http {response.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SlackCallError("file upload", type(exc).__name__) from None
+        finally:
+            if self.session is None:
+                await session.close()

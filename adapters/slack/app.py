@@ -40,12 +40,13 @@ from adapters.slack.inputs import (
     start_time,
 )
 from adapters.slack.notifier import ResponseUrl, SlackNotifier
+from adapters.slack.reports import handle_report
 from bot.errors import Conflict, InputError, JitpassError, ParseError
 from bot.model import AccessRequest, Identity, Status, Window
 from bot.parse import RequestDraft, parse_duration, parse_request
 from bot.runtime import Runtime
 
-__all__ = ["ACK_BUDGET_SECONDS", "SlackInteractions", "build_bolt_app", "handle_report"]
+__all__ = ["ACK_BUDGET_SECONDS", "SlackInteractions", "build_bolt_app"]
 
 log = logging.getLogger("jitpass.slack")
 
@@ -63,11 +64,6 @@ def apology(where: str, exc: BaseException, request_id: str | None = None) -> st
     log.debug("event=unexpected_error_trace error_id=%s frames=%r", error_id,
               "".join(traceback.format_tb(exc.__traceback__)))
     return f"😞 Sorry, something went wrong on our side (error id {error_id}). Please try again or tell an admin."
-
-
-async def handle_report(runtime: Runtime, who: Identity, text: str) -> str:
-    """`/access report …`: a hook for the reports module, which has not landed yet."""
-    return "📊 Reports are not available yet."
 
 
 @dataclass(frozen=True)
@@ -284,8 +280,9 @@ class SlackInteractions:
         return self._sent_text(await self.service.request_extension(request_id, who, duration))
 
     async def _report(self, command: CommandInput, rest: str) -> str:
+        # Admins may be named by user group, so this one needs the groups resolved.
         who = await self._identity(command.user_id, command.user_name, groups=True)
-        return await handle_report(self.runtime, who, rest)
+        return await handle_report(self.runtime, self.api, self.notifier.dm_channel, who, rest)
 
     # -- the request form ------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ __all__ = [
     "items_text",
     "mention",
     "notice_modal",
+    "report_text",
     "request_modal",
     "secret_message",
     "status_text",
@@ -505,7 +506,7 @@ def help_text(command: str = "/access") -> str:
         f"• `{command} status`: your waiting and active requests",
         f"• `{command} cancel R-…` / `{command} done R-…`: withdraw a request or end access now",
         f"• `{command} extend R-… 30m`: ask for more time",
-        f"• `{command} report …`: reports (admins)",
+        f"• `{command} report 30d [vault:…] [item:…] [user:…]`: the access report (admins; files come in a DM)",
     ])
 
 
@@ -526,3 +527,15 @@ def status_text(requests: Sequence[AccessRequest], tz: tzinfo) -> str:
         return "You have no waiting or active requests."
     lines = [f"• *{r.id}* `{fit(r.item, 100)}`: {status_words(r, tz)}" for r in requests]
     return truncate("\n".join(lines), MESSAGE_TEXT_MAX)
+
+
+def report_text(summary: str, *, shared: bool, problem: str = "") -> str:
+    """The ephemeral answer to `/access report`: the summary, and where the CSV and HTML files went."""
+    first, _, rest = summary.strip().partition("\n")
+    lines = [f"📊 *{escape(first)}*", *(f"• {escape(line)}" for line in rest.splitlines() if line.strip())]
+    if shared:
+        lines.append("📎 The CSV and HTML files are in your direct messages with jitpass (only you can see them).")
+    else:
+        lines.append(f"⚠️ I could not send you the CSV and HTML files ({escape(problem) or 'Slack refused'}); "
+                     "`jitpass report` on the server produces them too.")
+    return cut_mrkdwn("\n".join(lines), MESSAGE_TEXT_MAX)

@@ -1,4 +1,5 @@
-"""Teams adapter: `POST /api/messages` through the Microsoft 365 Agents SDK.
+"""Teams adapter: `POST /api/messages` through the Microsoft 365 Agents SDK, and the one-time report
+downloads (`GET /reports/{token}/{filename}`) its `report` command links to.
 
 `TeamsAdapter(settings)` is a `bot.runtime.ChatAdapter`. With app credentials
 (`CONNECTIONS__SERVICE_CONNECTION__SETTINGS__CLIENTID` / `CLIENTSECRET` / `TENANTID`) every
@@ -19,6 +20,8 @@ from microsoft_agents.hosting.core import TurnContext
 from microsoft_agents.hosting.core.rest_channel_service_client_factory import RestChannelServiceClientFactory
 from pydantic import ValidationError
 
+from adapters.downloads import ROUTE as DOWNLOAD_ROUTE
+from adapters.downloads import ReportLinks, redact_access_log
 from adapters.teams.agent import TeamsAgent, apology, report_unexpected
 from adapters.teams.auth import CONNECTION, InboundAuth, auth_configuration
 from adapters.teams.connector import Connector, ServiceUrlBook, ServiceUrlValidator
@@ -64,6 +67,10 @@ class TeamsAdapter:
         self.connector = Connector(self.client_factory, self.validator, self.app_id)
         self.agent: TeamsAgent | None = None
         self.service_urls: ServiceUrlBook | None = None
+        self.report_links: ReportLinks | None = None
+        # Report links must open in the admin's browser: the public address, not the bind address.
+        self.public_url = (settings.public_url or f"http://localhost:{settings.port}").rstrip("/")
+        redact_access_log()
         if self.app_id is None and _ANONYMOUS_NOISE not in _USER_TOKEN_LOG.filters:
             _USER_TOKEN_LOG.addFilter(_ANONYMOUS_NOISE)
 
@@ -71,6 +78,8 @@ class TeamsAdapter:
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(ROUTE, self.messages)
+        # GET only: a HEAD (link checkers, previews) must not use up a one-time link.
+        app.router.add_get(DOWNLOAD_ROUTE, self.download, allow_head=False)
 
     async def start(self, runtime: Runtime) -> None:
         self.service_urls = ServiceUrlBook(runtime.store)
@@ -78,7 +87,9 @@ class TeamsAdapter:
         notifier = TeamsNotifier(runtime.policy, self.connector, self.service_urls, runtime.service.get_request,
                                  runtime.service.save_refs)
         runtime.service.register_notifier(notifier)
-        self.agent = TeamsAgent(runtime, self.service_urls, self.connections)
+        self.report_links = ReportLinks(runtime.clock)
+        self.agent = TeamsAgent(runtime, self.service_urls, self.connections, report_links=self.report_links,
+                                public_url=self.public_url)
         validation = "on" if self.validator.enabled else "OFF"
         if self.app_id:
             log.info("event=teams_mode mode=jwt note=\"Teams: JWT validation on for app id %s\" "
@@ -97,6 +108,7 @@ class TeamsAdapter:
 
     async def stop(self) -> None:
         self.agent = None
+        self.report_links = None  # the files live in memory only: a restart forgets every link
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -128,6 +140,12 @@ class TeamsAdapter:
             error_id = report_unexpected("process", exc)
             return web.json_response({"error": "internal error", "error_id": error_id}, status=500)
         return response if response is not None else web.Response(status=202)
+
+    async def download(self, request: web.Request) -> web.Response:
+        """A report file behind a one-time link (see adapters/downloads.py)."""
+        if self.report_links is None:
+            return web.Response(status=404, text="Not found.\n", headers={"Cache-Control": "no-store"})
+        return await self.report_links.handle(request)
 
     @staticmethod
     async def _malformed(request: web.Request) -> str:

@@ -1,7 +1,7 @@
 """Agents SDK handlers: Teams messages, card actions and installs, turned into AccessService calls.
 
 Messages are commands (`access …`, `list`, `status`, `cancel`, `done`, `extend`, `whereami`,
-`help`), typed in a 1:1 chat or after an @mention in a channel. Card buttons are Universal
+`report`, `help`), typed in a 1:1 chat or after an @mention in a channel. Card buttons are Universal
 Actions: an `adaptiveCard/action` invoke whose answer is the updated card, or an error the
 Teams client shows under the card. The core decides and audits; this module only translates.
 """
@@ -23,6 +23,7 @@ from microsoft_agents.hosting.core import AgentApplication, MemoryStorage, Route
 from microsoft_agents.hosting.core.app.app_options import ApplicationOptions
 from microsoft_agents.hosting.core.authorization import Connections
 
+from adapters.downloads import CSV_TYPE, HTML_TYPE, ReportLinks
 from adapters.teams import cards
 from adapters.teams.connector import ServiceUrlBook, card_activity
 from adapters.teams.notifier import teams_wording
@@ -30,6 +31,7 @@ from adapters.teams.refs import REQUESTER, VERSION, RequesterRef
 from bot.errors import InputError, JitpassError, NotFound, ParseError
 from bot.model import AccessRequest, Identity, Window
 from bot.parse import RequestDraft, format_duration, parse_request
+from bot.reports import chat_report
 from bot.runtime import Runtime
 
 __all__ = ["Inbound", "TeamsAgent", "clean_text", "identity_of", "report_unexpected"]
@@ -133,8 +135,11 @@ def error_response(code: str, message: str, status: int = 400) -> dict[str, Any]
 class TeamsAgent:
     """The AgentApplication and its handlers."""
 
-    def __init__(self, runtime: Runtime, service_urls: ServiceUrlBook, connection_manager: Connections) -> None:
+    def __init__(self, runtime: Runtime, service_urls: ServiceUrlBook, connection_manager: Connections, *,
+                 report_links: ReportLinks, public_url: str) -> None:
         self.runtime = runtime
+        self.report_links = report_links
+        self.public_url = public_url
         self.service = runtime.service
         self.policy = runtime.policy
         self.service_urls = service_urls
@@ -240,20 +245,22 @@ class TeamsAgent:
         await self._show(context, cards.help_card(rest))
 
     async def cmd_report(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
-        """Admins' access report summary; only in a 1:1 chat (it names people and credentials)."""
-        try:
-            from bot.reports import chat_report  # imported here: the reports module is optional for Teams
-        except ImportError:
-            await self._say(context, "Reports are not available yet.")
-            return
+        """Admins' access report: the summary, and one-time download links for the CSV and HTML.
+
+        Only in a 1:1 chat: the report names people and credentials. Teams cannot take a file from
+        a bot without a file-consent step, so the files wait on this server behind one-time links.
+        """
         if not inbound.in_personal_chat:
             await self._say(context, "Ask for reports in a 1:1 chat with me: they name people and credentials.")
             return
         report = await chat_report(self.runtime, inbound.identity, rest)
-        lines = "\n\n".join(line for line in report.summary.splitlines() if line.strip())
-        await self._say(context, f"📊 {lines}\n\nThe full CSV and HTML reports come from the server: "
-                                 f"`jitpass report` (Teams bots cannot attach files to a chat without a file "
-                                 f"consent step).")
+        csv_url, expires_at = self.report_links.link(self.public_url, report.csv_filename, report.csv, CSV_TYPE)
+        html_url, _ = self.report_links.link(self.public_url, report.html_filename, report.html, HTML_TYPE)
+        lines = [line for line in report.summary.splitlines() if line.strip()]
+        card = cards.report_files_card(lines[0] if lines else "Access report", csv_url, html_url, expires_at,
+                                       self.policy.timezone)
+        log.info("event=teams_report_links user=%s files=2", inbound.identity.user_id)
+        await context.send_activity(card_activity(card, text="📊 " + "\n\n".join(lines)))
 
     async def cmd_whereami(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
         where = inbound.requester

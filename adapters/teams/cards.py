@@ -6,7 +6,8 @@ Microsoft's typed card models (`microsoft_teams.cards`), serialised to plain dic
 
 Buttons are Universal Actions (`Action.Execute`): Teams sends an `adaptiveCard/action` invoke
 with the verb and `{"request_id": ...}` and shows the card we answer with. Only the delivery
-card ever holds a secret; it goes to the requester's 1:1 chat and nowhere else.
+card ever holds a secret; it goes to the requester's 1:1 chat and nowhere else. The report
+card's buttons are `Action.OpenUrl` links to one-time downloads, sent to an admin's 1:1 chat only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from microsoft_teams.cards import (
     ExecuteAction,
     Fact,
     FactSet,
+    OpenUrlAction,
     TextBlock,
     TextInput,
 )
@@ -57,6 +59,7 @@ __all__ = [
     "grant_ended_card",
     "help_card",
     "items_card",
+    "report_files_card",
     "request_form_card",
     "request_sent_card",
     "state_line",
@@ -161,7 +164,8 @@ def title_line(request: AccessRequest) -> str:
 # -- assembly ------------------------------------------------------------------------------------
 
 
-def _card(body: Sequence[CardElement], actions: Sequence[ExecuteAction] = (), *, fallback: str) -> dict[str, Any]:
+def _card(body: Sequence[CardElement], actions: Sequence[ExecuteAction | OpenUrlAction] = (), *,
+          fallback: str) -> dict[str, Any]:
     card = AdaptiveCard(version=CARD_VERSION, fallback_text=fallback, body=list(body),
                         actions=list(actions) or None)
     data: dict[str, Any] = {"$schema": CARD_SCHEMA, **card.model_dump(mode="json", exclude_none=True)}
@@ -319,6 +323,7 @@ HELP_COMMANDS: tuple[tuple[str, str], ...] = (
     ("done ID", "end your grant now"),
     ("extend ID DURATION", "ask the leads for more time, e.g. extend R-ABCD2345 30m"),
     ("whereami", "this conversation's id (to set it as a leads channel)"),
+    ("report [30d]", "admins, in a 1:1 chat: the access report, with CSV and HTML downloads"),
     ("help", "this list"),
 )
 
@@ -333,7 +338,7 @@ def help_card(note: str = "") -> dict[str, Any]:
         _line("In a channel, @mention jitpass first. Secrets are only ever sent to you in a 1:1 chat.",
               subtle=True),
     ]
-    return _card(body, fallback="jitpass commands: access, list, status, cancel, done, extend, whereami, help")
+    return _card(body, fallback="jitpass commands: access, list, status, cancel, done, extend, whereami, report, help")
 
 
 def items_card(items: Sequence[Item], query: str = "") -> dict[str, Any]:
@@ -367,3 +372,19 @@ def status_card(requests: Sequence[AccessRequest], tz: tzinfo) -> dict[str, Any]
             _line(window_text(request, tz), subtle=True),
         ]))
     return _card(body, fallback=f"You have {len(requests)} open request(s).")
+
+
+def report_files_card(title: str, csv_url: str, html_url: str, expires_at: datetime, tz: tzinfo) -> dict[str, Any]:
+    """Download buttons for an access report's CSV and HTML; the links are one-time and short-lived.
+
+    The URLs carry the download token, so they are on the buttons only, never in the fallback
+    text (which Teams shows in notifications).
+    """
+    body: list[CardElement] = [
+        _heading(f"📊 {clip(title, 200)}"),
+        _line(f"Each link works once, until {when(expires_at, tz)}. The files name people and credentials: "
+              "keep them private.", subtle=True, element_id=ID_STATUS),
+    ]
+    actions = [OpenUrlAction(title="Download CSV", url=csv_url),
+               OpenUrlAction(title="Download HTML", url=html_url)]
+    return _card(body, actions, fallback="Access report: open this card in Teams to download the files.")

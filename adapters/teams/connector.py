@@ -115,9 +115,11 @@ class ServiceUrlBook:
         return self.by_tenant.get(tenant_id, "") or self.latest
 
 
-def card_activity(card: dict[str, Any], *, conversation_id: str = "", activity_id: str = "") -> Activity:
-    """A message activity carrying one Adaptive Card and no text (no secret in notifications)."""
-    activity = Activity(type=ActivityTypes.message,
+def card_activity(card: dict[str, Any], *, conversation_id: str = "", activity_id: str = "",
+                  text: str = "") -> Activity:
+    """A message activity carrying one Adaptive Card, and `text` above it when given (never a secret:
+    Teams shows it in notifications)."""
+    activity = Activity(type=ActivityTypes.message, text=text or None,
                         attachments=[Attachment(content_type=CARD_CONTENT_TYPE, content=card)])
     if conversation_id:
         activity.conversation = ConversationAccount(id=conversation_id)

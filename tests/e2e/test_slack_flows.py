@@ -181,7 +181,7 @@ async def test_help_list_and_report(slack: SlackHarness) -> None:
     assert "globex-aws" in listing.json()["text"] and "acme-zendesk" not in listing.json()["text"]
     assert "acme-zendesk" in everything.json()["text"] and "https://acme.zendesk.example" in everything.json()["text"]
     assert CANARY_PASSWORD not in everything.text
-    assert "not available yet" in report.json()["text"]
+    assert "'weekly' is not a period such as 30d." in report.json()["text"]  # tests/e2e/test_slack_reports.py
 
 
 async def test_status_cancel_and_done(slack: SlackHarness) -> None:

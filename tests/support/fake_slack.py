@@ -1,4 +1,5 @@
 """A local, stateful stand-in for Slack: the Web API methods jitpass calls, response_urls, Socket Mode,
+the external file upload flow (files.getUploadURLExternal, the upload URL, files.completeUploadExternal),
 and a client that sends signed slash commands, button presses and form submissions to the app.
 
 Everything is real HTTP on 127.0.0.1 with ephemeral ports. Tests wait with `await fake.wait_for(...)`
@@ -171,6 +172,24 @@ def validate_view(view: Any) -> None:
         raise _Invalid("invalid_arguments")
 
 
+@dataclass
+class SlackFile:
+    """A file announced with files.getUploadURLExternal; `data` once uploaded, `channels` once shared."""
+
+    id: str
+    filename: str
+    length: int
+    data: bytes | None = None
+    title: str = ""
+    channels: list[str] = field(default_factory=list)
+    comment: str = ""
+    upload_authorization: str | None = None  # what came with the upload POST (should be nothing)
+
+    def text(self) -> str:
+        assert self.data is not None, f"{self.id} was never uploaded"
+        return self.data.decode("utf-8")
+
+
 class FakeSlack:
     """The Slack side of the conversation: stateful messages, views, user groups and response URLs."""
 
@@ -184,6 +203,7 @@ class FakeSlack:
         self.views: dict[str, dict[str, Any]] = {}
         self.homes: dict[str, dict[str, Any]] = {}
         self.usergroups: dict[str, list[str]] = {}
+        self.files: dict[str, SlackFile] = {}
         self._rate_limited: dict[str, list[int]] = {}
         self._failing: dict[str, list[tuple[Callable[[dict[str, Any]], bool], str]]] = {}
         self._ts = itertools.count(1)
@@ -201,6 +221,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/response/{key}", self._response_url)
+        app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
@@ -260,6 +281,10 @@ class FakeSlack:
     def message(self, channel: str, ts: str) -> dict[str, Any]:
         return self.messages[(channel, ts)]
 
+    def shared_files(self, channel: str | None = None) -> list[SlackFile]:
+        """Files shared by files.completeUploadExternal (in `channel`, if given), in upload order."""
+        return [f for f in self.files.values() if f.channels and (channel is None or channel in f.channels)]
+
     async def _record(self, call: Call) -> None:
         async with self._changed:
             self.calls.append(call)
@@ -275,7 +300,7 @@ class FakeSlack:
                 args.update(json.loads(raw) if raw else {})
             else:
                 args.update(dict(parse_qsl(raw, keep_blank_values=True)))
-        for key in ("blocks", "view", "attachments"):
+        for key in ("blocks", "view", "attachments", "files"):
             if isinstance(args.get(key), str):
                 args[key] = json.loads(args[key])
         return args
@@ -382,6 +407,37 @@ class FakeSlack:
         self.homes[str(args["user_id"])] = dict(view)
         return {"view": {**view, "id": "VHOME"}}
 
+    def _m_files_getUploadURLExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        filename = str(args.get("filename") or "")
+        length = str(args.get("length") or "")
+        if not filename or not length.isdigit():
+            raise _Invalid("invalid_arguments")
+        if int(length) == 0:
+            raise _Invalid("missing_argument")  # Slack's answer to length=0
+        file_id = f"F{next(self._ids):08d}"
+        self.files[file_id] = SlackFile(file_id, filename, int(length))
+        return {"upload_url": f"{self.root}/upload/{file_id}", "file_id": file_id}
+
+    def _m_files_completeUploadExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        files = args.get("files")
+        if not isinstance(files, list) or not files or not all(isinstance(f, Mapping) and f.get("id") for f in files):
+            raise _Invalid("invalid_arguments")
+        found = [self.files.get(str(f["id"])) for f in files]
+        if any(f is None or f.data is None for f in found):
+            raise _Invalid("file_not_found")  # never announced, or its bytes never arrived
+        channel = str(args.get("channel_id") or "")
+        if "channels" in args or "thread_ts" in args:
+            raise _Invalid("invalid_arguments")  # jitpass shares in exactly one conversation
+        shared: list[dict[str, Any]] = []
+        for wanted, file in zip(files, found, strict=True):
+            assert file is not None
+            file.title = str(wanted.get("title") or file.filename)
+            file.comment = str(args.get("initial_comment") or "")
+            if channel:
+                file.channels.append(channel)
+            shared.append({"id": file.id, "name": file.filename, "title": file.title, "size": file.length})
+        return {"files": shared}
+
     def _m_apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"url": f"ws://{self.root.removeprefix('http://')}/socket"}
 
@@ -420,6 +476,25 @@ class FakeSlack:
             shown.append(message)
         await self._record(call)
         return web.Response(text="ok")
+
+    # -- the upload URL of files.getUploadURLExternal ------------------------------------------------
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["file_id"]
+        data = await request.read()
+        file = self.files.get(file_id)
+        call = Call("upload", {"file_id": file_id, "bytes": len(data)}, key=file_id)
+        if file is None or file.data is not None:
+            call.status, call.error = 404, "unknown_or_used_upload_url"
+        elif len(data) != file.length:
+            call.status, call.error = 400, "length_mismatch"  # Slack checks the size it was promised
+        else:
+            file.data = data
+            file.upload_authorization = request.headers.get("Authorization")
+        await self._record(call)
+        if call.error:
+            return web.Response(status=call.status, text=call.error)
+        return web.Response(text=f"OK - {len(data)}")
 
     # -- Socket Mode -----------------------------------------------------------------------------
 

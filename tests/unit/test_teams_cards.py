@@ -28,6 +28,7 @@ PENDING = AccessRequest(
     timeout_at=NOW + timedelta(minutes=30), platform="teams",
 )
 STARTED = NOW + timedelta(minutes=5)
+TOKEN = "x3Jd9-token_urlsafe-of-32-bytes-0123456789a"
 
 
 def request_in(status: Status, **changes: Any) -> AccessRequest:
@@ -83,6 +84,10 @@ def every_card() -> dict[str, dict[str, Any]]:
     found["items-none"] = cards.items_card([], "nothing")
     found["status"] = cards.status_card([request_in(s) for s in Status], TZ)
     found["status-none"] = cards.status_card([], TZ)
+    found["report-files"] = cards.report_files_card(
+        "Access report 2026-02-08 09:00 → 2026-03-10 09:00 (UTC)", f"https://jitpass.example.com/reports/{TOKEN}/"
+        "jitpass-report-20260208-20260310.csv", f"https://jitpass.example.com/reports/{TOKEN}2/"
+        "jitpass-report-20260208-20260310.html", NOW + timedelta(minutes=15), TZ)
     return found
 
 
@@ -194,3 +199,12 @@ def test_the_form_offers_the_catalogue_and_keeps_what_was_typed() -> None:
     assert [find_element(card, i)["value"] for i in ("reason", "window")] == ["r", "for 2h"]  # type: ignore[index]
     assert card["actions"] == [{"type": "Action.Execute", "title": "Request access", "style": "positive", "data": {},
                                 "verb": "submitRequest"}]
+
+
+def test_the_report_card_links_both_files_and_keeps_the_links_out_of_the_fallback() -> None:
+    card = every_card()["report-files"]
+    links = [(a["title"], a["url"]) for a in card_elements(card) if a["type"] == "Action.OpenUrl"]
+    assert [title for title, _ in links] == ["Download CSV", "Download HTML"]
+    assert links[0][1].endswith(".csv") and links[1][1].endswith(".html")
+    assert TOKEN not in card["fallbackText"]
+    assert "works once" in card["body"][1]["text"]
