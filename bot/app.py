@@ -7,7 +7,9 @@ the chat adapters and starts the scheduler.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +30,7 @@ from bot.service import AccessService
 from bot.vault import Vault, load_key_ring
 from storage import open_store
 
-__all__ = ["RUNTIME", "create_app", "open_runtime"]
+__all__ = ["RUNTIME", "create_app", "open_runtime", "serve"]
 
 log = logging.getLogger("jitpass.app")
 
@@ -118,3 +120,20 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     return app
+
+
+async def serve(settings: Settings, *, host: str, port: int, policy: Policy | None = None, demo: bool = False) -> None:
+    """Run the server until cancelled (Ctrl-C / SIGTERM)."""
+    runner = web.AppRunner(create_app(settings, policy=policy, demo=demo))
+    await runner.setup()
+    stop = asyncio.Event()
+    # Platforms stop dynos/containers with SIGTERM: close the store and scheduler cleanly then.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await web.TCPSite(runner, host, port).start()
+        print(f"jitpass listening on http://{host}:{port}  (health: /healthz, Slack: /slack/events, "
+              f"Teams: /api/messages)", flush=True)
+        await stop.wait()
+        log.info("event=stopping reason=SIGTERM")
+    finally:
+        await runner.cleanup()

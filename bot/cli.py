@@ -96,9 +96,7 @@ def _print_items(items: Sequence[Item], out: TextIO, as_json: bool) -> None:
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from bot.app import create_app
+    from bot.app import serve
     from bot.demo import DEMO_POLICY
 
     settings = Settings.from_env()
@@ -108,19 +106,8 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("event=demo_policy note=\"JITPASS_POLICY is not set: using the built-in demo policy\"")
     else:
         load_policy(settings.policy_path)  # fail fast with the key and line before binding the port
-    app = create_app(settings, policy=policy, demo=args.demo)
-    host = args.host or settings.host
-    port = args.port or settings.port
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    print(f"jitpass listening on http://{host}:{port}  (health: /healthz, Slack: /slack/events, "
-          f"Teams: /api/messages)", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve(settings, host=args.host or settings.host, port=args.port or settings.port, policy=policy,
+                demo=args.demo)
     return 0
 
 

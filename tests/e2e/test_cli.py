@@ -230,3 +230,4 @@ async def test_serve_demo_creates_key_seeds_demo_item_and_answers_healthz(
     proc.terminate()
     output = proc.communicate(timeout=15)[0]
     assert "master_key_created" in output and "production" in output
+    assert proc.returncode == 0 and "event=stopping reason=SIGTERM" in output  # a clean stop, not a kill
