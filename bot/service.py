@@ -22,12 +22,15 @@ from bot.model import (
     SYSTEM,
     AccessRequest,
     Approval,
+    CodeView,
     EventDraft,
     Identity,
     Item,
     RequestKind,
     Reveal,
     RotationDue,
+    SealedItem,
+    Secret,
     Status,
     Window,
 )
@@ -294,7 +297,24 @@ class AccessService:
         """Audit, then return the then-current TOTP code (with the password already revealed)."""
         return await self._reveal(request_id, holder, "grant.code_shown")
 
-    async def _reveal(self, request_id: str, holder: Identity, event_type: str) -> Reveal:
+    async def live_code(self, request_id: str, holder: Identity, *, via: str, audit: bool) -> CodeView | None:
+        """The current TOTP code alone (never the password), for a view that refreshes it every period.
+
+        `audit` is True when a person starts looking (a view opens); the periodic refreshes of that
+        view are not separate code views. None when the item has no TOTP seed."""
+        request, _, _, seed, now = await self._open_grant(request_id, holder)
+        if seed is None:
+            return None
+        code = current_code(seed, now)
+        if audit:  # fail closed: recorded before the code leaves
+            await self.store.append_event(self._draft("grant.code_shown", holder, request, "", {
+                "password": False, "code": True, "via": via}))
+        return code
+
+    async def _open_grant(
+        self, request_id: str, holder: Identity
+    ) -> tuple[AccessRequest, SealedItem, Secret | None, Secret | None, datetime]:
+        """The holder's active grant and its item's secrets; refusals are audited."""
         request = await self._get(request_id)
         now = self.clock.now()
         if not request.requester.same_person(holder):
@@ -306,6 +326,10 @@ class AccessService:
         if sealed is None:
             raise NotFound(f"The item '{request.item}' was removed from the catalogue.")
         password, seed = self.vault.open(sealed)
+        return request, sealed, password, seed, now
+
+    async def _reveal(self, request_id: str, holder: Identity, event_type: str) -> Reveal:
+        request, sealed, password, seed, now = await self._open_grant(request_id, holder)
         code = current_code(seed, now) if seed else None
         # Fail closed: the audit event is written first; if that raises, nothing is revealed.
         await self.store.append_event(self._draft(event_type, holder, request, "", {

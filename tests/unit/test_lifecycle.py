@@ -314,3 +314,19 @@ async def test_done_records_who_ended_the_grant_and_late_approver_hears_it_was_a
         await runtime.service.approve(request.id, LEAD2)
     ended = await runtime.service.done(request.id, ALICE)
     assert ended.status is Status.REVOKED and ended.ended_by == ALICE
+
+
+async def test_live_code_shows_only_the_code_and_audits_only_when_asked(runtime: Runtime, notifier: RecordingNotifier,
+                                                                        clock: FakeClock) -> None:
+    grant = await runtime.service.approve((await runtime.service.request_access(
+        ALICE, "acme-zendesk fix broken trigger")).id, LEAD1)
+    before = await types(runtime)
+    opened = await runtime.service.live_code(grant.id, ALICE, via="app_home", audit=True)
+    clock.advance(timedelta(seconds=30))
+    refreshed = await runtime.service.live_code(grant.id, ALICE, via="app_home", audit=False)
+    assert opened is not None and refreshed is not None
+    assert pyotp.TOTP(CANARY_SEED).verify(refreshed.code, for_time=clock.now())
+    shown = [e for e in await events(runtime)][len(before):]
+    assert [(e.type, e.details["via"], e.details["password"]) for e in shown] == [("grant.code_shown", "app_home", False)]
+    with pytest.raises(NotAllowed):
+        await runtime.service.live_code(grant.id, MALLORY, via="app_home", audit=False)
