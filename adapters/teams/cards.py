@@ -143,7 +143,8 @@ def state_line(request: AccessRequest, tz: tzinfo) -> tuple[str, Color]:
         case Status.EXPIRED:
             return f"🔒 Expired at {when(request.ended_at or request.ends_at, tz)}", "Default"
         case Status.REVOKED:
-            return f"🔒 Ended early at {when(request.ended_at, tz)}", "Default"
+            ender = f" by {user_text(request.ended_by.label)}" if request.ended_by else ""
+            return f"🔒 Ended early{ender} at {when(request.ended_at, tz)}", "Default"
         case Status.DECLINED:
             why = f": {user_text(request.decline_reason)}" if request.decline_reason else ""
             return f"❌ Declined{by}{why}", "Attention"

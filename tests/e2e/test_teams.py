@@ -178,7 +178,7 @@ async def test_lead_approves_and_requester_gets_secret_and_code(
     wiped = connector.message(REQUESTER.personal_chat, delivery.result_id)
     assert "has ended" in json.dumps(wiped, ensure_ascii=False)
     assert_no_secret(json.dumps(wiped))
-    assert "Ended early" in status_of(teams.leads_card(request_id))
+    assert "Ended early by Req One" in status_of(teams.leads_card(request_id))
 
     types = [e.type for e in await teams.events()]
     for expected in ("request.created", "request.approved", "grant.activated", "grant.revealed",
