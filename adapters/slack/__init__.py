@@ -2,7 +2,7 @@
 
 Modules: `api` (Web API client, scopes), `blocks` (pure Block Kit builders), `notifier` (the
 core's Notifier), `app` (bolt listeners), `http` (the `/slack/events` endpoint), `groups`
-(user-group membership), `home` (App Home), `background` (work after the 3-second ack), `reports`
+(user-group membership), `home` (App Home with live codes), `background` (work after the 3-second ack), `reports`
 (`/access report`: summary plus CSV/HTML files in the admin's DM).
 """
 
@@ -43,6 +43,7 @@ class SlackAdapter:
         self.background = Background()
         self.api: SlackApi | None = None
         self.notifier: SlackNotifier | None = None
+        self.home: HomeTab | None = None
         self._session: aiohttp.ClientSession | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self._socket_connected = False
@@ -59,7 +60,7 @@ class SlackAdapter:
             return
         self._session = aiohttp.ClientSession()
         self.api = SlackApi(self.settings.slack_bot_token, self.settings.slack_api_url, self._session)
-        home = HomeTab(self.api, runtime.service, runtime.policy.timezone, self.background)
+        home = self.home = HomeTab(self.api, runtime.service, runtime.policy.timezone, self.background)
         self.notifier = SlackNotifier(self.api, runtime.policy, runtime.clock, home)
         directory = GroupDirectory(self.api, runtime.policy.approver_group_ids("slack"))
         runtime.service.register_notifier(self.notifier)

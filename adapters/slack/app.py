@@ -98,7 +98,7 @@ class SlackInteractions:
         app.action(Actions.NEW_CODE)(self.on_new_code)
         app.action(Actions.DONE)(self.on_done)
         app.action(Actions.CANCEL)(self.on_cancel)
-        app.action(Actions.SHOW_CODE)(self.on_show_code)
+        app.action(Actions.SHOW_PASSWORD)(self.on_show_password)
         app.action(Actions.MODAL_NEW_CODE)(self.on_modal_new_code)
         app.action(Actions.OPEN_REQUEST)(self.on_open_request)
         app.view(Actions.REQUEST_VIEW)(self.on_request_submitted)
@@ -448,12 +448,16 @@ class SlackInteractions:
     # -- the delivered secret --------------------------------------------------------------------
 
     async def on_new_code(self, ack: AsyncAck, body: dict[str, Any]) -> None:
-        """"New code" on the delivered message: audited, then the message is replaced."""
+        """"New code" on the delivered message or the Home tab: audited, then that message or tab is redone."""
         await ack()
         action = ActionInput.from_body(body)
 
         async def new_code() -> str | None:
             who = await self._identity(action.user_id, action.user_name)
+            if action.view_type == "home":
+                # The tab gets the code alone (live_code), never the password new_code() would return.
+                await self.home.show_new_code(who, action.value)
+                return None
             try:
                 reveal = await self.service.new_code(action.value, who)
             except Conflict as exc:  # the grant is over: say so in place of the old secret
@@ -518,16 +522,17 @@ class SlackInteractions:
     # -- App Home --------------------------------------------------------------------------------
 
     async def on_home_opened(self, event: dict[str, Any]) -> None:
-        """Publish the Home tab when the user opens it."""
+        """Publish the Home tab when the user opens it; the codes then shown are audited (they are looking)."""
         user = event.get("user")
         if event.get("tab", "home") == "home" and isinstance(user, str) and user:
-            self.home.refresh(Identity("slack", user))
+            self.home.refresh(Identity("slack", user), opened=True)
 
-    async def on_show_code(self, ack: AsyncAck, body: dict[str, Any]) -> None:
-        """The Home tab's "Show code": a modal with the secret, audited as grant.code_shown.
+    async def on_show_password(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """The Home tab's "Show password": a modal with the secret, audited as grant.code_shown.
 
-        The Home tab itself never shows a code: it stays on screen indefinitely, and republishing
-        it every 30 s would audit codes nobody asked to see.
+        The tab itself shows the live code but never the password; an ephemeral delivery vanishes
+        on reload, so this is how the holder sees the password again. The modal is replaced with
+        "access ended" when the grant ends (notifier.secret_revoked).
         """
         await ack()
         action = ActionInput.from_body(body)
@@ -543,7 +548,7 @@ class SlackInteractions:
                 await self.service.save_refs(request.id, {"code_view": opened["id"]})
             return None
 
-        self._act(action, show(), "action.show_code")
+        self._act(action, show(), "action.show_password")
 
     async def on_modal_new_code(self, ack: AsyncAck, body: dict[str, Any]) -> None:
         """"New code" inside the code modal: audited, then the modal is updated."""

@@ -17,16 +17,19 @@ class Background:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Loops that run until cancelled (the Home tab's refreshers): `drain` would wait for them forever.
+        self._lasting: set[asyncio.Task[Any]] = set()
 
-    def spawn[T](self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
-        """Start `coro` now; it stays referenced until it finishes."""
+    def spawn[T](self, coro: Coroutine[Any, Any, T], *, name: str, lasting: bool = False) -> asyncio.Task[T]:
+        """Start `coro` now; it stays referenced until it finishes (`lasting`: not drained, only cancelled)."""
         task = asyncio.get_running_loop().create_task(coro, name=f"jitpass-slack-{name}")
-        self._tasks.add(task)
+        (self._lasting if lasting else self._tasks).add(task)
         task.add_done_callback(self._finished)
         return task
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        self._lasting.discard(task)
         if not task.cancelled() and task.exception() is not None:
             # Handlers catch their own errors; this is the last line, and it logs no message text.
             log.error("event=background_task_failed task=%s error=%s", task.get_name(),
@@ -37,7 +40,7 @@ class Background:
         return len(self._tasks)
 
     async def drain(self, timeout: float = 10.0) -> None:
-        """Wait until all work (including work started meanwhile) has finished."""
+        """Wait until all work (including work started meanwhile) has finished; lasting loops keep running."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._tasks:
@@ -47,8 +50,8 @@ class Background:
             await asyncio.wait(set(self._tasks), timeout=left)
 
     async def close(self) -> None:
-        """Cancel what is still running (server shutdown)."""
-        tasks = list(self._tasks)
+        """Cancel what is still running, lasting loops included (server shutdown)."""
+        tasks = [*self._tasks, *self._lasting]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -2,8 +2,9 @@
 
 Two layers: platform-neutral wording (`status_words`, `window_words`, ...) and Block Kit
 assembly, which escapes and truncates every user-supplied string to Slack's limits, named
-below. Secrets appear only in `secret_message` and `code_modal`, never in fallback `text`
-(which Slack shows in notifications) and never in an approval card.
+below. Passwords appear only in `secret_message` and `code_modal`; a live TOTP code also in
+`home_view`, which is given codes alone. Never in fallback `text` (which Slack shows in
+notifications) and never in an approval card.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from bot.model import AccessRequest, Identity, Item, Reveal, Status
+from bot.model import AccessRequest, CodeView, Identity, Item, Reveal, Status
 from bot.parse import format_duration
 
 __all__ = [
@@ -91,7 +92,7 @@ class Actions:
     NEW_CODE = "jitpass_new_code"
     DONE = "jitpass_done"
     CANCEL = "jitpass_cancel"
-    SHOW_CODE = "jitpass_show_code"
+    SHOW_PASSWORD = "jitpass_show_code"  # the value predates the live code on the Home tab; kept for old tabs
     MODAL_NEW_CODE = "jitpass_modal_new_code"
     OPEN_REQUEST = "jitpass_open_request"
     REQUEST_VIEW = "jitpass_request"
@@ -435,7 +436,7 @@ def decline_modal(request: AccessRequest, metadata: Mapping[str, Any]) -> dict[s
 
 
 def code_modal(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> dict[str, Any]:
-    """The App Home's "Show code" modal: the secret fields and a New code button."""
+    """The App Home's "Show password" modal: the secret fields and a New code button."""
     blocks: list[dict[str, Any]] = [_section(f"🔓 *{fit(reveal.item.name, 200)}* until {_when(reveal.ends_at, tz)}")]
     fields = _secret_fields(reveal)
     if fields:
@@ -460,8 +461,27 @@ def notice_modal(title: str, text: str) -> dict[str, Any]:
 # -- App Home -------------------------------------------------------------------------------------------
 
 
-def home_view(requests: Sequence[AccessRequest], tz: tzinfo, *, history: int = 10) -> dict[str, Any]:
-    """The Home tab: active grants (Show code / Done), waiting requests (Cancel), recent history."""
+def _live_code_words(code: CodeView) -> str:
+    """The tab's code field: the same wording as in the delivered message."""
+    return f"*Code*\n`{escape(code.code)}` (valid {code.seconds_left} s more)"
+
+
+def _active_grant(request: AccessRequest, code: CodeView | None, tz: tzinfo) -> list[dict[str, Any]]:
+    """One active grant on the Home tab: what and until when, its live code, its buttons."""
+    about = f"*{fit(request.item, 200)}* ({request.id})\nuntil {_when(request.ends_at, tz)}"
+    buttons = [_button("Show password", Actions.SHOW_PASSWORD, request.id),
+               _button("Done", Actions.DONE, request.id, "danger")]
+    if code is None:
+        return [_section(about), _actions(f"home:{request.id}", *buttons)]
+    buttons.insert(0, _button("New code", Actions.NEW_CODE, request.id, "primary"))
+    return [_fields([about, _live_code_words(code)]), _actions(f"home:{request.id}", *buttons)]
+
+
+def home_view(requests: Sequence[AccessRequest], tz: tzinfo, *, codes: Mapping[str, CodeView] | None = None,
+              history: int = 10) -> dict[str, Any]:
+    """The Home tab: active grants with their live code (`codes` by request id; never a password), waiting
+    requests (Cancel), recent history."""
+    codes = codes or {}
     active = [r for r in requests if r.status is Status.ACTIVE]
     waiting = [r for r in requests if r.status in {Status.PENDING, Status.APPROVED}]
     done = [r for r in requests if not r.is_open][:history]
@@ -475,10 +495,10 @@ def home_view(requests: Sequence[AccessRequest], tz: tzinfo, *, history: int = 1
     if not active:
         blocks.append(_context(["Nothing active."]))
     for request in active:
-        blocks.append(_section(f"*{fit(request.item, 200)}* ({request.id}) until {_when(request.ends_at, tz)}"))
-        blocks.append(_actions(f"home:{request.id}",
-                               _button("Show code", Actions.SHOW_CODE, request.id, "primary"),
-                               _button("Done", Actions.DONE, request.id, "danger")))
+        blocks.extend(_active_grant(request, codes.get(request.id), tz))
+    if codes:
+        blocks.append(_context(["Codes here follow the clock while your access lasts and disappear when it ends. "
+                                "Opening this tab, New code and Show password are recorded in the audit trail."]))
     blocks.append(_header("Waiting"))
     if not waiting:
         blocks.append(_context(["Nothing waiting."]))

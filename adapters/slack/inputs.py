@@ -49,6 +49,7 @@ class ActionInput:
     response_url: str
     trigger_id: str
     view_id: str
+    view_type: str = ""  # "home" for a press on the Home tab, "modal" in a modal, "" in a message
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ActionInput:
@@ -62,7 +63,7 @@ class ActionInput:
             return value if isinstance(value, str) else ""
 
         return cls(text(user, "id"), text(user, "username") or text(user, "name"), text(action, "value").strip(),
-                   text(body, "response_url"), text(body, "trigger_id"), text(view, "id"))
+                   text(body, "response_url"), text(body, "trigger_id"), text(view, "id"), text(view, "type"))
 
 
 def mapping(value: Any) -> Mapping[str, Any]:

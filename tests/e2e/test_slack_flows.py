@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import pyotp
 import pytest
 
 from adapters.slack.blocks import Actions
-from tests.support.app import CANARY_PASSWORD, CANARY_SEED, TEST_POLICY
+from tests.support.app import CANARY_PASSWORD, CANARY_SEED, TEST_POLICY, FakeClock
 from tests.support.fake_slack import APP_TOKEN, Call, SlackHarness, slack_harness, state_values, user
 
 
@@ -335,39 +335,170 @@ async def test_rate_limited_card_is_retried_after_retry_after_and_slow_answer_fo
 # -- App Home ------------------------------------------------------------------------------------------------
 
 
-async def test_app_home_shows_grants_and_show_code_opens_an_audited_modal(slack: SlackHarness) -> None:
-    request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
-    slack.fake.homes.clear()
-    before = len(slack.fake.calls)
+def _home(slack: SlackHarness, user_id: str = "UREQ") -> str:
+    return json.dumps(slack.fake.homes[user_id])
 
-    opened = await slack.users.event({"type": "app_home_opened", "user": "UREQ", "tab": "home", "channel": "DUREQ"})
-    await slack.fake.wait_for(lambda c: c.method == "views.publish" and c.args["user_id"] == "UREQ", after=before)
+
+def _publishes(slack: SlackHarness, user_id: str, after: int = 0) -> list[Call]:
+    return [c for c in slack.fake.calls[after:] if c.method == "views.publish" and c.args["user_id"] == user_id]
+
+
+async def _open_home(slack: SlackHarness, user_id: str = "UREQ") -> None:
+    before = len(slack.fake.calls)
+    opened = await slack.users.event({"type": "app_home_opened", "user": user_id, "tab": "home",
+                                      "channel": f"D{user_id}"})
+    assert opened.status == 200
+    await slack.fake.wait_for(lambda c: c.method == "views.publish" and c.args["user_id"] == user_id, after=before)
     await slack.settle()
 
-    assert opened.status == 200
-    home = json.dumps(slack.fake.homes["UREQ"])
-    assert request_id in home and Actions.SHOW_CODE in home
-    assert CANARY_PASSWORD not in home and not re.search(r"`\d{6}`", home)
 
-    await slack.users.press(Actions.SHOW_CODE, request_id, "UREQ", home=True)
+async def test_home_tab_shows_the_live_code_of_an_active_grant_audited_once_and_never_the_password(
+        slack: SlackHarness) -> None:
+    request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
+
+    home = _home(slack)
+    assert request_id in home and Actions.NEW_CODE in home and Actions.DONE in home
+    assert pyotp.TOTP(CANARY_SEED).verify(_code_in(home), for_time=slack.running.clock.now())
+    # Published before anyone opened the tab: audited at once, before the code left.
+    assert await slack.codes_shown(request_id) == ["app_home"]
+    shown = next(e for e in await slack.events(request_id) if e.type == "grant.code_shown")
+    assert shown.details == {"password": False, "code": True, "via": "app_home"}
+
+    await slack.request("globex-aws quarterly audit for 1h")  # the tab changes again (a waiting request)
+    assert "globex-aws" in _home(slack)
+    assert await slack.codes_shown(request_id) == ["app_home"]  # once per grant, not once per publish
+    assert all(CANARY_PASSWORD not in c.dump() for c in _publishes(slack, "UREQ"))
+
+
+async def test_opening_the_home_tab_audits_the_code_it_shows_exactly_once(slack: SlackHarness) -> None:
+    request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
+    before = await slack.codes_shown(request_id)
+
+    await _open_home(slack)
+
+    assert await slack.codes_shown(request_id) == [*before, "app_home"]
+    assert pyotp.TOTP(CANARY_SEED).verify(_code_in(_home(slack)), for_time=slack.running.clock.now())
+    assert CANARY_PASSWORD not in _home(slack)
+
+
+async def test_each_totp_period_republishes_the_new_code_without_a_new_audit_event(slack: SlackHarness) -> None:
+    request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
+    await _open_home(slack)
+    home_tab = slack.adapter.home
+    old_code, events = _code_in(_home(slack)), await slack.codes_shown(request_id)
+    assert home_tab.refreshing == {"UREQ"}
+
+    slack.running.clock.advance(timedelta(seconds=30))
+    before = len(slack.fake.calls)
+    await home_tab.refresh_now("UREQ")
+
+    assert len(_publishes(slack, "UREQ", before)) == 1
+    new_code = _code_in(_home(slack))
+    assert new_code != old_code
+    assert pyotp.TOTP(CANARY_SEED).verify(new_code, for_time=slack.running.clock.now())
+    assert await slack.codes_shown(request_id) == events
+    assert CANARY_PASSWORD not in _home(slack)
+
+
+async def test_refresher_republishes_by_itself_at_the_period_boundary(tmp_path: Path) -> None:
+    # One second before a TOTP boundary: the refresher's real sleep is one second long.
+    clock = FakeClock(datetime(2026, 3, 10, 9, 0, 29, tzinfo=UTC))
+    async with slack_harness(tmp_path, clock=clock) as slack:
+        request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
+        events = await slack.codes_shown(request_id)
+        before = len(slack.fake.calls)
+        clock.advance(timedelta(seconds=1))
+
+        await slack.fake.wait_for(lambda c: c.method == "views.publish" and c.args["user_id"] == "UREQ",
+                                  after=before)
+
+        assert pyotp.TOTP(CANARY_SEED).verify(_code_in(_home(slack)), for_time=clock.now())
+        assert await slack.codes_shown(request_id) == events
+
+
+async def test_expiry_takes_the_code_off_the_home_tab_and_stops_the_refresher(slack: SlackHarness) -> None:
+    request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
+    await _open_home(slack)
+    assert slack.adapter.home.refreshing == {"UREQ"}
+
+    slack.running.clock.advance(timedelta(hours=1))
+    await slack.runtime.scheduler.tick()
+    await slack.settle()
+
+    home = _home(slack)
+    assert request_id in home and "Expired" in home
+    assert not re.search(r"`\d{6}`", home) and Actions.NEW_CODE not in home and CANARY_PASSWORD not in home
+    assert slack.adapter.home.refreshing == frozenset()
+    events = await slack.codes_shown(request_id)
+    await slack.adapter.home.refresh_now("UREQ")
+    assert slack.adapter.home.refreshing == frozenset() and await slack.codes_shown(request_id) == events
+
+
+async def test_done_on_the_home_tab_takes_the_code_off_it(slack: SlackHarness) -> None:
+    request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
+
+    await slack.users.press(Actions.DONE, request_id, "UREQ", home=True)
+    await slack.settle()
+
+    assert not re.search(r"`\d{6}`", _home(slack)) and slack.adapter.home.refreshing == frozenset()
+
+
+async def test_another_users_home_never_shows_someone_elses_grant(slack: SlackHarness) -> None:
+    request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
+
+    await _open_home(slack, "UOTHER")
+    await slack.users.press(Actions.NEW_CODE, request_id, "UOTHER", home=True)
+    await slack.settle()
+
+    for call in _publishes(slack, "UOTHER"):
+        assert request_id not in call.dump() and not re.search(r"`\d{6}`", call.dump())
+    assert "Nothing active." in _home(slack, "UOTHER")
+    assert await slack.codes_shown(request_id) == ["app_home"]  # only UREQ's own, on activation
+    refused = [e for e in await slack.events(request_id) if e.type == "access.refused"]
+    assert [e.actor.user_id for e in refused] == ["UOTHER"]
+    assert slack.adapter.home.refreshing == {"UREQ"}
+
+
+async def test_new_code_on_the_home_tab_is_audited_and_republishes_the_tab(slack: SlackHarness) -> None:
+    request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
+    events = await slack.codes_shown(request_id)
+    before = len(slack.fake.calls)
+    slack.running.clock.advance(timedelta(seconds=30))
+
+    await slack.users.press(Actions.NEW_CODE, request_id, "UREQ", home=True)
+    await slack.settle()
+
+    assert len(_publishes(slack, "UREQ", before)) == 1
+    assert pyotp.TOTP(CANARY_SEED).verify(_code_in(_home(slack)), for_time=slack.running.clock.now())
+    assert await slack.codes_shown(request_id) == [*events, "app_home"]
+    assert CANARY_PASSWORD not in _home(slack)
+    assert not [c for c in slack.fake.calls[before:] if c.method == "chat.postMessage"]  # no DM, no apology
+
+
+async def test_show_password_on_the_home_tab_opens_an_audited_modal_wiped_at_expiry(slack: SlackHarness) -> None:
+    request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
+    events = await slack.codes_shown(request_id)
+
+    await slack.users.press(Actions.SHOW_PASSWORD, request_id, "UREQ", home=True)
     modal_call = await slack.fake.wait_for(lambda c: c.method == "views.open")
     await slack.settle()
+    assert CANARY_PASSWORD in modal_call.dump()
     assert pyotp.TOTP(CANARY_SEED).verify(_code_in(modal_call.dump()), for_time=slack.running.clock.now())
-    assert (await slack.event_types(request_id)).count("grant.code_shown") == 1
+    assert await slack.codes_shown(request_id) == [*events, "message"]
     view_id = (await slack.runtime.service.get_request(request_id)).refs["code_view"]
 
     slack.running.clock.advance(timedelta(seconds=30))
     await slack.users.press(Actions.MODAL_NEW_CODE, request_id, "UREQ", view_id=view_id)
     await slack.fake.wait_for(lambda c: c.method == "views.update" and c.args["view_id"] == view_id)
     await slack.settle()
-    assert (await slack.event_types(request_id)).count("grant.code_shown") == 2
+    assert await slack.codes_shown(request_id) == [*events, "message", "message"]
 
     slack.running.clock.advance(timedelta(hours=1))
     await slack.runtime.scheduler.tick()
     await slack.settle()
     assert CANARY_PASSWORD not in json.dumps(slack.fake.views[view_id])
     assert "expired" in json.dumps(slack.fake.views[view_id])
-    assert CANARY_PASSWORD not in json.dumps(slack.fake.homes["UREQ"])
+    assert CANARY_PASSWORD not in _home(slack)
 
 
 async def test_home_request_button_opens_the_form_and_done_ends_access(slack: SlackHarness) -> None:

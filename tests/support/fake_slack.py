@@ -696,6 +696,12 @@ class SlackHarness:
     async def event_types(self, request_id: str | None = None) -> list[str]:
         return [e.type for e in await self.events(request_id)]
 
+    async def codes_shown(self, request_id: str | None = None) -> list[str]:
+        """Each grant.code_shown event's `via`: "app_home" for the Home tab, "message" when it names none
+        (New code on the delivered message, the Show password modal)."""
+        return [str(e.details.get("via", "message")) for e in await self.events(request_id)
+                if e.type == "grant.code_shown"]
+
 
 @asynccontextmanager
 async def slack_harness(tmp_path: Any, *, clock: Any = None, policy_text: str | None = None,

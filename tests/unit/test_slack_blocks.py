@@ -148,11 +148,40 @@ def test_request_modal_lists_at_most_100_items_then_falls_back_to_typing() -> No
 def test_home_view_with_many_requests_stays_within_100_blocks() -> None:
     requests = [_request(id=f"R-{n:08d}", status=status) for n in range(120)
                 for status in (Status.ACTIVE, Status.PENDING, Status.EXPIRED)]
+    codes = {r.id: CodeView("123456", 17) for r in requests if r.status is Status.ACTIVE}
 
-    home = blocks.home_view(requests, UTC_ZONE)
+    home = blocks.home_view(requests, UTC_ZONE, codes=codes)
 
     validate_view(home)
     assert len(home["blocks"]) <= blocks.VIEW_BLOCKS_MAX
+
+
+def test_home_view_active_grant_golden_shows_the_live_code_and_its_buttons() -> None:
+    active = _request(status=Status.ACTIVE, starts_at=NOW, ends_at=NOW + timedelta(hours=1))
+
+    home = blocks.home_view([active], UTC_ZONE, codes={active.id: CodeView("123456", 17)})
+
+    validate_view(home)
+    grant = home["blocks"][5:7]
+    assert grant[0] == {"type": "section", "fields": [
+        {"type": "mrkdwn", "text": "*acme-zendesk* (R-ABCDEFGH)\nuntil Tue 10 Mar 10:00 UTC"},
+        {"type": "mrkdwn", "text": "*Code*\n`123456` (valid 17 s more)"},
+    ]}
+    assert [(b["action_id"], b["value"]) for b in grant[1]["elements"]] == [
+        (Actions.NEW_CODE, "R-ABCDEFGH"), (Actions.SHOW_PASSWORD, "R-ABCDEFGH"), (Actions.DONE, "R-ABCDEFGH")]
+    assert "audit trail" in _all_text(home["blocks"][7])
+
+
+def test_home_view_without_a_code_shows_neither_a_code_nor_new_code() -> None:
+    active = _request(status=Status.ACTIVE, starts_at=NOW, ends_at=NOW + timedelta(hours=1))
+    ended = _request(id="R-ENDED000", status=Status.EXPIRED, ended_at=NOW)
+
+    home = blocks.home_view([active, ended], UTC_ZONE, codes={"R-ENDED000": CodeView("654321", 5)})
+
+    validate_view(home)
+    text = _all_text(home)
+    assert not re.search(r"`\d{6}`", text) and Actions.NEW_CODE not in text
+    assert Actions.SHOW_PASSWORD in text and Actions.DONE in text
 
 
 def test_decline_modal_and_notice_modal_are_valid_views() -> None:
