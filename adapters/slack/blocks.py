@@ -261,7 +261,8 @@ def status_words(request: AccessRequest, tz: tzinfo) -> str:
         case Status.EXPIRED:
             return f"⌛ Expired at {_when(request.ended_at or request.ends_at, tz)} (approved{by})."
         case Status.REVOKED:
-            return f"🔒 Ended early at {_when(request.ended_at, tz)} (approved{by})."
+            ender = f" by {mention(request.ended_by)}" if request.ended_by else ""
+            return f"🔒 Ended early{ender} at {_when(request.ended_at, tz)} (approved{by})."
         case Status.DECLINED:
             why = f": {fit(request.decline_reason, 500)}" if request.decline_reason else "."
             return f"❌ Declined{by}{at}{why}"

@@ -81,6 +81,7 @@ def test_pending_card_golden() -> None:
     ({"status": Status.EXPIRED, "decided_by": LEAD, "ended_at": NOW + timedelta(hours=1)},
      "⌛ Expired at Tue 10 Mar 10:00 UTC (approved by <@ULEAD1>)."),
     ({"status": Status.REVOKED, "decided_by": LEAD, "ended_at": NOW}, "🔒 Ended early at Tue 10 Mar 09:00 UTC"),
+    ({"status": Status.REVOKED, "decided_by": LEAD, "ended_by": LEAD, "ended_at": NOW}, "🔒 Ended early by <@ULEAD1>"),
     ({"status": Status.DECLINED, "decided_by": LEAD, "decided_at": NOW, "decline_reason": "not <today>"},
      "❌ Declined by <@ULEAD1> at Tue 10 Mar 09:00 UTC: not &lt;today&gt;"),
     ({"status": Status.TIMED_OUT, "ended_at": NOW}, "⌛ Timed out at Tue 10 Mar 09:00 UTC"),
