@@ -72,7 +72,9 @@ async def test_two_swapped_events_are_reported_where_the_order_breaks(store: Sql
 
 
 async def test_a_replaced_hash_is_reported_at_its_event(store: SqliteStore) -> None:
-    _edit(store.path, "UPDATE events SET hash = 'f' || substr(hash, 2) WHERE seq = 9")
+    # Flip the first hex digit to another one (a fixed 'f' would be no change one time in 16).
+    _edit(store.path, "UPDATE events SET hash = CASE substr(hash, 1, 1) WHEN 'f' THEN '0' ELSE 'f' END "
+                      "|| substr(hash, 2) WHERE seq = 9")
 
     report = await verify_chain(store.events())
 
