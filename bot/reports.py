@@ -589,9 +589,16 @@ async def _verify(source: ReportSource, checkpoint: Checkpoint | None, total: in
         result = await verify_chain(counted())
     else:
         result = await verify_chain(counted(), start_seq=checkpoint.seq, start_hash=checkpoint.hash)
-    return ChainStatus(verified=True, ok=result.ok, checked=result.checked, last_seq=result.last_seq,
+    ok, problem = result.ok, result.problem
+    # A store that keeps summary tables for reports (SQLite's request_facts) checks them against the
+    # events the chain just vouched for: the report's numbers come from those tables.
+    check = getattr(source, "check_report_tables", None)
+    if ok and check is not None:
+        problem = await check()
+        ok = not problem
+    return ChainStatus(verified=True, ok=ok, checked=result.checked, last_seq=result.last_seq,
                        from_checkpoint=checkpoint.seq if checkpoint else None,
-                       first_broken_seq=result.first_broken_seq, problem=result.problem)
+                       first_broken_seq=result.first_broken_seq, problem=problem)
 
 
 async def build_report(source: ReportSource, policy: Policy, now: datetime, since: datetime, until: datetime, *,
@@ -811,6 +818,8 @@ def _chain_line(chain: ChainStatus) -> str:
     start = f" from the checkpoint after event {chain.from_checkpoint}" if chain.from_checkpoint else ""
     if chain.ok:
         return f"intact: {chain.checked} event(s) verified{start}, last seq {chain.last_seq}"
+    if chain.first_broken_seq is None:
+        return f"BROKEN: {chain.problem}"
     return f"BROKEN at seq {chain.first_broken_seq}: {chain.problem}"
 
 
@@ -948,7 +957,7 @@ th,td{padding:4px 8px;border-bottom:1px solid #eceff4;text-align:left;vertical-a
 th{background:#f4f6fa;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #d8dde6;border-radius:6px;padding:8px 12px;
 min-width:120px}.card b{display:block;font-size:20px}.bad{color:#b3261e;font-weight:600}.ok{color:#1b7f3b;
-font-weight:600}svg{display:block;max-width:100%;height:auto}.charts{display:grid;
+font-weight:600}svg{display:block;width:100%;height:auto}#chart-timeline{max-height:320px}.charts{display:grid;
 grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:16px}.wide{grid-column:1/-1}
 """
 _BLUE, _ORANGE, _GREY = "#3b6fd4", "#e07b24", "#8a94a6"

@@ -39,6 +39,32 @@ if TYPE_CHECKING:
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]
 
+# Request audit event types: the ones that carry a request id and feed `request_facts`.
+_FACT_TYPES_V3 = (
+    "'request.created', 'request.approval_added', 'request.approved', 'request.declined', 'request.cancelled', "
+    "'request.timed_out', 'grant.activated', 'grant.revealed', 'grant.code_shown', 'grant.expired', 'grant.revoked'"
+)
+_FIRST_CREATED = "excluded.created_seq IS NOT NULL AND coalesce(created_seq > excluded.created_seq, 1)"
+# request_facts rows recomputed from the events table (migration 3, and after a purge: `only` narrows it).
+# Part of a released migration: change these only together with a new migration step.
+_FACTS_FROM_EVENTS_V3 = f"""
+    SELECT request_id, item, vault, min(seq), max(seq), min(at), max(at),
+           min(iif(type = 'request.created', seq, NULL)), NULL, NULL,
+           min(iif(type = 'request.approved', at, NULL)),
+           max(iif(type IN ('request.approved', 'request.declined'), actor_platform || ':' || actor_user_id, NULL)),
+           max(iif(type IN ('request.approved', 'request.declined'), seq, NULL)),
+           min(iif(type = 'grant.activated', at, NULL)),
+           sum(type = 'request.created'), sum(type = 'request.approved'), sum(type = 'request.declined'),
+           sum(type = 'request.cancelled'), sum(type = 'request.timed_out'),
+           sum(type IN ('grant.expired', 'grant.revoked')), sum(type = 'grant.revealed'),
+           sum(type = 'grant.code_shown')
+    FROM events WHERE type IN ({_FACT_TYPES_V3}) AND request_id IS NOT NULL{{only}}
+    GROUP BY request_id"""
+_FACTS_CREATED_V3 = """
+    UPDATE request_facts SET (created_at, requester) = (
+        SELECT at, actor_platform || ':' || actor_user_id FROM events WHERE seq = request_facts.created_seq)
+    WHERE created_seq IS NOT NULL AND created_at IS NULL"""
+
 # Each step runs once, in order, inside the transaction that records its number in schema_version.
 # Never edit a released step: append a new one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -115,6 +141,70 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Reports: every per-type range scan is answered from this index alone.
         "CREATE INDEX IF NOT EXISTS events_report "
         "ON events (type, at, request_id, vault, item, actor_platform, actor_user_id)",
+    ),
+    (
+        # Reports: one row per request, kept by a trigger in the transaction of every event append (any
+        # writer, any process), so a report aggregates ~1 row per request instead of ~5 events. Purges
+        # rebuild the rows of the requests whose events they delete (SqliteStore.purge_events).
+        """CREATE TABLE request_facts (
+            request_id TEXT PRIMARY KEY,
+            item TEXT,
+            vault TEXT,
+            first_seq INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
+            first_at TEXT NOT NULL,
+            last_at TEXT NOT NULL,
+            created_seq INTEGER,
+            created_at TEXT,
+            requester TEXT,
+            approved_at TEXT,
+            decider TEXT,
+            decided_seq INTEGER,
+            activated_at TEXT,
+            n_created INTEGER NOT NULL,
+            n_approved INTEGER NOT NULL,
+            n_declined INTEGER NOT NULL,
+            n_cancelled INTEGER NOT NULL,
+            n_timed_out INTEGER NOT NULL,
+            n_ended INTEGER NOT NULL,
+            n_reveals INTEGER NOT NULL,
+            n_codes INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        f"""CREATE TRIGGER request_facts_append AFTER INSERT ON events
+        WHEN new.request_id IS NOT NULL AND new.type IN ({_FACT_TYPES_V3})
+        BEGIN
+            INSERT INTO request_facts VALUES (
+                new.request_id, new.item, new.vault, new.seq, new.seq, new.at, new.at,
+                iif(new.type = 'request.created', new.seq, NULL), iif(new.type = 'request.created', new.at, NULL),
+                iif(new.type = 'request.created', new.actor_platform || ':' || new.actor_user_id, NULL),
+                iif(new.type = 'request.approved', new.at, NULL),
+                iif(new.type IN ('request.approved', 'request.declined'),
+                    new.actor_platform || ':' || new.actor_user_id, NULL),
+                iif(new.type IN ('request.approved', 'request.declined'), new.seq, NULL),
+                iif(new.type = 'grant.activated', new.at, NULL),
+                new.type = 'request.created', new.type = 'request.approved', new.type = 'request.declined',
+                new.type = 'request.cancelled', new.type = 'request.timed_out',
+                new.type IN ('grant.expired', 'grant.revoked'), new.type = 'grant.revealed',
+                new.type = 'grant.code_shown')
+            ON CONFLICT (request_id) DO UPDATE SET
+                first_seq = min(first_seq, excluded.first_seq), last_seq = max(last_seq, excluded.last_seq),
+                first_at = min(first_at, excluded.first_at), last_at = max(last_at, excluded.last_at),
+                created_seq = iif({_FIRST_CREATED}, excluded.created_seq, created_seq),
+                created_at = iif({_FIRST_CREATED}, excluded.created_at, created_at),
+                requester = iif({_FIRST_CREATED}, excluded.requester, requester),
+                approved_at = coalesce(min(approved_at, excluded.approved_at), approved_at, excluded.approved_at),
+                decider = coalesce(max(decider, excluded.decider), decider, excluded.decider),
+                decided_seq = coalesce(max(decided_seq, excluded.decided_seq), decided_seq, excluded.decided_seq),
+                activated_at = coalesce(min(activated_at, excluded.activated_at), activated_at,
+                                        excluded.activated_at),
+                n_created = n_created + excluded.n_created, n_approved = n_approved + excluded.n_approved,
+                n_declined = n_declined + excluded.n_declined, n_cancelled = n_cancelled + excluded.n_cancelled,
+                n_timed_out = n_timed_out + excluded.n_timed_out, n_ended = n_ended + excluded.n_ended,
+                n_reveals = n_reveals + excluded.n_reveals, n_codes = n_codes + excluded.n_codes;
+        END""",
+        # Existing trails: one aggregate pass (then the creating event's time and person by seq).
+        f"INSERT INTO request_facts {_FACTS_FROM_EVENTS_V3.format(only='')}",
+        _FACTS_CREATED_V3,
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -676,6 +766,31 @@ class SqliteStore:
 
         return await report_data(self.path, query, progress)
 
+    @staticmethod
+    async def _purge_facts(conn: aiosqlite.Connection, cutoff: int) -> None:
+        """Make request_facts say what the remaining events say once events up to `cutoff` are gone.
+
+        A request whose events were all purged loses its row; one whose events straddle the cutoff
+        gets its row recomputed from the events it has left.
+        """
+        await conn.execute("DELETE FROM request_facts WHERE last_seq <= ?", (cutoff,))
+        only = " AND request_id IN (SELECT request_id FROM request_facts WHERE first_seq <= ?)"
+        await conn.execute(f"INSERT OR REPLACE INTO request_facts {_FACTS_FROM_EVENTS_V3.format(only=only)}",
+                           (cutoff,))
+        await conn.execute(_FACTS_CREATED_V3)
+
+    async def check_report_tables(self) -> str:
+        """'' if request_facts says what the events say, else the problem (reports read that table).
+
+        The hash chain vouches for the events only; this recomputes the summary table from them, so a
+        verified report is as trustworthy as one folded from the events themselves.
+        """
+        from .sqlite_reports import facts_disagreements  # sqlite_reports imports this module
+
+        found = await facts_disagreements(self.path, _FACTS_FROM_EVENTS_V3.format(only=""))
+        return (f"the report summary table (request_facts) disagrees with the events for {found} request "
+                "row(s)") if found else ""
+
     async def purge_events(self, before: datetime, event: EventDraft) -> PurgeResult:
         """Delete the oldest events up to `before` (never the newest), checkpoint, and record the purge."""
         async with self._write() as conn:
@@ -698,6 +813,7 @@ class SqliteStore:
                                             at=_parse(last_rows[0][2]))
                     cursor = await conn.execute("DELETE FROM events WHERE seq <= ?", (cutoff,))
                     purged = int(cursor.rowcount)
+                    await self._purge_facts(conn, cutoff)
                     await conn.execute(_UPSERT_META, (CHECKPOINT_KEY, checkpoint_to_json(checkpoint)))
             await self._append(conn, purge_draft(event, purged, checkpoint.seq if checkpoint else 0))
         return PurgeResult(purged=purged, checkpoint=checkpoint)
