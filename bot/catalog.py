@@ -10,6 +10,7 @@ from bot.errors import Conflict, InputError, NotFound
 from bot.importers import ItemInput
 from bot.model import EventDraft, Identity, Item, SealedItem, Secret
 from bot.ports import Clock, Store
+from bot.progress import QUIET, Tracker
 from bot.vault import Vault
 
 __all__ = ["NAME_PATTERN", "Catalog"]
@@ -40,13 +41,20 @@ class Catalog:
                     has_totp=entry.totp is not None, created_at=now, updated_at=now, password_rotated_at=now)
         return self.vault.seal(item, entry.password, entry.totp)
 
-    async def add(self, entries: Sequence[ItemInput], actor: Identity, *, source: str = "cli") -> list[Item]:
+    async def add(self, entries: Sequence[ItemInput], actor: Identity, *, source: str = "cli",
+                  tracker: Tracker = QUIET) -> list[Item]:
         """Add items all-or-nothing: one bad or duplicate name and nothing is stored."""
-        sealed = [self._seal(e) for e in entries]
+        tracker.start("sealing items", total=len(entries))
+        sealed = []
+        for entry in entries:
+            sealed.append(self._seal(entry))
+            tracker.advance()
+        tracker.start("storing items")
         events = [EventDraft("item.added", actor, None, s.item.name, s.item.vault, "",
                              {"source": source, "has_password": s.item.has_password, "has_totp": s.item.has_totp})
                   for s in sealed]
         await self.store.add_items(sealed, events)
+        tracker.finish()
         return [s.item for s in sealed]
 
     async def get(self, name: str) -> SealedItem:

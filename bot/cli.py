@@ -22,6 +22,7 @@ from bot.errors import InputError, JitpassError
 from bot.importers import ItemInput, read_import
 from bot.model import Identity, Item, Secret
 from bot.parse import MAX_LOOKBACK, format_duration, parse_duration
+from bot.progress import progress
 from bot.runtime import Runtime
 from bot.totp import parse_totp
 from bot.vault import format_key_line, generate_key
@@ -117,7 +118,9 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 async def cmd_items_import(args: argparse.Namespace) -> int:
     result = read_import(Path(args.file), default_vault=args.vault, skip_bad=args.skip_bad)
     async with _runtime(create_key=True) as rt:
-        added = await rt.catalog.add(result.items, _actor(), source=f"import:{Path(args.file).name}")
+        with progress() as tracker:
+            added = await rt.catalog.add(result.items, _actor(), source=f"import:{Path(args.file).name}",
+                                         tracker=tracker)
     for note in result.skipped:
         print(f"skipped: {note}", file=sys.stderr)
     print(f"imported {len(added)} item(s)" + (f", skipped {len(result.skipped)}" if result.skipped else ""))

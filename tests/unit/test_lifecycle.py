@@ -7,6 +7,7 @@ itself, not a patch of our code. The real adapters are covered end to end in tes
 from __future__ import annotations
 
 import asyncio
+import io
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import closing
@@ -21,7 +22,9 @@ from bot.app import open_runtime
 from bot.audit import verify_chain
 from bot.config import parse_policy
 from bot.errors import AuditWriteError, Conflict, InputError, NotAllowed, NotFound, ParseError
+from bot.importers import ItemInput
 from bot.model import SYSTEM, AccessRequest, Event, Identity, Item, Reveal, Secret, Status
+from bot.progress import progress
 from bot.runtime import Runtime
 from tests.support.app import CANARY_PASSWORD, CANARY_SEED, TEST_POLICY, FakeClock, canary_items, test_settings
 
@@ -330,3 +333,19 @@ async def test_live_code_shows_only_the_code_and_audits_only_when_asked(runtime:
     assert shown == [("grant.code_shown", "app_home", False)]
     with pytest.raises(NotAllowed):
         await runtime.service.live_code(grant.id, MALLORY, via="app_home", audit=False)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stream", "drawn"), [(_Terminal(), True), (io.StringIO(), False)])
+async def test_large_imports_show_progress_on_a_terminal_only(runtime: Runtime, stream: io.StringIO,
+                                                              drawn: bool) -> None:
+    entries = [ItemInput(name=f"bulk-{i:03}", vault="bulk", password=Secret(f"pw-{i}")) for i in range(50)]
+    with progress(stream) as tracker:
+        added = await runtime.catalog.add(entries, SYSTEM, source="test", tracker=tracker)
+    assert len(added) == 50
+    assert ("sealing items" in stream.getvalue()) is drawn
+    assert (stream.getvalue() == "") is not drawn
