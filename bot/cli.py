@@ -173,7 +173,7 @@ async def cmd_items_rotate(args: argparse.Namespace) -> int:
     password = _read_secret("New password: ", stdin=sys.stdin, optional=False)
     async with _runtime() as rt:
         await rt.catalog.rotate_password(args.name.lower(), Secret(password or ""), _actor())
-    print(f"recorded a new password for {args.name}; rotation no longer due")
+    print(f"recorded the rotation of {args.name}; rotation no longer due")
     return 0
 
 

@@ -126,7 +126,7 @@ class SlackNotifier:
             try:
                 await self.api.respond(url.url, {"response_type": "ephemeral", "replace_original": earlier is not None,
                                                  **message.payload()})
-                log.info("event=secret_delivered request_id=%s via=response_url", request.id)
+                log.info("event=grant_delivered request_id=%s via=response_url", request.id)
                 return {"delivery": {"via": "response_url", **url.used().to_refs()}}
             except SlackCallError as exc:
                 log.warning("event=response_url_failed request_id=%s error=%s", request.id, exc.error)
@@ -135,7 +135,7 @@ class SlackNotifier:
         channel = await self.dm_channel(request.requester.user_id)
         data = await self.api.call("chat.postMessage", channel=channel, unfurl_links=False, unfurl_media=False,
                                    **message.payload())
-        log.info("event=secret_delivered request_id=%s via=dm", request.id)
+        log.info("event=grant_delivered request_id=%s via=dm", request.id)
         return {"delivery": {"via": "dm", "channel": str(data.get("channel") or channel), "ts": str(data.get("ts"))}}
 
     async def secret_revoked(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
@@ -173,7 +173,7 @@ class SlackNotifier:
                 # Nothing else can edit an ephemeral message (it vanishes on reload); record and move on.
                 log.warning("event=wipe_failed request_id=%s error=%s", request.id, exc.message)
                 refs["delivery"]["wipe_failed"] = True
-        log.info("event=secret_wiped request_id=%s via=%s", request.id, delivery.get("via"))
+        log.info("event=delivery_wiped request_id=%s via=%s", request.id, delivery.get("via"))
         return refs
 
     async def _wipe_ephemeral(self, request: AccessRequest, url: ResponseUrl, text: str,

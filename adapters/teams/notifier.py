@@ -87,11 +87,11 @@ class TeamsNotifier:
         if delivered is not None and delivered.activity_id:
             # Re-delivery (an extension moved the end): refresh the card the requester already has.
             await self.connector.update(delivered, activity)
-            log.info("event=teams_secret_refreshed request_id=%s", request.id)
+            log.info("event=teams_delivery_refreshed request_id=%s", request.id)
             return None
         personal, opened = await self._personal_chat(request)
         delivered = await self.connector.send(personal, activity)
-        log.info("event=teams_secret_delivered request_id=%s conversation_id=%s activity_id=%s", request.id,
+        log.info("event=teams_grant_delivered request_id=%s conversation_id=%s activity_id=%s", request.id,
                  personal.conversation_id, delivered.activity_id)
         refs: dict[str, Any] = {DELIVERY: delivered.to_dict()}
         if opened:
@@ -103,7 +103,7 @@ class TeamsNotifier:
         if delivered is None or not delivered.activity_id:
             return None
         await self.connector.update(delivered, card_activity(cards.grant_ended_card(request, item, self.tz)))
-        log.info("event=teams_secret_wiped request_id=%s status=%s", request.id, request.status.value)
+        log.info("event=teams_delivery_wiped request_id=%s status=%s", request.id, request.status.value)
         return None
 
     async def requester_told(self, request: AccessRequest, message: str) -> None:
