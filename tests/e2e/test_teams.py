@@ -120,18 +120,6 @@ def assert_no_secret(text: str) -> None:
 
 
 @pytest.fixture
-async def connector() -> AsyncIterator[FakeConnector]:
-    fake = await FakeConnector().start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 async def teams(tmp_path: Path, connector: FakeConnector, clock: FakeClock) -> AsyncIterator[Teams]:
     async with running_app(tmp_path, settings=test_settings(tmp_path), clock=clock) as running:
         yield Teams(running, connector)

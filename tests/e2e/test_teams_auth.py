@@ -45,13 +45,6 @@ def forger_key() -> rsa.RSAPrivateKey:
 
 
 @pytest.fixture
-async def connector() -> AsyncIterator[FakeConnector]:
-    fake = await FakeConnector().start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def secured(tmp_path: Path) -> AsyncIterator[str]:
     settings = test_settings(tmp_path, teams_app_id=APP_ID, teams_app_password="not-a-real-secret",
                              teams_tenant_id=TENANT_ID)

@@ -27,18 +27,6 @@ CSV_HEADER = ["section", "key", "label", "vault", "metric", "value"]
 
 
 @pytest.fixture
-async def connector() -> AsyncIterator[FakeConnector]:
-    fake = await FakeConnector().start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 async def teams(tmp_path: Path, connector: FakeConnector, clock: FakeClock) -> AsyncIterator[Teams]:
     settings = test_settings(tmp_path, public_url=PUBLIC_URL)
     async with running_app(tmp_path, settings=settings, clock=clock) as running:
