@@ -10,29 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import open_runtime
 from bot.cli import build_parser, main
 from bot.errors import InputError, NotAllowed
 from bot.reports import ReportSource, chat_report, parse_chat_args
 from bot.reports_cli import run_report
 from bot.runtime import Runtime
 from storage.sqlite import SqliteStore
-from tests.support.app import FakeClock, test_settings
+from tests.support.app import test_settings
 from tests.unit.test_reports import tamper
-from tests.unit.test_reports_trail import ADMIN, BOB, NOW, POLICY_TEXT, build_trail, policy
+from tests.unit.test_reports_trail import ADMIN, BOB, POLICY_TEXT, build_trail, trail_runtime
 
 CLI = ADMIN.__class__("cli", "ops", "ops")
 
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
-    trail = await build_trail(tmp_path)
-    await trail.store.close()
-    opened = await open_runtime(test_settings(tmp_path), clock=FakeClock(NOW), policy=policy())
-    try:
+    async with trail_runtime(tmp_path) as opened:
         yield opened
-    finally:
-        await opened.store.close()
 
 
 def source(runtime: Runtime) -> SqliteStore:

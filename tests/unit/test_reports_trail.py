@@ -25,7 +25,8 @@ Mon-Fri 08:00-18:00 local = 07:00-17:00 UTC. The report period is the week of Mo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,8 +36,9 @@ from bot.audit import verify_chain
 from bot.config import parse_policy
 from bot.model import SYSTEM, EventDraft, Identity, Item, RotationDue, SealedItem
 from bot.policy import Policy
+from bot.runtime import Runtime
 from storage.sqlite import SqliteStore
-from tests.support.app import FakeClock
+from tests.support.app import FakeClock, test_settings
 
 ANN = Identity("slack", "UANN", "Ann")
 BOB = Identity("slack", "UBOB", "Bob")
@@ -174,6 +176,21 @@ async def build_trail(directory: Path, open_store: Callable[[FakeClock], Any] | 
 
 
 EVENT_COUNT = 47  # 6 item.added + 39 request/grant events + 2 refusals
+
+
+@asynccontextmanager
+async def trail_runtime(directory: Path) -> AsyncIterator[Runtime]:
+    """The fixed trail behind a whole jitpass runtime (as the CLI and chat commands see it)."""
+    from bot.app import open_runtime  # the composition root, for tests that go through it
+
+    trail = await build_trail(directory)
+    await trail.store.close()
+    opened = await open_runtime(test_settings(directory), clock=FakeClock(NOW), policy=policy())
+    try:
+        yield opened
+    finally:
+        await opened.scheduler.shutdown()
+        await opened.store.close()
 
 
 async def test_the_fixed_trail_is_one_intact_chain_of_47_events(tmp_path: Path) -> None:

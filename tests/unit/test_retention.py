@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import open_runtime
 from bot.audit import verify_chain
 from bot.cli import build_parser, main
 from bot.reports_cli import run_retention_purge
 from bot.retention import JOB_ID, install_retention, plan_purge, purge, scheduled_purge
 from bot.runtime import Runtime
 from storage.sqlite import SqliteStore
-from tests.support.app import FakeClock, test_settings
 from tests.unit.test_reports import tamper
 from tests.unit.test_reports_cli import CLI, _env
-from tests.unit.test_reports_trail import EVENT_COUNT, NOW, build_trail, policy
+from tests.unit.test_reports_trail import EVENT_COUNT, NOW, build_trail, policy, trail_runtime
 
 # keep_days = 365 at NOW (2026-03-10 12:00 UTC): the two items added on 2025-01-01 are older.
 CUTOFF = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
@@ -94,14 +92,8 @@ async def test_nothing_old_enough_or_no_keep_days_purges_nothing(store: SqliteSt
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
-    trail = await build_trail(tmp_path)
-    await trail.store.close()
-    opened = await open_runtime(test_settings(tmp_path), clock=FakeClock(NOW), policy=policy())
-    try:
+    async with trail_runtime(tmp_path) as opened:
         yield opened
-    finally:
-        await opened.scheduler.shutdown()
-        await opened.store.close()
 
 
 async def test_the_daily_purge_is_scheduled_at_purge_at_in_the_policy_time_zone(runtime: Runtime) -> None:
