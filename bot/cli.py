@@ -375,7 +375,9 @@ def _configure_logging(verbose: bool) -> None:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
     # aiosqlite logs every SQL parameter at DEBUG, refs (response_urls) included.
-    for noisy in ("apscheduler", "aiohttp.access", "msal", "urllib3", "aiosqlite"):
+    # The Agents SDK's connection manager logs a multi-line (redacted) config dump at INFO.
+    for noisy in ("apscheduler", "aiohttp.access", "msal", "urllib3", "aiosqlite",
+                  "microsoft_agents.hosting.core.authorization.connection_manager"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
