@@ -4,7 +4,8 @@ The store keeps one request_facts row per request, updated by a trigger in the t
 event append (storage/sqlite.py). A report copies the rows of the requests whose events all lie in the
 period into a per-request temp table as they stand, and folds the few others (events on both sides of
 a period edge) from their events; every figure is then a small GROUP BY over that table or an indexed
-scan of one event type. Nothing is read into Python row by row except the (capped) anomaly lists.
+scan of one event type. Nothing is read into Python row by row except the (capped) anomaly lists and the
+period's grants in start order, streamed once (overlapping grants: a running max, one item at a time).
 
 The report runs on two read connections pinned to the same snapshot (equal max(seq)): one works
 through the per-request sections, the other, in a thread of its own, through the sections read
@@ -459,31 +460,53 @@ def _refusals(conn: sqlite3.Connection, q: _Sql) -> tuple[Refusal, ...]:
                  for k, reason, n, a, b, display in rows)
 
 
+_NO_ITEM = object()  # the "previous item" before the first grant (item may be NULL)
+
+
 def _shared_use(conn: sqlite3.Connection, q: _Sql) -> tuple[SharedUse, ...]:
     # Grants of one item in start order: one overlaps an earlier one when it starts before the latest end
     # of all earlier grants (a running max over the rows before it); an earlier one is involved when the
-    # next start falls before its own end. Both come out of one sort of the grants.
+    # next start falls before its own end. SQLite sorts the grants once; the running max and the
+    # look-back at the previous grant are one streamed pass here (a window pass with a lead() over the
+    # same rows cost SQLite 2.5x as much). Only one item's tallies are held at a time.
+    # Each item's requesters become their sorted labels as soon as its grants are counted.
+    labels = {str(k): _label(display, str(k)) for k, display in conn.execute("SELECT k, display FROM people")}
+
+    def named(who: set[Any]) -> tuple[str, ...]:
+        keys = {k for w in who if w is not None for k in str(w).split(",") if k}
+        return tuple(sorted({labels.get(k, _label(None, k)) for k in keys}))
+
     rows = conn.execute("""
-        WITH g AS (
-            SELECT request_id, item, vault, requester, max(activated_at, :since) AS s,
-                   min(coalesce(ended_at, :open_end), :until) AS e
-            FROM rq WHERE activated_at IS NOT NULL AND activated_at < :until
-                      AND coalesce(ended_at, :open_end) > :since),
-        x AS (
-            SELECT item, vault, requester, s, e, coalesce(s < max(e) OVER (win ROWS BETWEEN UNBOUNDED PRECEDING
-                                                                           AND 1 PRECEDING), 0) AS flagged,
-                   lead(s) OVER win AS next_s
-            FROM g WINDOW win AS (PARTITION BY item ORDER BY s, request_id))
-        SELECT item, max(vault), sum(flagged), min(CASE WHEN flagged THEN s END),
-               group_concat(DISTINCT CASE WHEN flagged OR coalesce(next_s < e, 0) THEN requester END)
-        FROM x GROUP BY item HAVING sum(flagged) > 0
-        ORDER BY sum(flagged) DESC, item""", q.params).fetchall()
-    keys = sorted({k for *_, who in rows for k in str(who or "").split(",") if k})
-    labels = {k: _label(display, k) for k, display in conn.execute(
-        f"SELECT k, display FROM people WHERE k IN ({', '.join('?' * len(keys))})", keys)} if keys else {}
-    return tuple(SharedUse(item, vault or "", int(n), _time(first),
-                           tuple(sorted({labels.get(k, _label(None, k)) for k in str(who or "").split(",") if k})))
-                 for item, vault, n, first, who in rows)
+        SELECT item, vault, requester, max(activated_at, :since) AS s, min(coalesce(ended_at, :open_end), :until) AS e
+        FROM rq WHERE activated_at IS NOT NULL AND activated_at < :until AND coalesce(ended_at, :open_end) > :since
+        ORDER BY item, s, request_id""", q.params)
+    found: list[tuple[Any, Any, int, Any, tuple[str, ...]]] = []
+    item: Any = _NO_ITEM
+    vault: Any = None
+    flagged = 0
+    first: Any = None
+    who: set[Any] = set()
+    latest: Any = None  # the latest end of the item's grants so far
+    previous: tuple[Any, Any] = (None, None)  # the previous grant's (requester, end)
+    for row_item, row_vault, requester, s, e in rows:
+        if row_item != item:
+            if flagged:
+                found.append((item, vault, flagged, first, named(who)))
+            item, vault, flagged, first, who, latest, previous = row_item, None, 0, None, set(), None, (None, None)
+        if row_vault is not None and (vault is None or row_vault > vault):
+            vault = row_vault  # max(vault)
+        if previous[1] is not None and s < previous[1]:
+            who.add(previous[0])  # the previous grant was still running when this one started
+        if latest is not None and s < latest:
+            flagged += 1
+            first = s if first is None else first  # in start order: the first flagged start is the earliest
+            who.add(requester)
+        latest = e if latest is None or e > latest else latest
+        previous = (requester, e)
+    if flagged:
+        found.append((item, vault, flagged, first, named(who)))
+    found.sort(key=lambda r: (-r[2], r[0] is not None, r[0] or ""))  # sum(flagged) DESC, item (NULL first)
+    return tuple(SharedUse(item, vault or "", int(n), _time(first), names) for item, vault, n, first, names in found)
 
 
 def _exposure(conn: sqlite3.Connection, query: ReportQuery) -> tuple[ExposureReveal, ...]:
