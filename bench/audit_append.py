@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import re
@@ -33,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 import aiosqlite  # noqa: E402
 
-from bot.audit import GENESIS_HASH, event_to_dict, seal_event, verify_chain  # noqa: E402
+from bot.audit import GENESIS_HASH, seal_event, verify_chain  # noqa: E402
 from bot.model import EventDraft, Identity  # noqa: E402
 from bot.ports import Store, SystemClock  # noqa: E402
-from storage.sqlite import MIGRATIONS, SqliteStore  # noqa: E402
+from storage.sqlite import EVENT_COLUMNS, MIGRATIONS, SqliteStore, event_row  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Audit append"
@@ -90,11 +89,7 @@ def _event_rows(n: int) -> list[tuple[object, ...]]:
     rows = []
     for i in range(n):
         event = seal_event(_draft(i), seq=i + 1, prev_hash=GENESIS_HASH, at=datetime.now(UTC))
-        doc = event_to_dict(event)
-        actor = doc["actor"]
-        rows.append((doc["seq"], doc["id"], doc["at"], doc["type"], actor["platform"], actor["user_id"],
-                     json.dumps(actor), doc["request_id"], doc["item"], doc["vault"], doc["reason"],
-                     json.dumps(doc["details"]), doc["prev_hash"], doc["hash"]))
+        rows.append(event_row(event))
     return rows
 
 
@@ -107,7 +102,7 @@ async def bench_sqlite_raw(path: Path, n: int) -> Result:
         await conn.execute("PRAGMA synchronous = NORMAL")
         for statement in MIGRATIONS[0]:
             await conn.execute(statement)
-        sql = f"INSERT INTO events VALUES ({', '.join('?' * 14)})"
+        sql = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 
         async def insert(count: int) -> None:
             for row in rows[:count]:

@@ -35,12 +35,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.audit import event_to_dict, seal_event
+from bot.audit import seal_event
 from bot.config import parse_policy
-from bot.model import SYSTEM, Event, EventDraft, Identity, Item, RotationDue, SealedItem
+from bot.model import SYSTEM, EventDraft, Identity, Item, RotationDue, SealedItem
 from bot.reports import build_report
 from bot.retention import purge
-from storage.sqlite import SqliteStore
+from storage.sqlite import EVENT_COLUMNS, SqliteStore, event_row
 from storage.sqlite_reports import ensure_report_indexes
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -52,9 +52,7 @@ timezone = "Europe/Amsterdam"
 [retention]
 keep_days = 365
 """
-_COLUMNS = ("seq", "id", "at", "type", "actor_platform", "actor_user_id", "actor", "request_id", "item", "vault",
-            "reason", "details", "prev_hash", "hash")
-_INSERT = f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 
 
 class Clock:
@@ -63,17 +61,6 @@ class Clock:
 
     def now(self) -> datetime:
         return self.at
-
-
-def _row(event: Event) -> tuple[Any, ...]:
-    """An events row exactly as storage/sqlite.py writes it."""
-    doc = event_to_dict(event)
-    actor = doc["actor"]
-    doc["actor_platform"] = actor["platform"] if actor else None
-    doc["actor_user_id"] = actor["user_id"] if actor else None
-    doc["actor"] = json.dumps(actor) if actor else None
-    doc["details"] = json.dumps(doc["details"], ensure_ascii=False)
-    return tuple(doc[c] for c in _COLUMNS)
 
 
 def _cumulative(n: int, offset: int) -> list[float]:
@@ -207,7 +194,7 @@ async def generate(path: Path, events: int, seed: int) -> dict[str, Any]:
             seq += 1
             event = seal_event(draft, seq=seq, prev_hash=prev, at=at, event_id=f"{seq:032x}")
             prev = event.hash
-            batch.append(_row(event))
+            batch.append(event_row(event))
             if draft.type == "grant.revealed" and draft.item and draft.request_id and draft.actor:
                 revealed[draft.item] = (draft.request_id, draft.actor, at)
             if len(batch) >= BATCH:
