@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from bot.errors import Conflict, InputError, NotFound
 from bot.importers import ItemInput
-from bot.model import EventDraft, Identity, Item, SealedItem, Secret
+from bot.model import OPEN_STATUSES, EventDraft, Identity, Item, SealedItem, Secret
 from bot.ports import Clock, Store
 from bot.progress import QUIET, Tracker
 from bot.vault import Vault
@@ -66,8 +66,6 @@ class Catalog:
     async def remove(self, name: str, actor: Identity) -> None:
         """Delete an item; refused while a request for it is open."""
         sealed = await self.get(name)
-        from bot.model import OPEN_STATUSES  # local: keeps the import list short where it is used once
-
         open_requests = await self.store.find_requests(item=name, statuses=OPEN_STATUSES)
         if open_requests:
             raise Conflict(f"'{name}' has open request(s) {', '.join(r.id for r in open_requests)}; "

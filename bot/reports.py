@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO, runtime_checkable
 from zoneinfo import ZoneInfo
 
 from bot.audit import format_time, verify_chain
-from bot.errors import InputError, NotAllowed, StoreError
+from bot.errors import InputError, NotAllowed
 from bot.model import Event, EventDraft, Identity, Item
 from bot.parse import MAX_LOOKBACK, format_duration, parse_duration
 from bot.policy import Policy, WorkingHours
@@ -80,7 +80,6 @@ __all__ = [
     "render_json",
     "render_summary",
     "render_table",
-    "report_source",
     "report_to_dict",
     "working_intervals",
 ]
@@ -351,15 +350,6 @@ class ReportSource(Protocol):
         until: datetime | None = None,
         types: Collection[str] | None = None,
     ) -> AsyncIterator[Event]: ...
-
-
-def report_source(store: object) -> ReportSource:
-    """The store as a ReportSource, or a clear error while the store cannot aggregate yet."""
-    if isinstance(store, ReportSource):
-        return store
-    kind = getattr(store, "kind", type(store).__name__)
-    raise StoreError(f"the {kind} store cannot produce reports: it has no report_data() "
-                     "(storage/sqlite_reports.py, storage/mongo_reports.py)")
 
 
 # -- sections assembled here -------------------------------------------------------------------
@@ -1222,7 +1212,7 @@ async def chat_report(runtime: Runtime, actor: Identity, args_text: str, *,
     now = runtime.clock.now()
     since, until = parse_period(now, runtime.policy.timezone, since=args.get("since"), start=args.get("from"),
                                 end=args.get("to"))
-    report = await build_report(source or report_source(runtime.store), runtime.policy, now, since, until,
+    report = await build_report(source or runtime.store, runtime.policy, now, since, until,
                                 vault=args.get("vault"), item=args.get("item"), user=args.get("user"))
     await record_report(runtime.store, actor, report, "chat")
     stem = f"jitpass-report-{report.since:%Y%m%d}-{report.until:%Y%m%d}"

@@ -18,7 +18,6 @@ from bot.reports import (
     parse_period,
     record_report,
     render,
-    report_source,
 )
 from bot.retention import purge
 from bot.runtime import Runtime
@@ -41,7 +40,7 @@ async def run_report(runtime: Runtime, args: argparse.Namespace, out: TextIO, *,
     now = runtime.clock.now()
     since, until = parse_period(now, runtime.policy.timezone, since=args.since, start=args.start, end=args.end)
     with progress(status) as tracker:
-        report = await build_report(source or report_source(runtime.store), runtime.policy, now, since, until,
+        report = await build_report(source or runtime.store, runtime.policy, now, since, until,
                                     vault=args.vault, item=args.item, user=args.user, verify=not args.no_verify,
                                     tracker=tracker)
     await record_report(runtime.store, actor, report, args.format)  # before the report leaves the process

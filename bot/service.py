@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import secrets
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -66,7 +66,8 @@ class AccessService:
         self.policy = policy
         self.clock = clock
         self.notifiers: dict[str, Notifier] = {}
-        self.on_change: list[Any] = []  # callables(request) -> None: the scheduler re-plans on change
+        # Called after every state change: the scheduler re-plans from the store.
+        self.on_change: list[Callable[[AccessRequest], None]] = []
 
     def register_notifier(self, notifier: Notifier) -> None:
         self.notifiers[notifier.platform] = notifier
