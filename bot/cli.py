@@ -16,7 +16,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.audit import event_to_dict, verify_chain
+from bot.audit import verify_chain
+from bot.audit_export import CSV_COLUMNS, csv_row, jsonl_line
 from bot.config import Settings, load_policy, parse_policy
 from bot.errors import InputError, JitpassError
 from bot.importers import ItemInput, read_import
@@ -24,6 +25,7 @@ from bot.model import Identity, Item, Secret
 from bot.parse import MAX_LOOKBACK, format_duration, parse_duration
 from bot.progress import progress
 from bot.runtime import Runtime
+from bot.safe_text import display_text
 from bot.totp import parse_totp
 from bot.vault import format_key_line, generate_key
 
@@ -84,12 +86,14 @@ def _print_items(items: Sequence[Item], out: TextIO, as_json: bool) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("name", "vault", "username", "url", "totp", "rotation due")
     for item in items:
         due = item.rotation_due
-        table.add_row(item.name, item.vault, item.username, item.url, "yes" if item.has_totp else "",
-                      f"since {due.since:%Y-%m-%d %H:%M} ({', '.join(p.label for p in due.seen_by)})" if due else "")
+        cells = (item.name, item.vault, item.username, item.url, "yes" if item.has_totp else "",
+                 f"since {due.since:%Y-%m-%d %H:%M} ({', '.join(p.label for p in due.seen_by)})" if due else "")
+        table.add_row(*(Text(display_text(c)) for c in cells))  # names from chat: no markup, no escapes
     Console(file=out, width=160).print(table)
 
 
@@ -158,7 +162,7 @@ async def cmd_items_show(args: argparse.Namespace) -> int:
         print(json.dumps(row, indent=2))
     else:
         for key, value in row.items():
-            print(f"{key:>13}: {value if value not in (None, [], '') else '-'}")
+            print(f"{key:>13}: {display_text(str(value)) if value not in (None, [], '') else '-'}")
     return 0
 
 
@@ -179,10 +183,6 @@ async def cmd_items_rotate(args: argparse.Namespace) -> int:
 
 # -- audit -----------------------------------------------------------------------------------------
 
-CSV_COLUMNS = ["seq", "id", "at", "type", "actor_platform", "actor_user_id", "actor_display", "request_id",
-               "item", "vault", "reason", "details", "prev_hash", "hash"]
-
-
 async def cmd_audit_export(args: argparse.Namespace) -> int:
     since = None
     out: TextIO = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout  # noqa: SIM115
@@ -190,20 +190,16 @@ async def cmd_audit_export(args: argparse.Namespace) -> int:
         async with _runtime() as rt:
             if args.since:
                 since = rt.clock.now() - parse_duration(args.since, maximum=MAX_LOOKBACK)
-            writer = csv.writer(out) if args.format == "csv" else None
+            # OWASP: every cell quoted, formulas neutralised (bot/audit_export.py).
+            writer = csv.writer(out, quoting=csv.QUOTE_ALL) if args.format == "csv" else None
             if writer:
                 writer.writerow(CSV_COLUMNS)
             count = 0
             async for event in rt.store.events(since=since):
-                row = event_to_dict(event)
                 if writer:
-                    actor = row.pop("actor") or {}
-                    writer.writerow([row["seq"], row["id"], row["at"], row["type"], actor.get("platform", ""),
-                                     actor.get("user_id", ""), actor.get("display", ""), row["request_id"] or "",
-                                     row["item"] or "", row["vault"] or "", row["reason"],
-                                     json.dumps(row["details"], sort_keys=True), row["prev_hash"], row["hash"]])
+                    writer.writerow(csv_row(event))
                 else:
-                    out.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+                    out.write(jsonl_line(event))
                 count += 1
     finally:
         if args.out:

@@ -31,6 +31,7 @@ from bot.parse import MAX_LOOKBACK, format_duration, parse_duration
 from bot.policy import Policy, WorkingHours
 from bot.ports import Checkpoint, Store
 from bot.progress import QUIET, Tracker
+from bot.safe_text import csv_cell, display_text
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -770,6 +771,8 @@ def _csv_value(value: Any) -> str:
         return format_time(value)
     if isinstance(value, float):
         return f"{round(value, 3):g}" if abs(value) < 1e15 else str(value)
+    if isinstance(value, str):  # names and reasons from chat: never a spreadsheet formula (OWASP)
+        return csv_cell(display_text(value))
     return str(value)
 
 
@@ -848,6 +851,13 @@ def render_summary(report: Report) -> str:
     ]) + "\n"
 
 
+def _add_row(table: Any, *cells: str) -> None:
+    """A table row of plain text: names from chat are neither rich markup nor terminal escapes."""
+    from rich.text import Text
+
+    table.add_row(*(Text(display_text(cell)) for cell in cells))
+
+
 def render_table(report: Report, out: TextIO, *, width: int | None = None) -> None:
     """The report as rich tables on a terminal (plain text when `out` is not one)."""
     from rich.console import Console
@@ -869,7 +879,7 @@ def render_table(report: Report, out: TextIO, *, width: int | None = None) -> No
             name = f"{row.label} ({row.key})" if row.label and row.label != row.key else row.key
             cells = [str(x) for x in (row.requests, row.approved, row.declined, row.timed_out, row.cancelled,
                                       row.reveals, row.code_views)]
-            table.add_row(name, *([row.vault] if vault_col else []), *cells, _hours(row.granted_seconds))
+            _add_row(table, name, *([row.vault] if vault_col else []), *cells, _hours(row.granted_seconds))
         console.print(table)
 
     access_table("Access per vault", "vault", [*data.by_vault, replace(data.totals, key="all vaults")])
@@ -885,7 +895,7 @@ def render_table(report: Report, out: TextIO, *, width: int | None = None) -> No
     for name in ("approver", "approvals", "declines", "median", "p95"):
         load.add_column(name, justify="left" if name == "approver" else "right")
     for a in data.approver_load:
-        load.add_row(a.label or a.key, str(a.approvals), str(a.declines), _latency(a.median_seconds),
+        _add_row(load, a.label or a.key, str(a.approvals), str(a.declines), _latency(a.median_seconds),
                      _latency(a.p95_seconds))
     console.print(load)
 
@@ -893,21 +903,21 @@ def render_table(report: Report, out: TextIO, *, width: int | None = None) -> No
     anomalies.add_column("kind")
     anomalies.add_column("count", justify="right")
     anomalies.add_column("details")
-    anomalies.add_row("approved, never revealed", str(data.unrevealed_total), ", ".join(
+    _add_row(anomalies, "approved, never revealed", str(data.unrevealed_total), ", ".join(
         f"{g.request_id} {g.item} ({g.requester_label})" for g in data.unrevealed[:5]))
-    anomalies.add_row("reveals outside working hours", str(data.off_hours_total), ", ".join(
+    _add_row(anomalies, "reveals outside working hours", str(data.off_hours_total), ", ".join(
         f"{p.label} {p.count}" for p in data.off_hours_by_person[:5]))
-    anomalies.add_row(f">= {BURST_MIN_VAULTS} vaults within {format_duration(BURST_WINDOW)}", str(len(data.bursts)),
+    _add_row(anomalies, f">= {BURST_MIN_VAULTS} vaults within {format_duration(BURST_WINDOW)}", str(len(data.bursts)),
                       ", ".join(f"{b.requester_label}: {' '.join(b.vaults)} at {_local(b.at, tz)}"
                                 for b in data.bursts[:5]))
     for refusal in data.refusals:
         kind = "self-approval attempt" if refusal.self_approval else "refused"
-        anomalies.add_row(kind, str(refusal.count), f"{refusal.actor_label}: {refusal.reason} "
+        _add_row(anomalies, kind, str(refusal.count), f"{refusal.actor_label}: {refusal.reason} "
                                                     f"(last {_local(refusal.last_at, tz)})")
-    anomalies.add_row("items never accessed", str(len(report.unused_items)),
+    _add_row(anomalies, "items never accessed", str(len(report.unused_items)),
                       ", ".join(u.item for u in report.unused_items[:8])
                       + (" …" if len(report.unused_items) > 8 else ""))
-    anomalies.add_row("overlapping grants (shared use)", str(len(data.shared_use)), ", ".join(
+    _add_row(anomalies, "overlapping grants (shared use)", str(len(data.shared_use)), ", ".join(
         f"{s.item} ×{s.overlaps} ({', '.join(s.requesters)})" for s in data.shared_use[:5]))
     console.print(anomalies)
 
@@ -917,22 +927,22 @@ def render_table(report: Report, out: TextIO, *, width: int | None = None) -> No
         exposure.add_column(name, justify="right" if name == "days" else "left")
     for e in report.exposure:
         seen = ", ".join(f"{s.label} {_local(s.first_at, tz)}" for s in e.sightings) or ", ".join(e.seen_by)
-        exposure.add_row(e.vault, e.item, _local(e.since, tz), f"{e.days(report.generated_at):g}", seen)
+        _add_row(exposure, e.vault, e.item, _local(e.since, tz), f"{e.days(report.generated_at):g}", seen)
     console.print(exposure)
 
     ret = report.retention
     retention = Table(title="Retention", title_justify="left", title_style="bold", show_header=False)
     retention.add_column("what")
     retention.add_column("value")
-    retention.add_row("events by age", "  ".join(f"{b.label}: {b.count}" for b in ret.buckets)
+    _add_row(retention, "events by age", "  ".join(f"{b.label}: {b.count}" for b in ret.buckets)
                       + f"  (total {ret.total_events})")
-    retention.add_row("oldest event", _local(ret.oldest_at, tz))
-    retention.add_row("policy", _purge_line(ret, tz))
-    retention.add_row("legal hold", "on" if ret.legal_hold else "off")
+    _add_row(retention, "oldest event", _local(ret.oldest_at, tz))
+    _add_row(retention, "policy", _purge_line(ret, tz))
+    _add_row(retention, "legal hold", "on" if ret.legal_hold else "off")
     if ret.checkpoint_seq is not None:
-        retention.add_row("last purge",
+        _add_row(retention, "last purge",
                           f"checkpoint after event {ret.checkpoint_seq} ({_local(ret.checkpoint_at, tz)})")
-    retention.add_row("hash chain", _chain_line(ret.chain))
+    _add_row(retention, "hash chain", _chain_line(ret.chain))
     console.print(retention)
 
 

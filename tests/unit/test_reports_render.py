@@ -152,3 +152,25 @@ def test_progress_draws_on_a_terminal_only() -> None:
         tracker.advance(10)
         tracker.start("purging", total=None)
     assert "verifying the hash chain" in screen.getvalue()
+
+
+def _hostile_refusal(report: Report, reason: str) -> Report:
+    from dataclasses import replace
+
+    return replace(report, data=replace(report.data, refusals=(replace(report.data.refusals[0], reason=reason),)))
+
+
+def test_csv_report_cells_are_never_formulas(report: Report) -> None:
+    hostile = _hostile_refusal(report, "=HYPERLINK(\"http://evil.example\",\"x\")")
+    text = render_csv(hostile)
+    assert "'=HYPERLINK(" in text
+    rows = list(csv.reader(io.StringIO(text)))
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row)
+
+
+def test_table_shows_typed_text_without_escapes_or_markup(report: Report) -> None:
+    out = Terminal()
+    render_table(_hostile_refusal(report, "[blink]x[/blink]\x1b]0;owned\x07\x1b[2J"), out, width=200)
+    text = out.getvalue()
+    assert "[blink]x[/blink]" in text  # shown as typed, not as rich markup
+    assert "owned" not in text and "\x1b[2J" not in text and "\x1b]" not in text
