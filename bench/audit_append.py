@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 import aiosqlite  # noqa: E402
 
-from bot.audit import GENESIS_HASH, seal_event, verify_chain  # noqa: E402
-from bot.model import EventDraft, Identity  # noqa: E402
+from bot.domain.audit import GENESIS_HASH, seal_event, verify_chain  # noqa: E402
+from bot.domain.model import EventDraft, Identity  # noqa: E402
 from bot.ports import Store, SystemClock  # noqa: E402
-from storage.sqlite import EVENT_COLUMNS, MIGRATIONS, SqliteStore, event_row  # noqa: E402
+from storage.sqlite.store import EVENT_COLUMNS, MIGRATIONS, SqliteStore, event_row  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Audit append"
@@ -126,7 +126,7 @@ async def bench_hashing(n: int) -> Result:
 async def bench_mongo(uri: str, n: int) -> list[Result]:
     from pymongo import AsyncMongoClient
 
-    from storage.mongo import MongoStore
+    from storage.mongo.store import MongoStore
 
     db_name = f"jitpass_bench_{uuid.uuid4().hex[:8]}"
     admin: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, serverSelectionTimeoutMS=5000)

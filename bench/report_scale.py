@@ -5,7 +5,7 @@
     .venv/bin/python bench/report_scale.py --reuse         # measure an existing file again
 
 `generate` writes the trail straight into a SqliteStore file: 500 items through the store, then every
-event sealed with bot.audit.seal_event in seq order (a valid hash chain) and bulk-inserted with
+event sealed with bot.domain.audit.seal_event in seq order (a valid hash chain) and bulk-inserted with
 executemany, one transaction per batch. `measure` runs in a fresh process (so ru_maxrss is its own):
 baselines first (`SELECT count(*)`, one GROUP BY scan), then the report, each timed; then the same
 with tracemalloc for the Python heap peak; then a purge of everything older than 365 days on a copy.
@@ -35,13 +35,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.audit import seal_event
-from bot.config import parse_policy
-from bot.model import SYSTEM, EventDraft, Identity, Item, RotationDue, SealedItem
-from bot.reports import build_report
-from bot.retention import purge
-from storage.sqlite import EVENT_COLUMNS, SqliteStore, event_row
-from storage.sqlite_reports import ensure_report_indexes
+from bot.domain.audit import seal_event
+from bot.domain.config import parse_policy
+from bot.domain.model import SYSTEM, EventDraft, Identity, Item, RotationDue, SealedItem
+from bot.reports.build import build_report
+from bot.services.retention import purge
+from storage.sqlite.reports import ensure_report_indexes
+from storage.sqlite.store import EVENT_COLUMNS, SqliteStore, event_row
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 SPAN = timedelta(days=730)

@@ -1,4 +1,4 @@
-"""Composition root: the only module that imports adapters.* and storage.*.
+"""The server's composition root: the only module that imports adapters.*.
 
 `create_app(settings)` returns the aiohttp application serving `/healthz`, `/slack/events`
 and `/api/messages`; its start-up opens the store, loads the key ring and policy, registers
@@ -17,53 +17,19 @@ from aiohttp import web
 
 from adapters.slack import SlackAdapter
 from adapters.teams import TeamsAdapter
-from bot.catalog import Catalog
-from bot.config import Settings, load_policy
+from bot.bootstrap import ChatAdapter, Runtime, open_runtime
 from bot.demo import seed_demo
-from bot.errors import VaultError
-from bot.policy import Policy
-from bot.ports import Clock, Store, SystemClock
-from bot.retention import install_retention
-from bot.runtime import ChatAdapter, Runtime
-from bot.schedule import GrantScheduler
-from bot.service import AccessService
-from bot.vault import Vault, load_key_ring
-from storage import open_store
+from bot.domain.config import Settings
+from bot.domain.policy import Policy
+from bot.ports import Clock
+from bot.services.retention import install_retention
 
-__all__ = ["RUNTIME", "create_app", "open_runtime", "serve"]
+__all__ = ["RUNTIME", "create_app", "serve"]
 
 log = logging.getLogger("jitpass.app")
 
 RUNTIME = web.AppKey("runtime", Runtime)
 VERSION = "0.1.0"
-
-
-async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None,
-                       create_key: bool = True) -> Runtime:
-    """Open the store, check the master key against it, and build the core."""
-    clock = clock or SystemClock()
-    policy = policy or load_policy(settings.policy_path)
-    ring, created = load_key_ring(env_value=settings.master_key, file_path=settings.master_key_file,
-                                  create_if_missing=create_key)
-    if created:
-        log.warning("event=master_key_created path=%s note=\"a new local master key was created; in production "
-                    "set JITPASS_MASTER_KEY or JITPASS_MASTER_KEY_FILE from your secret manager and back it up\"",
-                    settings.master_key_file)
-    store: Store = open_store(settings.store_url, clock)
-    await store.open()
-    vault = Vault(ring)
-    try:
-        token = await store.get_meta("key_check")
-        if token is None:
-            await store.set_meta("key_check", vault.key_check())
-        else:
-            vault.verify_key_check(token)
-    except VaultError:
-        await store.close()
-        raise
-    service = AccessService(store, vault, policy, clock)
-    return Runtime(settings=settings, store=store, vault=vault, policy=policy, clock=clock, service=service,
-                   catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(service))
 
 
 def chat_adapters(settings: Settings) -> list[ChatAdapter]:

@@ -6,9 +6,9 @@ import base64
 import logging
 import secrets
 
-from bot.importers import ItemInput
-from bot.model import SYSTEM, Secret
-from bot.runtime import Runtime
+from bot.bootstrap import Runtime
+from bot.domain.model import SYSTEM, Secret
+from bot.services.importers import ItemInput
 
 __all__ = ["DEMO_ITEM", "seed_demo"]
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from bot.model import AccessRequest, Event, EventDraft, Identity, Item, RequestKind, Reveal, SealedItem, Status
+from bot.domain.model import AccessRequest, Event, EventDraft, Identity, Item, RequestKind, Reveal, SealedItem, Status
 
 if TYPE_CHECKING:
-    from bot.reports import ProgressCallback, ReportData, ReportQuery
+    from bot.domain.report_data import ProgressCallback, ReportData, ReportQuery
 
-__all__ = ["Checkpoint", "Clock", "Notifier", "PurgeResult", "Store", "SystemClock"]
+__all__ = ["QUIET", "Checkpoint", "Clock", "Notifier", "PurgeResult", "ReportSource", "Store", "SystemClock", "Tracker"]
 
 
 class Clock(Protocol):
@@ -197,3 +197,49 @@ class Notifier(Protocol):
     async def requester_told(self, request: AccessRequest, message: str) -> None:
         """Tell the requester an outcome (approved, declined with reason, timed out, ...)."""
         ...
+
+
+@runtime_checkable
+class ReportSource(Protocol):
+    """What a report reads: the store's aggregates plus four plain Store methods.
+
+    Both stores satisfy it once they delegate `report_data` to storage/sqlite/reports.py or
+    storage/mongo/reports.py.
+    """
+
+    kind: str
+
+    async def report_data(self, query: ReportQuery, progress: ProgressCallback | None = None) -> ReportData:
+        """Aggregate the trail for `query`; call `progress(step)` after each of REPORT_STEPS."""
+        ...
+
+    async def list_items(self) -> list[Item]: ...
+
+    async def count_events(self, *, before: datetime | None = None) -> int: ...
+
+    async def checkpoint(self) -> Checkpoint | None: ...
+
+    def events(
+        self,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        types: Collection[str] | None = None,
+    ) -> AsyncIterator[Event]: ...
+
+
+class Tracker:
+    """Reports progress of one step at a time; this base class stays silent."""
+
+    def start(self, description: str, total: float | None = None) -> None:
+        """Begin a step: `total` units of work, or None when its size is unknown (a spinner)."""
+
+    def advance(self, amount: float = 1) -> None:
+        """Some units of the current step are done."""
+
+    def finish(self) -> None:
+        """The current step is complete."""
+
+
+QUIET = Tracker()

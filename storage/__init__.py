@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.errors import StoreError
+from bot.domain.errors import StoreError
 from bot.ports import Clock, Store
 
 from .sqlite import SqliteStore

@@ -1,7 +1,7 @@
 """One encoding of items and requests to plain documents, shared by every store so they cannot drift.
 
 Documents hold only JSON-compatible values (plus `bytes` for sealed key material). Times are
-`bot.audit.format_time` text: one spelling per instant that also sorts correctly as a string, so
+`bot.domain.audit.format_time` text: one spelling per instant that also sorts correctly as a string, so
 both SQLite and MongoDB can range-query them without a datetime type of their own.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.audit import format_time, parse_time
-from bot.model import (
+from bot.domain.audit import format_time, parse_time
+from bot.domain.model import (
     AccessRequest,
     Approval,
     Identity,

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from bot.audit import format_time, parse_time
-from bot.model import AccessRequest, Event, EventDraft, Identity
+from bot.domain.audit import format_time, parse_time
+from bot.domain.model import AccessRequest, Event, EventDraft, Identity
 from bot.ports import Checkpoint
 
 from .codec import REQUEST_FIELDS

@@ -22,8 +22,8 @@ from adapters.slack.groups import GroupDirectory
 from adapters.slack.home import HomeTab
 from adapters.slack.http import SlackEventsEndpoint
 from adapters.slack.notifier import SlackNotifier
-from bot.config import Settings
-from bot.runtime import Runtime
+from bot.bootstrap import Runtime
+from bot.domain.config import Settings
 
 __all__ = ["SlackAdapter"]
 

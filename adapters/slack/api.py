@@ -26,7 +26,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.errors import DeliveryError
+from bot.domain.errors import DeliveryError
 
 __all__ = [
     "APP_TOKEN_METHOD_SCOPES",

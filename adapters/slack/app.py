@@ -41,10 +41,10 @@ from adapters.slack.inputs import (
 )
 from adapters.slack.notifier import ResponseUrl, SlackNotifier
 from adapters.slack.reports import handle_report
-from bot.errors import Conflict, InputError, JitpassError, ParseError
-from bot.model import AccessRequest, Identity, Status, Window
-from bot.parse import RequestDraft, parse_duration, parse_request
-from bot.runtime import Runtime
+from bot.bootstrap import Runtime
+from bot.domain.errors import Conflict, InputError, JitpassError, ParseError
+from bot.domain.model import AccessRequest, Identity, Status, Window
+from bot.domain.request_text import RequestDraft, parse_duration, parse_request
 
 __all__ = ["ACK_BUDGET_SECONDS", "SlackInteractions", "build_bolt_app"]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from bot.model import AccessRequest, CodeView, Identity, Item, Reveal, Status
-from bot.parse import format_duration
+from bot.domain.model import AccessRequest, CodeView, Identity, Item, Reveal, Status
+from bot.domain.request_text import format_duration
 
 __all__ = [
     "ACTION_ID_MAX",

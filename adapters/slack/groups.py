@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from adapters.slack.api import SlackApi, SlackCallError
-from bot.model import Identity
+from bot.domain.model import Identity
 
 __all__ = ["GROUP_CACHE_SECONDS", "GroupDirectory"]
 

@@ -24,9 +24,9 @@ from datetime import tzinfo
 from adapters.slack import blocks
 from adapters.slack.api import SlackApi, SlackCallError
 from adapters.slack.background import Background
-from bot.errors import JitpassError
-from bot.model import AccessRequest, CodeView, Identity, Status
-from bot.service import AccessService
+from bot.domain.errors import JitpassError
+from bot.domain.model import AccessRequest, CodeView, Identity, Status
+from bot.services.access import AccessService
 
 __all__ = ["VIA", "HomeTab"]
 

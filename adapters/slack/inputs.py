@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from adapters.slack.blocks import DURATION_BLOCK, ITEM_BLOCK, REASON_BLOCK, START_BLOCK
-from bot.errors import Conflict, JitpassError, NotAllowed, NotFound
+from bot.domain.errors import Conflict, JitpassError, NotAllowed, NotFound
 
 __all__ = [
     "ActionInput", "CommandInput", "block_for", "form_values", "mapping", "metadata_of", "parse_time", "start_time",

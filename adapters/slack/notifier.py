@@ -17,9 +17,9 @@ from typing import Any
 from adapters.slack import blocks
 from adapters.slack.api import SlackApi, SlackCallError
 from adapters.slack.home import HomeTab
-from bot.errors import DeliveryError
-from bot.model import AccessRequest, Item, Reveal
-from bot.policy import Policy
+from bot.domain.errors import DeliveryError
+from bot.domain.model import AccessRequest, Item, Reveal
+from bot.domain.policy import Policy
 from bot.ports import Clock
 
 __all__ = ["RESPONSE_URL_MAX_USES", "RESPONSE_URL_TTL", "ResponseUrl", "SlackNotifier"]

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 
 from adapters.slack import blocks
 from adapters.slack.api import SharedFile, SlackApi, SlackCallError
-from bot.model import Identity
-from bot.reports import chat_report
-from bot.runtime import Runtime
+from bot.bootstrap import Runtime
+from bot.domain.model import Identity
+from bot.reports.chat import chat_report
 
 __all__ = ["handle_report"]
 

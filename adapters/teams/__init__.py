@@ -1,7 +1,7 @@
 """Teams adapter: `POST /api/messages` through the Microsoft 365 Agents SDK, and the one-time report
 downloads (`GET /reports/{token}/{filename}`) its `report` command links to.
 
-`TeamsAdapter(settings)` is a `bot.runtime.ChatAdapter`. With app credentials
+`TeamsAdapter(settings)` is a `bot.bootstrap.ChatAdapter`. With app credentials
 (`CONNECTIONS__SERVICE_CONNECTION__SETTINGS__CLIENTID` / `CLIENTSECRET` / `TENANTID`) every
 request must carry a Bot Framework JWT; without them the endpoint is anonymous, for local
 development with Microsoft 365 Agents Playground only, and says so loudly at start.
@@ -26,8 +26,8 @@ from adapters.teams.agent import TeamsAgent, apology, report_unexpected
 from adapters.teams.auth import CONNECTION, InboundAuth, auth_configuration
 from adapters.teams.connector import Connector, ServiceUrlBook, ServiceUrlValidator
 from adapters.teams.notifier import TeamsNotifier
-from bot.config import Settings
-from bot.runtime import Runtime
+from bot.bootstrap import Runtime
+from bot.domain.config import Settings
 
 __all__ = ["TeamsAdapter"]
 

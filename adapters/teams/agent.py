@@ -28,11 +28,11 @@ from adapters.teams import cards
 from adapters.teams.connector import ServiceUrlBook, card_activity
 from adapters.teams.notifier import teams_wording
 from adapters.teams.refs import REQUESTER, VERSION, RequesterRef
-from bot.errors import InputError, JitpassError, NotFound, ParseError
-from bot.model import AccessRequest, Identity, Window
-from bot.parse import RequestDraft, format_duration, parse_request
-from bot.reports import chat_report
-from bot.runtime import Runtime
+from bot.bootstrap import Runtime
+from bot.domain.errors import InputError, JitpassError, NotFound, ParseError
+from bot.domain.model import AccessRequest, Identity, Window
+from bot.domain.request_text import RequestDraft, format_duration, parse_request
+from bot.reports.chat import chat_report
 
 __all__ = ["Inbound", "TeamsAgent", "clean_text", "identity_of", "report_unexpected"]
 

@@ -17,7 +17,7 @@ import jwt
 from microsoft_agents.activity import load_configuration_from_env
 from microsoft_agents.hosting.core.authorization import AgentAuthConfiguration, ClaimsIdentity, JwtTokenValidator
 
-from bot.config import Settings
+from bot.domain.config import Settings
 
 __all__ = ["InboundAuth", "auth_configuration"]
 

@@ -31,8 +31,8 @@ from microsoft_teams.cards import (
     TextInput,
 )
 
-from bot.model import AccessRequest, Item, Reveal, Status
-from bot.parse import format_duration
+from bot.domain.model import AccessRequest, Item, Reveal, Status
+from bot.domain.request_text import format_duration
 
 __all__ = [
     "CARD_CONTENT_TYPE",

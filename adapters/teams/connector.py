@@ -34,7 +34,7 @@ from microsoft_agents.hosting.core.rest_channel_service_client_factory import Re
 
 from adapters.teams.cards import CARD_CONTENT_TYPE
 from adapters.teams.refs import ConversationRef
-from bot.errors import DeliveryError
+from bot.domain.errors import DeliveryError
 from bot.ports import Store
 
 __all__ = ["SERVICE_URL_HOSTS", "Connector", "ServiceUrlBook", "ServiceUrlValidator", "card_activity"]

@@ -19,9 +19,9 @@ from microsoft_agents.activity import Activity, ActivityTypes
 from adapters.teams import cards
 from adapters.teams.connector import Connector, ServiceUrlBook, card_activity
 from adapters.teams.refs import DELIVERY, LEADS, PERSONAL, VERSION, ConversationRef, RequesterRef
-from bot.errors import DeliveryError
-from bot.model import AccessRequest, Item, Reveal
-from bot.policy import Policy
+from bot.domain.errors import DeliveryError
+from bot.domain.model import AccessRequest, Item, Reveal
+from bot.domain.policy import Policy
 
 __all__ = ["TeamsNotifier", "teams_wording"]
 

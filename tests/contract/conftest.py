@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bot.ports import Store
-from storage.sqlite import SqliteStore
+from storage.sqlite.store import SqliteStore
 from tests.support.stores import FakeClock
 
 MONGODB_URI_VAR = "JITPASS_TEST_MONGODB_URI"
@@ -66,7 +66,7 @@ async def _mongo_harness() -> AsyncIterator[Harness]:
         pytest.skip(MONGODB_SKIP)
     from pymongo import AsyncMongoClient
 
-    from storage.mongo import MongoStore
+    from storage.mongo.store import MongoStore
 
     clock = FakeClock()
     db_name = f"jitpass_test_{uuid.uuid4().hex[:12]}"

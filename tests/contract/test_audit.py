@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from bot.audit import GENESIS_HASH, verify_chain
+from bot.domain.audit import GENESIS_HASH, verify_chain
 from bot.ports import Store
 from tests.support.stores import ANN, START, FakeClock, draft
 

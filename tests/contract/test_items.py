@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from bot.audit import verify_chain
-from bot.errors import Conflict, NotFound
-from bot.model import RotationDue
+from bot.domain.audit import verify_chain
+from bot.domain.errors import Conflict, NotFound
+from bot.domain.model import RotationDue
 from bot.ports import Store
 from tests.support.stores import ANN, BOB, START, FakeClock, draft, make_sealed
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import StoreError
+from bot.domain.errors import StoreError
 from storage import open_store
-from storage.mongo import MongoStore, mongo_location
-from storage.sqlite import SqliteStore
+from storage.mongo.store import MongoStore, mongo_location
+from storage.sqlite.store import SqliteStore
 from tests.support.stores import FakeClock
 
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bot.audit import verify_chain
-from bot.model import Status
-from storage.sqlite import SqliteStore
+from bot.domain.audit import verify_chain
+from bot.domain.model import Status
+from storage.sqlite.store import SqliteStore
 from tests.support.stores import FakeClock, draft, make_request
 
 ROOT = Path(__file__).resolve().parents[2]

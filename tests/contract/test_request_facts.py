@@ -15,11 +15,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.audit import format_time
-from bot.model import Event, EventDraft, Identity
-from bot.reports import ReportData, build_report
-from storage.sqlite import MIGRATIONS, SqliteStore
-from storage.sqlite_reports import compute_report
+from bot.domain.audit import format_time
+from bot.domain.model import Event, EventDraft, Identity
+from bot.domain.report_data import ReportData
+from bot.reports.build import build_report
+from storage.sqlite.reports import compute_report
+from storage.sqlite.store import MIGRATIONS, SqliteStore
 from tests.support.stores import FakeClock
 from tests.unit.test_reports_trail import NOW, SINCE, UNTIL, build_trail, policy
 
@@ -83,7 +84,7 @@ async def _events(store: SqliteStore) -> list[Event]:
 
 
 def _report(path: Path, since: datetime, until: datetime, *, facts: bool, **filters: Any) -> ReportData:
-    from bot.reports import _query
+    from bot.reports.build import _query
 
     query = _query(policy(), NOW, since, until, vault=filters.get("vault"), item=filters.get("item"),
                    user=filters.get("user"))
@@ -112,8 +113,8 @@ _WORKER = """
 import asyncio, sys
 from datetime import UTC, datetime
 from pathlib import Path
-from bot.model import EventDraft, Identity
-from storage.sqlite import SqliteStore
+from bot.domain.model import EventDraft, Identity
+from storage.sqlite.store import SqliteStore
 
 class Clock:
     def now(self):

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bot.errors import AuditWriteError, Conflict
-from bot.model import Approval, EventDraft, Identity, RequestKind, Status, Window
+from bot.domain.errors import AuditWriteError, Conflict
+from bot.domain.model import Approval, EventDraft, Identity, RequestKind, Status, Window
 from bot.ports import Store
 from tests.contract.conftest import Harness
 from tests.support.stores import ANN, BOB, START, FakeClock, draft, make_request

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.audit import verify_chain
-from bot.errors import StoreError
-from storage.sqlite import SCHEMA_VERSION, SqliteStore
+from bot.domain.audit import verify_chain
+from bot.domain.errors import StoreError
+from storage.sqlite.store import SCHEMA_VERSION, SqliteStore
 from tests.support.stores import FakeClock, draft, make_request
 
 

@@ -21,7 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.reports import build_report, render_html
+from bot.reports.build import build_report
+from bot.reports.html import render_html
 from tests.unit.test_reports_trail import NOW, SINCE, UNTIL, build_trail, policy
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"

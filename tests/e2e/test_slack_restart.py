@@ -16,8 +16,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from adapters.slack.blocks import Actions
-from bot.app import open_runtime
-from bot.model import SYSTEM
+from bot.bootstrap import open_runtime
+from bot.domain.model import SYSTEM
 from tests.support.app import CANARY_PASSWORD, CANARY_SEED, TEST_POLICY, canary_items, test_settings
 from tests.support.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, SlackUsers, fake_slack
 

@@ -16,7 +16,7 @@ import aiohttp
 import pyotp
 import pytest
 
-from bot.model import Event
+from bot.domain.model import Event
 from tests.support.app import CANARY_PASSWORD, CANARY_SEED, FakeClock, RunningApp, running_app, test_settings
 from tests.support.fake_connector import (
     LEADS_CHANNEL,

@@ -23,8 +23,8 @@ from microsoft_agents.activity import Activity
 from adapters.teams import TeamsAdapter
 from adapters.teams.connector import Connector, ServiceUrlValidator
 from adapters.teams.refs import ConversationRef
-from bot.config import Settings
-from bot.errors import DeliveryError
+from bot.domain.config import Settings
+from bot.domain.errors import DeliveryError
 from tests.support.app import FakeClock, running_app, test_settings
 from tests.support.fake_connector import FakeConnector, TeamsUser, message_activity, post_activity
 

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from adapters.teams import TeamsAdapter
-from bot.config import Settings
-from bot.errors import InputError
+from bot.domain.config import Settings
+from bot.domain.errors import InputError
 from tests.e2e.test_teams import LEAD, REQUESTER, TEAM_CHANNEL, Teams
 from tests.support.app import CANARY_PASSWORD, CANARY_SEED, FakeClock, running_app, test_settings
 from tests.support.fake_connector import ConnectorCall, FakeConnector, TeamsUser, card_elements, validate_cards

@@ -14,10 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from bot.app import RUNTIME, create_app
-from bot.config import Settings, parse_policy
-from bot.importers import ItemInput
-from bot.model import SYSTEM, Secret
-from bot.runtime import ChatAdapter, Runtime
+from bot.bootstrap import ChatAdapter, Runtime
+from bot.domain.config import Settings, parse_policy
+from bot.domain.model import SYSTEM, Secret
+from bot.services.importers import ItemInput
 
 
 class FakeClock:

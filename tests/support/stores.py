@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.model import AccessRequest, EventDraft, Identity, Item, SealedItem, Status, Window
+from bot.domain.model import AccessRequest, EventDraft, Identity, Item, SealedItem, Status, Window
 
 __all__ = ["ANN", "BOB", "START", "FakeClock", "draft", "make_request", "make_sealed"]
 
@@ -68,7 +68,7 @@ class _SystemClock:
 
 
 async def _append_worker(path: Path, count: int, who: str) -> None:
-    from storage.sqlite import SqliteStore
+    from storage.sqlite.store import SqliteStore
 
     store = SqliteStore(path, _SystemClock())
     await store.open()
@@ -82,7 +82,7 @@ async def _append_worker(path: Path, count: int, who: str) -> None:
 
 
 async def _approve_worker(path: Path, request_id: str, who: str) -> None:
-    from storage.sqlite import SqliteStore
+    from storage.sqlite.store import SqliteStore
 
     store = SqliteStore(path, _SystemClock())
     await store.open()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import ImportFileError, InputError
-from bot.importers import ImportResult, ItemInput, is_valid_name, read_import, slugify
-from bot.model import Secret
-from bot.totp import parse_totp
+from bot.domain.errors import ImportFileError, InputError
+from bot.domain.model import Secret
+from bot.domain.totp import parse_totp
+from bot.services.importers import ImportResult, ItemInput, is_valid_name, read_import, slugify
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 HEADER = "Title,Url,Username,Password,OTPAuth,Favorite,Archived,Tags,Notes"

@@ -18,14 +18,13 @@ from typing import Any
 import pyotp
 import pytest
 
-from bot.app import open_runtime
-from bot.audit import verify_chain
-from bot.config import parse_policy
-from bot.errors import AuditWriteError, Conflict, InputError, NotAllowed, NotFound, ParseError
-from bot.importers import ItemInput
-from bot.model import SYSTEM, AccessRequest, Event, Identity, Item, Reveal, Secret, Status
-from bot.progress import progress
-from bot.runtime import Runtime
+from bot.bootstrap import Runtime, open_runtime
+from bot.cli.progress import progress
+from bot.domain.audit import verify_chain
+from bot.domain.config import parse_policy
+from bot.domain.errors import AuditWriteError, Conflict, InputError, NotAllowed, NotFound, ParseError
+from bot.domain.model import SYSTEM, AccessRequest, Event, Identity, Item, Reveal, Secret, Status
+from bot.services.importers import ItemInput
 from tests.support.app import CANARY_PASSWORD, CANARY_SEED, TEST_POLICY, FakeClock, canary_items, test_settings
 
 ALICE = Identity("slack", "UALICE", "alice")

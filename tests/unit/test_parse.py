@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.errors import ParseError
-from bot.model import Window
-from bot.parse import RequestDraft, format_duration, parse_duration, parse_request
+from bot.domain.errors import ParseError
+from bot.domain.model import Window
+from bot.domain.request_text import RequestDraft, format_duration, parse_duration, parse_request
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 NOW = datetime(2026, 3, 10, 10, 0, tzinfo=AMSTERDAM)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Settings, load_dotenv, load_policy, parse_bool, parse_policy
-from bot.errors import InputError, PolicyError
-from bot.model import Identity
+from bot.domain.config import Settings, load_dotenv, load_policy, parse_bool, parse_policy
+from bot.domain.errors import InputError, PolicyError
+from bot.domain.model import Identity
 
 POLICY = """
 timezone = "Europe/Amsterdam"

@@ -12,18 +12,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.errors import InputError
-from bot.reports import (
-    AccessRow,
-    LatencyStats,
-    Report,
-    UserFilter,
-    build_report,
-    next_purge_at,
-    parse_period,
-    working_intervals,
-)
-from storage.sqlite import SqliteStore
+from bot.domain.errors import InputError
+from bot.domain.report_data import AccessRow, LatencyStats, Report, UserFilter
+from bot.reports.build import build_report, next_purge_at, parse_period, working_intervals
+from storage.sqlite.store import SqliteStore
 from tests.support.app import FakeClock
 from tests.unit.test_reports_trail import EVENT_COUNT, NOW, SINCE, UNTIL, Trail, at, build_trail, policy
 

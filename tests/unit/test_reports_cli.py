@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import build_parser, main
-from bot.errors import InputError, NotAllowed
-from bot.reports import ReportSource, chat_report, parse_chat_args
-from bot.reports_cli import run_report
-from bot.runtime import Runtime
-from storage.sqlite import SqliteStore
+from bot.bootstrap import Runtime
+from bot.cli.main import build_parser, main
+from bot.cli.reports import run_report
+from bot.domain.errors import InputError, NotAllowed
+from bot.ports import ReportSource
+from bot.reports.chat import chat_report, parse_chat_args
+from storage.sqlite.store import SqliteStore
 from tests.support.app import test_settings
 from tests.unit.test_reports import tamper
 from tests.unit.test_reports_trail import ADMIN, BOB, POLICY_TEXT, build_trail, trail_runtime

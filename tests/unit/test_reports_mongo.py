@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from bot.reports import ProgressCallback, ReportData, ReportQuery, build_report
+from bot.domain.report_data import ProgressCallback, ReportData, ReportQuery
+from bot.reports.build import build_report
 from tests.unit.test_reports_trail import NOW, SINCE, UNTIL, build_trail, policy
 
 URI = os.environ.get("JITPASS_TEST_MONGODB_URI")
@@ -30,7 +31,7 @@ class MongoSource:
         self.store, self.db = store, db
 
     async def report_data(self, query: ReportQuery, progress: ProgressCallback | None = None) -> ReportData:
-        from storage.mongo_reports import report_data
+        from storage.mongo.reports import report_data
 
         return await report_data(self.db, query, progress)
 
@@ -42,7 +43,7 @@ class MongoSource:
 async def test_mongodb_reports_equal_sqlite_reports(tmp_path: Path, filters: dict[str, str]) -> None:
     from pymongo import AsyncMongoClient
 
-    from storage.mongo import MongoStore
+    from storage.mongo.store import MongoStore
 
     assert URI
     db_name = f"jitpass_report_{uuid.uuid4().hex[:10]}"

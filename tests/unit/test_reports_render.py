@@ -11,17 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.progress import QUIET, RichTracker, progress
-from bot.reports import (
-    CSV_COLUMNS,
-    Report,
-    build_report,
-    render_csv,
-    render_html,
-    render_json,
-    render_summary,
-    render_table,
-)
+from bot.cli.progress import QUIET, RichTracker, progress
+from bot.domain.report_data import Report
+from bot.reports.build import build_report
+from bot.reports.html import render_html
+from bot.reports.render import CSV_COLUMNS, render_csv, render_json, render_summary, render_table
 from tests.unit.test_reports_trail import EVENT_COUNT, NOW, SINCE, UNTIL, build_trail, policy
 
 

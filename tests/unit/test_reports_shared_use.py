@@ -7,9 +7,9 @@ import sqlite3
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
-from bot.audit import format_time
-from bot.reports import ReportQuery
-from storage.sqlite_reports import _shared_use, _Sql
+from bot.domain.audit import format_time
+from bot.domain.report_data import ReportQuery
+from storage.sqlite.reports import _shared_use, _Sql
 
 # The previous implementation: a running max and a lead() over the grants of each item, in SQL.
 _REFERENCE = """

@@ -32,12 +32,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.audit import verify_chain
-from bot.config import parse_policy
-from bot.model import SYSTEM, EventDraft, Identity, Item, RotationDue, SealedItem
-from bot.policy import Policy
-from bot.runtime import Runtime
-from storage.sqlite import SqliteStore
+from bot.bootstrap import Runtime
+from bot.domain.audit import verify_chain
+from bot.domain.config import parse_policy
+from bot.domain.model import SYSTEM, EventDraft, Identity, Item, RotationDue, SealedItem
+from bot.domain.policy import Policy
+from storage.sqlite.store import SqliteStore
 from tests.support.app import FakeClock, test_settings
 
 ANN = Identity("slack", "UANN", "Ann")
@@ -181,7 +181,7 @@ EVENT_COUNT = 47  # 6 item.added + 39 request/grant events + 2 refusals
 @asynccontextmanager
 async def trail_runtime(directory: Path) -> AsyncIterator[Runtime]:
     """The fixed trail behind a whole jitpass runtime (as the CLI and chat commands see it)."""
-    from bot.app import open_runtime  # the composition root, for tests that go through it
+    from bot.bootstrap import open_runtime  # the composition root, for tests that go through it
 
     trail = await build_trail(directory)
     await trail.store.close()

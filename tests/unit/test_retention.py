@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.audit import verify_chain
-from bot.cli import build_parser, main
-from bot.reports_cli import run_retention_purge
-from bot.retention import JOB_ID, install_retention, plan_purge, purge, scheduled_purge
-from bot.runtime import Runtime
-from storage.sqlite import SqliteStore
+from bot.bootstrap import Runtime
+from bot.cli.main import build_parser, main
+from bot.cli.retention import run_retention_purge
+from bot.domain.audit import verify_chain
+from bot.services.retention import JOB_ID, install_retention, plan_purge, purge, scheduled_purge
+from storage.sqlite.store import SqliteStore
 from tests.unit.test_reports import tamper
 from tests.unit.test_reports_cli import CLI, _env
 from tests.unit.test_reports_trail import EVENT_COUNT, NOW, build_trail, policy, trail_runtime

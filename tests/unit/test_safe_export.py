@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.audit import GENESIS_HASH, event_from_dict, seal_event, verify_chain
-from bot.audit_export import CSV_COLUMNS, csv_row, jsonl_line
-from bot.model import Event, EventDraft, Identity
-from bot.safe_text import csv_cell, display_text
+from bot.domain.audit import GENESIS_HASH, event_from_dict, seal_event, verify_chain
+from bot.domain.audit_export import CSV_COLUMNS, csv_row, jsonl_line
+from bot.domain.model import Event, EventDraft, Identity
+from bot.domain.safe_text import csv_cell, display_text
 
 AT = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 HOSTILE = Identity("slack", "U1\x1b[2J", "Mallory\x1b[31m RED\x1b]0;owned\x07\u202eevil\x9b2J")

@@ -15,7 +15,7 @@ import pytest
 from adapters.slack import blocks
 from adapters.slack.api import METHOD_SCOPES, bot_scopes, normalise_api_url
 from adapters.slack.blocks import Actions
-from bot.model import AccessRequest, Approval, CodeView, Identity, Item, Reveal, Secret, Status, Window
+from bot.domain.model import AccessRequest, Approval, CodeView, Identity, Item, Reveal, Secret, Status, Window
 from tests.support.fake_slack import validate_message, validate_view
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,18 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from adapters.teams import cards
-from bot.model import AccessRequest, Approval, CodeView, Identity, Item, RequestKind, Reveal, Secret, Status, Window
+from bot.domain.model import (
+    AccessRequest,
+    Approval,
+    CodeView,
+    Identity,
+    Item,
+    RequestKind,
+    Reveal,
+    Secret,
+    Status,
+    Window,
+)
 from tests.support.fake_connector import card_elements, find_element, validate_cards
 
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)

@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pyotp
 import pytest
 
-from bot.errors import InputError
-from bot.model import Secret
-from bot.totp import current_code, parse_totp, totp_spec
+from bot.domain.errors import InputError
+from bot.domain.model import Secret
+from bot.domain.totp import current_code, parse_totp, totp_spec
 
 SEED_160 = "YTZVJ7MP2AOPHXJFUMFOXQ2HJCAEQADR"  # 32 chars: what most services issue today
 SEED_80 = "JBSWY3DPEHPK3PXP"  # 16 chars: the shortest seed still accepted

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import VaultError
-from bot.model import Item, SealedItem, Secret
-from bot.vault import (
+from bot.domain.errors import VaultError
+from bot.domain.model import Item, SealedItem, Secret
+from bot.domain.vault import (
     KeyRing,
     MasterKey,
     Vault,

@@ -16,8 +16,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from bot.model import AccessRequest
-from bot.service import AccessService
+from bot.domain.model import AccessRequest
+from bot.services.access import AccessService
 
 __all__ = ["GrantScheduler"]
 

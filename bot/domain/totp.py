@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import pyotp
 
-from bot.errors import InputError
-from bot.model import CodeView, Secret
+from bot.domain.errors import InputError
+from bot.domain.model import CodeView, Secret
 
 __all__ = [
     "ALGORITHMS",

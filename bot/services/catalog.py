@@ -6,12 +6,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from bot.errors import Conflict, InputError, NotFound
-from bot.importers import ItemInput
-from bot.model import OPEN_STATUSES, EventDraft, Identity, Item, SealedItem, Secret
+from bot.cli.progress import QUIET, Tracker
+from bot.domain.errors import Conflict, InputError, NotFound
+from bot.domain.model import OPEN_STATUSES, EventDraft, Identity, Item, SealedItem, Secret
+from bot.domain.vault import Vault
 from bot.ports import Clock, Store
-from bot.progress import QUIET, Tracker
-from bot.vault import Vault
+from bot.services.importers import ItemInput
 
 __all__ = ["NAME_PATTERN", "Catalog"]
 

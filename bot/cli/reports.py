@@ -1,4 +1,4 @@
-"""`jitpass report` and `jitpass retention purge`: argparse commands added by bot/cli.py."""
+"""`jitpass report`: an access report over a period, in a terminal table, CSV, JSON or HTML."""
 
 from __future__ import annotations
 
@@ -7,30 +7,19 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.model import Identity
-from bot.progress import progress
-from bot.reports import (
-    DEFAULT_PERIOD,
-    FORMATS,
-    Report,
-    ReportSource,
-    build_report,
-    parse_period,
-    record_report,
-    render,
-)
-from bot.retention import purge
-from bot.runtime import Runtime
+from bot.bootstrap import Runtime
+from bot.cli import common
+from bot.cli.common import duration_arg, opened_runtime
+from bot.cli.progress import progress
+from bot.domain.model import Identity
+from bot.domain.report_data import DEFAULT_PERIOD, FORMATS, Report
+from bot.ports import ReportSource
+from bot.reports.build import build_report, parse_period, record_report
+from bot.reports.render import render
 
-__all__ = ["add_commands", "cmd_report", "cmd_retention_purge", "run_report", "run_retention_purge"]
+__all__ = ["add_commands", "cmd_report", "run_report"]
 
 EXIT_CHAIN_BROKEN = 3  # as `jitpass audit verify`
-
-
-def _cli_actor() -> Identity:
-    from bot.cli import _actor  # the person at the terminal, as every other command records them
-
-    return _actor()
 
 
 async def run_report(runtime: Runtime, args: argparse.Namespace, out: TextIO, *, actor: Identity,
@@ -61,39 +50,18 @@ def _write(report: Report, fmt: str, path: Path) -> None:
         render(report, fmt, out)
 
 
-async def run_retention_purge(runtime: Runtime, args: argparse.Namespace, out: TextIO, *, actor: Identity,
-                              status: TextIO | None = None) -> int:
-    """Purge (or, with --dry-run, count) events older than the policy keeps."""
-    with progress(status if status is not None else sys.stderr) as tracker:
-        outcome = await purge(runtime.store, runtime.policy, runtime.clock.now(), actor, dry_run=args.dry_run,
-                              tracker=tracker)
-    print(outcome.message(), file=out)
-    return 0
-
-
 async def cmd_report(args: argparse.Namespace) -> int:
-    from bot.cli import _runtime
-
-    async with _runtime() as runtime:
-        return await run_report(runtime, args, sys.stdout, actor=_cli_actor())
-
-
-async def cmd_retention_purge(args: argparse.Namespace) -> int:
-    from bot.cli import _runtime
-
-    async with _runtime() as runtime:
-        return await run_retention_purge(runtime, args, sys.stdout, actor=_cli_actor())
+    async with opened_runtime() as runtime:
+        return await run_report(runtime, args, sys.stdout, actor=common.actor())
 
 
 def add_commands(sub: Any) -> None:
-    """Add `report` and `retention purge` to the `jitpass` sub-command parser."""
-    from bot.cli import _duration_arg
-
+    """Add `report` to the `jitpass` sub-command parser."""
     report = sub.add_parser("report", help="access report: summaries, latency, anomalies, exposure, retention",
                             description="Access report over a period (default: the last "
                                         f"{DEFAULT_PERIOD}); see docs/reports.md.")
     period = report.add_argument_group("period (default: --since 30d)")
-    period.add_argument("--since", type=_duration_arg, help="the last N days/hours, e.g. 90d")
+    period.add_argument("--since", type=duration_arg, help="the last N days/hours, e.g. 90d")
     period.add_argument("--from", dest="start", metavar="DATE", help="first day (YYYY-MM-DD, policy time zone)")
     period.add_argument("--to", dest="end", metavar="DATE", help="last day, inclusive (default: now)")
     report.add_argument("--vault", help="only this vault")
@@ -104,9 +72,3 @@ def add_commands(sub: Any) -> None:
     report.add_argument("--no-verify", action="store_true",
                         help="skip re-hashing the audit chain (the slow part on a large trail)")
     report.set_defaults(handler=cmd_report)
-
-    retention = sub.add_parser("retention", help="audit-trail retention").add_subparsers(
-        dest="retention_cmd", required=True)
-    p = retention.add_parser("purge", help="delete events older than [retention] keep_days (not under legal hold)")
-    p.add_argument("--dry-run", action="store_true", help="only count what would be purged")
-    p.set_defaults(handler=cmd_retention_purge)

@@ -26,8 +26,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bot.errors import VaultError
-from bot.model import Item, SealedItem, Secret
+from bot.domain.errors import VaultError
+from bot.domain.model import Item, SealedItem, Secret
 
 __all__ = [
     "KEY_BYTES",

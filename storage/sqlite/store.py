@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
-from bot.audit import GENESIS_HASH, event_from_dict, event_to_dict, format_time, parse_time, seal_event
-from bot.errors import AuditWriteError, Conflict, NotFound, StoreError
-from bot.model import AccessRequest, Event, EventDraft, Identity, Item, RequestKind, SealedItem, Status
+from bot.domain.audit import GENESIS_HASH, event_from_dict, event_to_dict, format_time, parse_time, seal_event
+from bot.domain.errors import AuditWriteError, Conflict, NotFound, StoreError
+from bot.domain.model import AccessRequest, Event, EventDraft, Identity, Item, RequestKind, SealedItem, Status
 from bot.ports import Checkpoint, Clock, PurgeResult
-
-from .codec import item_from_doc, request_from_doc, request_to_doc, sealed_from_doc, sealed_to_doc
-from .common import (
+from storage.codec import item_from_doc, request_from_doc, request_to_doc, sealed_from_doc, sealed_to_doc
+from storage.common import (
     CHECKPOINT_KEY,
     EVENTS_PAGE,
     apply_changes,
@@ -35,7 +34,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from bot.reports import ProgressCallback, ReportData, ReportQuery
+    from bot.domain.report_data import ProgressCallback, ReportData, ReportQuery
 
 __all__ = ["EVENT_COLUMNS", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "event_row"]
 
@@ -763,7 +762,7 @@ class SqliteStore:
 
     async def report_data(self, query: ReportQuery, progress: ProgressCallback | None = None) -> ReportData:
         """Report aggregates on a read connection of their own (appends go on meanwhile)."""
-        from .sqlite_reports import report_data  # sqlite_reports imports this module
+        from .reports import report_data  # storage.sqlite.reports imports this module
 
         return await report_data(self.path, query, progress)
 
@@ -786,7 +785,7 @@ class SqliteStore:
         The hash chain vouches for the events only; this recomputes the summary table from them, so a
         verified report is as trustworthy as one folded from the events themselves.
         """
-        from .sqlite_reports import facts_disagreements  # sqlite_reports imports this module
+        from .reports import facts_disagreements  # storage.sqlite.reports imports this module
 
         found = await facts_disagreements(self.path, _FACTS_FROM_EVENTS_V3.format(only=""))
         return (f"the report summary table (request_facts) disagrees with the events for {found} request "

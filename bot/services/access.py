@@ -15,8 +15,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.errors import Conflict, InputError, JitpassError, NotAllowed, NotFound
-from bot.model import (
+from bot.domain.errors import Conflict, InputError, JitpassError, NotAllowed, NotFound
+from bot.domain.model import (
     ACTIVE_STATUSES,
     OPEN_STATUSES,
     SYSTEM,
@@ -34,11 +34,11 @@ from bot.model import (
     Status,
     Window,
 )
-from bot.parse import RequestDraft, format_duration, parse_duration, parse_request
-from bot.policy import Policy, VaultPolicy
+from bot.domain.policy import Policy, VaultPolicy
+from bot.domain.request_text import RequestDraft, format_duration, parse_duration, parse_request
+from bot.domain.totp import current_code
+from bot.domain.vault import Vault
 from bot.ports import Clock, Notifier, Store
-from bot.totp import current_code
-from bot.vault import Vault
 
 __all__ = ["AccessService", "new_request_id"]
 

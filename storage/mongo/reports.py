@@ -1,6 +1,6 @@
 """Report aggregates on MongoDB: aggregation pipelines over the events collection.
 
-Mirrors storage/sqlite_reports.py step for step. Event documents are `{"_id": seq, **event_to_dict}`:
+Mirrors storage/sqlite/reports.py step for step. Event documents are `{"_id": seq, **event_to_dict}`:
 `at` is sortable UTC text, `actor` a subdocument. The per-request pass is `$group`ed into a scratch
 collection (`$out`, dropped afterwards) that the later pipelines read; working hours use MongoDB's own
 time-zone support (`$isoDayOfWeek`/`$hour` with the policy's zone).
@@ -16,8 +16,8 @@ from typing import Any
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from bot.audit import format_time, parse_time
-from bot.reports import (
+from bot.domain.audit import format_time, parse_time
+from bot.domain.report_data import (
     BURST_MIN_VAULTS,
     BURST_WINDOW,
     GRANT_LOOKBACK,

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import NoReturn
 
-from bot.errors import ParseError
-from bot.model import Window
+from bot.domain.errors import ParseError
+from bot.domain.model import Window
 
 __all__ = [
     "COMMAND", "MAX_DURATION", "MAX_LOOKBACK", "RequestDraft", "format_duration", "parse_duration", "parse_request",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.model import Event, EventDraft, Identity
+from bot.domain.model import Event, EventDraft, Identity
 
 __all__ = [
     "EVENT_TYPES",

@@ -22,23 +22,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from bot.ports import QUIET, Tracker
+
 __all__ = ["QUIET", "RichTracker", "Tracker", "progress"]
-
-
-class Tracker:
-    """Reports progress of one step at a time; this base class stays silent."""
-
-    def start(self, description: str, total: float | None = None) -> None:
-        """Begin a step: `total` units of work, or None when its size is unknown (a spinner)."""
-
-    def advance(self, amount: float = 1) -> None:
-        """Some units of the current step are done."""
-
-    def finish(self) -> None:
-        """The current step is complete."""
-
-
-QUIET = Tracker()
 
 
 class RichTracker(Tracker):

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.errors import ImportFileError, InputError
-from bot.model import Item, Secret
-from bot.totp import parse_totp
+from bot.domain.errors import ImportFileError, InputError
+from bot.domain.model import Item, Secret
+from bot.domain.totp import parse_totp
 
 __all__ = [
     "MAX_NAME_LENGTH",

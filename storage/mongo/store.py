@@ -32,12 +32,11 @@ from pymongo.errors import (
     PyMongoError,
 )
 
-from bot.audit import GENESIS_HASH, event_from_dict, event_to_dict, format_time, seal_event
-from bot.errors import AuditWriteError, Conflict, NotFound, StoreError
-from bot.model import AccessRequest, Event, EventDraft, Identity, Item, RequestKind, SealedItem, Status
+from bot.domain.audit import GENESIS_HASH, event_from_dict, event_to_dict, format_time, seal_event
+from bot.domain.errors import AuditWriteError, Conflict, NotFound, StoreError
+from bot.domain.model import AccessRequest, Event, EventDraft, Identity, Item, RequestKind, SealedItem, Status
 from bot.ports import Checkpoint, Clock, PurgeResult
-
-from .codec import (
+from storage.codec import (
     KEY_FIELDS,
     item_from_doc,
     request_from_doc,
@@ -46,7 +45,7 @@ from .codec import (
     sealed_to_doc,
     time_from_doc,
 )
-from .common import (
+from storage.common import (
     CHECKPOINT_KEY,
     EVENTS_PAGE,
     apply_changes,
@@ -57,7 +56,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from bot.reports import ProgressCallback, ReportData, ReportQuery
+    from bot.domain.report_data import ProgressCallback, ReportData, ReportQuery
 
 __all__ = ["SCHEMA_VERSION", "MongoStore", "mongo_location"]
 
@@ -615,7 +614,7 @@ class MongoStore:
 
     async def report_data(self, query: ReportQuery, progress: ProgressCallback | None = None) -> ReportData:
         """Report aggregates through aggregation pipelines on the server."""
-        from .mongo_reports import report_data
+        from .reports import report_data
 
         if self._client is None:
             raise StoreError("the MongoDB store is not open")

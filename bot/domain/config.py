@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bot.errors import InputError, PolicyError
-from bot.parse import parse_duration
-from bot.policy import Limits, Members, Policy, Retention, VaultPolicy, WorkingHours
+from bot.domain.errors import InputError, PolicyError
+from bot.domain.policy import Limits, Members, Policy, Retention, VaultPolicy, WorkingHours
+from bot.domain.request_text import parse_duration
 
 __all__ = ["Settings", "load_dotenv", "load_policy", "parse_bool", "parse_policy"]
 

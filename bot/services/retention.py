@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from bot.audit import format_time
-from bot.model import SYSTEM, EventDraft, Identity
-from bot.policy import Policy
+from bot.cli.progress import QUIET, Tracker
+from bot.domain.audit import format_time
+from bot.domain.model import SYSTEM, EventDraft, Identity
+from bot.domain.policy import Policy
 from bot.ports import Checkpoint, Store
-from bot.progress import QUIET, Tracker
 
 if TYPE_CHECKING:
-    from bot.runtime import Runtime
+    from bot.bootstrap import Runtime
 
 __all__ = ["JOB_ID", "PurgeOutcome", "install_retention", "plan_purge", "purge", "scheduled_purge"]
 

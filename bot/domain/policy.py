@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from bot.model import Identity
+from bot.domain.model import Identity
 
 __all__ = ["Limits", "Members", "Policy", "Retention", "VaultPolicy", "WorkingHours"]
 

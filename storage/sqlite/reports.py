@@ -1,7 +1,7 @@
 """Report aggregates on SQLite: GROUP BY and window functions over request_facts and the events table.
 
 The store keeps one request_facts row per request, updated by a trigger in the transaction of every
-event append (storage/sqlite.py). A report copies the rows of the requests whose events all lie in the
+event append (storage/sqlite/store.py). A report copies the rows of the requests whose events all lie in the
 period into a per-request temp table as they stand, and folds the few others (events on both sides of
 a period edge) from their events; every figure is then a small GROUP BY over that table or an indexed
 scan of one event type. Nothing is read into Python row by row except the (capped) anomaly lists and the
@@ -25,9 +25,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.audit import format_time, parse_time
-from bot.errors import StoreError
-from bot.reports import (
+from bot.domain.audit import format_time, parse_time
+from bot.domain.errors import StoreError
+from bot.domain.report_data import (
     BURST_MIN_VAULTS,
     BURST_WINDOW,
     GRANT_LOOKBACK,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from bot.audit import event_to_dict
-from bot.model import Event
-from bot.safe_text import csv_cell, display_text
+from bot.domain.audit import event_to_dict
+from bot.domain.model import Event
+from bot.domain.safe_text import csv_cell, display_text
 
 __all__ = ["CSV_COLUMNS", "csv_row", "jsonl_line"]
 

@@ -1,0 +1,84 @@
+"""What a running jitpass is made of, and `open_runtime` that builds it (store, key ring, services).
+
+The CLI and the server both start here; nothing here imports a chat SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bot.domain.config import Settings, load_policy
+from bot.domain.errors import VaultError
+from bot.domain.policy import Policy
+from bot.domain.vault import Vault, load_key_ring
+from bot.ports import Clock, Store, SystemClock
+from bot.services.access import AccessService
+from bot.services.catalog import Catalog
+from bot.services.schedule import GrantScheduler
+from storage import open_store
+
+__all__ = ["ChatAdapter", "Runtime", "open_runtime"]
+
+log = logging.getLogger("jitpass.app")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    vault: Vault
+    policy: Policy
+    clock: Clock
+    service: AccessService
+    catalog: Catalog
+    scheduler: GrantScheduler
+
+
+class ChatAdapter(Protocol):
+    """A chat platform: mounts its HTTP routes before start, registers its notifier at start."""
+
+    platform: str
+
+    def add_routes(self, app: Any) -> None:
+        """Add the platform's endpoint(s) to the aiohttp application (routes freeze at start)."""
+        ...
+
+    async def start(self, runtime: Runtime) -> None:
+        """Connect to the core: register the notifier, start socket connections, etc."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Mode and state for /healthz (never a token)."""
+        ...
+
+
+async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None,
+                       create_key: bool = True) -> Runtime:
+    """Open the store, check the master key against it, and build the core."""
+    clock = clock or SystemClock()
+    policy = policy or load_policy(settings.policy_path)
+    ring, created = load_key_ring(env_value=settings.master_key, file_path=settings.master_key_file,
+                                  create_if_missing=create_key)
+    if created:
+        log.warning("event=master_key_created path=%s note=\"a new local master key was created; in production "
+                    "set JITPASS_MASTER_KEY or JITPASS_MASTER_KEY_FILE from your secret manager and back it up\"",
+                    settings.master_key_file)
+    store: Store = open_store(settings.store_url, clock)
+    await store.open()
+    vault = Vault(ring)
+    try:
+        token = await store.get_meta("key_check")
+        if token is None:
+            await store.set_meta("key_check", vault.key_check())
+        else:
+            vault.verify_key_check(token)
+    except VaultError:
+        await store.close()
+        raise
+    service = AccessService(store, vault, policy, clock)
+    return Runtime(settings=settings, store=store, vault=vault, policy=policy, clock=clock, service=service,
+                   catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(service))

@@ -1,0 +1,53 @@
+"""Helpers every `jitpass` command group uses: who is at the terminal, an opened runtime, secrets from a prompt."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TextIO
+
+from bot.bootstrap import Runtime, open_runtime
+from bot.domain.config import Settings
+from bot.domain.errors import InputError, JitpassError
+from bot.domain.model import Identity
+from bot.domain.request_text import MAX_LOOKBACK, parse_duration
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def actor() -> Identity:
+    """The person at the terminal, as every command records them."""
+    user = os.environ.get("JITPASS_ADMIN") or getpass.getuser()
+    return Identity("cli", user, user)
+
+
+@asynccontextmanager
+async def opened_runtime(settings: Settings | None = None, *, create_key: bool = True) -> AsyncIterator[Runtime]:
+    runtime = await open_runtime(settings or Settings.from_env(), create_key=create_key)
+    try:
+        yield runtime
+    finally:
+        await runtime.store.close()
+
+
+def read_secret(prompt: str, *, stdin: TextIO, optional: bool) -> str | None:
+    """From a prompt on a terminal, else one line of stdin: secrets never come through argv."""
+    if stdin.isatty():
+        value = getpass.getpass(prompt)
+    else:
+        line = stdin.readline()
+        value = line.rstrip("\r\n")
+    if not value and not optional:
+        raise InputError(f"{prompt.strip(': ')} is required.")
+    return value or None
+
+
+def duration_arg(text: str) -> str:
+    try:
+        parse_duration(text, maximum=MAX_LOOKBACK)
+    except JitpassError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text

@@ -1,0 +1,145 @@
+"""`jitpass items ...`: the credential catalogue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from bot.cli.common import actor, opened_runtime, read_secret
+from bot.cli.progress import progress
+from bot.domain.model import Item, Secret
+from bot.domain.safe_text import display_text
+from bot.domain.totp import parse_totp
+from bot.services.importers import ItemInput, read_import
+
+
+def _item_row(item: Item) -> dict[str, Any]:
+    due = item.rotation_due
+    return {
+        "name": item.name, "vault": item.vault, "username": item.username, "url": item.url,
+        "tags": list(item.tags), "has_password": item.has_password, "has_totp": item.has_totp,
+        "notes": item.notes,
+        "rotation_due": None if due is None else {
+            "since": due.since.isoformat(), "seen_by": [p.label for p in due.seen_by],
+            "requests": list(due.request_ids)},
+    }
+
+
+def _print_items(items: Sequence[Item], out: TextIO, as_json: bool) -> None:
+    if as_json:
+        json.dump([_item_row(i) for i in items], out, indent=2)
+        out.write("\n")
+        return
+    if not items:
+        out.write("no items\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("name", "vault", "username", "url", "totp", "rotation due")
+    for item in items:
+        due = item.rotation_due
+        cells = (item.name, item.vault, item.username, item.url, "yes" if item.has_totp else "",
+                 f"since {due.since:%Y-%m-%d %H:%M} ({', '.join(p.label for p in due.seen_by)})" if due else "")
+        table.add_row(*(Text(display_text(c)) for c in cells))  # names from chat: no markup, no escapes
+    Console(file=out, width=160).print(table)
+
+
+async def cmd_items_import(args: argparse.Namespace) -> int:
+    result = read_import(Path(args.file), default_vault=args.vault, skip_bad=args.skip_bad)
+    async with opened_runtime(create_key=True) as rt:
+        with progress() as tracker:
+            added = await rt.catalog.add(result.items, actor(), source=f"import:{Path(args.file).name}",
+                                         tracker=tracker)
+    for note in result.skipped:
+        print(f"skipped: {note}", file=sys.stderr)
+    print(f"imported {len(added)} item(s)" + (f", skipped {len(result.skipped)}" if result.skipped else ""))
+    return 0
+
+
+async def cmd_items_add(args: argparse.Namespace) -> int:
+    password = read_secret("Password: ", stdin=sys.stdin, optional=False)
+    seed = read_secret("TOTP seed or otpauth:// URI (empty for none): ", stdin=sys.stdin, optional=True)
+    entry = ItemInput(
+        name=args.name.lower(), vault=args.vault.lower(), username=args.username or "", url=args.url or "",
+        notes=args.notes or "", tags=tuple(t.strip() for t in (args.tags or "").split(",") if t.strip()),
+        password=Secret(password) if password else None, totp=parse_totp(seed) if seed else None,
+    )
+    async with opened_runtime(create_key=True) as rt:
+        await rt.catalog.add([entry], actor())
+    print(f"added {entry.name} to vault {entry.vault}")
+    return 0
+
+
+async def cmd_items_list(args: argparse.Namespace) -> int:
+    async with opened_runtime() as rt:
+        items = await rt.catalog.rotation_due() if args.rotation_due else await rt.service.list_items(args.query or "")
+        if args.rotation_due and args.query:
+            items = [i for i in items if args.query.lower() in i.name]
+    _print_items(items, sys.stdout, args.json)
+    return 0
+
+
+async def cmd_items_show(args: argparse.Namespace) -> int:
+    async with opened_runtime() as rt:
+        item = await rt.service.get_item(args.name)
+    row = _item_row(item)
+    if args.json:
+        print(json.dumps(row, indent=2))
+    else:
+        for key, value in row.items():
+            print(f"{key:>13}: {display_text(str(value)) if value not in (None, [], '') else '-'}")
+    return 0
+
+
+async def cmd_items_remove(args: argparse.Namespace) -> int:
+    async with opened_runtime() as rt:
+        await rt.catalog.remove(args.name.lower(), actor())
+    print(f"removed {args.name}")
+    return 0
+
+
+async def cmd_items_rotate(args: argparse.Namespace) -> int:
+    password = read_secret("New password: ", stdin=sys.stdin, optional=False)
+    async with opened_runtime() as rt:
+        await rt.catalog.rotate_password(args.name.lower(), Secret(password or ""), actor())
+    print(f"recorded the rotation of {args.name}; rotation no longer due")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add this command group to the `jitpass` sub-command parser."""
+    items = sub.add_parser("items", help="the credential catalogue").add_subparsers(dest="items_cmd", required=True)
+    p = items.add_parser("import", help="import a 1Password CSV export or a jitpass JSON file")
+    p.add_argument("file")
+    p.add_argument("--vault", default="default", help="vault for rows that name none (default: default)")
+    p.add_argument("--skip-bad", action="store_true", help="import the good rows and report the bad ones")
+    p.set_defaults(handler=cmd_items_import)
+    p = items.add_parser("add", help="add one item; password and TOTP seed are read at a prompt or from stdin")
+    p.add_argument("name")
+    p.add_argument("--vault", required=True)
+    p.add_argument("--username")
+    p.add_argument("--url")
+    p.add_argument("--notes")
+    p.add_argument("--tags", help="comma-separated")
+    p.set_defaults(handler=cmd_items_add)
+    p = items.add_parser("list", help="metadata of matching items")
+    p.add_argument("query", nargs="?")
+    p.add_argument("--rotation-due", action="store_true", help="only items revealed since their last rotation")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_items_list)
+    p = items.add_parser("show", help="one item's metadata")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_items_show)
+    p = items.add_parser("remove", help="delete an item")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_items_remove)
+    p = items.add_parser("rotate", help="record a new password (read at a prompt or from stdin)")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_items_rotate)

@@ -1,0 +1,1 @@
+"""Values and rules: imports nothing outside bot.domain (and the standard library / crypto libraries)."""

@@ -1,0 +1,1 @@
+"""Access reports: build (from the store's aggregates), render (table/CSV/JSON), html, chat."""

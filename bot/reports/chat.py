@@ -1,0 +1,72 @@
+"""Reports from chat: `/access report 30d` (Slack) and `report 30d` (Teams)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bot.domain.errors import InputError, NotAllowed
+from bot.domain.model import Identity
+from bot.domain.request_text import MAX_LOOKBACK, parse_duration
+from bot.ports import ReportSource
+from bot.reports.build import build_report, parse_period, record_report
+from bot.reports.html import render_html
+from bot.reports.render import render_csv, render_summary
+
+if TYPE_CHECKING:
+    from bot.bootstrap import Runtime
+
+
+# -- chat ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatReport:
+    """What a chat adapter posts: a short summary plus two files to attach."""
+
+    summary: str
+    csv: bytes
+    html: bytes
+    csv_filename: str
+    html_filename: str
+
+
+CHAT_EXAMPLE = "Example: report 30d vault:acme"
+
+
+def parse_chat_args(text: str) -> dict[str, str]:
+    """`30d vault:acme item:acme-zendesk user:U123 from:2026-01-01 to:2026-01-31` (all optional)."""
+    found: dict[str, str] = {}
+    for word in text.split():
+        key, sep, value = word.partition(":")
+        key = key.lower().lstrip("-")
+        if sep and key in {"vault", "item", "user", "from", "to"} and value:
+            found[key] = value
+        elif not sep and "since" not in found:
+            found["since"] = word
+        else:
+            raise InputError(f"I don't understand {word!r} in a report request.", hint=CHAT_EXAMPLE)
+    if "since" in found:
+        try:
+            parse_duration(found["since"], maximum=MAX_LOOKBACK)
+        except InputError:
+            raise InputError(f"{found['since']!r} is not a period such as 30d.", hint=CHAT_EXAMPLE) from None
+    return found
+
+
+async def chat_report(runtime: Runtime, actor: Identity, args_text: str, *,
+                      source: ReportSource | None = None) -> ChatReport:
+    """`/access report 30d`: admins only; refusals are audited. Records `report.generated`."""
+    if not runtime.policy.is_admin(actor):
+        await runtime.service.record_refusal(actor, "report without being an admin")
+        raise NotAllowed("Only jitpass admins can produce access reports.")
+    args = parse_chat_args(args_text)
+    now = runtime.clock.now()
+    since, until = parse_period(now, runtime.policy.timezone, since=args.get("since"), start=args.get("from"),
+                                end=args.get("to"))
+    report = await build_report(source or runtime.store, runtime.policy, now, since, until,
+                                vault=args.get("vault"), item=args.get("item"), user=args.get("user"))
+    await record_report(runtime.store, actor, report, "chat")
+    stem = f"jitpass-report-{report.since:%Y%m%d}-{report.until:%Y%m%d}"
+    return ChatReport(summary=render_summary(report), csv=render_csv(report).encode(),
+                      html=render_html(report).encode(), csv_filename=f"{stem}.csv", html_filename=f"{stem}.html")
