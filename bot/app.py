@@ -71,7 +71,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
         for adapter in chat:
             await adapter.start(runtime)
         await runtime.scheduler.start()
-        install_retention(runtime)
+        install_retention(runtime.scheduler, runtime.store, runtime.policy, runtime.clock)
         log.info("event=started store=%s platforms=%s", runtime.store.kind, ",".join(a.platform for a in chat))
 
     async def stop(app: web.Application) -> None:

@@ -14,7 +14,7 @@ from bot.reports.html import render_html
 from bot.reports.render import render_csv, render_summary
 
 if TYPE_CHECKING:
-    from bot.bootstrap import Runtime
+    from bot.services.access import AccessService
 
 
 # -- chat ------------------------------------------------------------------------------------------
@@ -54,19 +54,19 @@ def parse_chat_args(text: str) -> dict[str, str]:
     return found
 
 
-async def chat_report(runtime: Runtime, actor: Identity, args_text: str, *,
+async def chat_report(service: AccessService, actor: Identity, args_text: str, *,
                       source: ReportSource | None = None) -> ChatReport:
     """`/access report 30d`: admins only; refusals are audited. Records `report.generated`."""
-    if not runtime.policy.is_admin(actor):
-        await runtime.service.record_refusal(actor, "report without being an admin")
+    if not service.policy.is_admin(actor):
+        await service.record_refusal(actor, "report without being an admin")
         raise NotAllowed("Only jitpass admins can produce access reports.")
     args = parse_chat_args(args_text)
-    now = runtime.clock.now()
-    since, until = parse_period(now, runtime.policy.timezone, since=args.get("since"), start=args.get("from"),
+    now = service.clock.now()
+    since, until = parse_period(now, service.policy.timezone, since=args.get("since"), start=args.get("from"),
                                 end=args.get("to"))
-    report = await build_report(source or runtime.store, runtime.policy, now, since, until,
+    report = await build_report(source or service.store, service.policy, now, since, until,
                                 vault=args.get("vault"), item=args.get("item"), user=args.get("user"))
-    await record_report(runtime.store, actor, report, "chat")
+    await record_report(service.store, actor, report, "chat")
     stem = f"jitpass-report-{report.since:%Y%m%d}-{report.until:%Y%m%d}"
     return ChatReport(summary=render_summary(report), csv=render_csv(report).encode(),
                       html=render_html(report).encode(), csv_filename=f"{stem}.csv", html_filename=f"{stem}.html")

@@ -6,11 +6,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from bot.cli.progress import QUIET, Tracker
 from bot.domain.errors import Conflict, InputError, NotFound
 from bot.domain.model import OPEN_STATUSES, EventDraft, Identity, Item, SealedItem, Secret
 from bot.domain.vault import Vault
-from bot.ports import Clock, Store
+from bot.ports import QUIET, Clock, Store, Tracker
 from bot.services.importers import ItemInput
 
 __all__ = ["NAME_PATTERN", "Catalog"]

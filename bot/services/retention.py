@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from bot.cli.progress import QUIET, Tracker
 from bot.domain.audit import format_time
 from bot.domain.model import SYSTEM, EventDraft, Identity
 from bot.domain.policy import Policy
-from bot.ports import Checkpoint, Store
+from bot.ports import QUIET, Checkpoint, Clock, Store, Tracker
 
 if TYPE_CHECKING:
-    from bot.bootstrap import Runtime
+    from bot.services.schedule import GrantScheduler
 
 __all__ = ["JOB_ID", "PurgeOutcome", "install_retention", "plan_purge", "purge", "scheduled_purge"]
 
@@ -88,10 +87,10 @@ def _done(plan: PurgeOutcome, purged: int, checkpoint: Checkpoint | None) -> Pur
                         legal_hold=plan.legal_hold, keep_days=plan.keep_days, checkpoint=checkpoint)
 
 
-async def scheduled_purge(runtime: Runtime) -> PurgeOutcome | None:
+async def scheduled_purge(store: Store, policy: Policy, clock: Clock) -> PurgeOutcome | None:
     """The daily job: purge as the policy says; a failure is logged, never raised into the scheduler."""
     try:
-        outcome = await purge(runtime.store, runtime.policy, runtime.clock.now(), SYSTEM, trigger="schedule")
+        outcome = await purge(store, policy, clock.now(), SYSTEM, trigger="schedule")
     except Exception:  # the next day's run retries; the trail is untouched by a failed unit of work
         log.exception("event=retention_purge_failed")
         return None
@@ -100,14 +99,14 @@ async def scheduled_purge(runtime: Runtime) -> PurgeOutcome | None:
     return outcome
 
 
-def install_retention(runtime: Runtime) -> None:
+def install_retention(scheduler: GrantScheduler, store: Store, policy: Policy, clock: Clock) -> None:
     """Schedule `scheduled_purge` daily at retention.purge_at in the policy's time zone.
 
-    Call after `runtime.scheduler.start()` (GrantScheduler.add_daily ignores a stopped scheduler).
+    Call after `scheduler.start()` (GrantScheduler.add_daily ignores a stopped scheduler).
     """
-    at = runtime.policy.retention.purge_at
+    at = policy.retention.purge_at
 
     async def job() -> None:
-        await scheduled_purge(runtime)
+        await scheduled_purge(store, policy, clock)
 
-    runtime.scheduler.add_daily(JOB_ID, job, at.hour, at.minute, runtime.policy.timezone.key)
+    scheduler.add_daily(JOB_ID, job, at.hour, at.minute, policy.timezone.key)

@@ -115,14 +115,14 @@ def test_the_sqlite_store_is_a_report_source() -> None:
 
 async def test_a_non_admin_asking_for_a_report_is_refused_and_audited(runtime: Runtime) -> None:
     with pytest.raises(NotAllowed, match="Only jitpass admins"):
-        await chat_report(runtime, BOB, "30d")
+        await chat_report(runtime.service, BOB, "30d")
     last = await runtime.store.last_event()
     assert last is not None
     assert (last.type, last.actor, last.reason) == ("access.refused", BOB, "report without being an admin")
 
 
 async def test_an_admin_gets_a_summary_and_csv_and_html_files(runtime: Runtime) -> None:
-    reply = await chat_report(runtime, ADMIN, "8d vault:acme", source=source(runtime))
+    reply = await chat_report(runtime.service, ADMIN, "8d vault:acme", source=source(runtime))
 
     assert reply.summary.startswith("Access report 2026-03-02 13:00 → 2026-03-10 13:00 (Europe/Amsterdam)  "
                                     "filters: vault=acme")

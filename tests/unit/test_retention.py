@@ -98,13 +98,13 @@ async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
 
 async def test_the_daily_purge_is_scheduled_at_purge_at_in_the_policy_time_zone(runtime: Runtime) -> None:
     await runtime.scheduler.start()
-    install_retention(runtime)
+    install_retention(runtime.scheduler, runtime.store, runtime.policy, runtime.clock)
     job = runtime.scheduler._scheduler.get_job(JOB_ID) if runtime.scheduler._scheduler else None
     assert job is not None
     assert (str(job.trigger.fields[5]), str(job.trigger.fields[6]), str(job.trigger.timezone)) == (
         "3", "30", "Europe/Amsterdam")
 
-    outcome = await scheduled_purge(runtime)
+    outcome = await scheduled_purge(runtime.store, runtime.policy, runtime.clock)
     assert outcome is not None and outcome.purged == 2
     last = await runtime.store.last_event()
     assert last is not None and last.details["trigger"] == "schedule" and last.actor is not None
