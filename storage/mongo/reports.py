@@ -2,8 +2,9 @@
 
 Mirrors storage/sqlite/reports.py step for step. Event documents are `{"_id": seq, **event_to_dict}`:
 `at` is sortable UTC text, `actor` a subdocument. The per-request pass is `$group`ed into a scratch
-collection (`$out`, dropped afterwards) that the later pipelines read; working hours use MongoDB's own
-time-zone support (`$isoDayOfWeek`/`$hour` with the policy's zone).
+collection (`$merge` into a fresh name, dropped afterwards; `$merge` rather than `$out` because both
+MongoDB and the test suite's mongoeco server have it) that the later pipelines read; working hours use
+MongoDB's own time-zone support (`$isoDayOfWeek`/`$hour` with the policy's zone).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ async def _build_requests(db: AsyncDatabase[Doc], f: _Filters, scratch: str) -> 
     }
     match = f.events(_REQUEST_TYPES, lo=f.lo)
     match["request_id"] = {"$ne": None}
-    await _aggregate(db["events"], [{"$match": match}, {"$group": group}, {"$out": scratch}])
+    into = {"$merge": {"into": scratch, "whenMatched": "fail"}}  # a fresh name: a match would be a bug
+    await _aggregate(db["events"], [{"$match": match}, {"$group": group}, into])
     rq = db[scratch]
     # Requests created, or grants started, before the scanned window: look their start up.
     async for doc in rq.find({"created_seq": None}, {"_id": 1}):
@@ -305,7 +307,7 @@ async def _off_hours(db: AsyncDatabase[Doc], rq: Any, f: _Filters) -> Doc:
     inside = {"$and": [{"$in": [{"$isoDayOfWeek": {"date": when, "timezone": tz}}, iso_days]},
                        {"$gte": [seconds, q.work_start_seconds]}, {"$lt": [seconds, q.work_end_seconds]}]}
     base = [{"$match": f.events(["grant.revealed"])}, *await _requests_only(f, rq),
-            {"$match": {"$expr": {"$not": [inside]}}}]
+            {"$match": {"$expr": {"$eq": [inside, False]}}}]
     facets = await _aggregate(db["events"], [*base, {"$facet": {
         "total": [{"$count": "n"}],
         "people": [{"$sort": {"_id": 1}}, {"$group": {"_id": _WHO, "n": {"$sum": 1},
@@ -332,9 +334,11 @@ async def _bursts(db: AsyncDatabase[Doc], f: _Filters) -> tuple[VaultBurst, ...]
     window_ms = int(BURST_WINDOW.total_seconds() * 1000)
     docs = await _aggregate(db["events"], [
         {"$match": match},
-        {"$set": {"who": _WHO, "when": _date("$at")}},
-        {"$setWindowFields": {"partitionBy": "$who", "sortBy": {"when": 1}, "output": {
-            "vaults": {"$addToSet": "$vault", "window": {"range": [-(window_ms - 1), 0], "unit": "millisecond"}}}}},
+        # Milliseconds since the epoch as a number: a numeric range window is the same on MongoDB and on
+        # mongoeco (which has no time-unit ranges), and no slower.
+        {"$set": {"who": _WHO, "ms": {"$toLong": _date("$at")}}},
+        {"$setWindowFields": {"partitionBy": "$who", "sortBy": {"ms": 1}, "output": {
+            "vaults": {"$addToSet": "$vault", "window": {"range": [-(window_ms - 1), 0]}}}}},
         {"$set": {"n": {"$size": "$vaults"}}},
         {"$match": {"n": {"$gte": BURST_MIN_VAULTS}}},
         {"$sort": {"n": -1, "at": 1, "_id": 1}},

@@ -1,0 +1,33 @@
+"""Fixtures for the whole suite: the MongoDB server the MongoDB tests run against."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.mongo import MONGODB_URI_VAR, MongoServer, MongoUnavailable, mongodb_unavailable, mongoeco_server
+
+
+@pytest.fixture(scope="session")
+def mongo_server() -> Iterator[MongoServer | MongoUnavailable]:
+    """JITPASS_TEST_MONGODB_URI when given (a real replica set, Atlas), else mongoeco started for this run."""
+    given = os.environ.get(MONGODB_URI_VAR)
+    if given:
+        yield MongoServer(given, started_by_us=False)
+        return
+    try:
+        with mongoeco_server() as server:
+            yield server
+    except MongoUnavailable as exc:
+        yield exc  # each MongoDB test then skips (locally) or fails (CI) with this reason
+
+
+@pytest.fixture
+def mongodb_uri(mongo_server: MongoServer | MongoUnavailable) -> str:
+    """The URI of the MongoDB server for this test."""
+    if isinstance(mongo_server, MongoUnavailable):
+        mongodb_unavailable(str(mongo_server))
+        raise AssertionError("unreachable")
+    return mongo_server.uri
