@@ -18,7 +18,8 @@ def test_a_missing_server_environment_is_reported_with_the_fix(tmp_path: Path) -
 
 def test_a_server_that_dies_at_start_is_reported_with_its_own_error() -> None:
     # The suite's own Python has no mongoeco: the server process fails on its import and exits.
-    with pytest.raises(MongoUnavailable, match=r"(?s)exited with status 1:.*No module named 'mongoeco'"), mongoeco_server(Path(sys.executable)):
+    died = r"(?s)exited with status 1:.*No module named 'mongoeco'"
+    with pytest.raises(MongoUnavailable, match=died), mongoeco_server(Path(sys.executable)):
         pass
 
 
