@@ -7,12 +7,43 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from bot.domain.model import AccessRequest, Event, EventDraft, Identity, Item, RequestKind, Reveal, SealedItem, Status
+from bot.domain.model import (
+    AccessRequest,
+    CodeView,
+    Event,
+    EventDraft,
+    Identity,
+    Item,
+    RequestKind,
+    Reveal,
+    SealedItem,
+    Secret,
+    Status,
+)
 
 if TYPE_CHECKING:
     from bot.domain.report_data import ProgressCallback, ReportData, ReportQuery
 
-__all__ = ["QUIET", "Checkpoint", "Clock", "Notifier", "PurgeResult", "ReportSource", "Store", "SystemClock", "Tracker"]
+__all__ = [
+    "QUIET",
+    "Checkpoint",
+    "Clock",
+    "ItemFeed",
+    "ItemUsage",
+    "Notifier",
+    "PurgeResult",
+    "ReportSource",
+    "SecretRead",
+    "SecretSource",
+    "SourceItem",
+    "SourceSummary",
+    "SourceVault",
+    "Store",
+    "SystemClock",
+    "Tracker",
+    "UsageFeed",
+    "UsagePage",
+]
 
 
 class Clock(Protocol):
@@ -243,3 +274,103 @@ class Tracker:
 
 
 QUIET = Tracker()
+
+
+# -- secret sources ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretRead:
+    """What a source gives for one reveal: the password and the code valid now. Held only in memory."""
+
+    password: Secret | None
+    code: CodeView | None
+    revision: str = ""  # outside sources: the password's fingerprint now (rotation detection)
+    version: int = 0
+
+    def __repr__(self) -> str:
+        return f"SecretRead(password={'set' if self.password else None}, code={'set' if self.code else None})"
+
+
+class SecretSource(Protocol):
+    """Where an item's secret comes from at the moment of use: the built-in vault, or 1Password Connect."""
+
+    source: str  # the Item.source it serves
+
+    async def read(self, sealed: SealedItem, now: datetime) -> SecretRead:
+        """The password and current code. Raises SecretSourceError (nothing shown) when it cannot."""
+        ...
+
+
+@dataclass(frozen=True)
+class SourceVault:
+    id: str
+    title: str
+
+
+@dataclass(frozen=True)
+class SourceSummary:
+    """An item as a vault listing shows it: enough to see what changed without reading secrets."""
+
+    vault_id: str
+    item_id: str
+    title: str
+    version: int
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """An outside item's metadata for the catalogue. `problem` says why it cannot be served (or '')."""
+
+    vault_id: str
+    item_id: str
+    title: str
+    category: str
+    version: int
+    username: str = ""
+    url: str = ""
+    tags: tuple[str, ...] = ()
+    has_password: bool = False
+    has_totp: bool = False
+    revision: str = ""
+    problem: str = ""
+    warning: str = ""  # served, but with something the admin should fix (an unreadable one-time password)
+
+
+class ItemFeed(Protocol):
+    """The catalogue side of an outside source: vaults, item listings and one item's metadata."""
+
+    source: str
+
+    async def vaults(self) -> list[SourceVault]: ...
+
+    async def summaries(self, vault_id: str) -> list[SourceSummary]: ...
+
+    async def item(self, vault_id: str, item_id: str) -> SourceItem: ...
+
+
+@dataclass(frozen=True)
+class ItemUsage:
+    """Someone used an item directly in the outside source (filled, copied, revealed)."""
+
+    id: str
+    at: datetime
+    vault_id: str
+    item_id: str
+    action: str
+    email: str
+    name: str = ""
+    used_version: int = 0
+
+
+@dataclass(frozen=True)
+class UsagePage:
+    cursor: str
+    has_more: bool
+    usages: tuple[ItemUsage, ...]
+
+
+class UsageFeed(Protocol):
+    """Item usage events, cursor by cursor. Raises SecretSourceError(reason="bad_cursor") for a dead cursor."""
+
+    async def page(self, *, cursor: str | None, start: datetime | None) -> UsagePage: ...

@@ -11,7 +11,8 @@ JitpassError
 ├── VaultError          the master key is missing or wrong, or a ciphertext does not open
 ├── StoreError          the store cannot be opened, is corrupted, or refused a write
 │   └── AuditWriteError an audit event could not be written: nothing was revealed
-└── DeliveryError       a chat platform did not take a message
+├── DeliveryError       a chat platform did not take a message
+└── SecretSourceError   an outside secret source (1Password) could not give a secret: nothing was shown
 """
 
 from __future__ import annotations
@@ -78,3 +79,14 @@ class AuditWriteError(StoreError):
 
 class DeliveryError(JitpassError):
     pass
+
+
+class SecretSourceError(JitpassError):
+    """An outside secret source could not answer; `reason` says how (unreachable, unauthorized, forbidden,
+    not_found, bad_item). The message is fit for the requester; the detail goes to the log only."""
+
+    def __init__(self, message: str, *, source: str, reason: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.source = source
+        self.reason = reason
+        self.detail = detail

@@ -20,6 +20,7 @@ __all__ = [
     "CodeView",
     "Event",
     "EventDraft",
+    "ExternalRef",
     "Identity",
     "Item",
     "RequestKind",
@@ -127,6 +128,22 @@ class RotationDue:
     request_ids: tuple[str, ...] = ()
 
 
+BUILTIN = "builtin"
+ONEPASSWORD = "1password"
+
+
+@dataclass(frozen=True)
+class ExternalRef:
+    """Where an item lives in an outside secret manager (1Password): ids and versions, never a secret."""
+
+    vault_id: str
+    item_id: str
+    vault_title: str = ""
+    version: int = 0
+    # A keyed fingerprint of the password (`Vault.fingerprint`): it changes when the password does.
+    revision: str = ""
+
+
 @dataclass(frozen=True)
 class Item:
     """Catalogue metadata of a credential; never the secret."""
@@ -143,6 +160,9 @@ class Item:
     updated_at: datetime | None = None
     password_rotated_at: datetime | None = None
     rotation_due: RotationDue | None = None
+    source: str = BUILTIN  # "builtin": sealed in this store; "1password": read from Connect when used
+    category: str = ""
+    external: ExternalRef | None = None
 
 
 @dataclass(frozen=True)
