@@ -20,6 +20,7 @@ from adapters.teams import TeamsAdapter
 from bot.bootstrap import ChatAdapter, Runtime, open_runtime
 from bot.demo import seed_demo
 from bot.domain.config import Settings
+from bot.domain.errors import JitpassError
 from bot.domain.policy import Policy
 from bot.ports import Clock
 from bot.services.retention import install_retention
@@ -30,6 +31,31 @@ log = logging.getLogger("jitpass.app")
 
 RUNTIME = web.AppKey("runtime", Runtime)
 VERSION = "0.1.0"
+
+
+def install_onepassword(runtime: Runtime) -> None:
+    """Periodic 1Password catalogue sync and item-usage reading (first run at start)."""
+    sync, shadow, config = runtime.onepassword_sync, runtime.shadow, runtime.policy.onepassword
+    if sync is not None:
+        async def sync_job() -> None:
+            try:
+                await sync.run()
+            except JitpassError as exc:  # the next run retries; nothing changed in a failed run
+                log.error("event=onepassword_sync_failed error=%s", exc.message)
+            except Exception:
+                log.exception("event=onepassword_sync_failed")
+
+        runtime.scheduler.add_interval("onepassword-sync", sync_job, config.sync_every)
+    if shadow is not None:
+        async def events_job() -> None:
+            try:
+                await shadow.run(runtime.service)
+            except JitpassError as exc:
+                log.error("event=onepassword_events_failed error=%s", exc.message)
+            except Exception:
+                log.exception("event=onepassword_events_failed")
+
+        runtime.scheduler.add_interval("onepassword-events", events_job, config.events_every)
 
 
 def chat_adapters(settings: Settings) -> list[ChatAdapter]:
@@ -72,6 +98,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
             await adapter.start(runtime)
         await runtime.scheduler.start()
         install_retention(runtime.scheduler, runtime.store, runtime.policy, runtime.clock)
+        install_onepassword(runtime)
         log.info("event=started store=%s platforms=%s", runtime.store.kind, ",".join(a.platform for a in chat))
 
     async def stop(app: web.Application) -> None:
@@ -81,7 +108,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
         await runtime.scheduler.shutdown()
         for adapter in chat:
             await adapter.stop()
-        await runtime.store.close()
+        await runtime.close()
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)

@@ -6,9 +6,11 @@ The CLI and the server both start here; nothing here imports a chat SDK.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from adapters.onepassword import ConnectClient, ConnectSource, EventsClient, EventsFeed
 from bot.domain.config import Settings, load_policy
 from bot.domain.errors import VaultError
 from bot.domain.policy import Policy
@@ -16,7 +18,10 @@ from bot.domain.vault import Vault, load_key_ring
 from bot.ports import Clock, Store, SystemClock
 from bot.services.access import AccessService
 from bot.services.catalog import Catalog
+from bot.services.onepassword_sync import OnePasswordSync
 from bot.services.schedule import GrantScheduler
+from bot.services.secrets import BuiltinSource, SecretSources
+from bot.services.shadow import ShadowWatch
 from storage import open_store
 
 __all__ = ["ChatAdapter", "Runtime", "open_runtime"]
@@ -34,6 +39,16 @@ class Runtime:
     service: AccessService
     catalog: Catalog
     scheduler: GrantScheduler
+    # Set when OP_CONNECT_HOST / OP_CONNECT_TOKEN (and OP_EVENTS_TOKEN) are configured.
+    onepassword_sync: OnePasswordSync | None = None
+    shadow: ShadowWatch | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        """Close outside clients (1Password), then the store."""
+        for close in self.closers:
+            await close()
+        await self.store.close()
 
 
 class ChatAdapter(Protocol):
@@ -79,6 +94,18 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
     except VaultError:
         await store.close()
         raise
-    service = AccessService(store, vault, policy, clock)
-    return Runtime(settings=settings, store=store, vault=vault, policy=policy, clock=clock, service=service,
-                   catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(service))
+    secrets = SecretSources(BuiltinSource(vault))
+    service = AccessService(store, vault, policy, clock, secrets)
+    runtime = Runtime(settings=settings, store=store, vault=vault, policy=policy, clock=clock, service=service,
+                      catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(service))
+    if settings.op_connect_host and settings.op_connect_token:
+        # The secret sources (no chat SDK): 1Password Connect for items, the Events API for direct use.
+        connect = ConnectSource(ConnectClient(settings.op_connect_host, settings.op_connect_token), vault.fingerprint)
+        secrets.add(connect)
+        runtime.closers.append(connect.close)
+        runtime.onepassword_sync = OnePasswordSync(store, vault, connect, policy, clock, service)
+        if settings.op_events_token:
+            events = EventsFeed(EventsClient(settings.op_events_url, settings.op_events_token))
+            runtime.closers.append(events.close)
+            runtime.shadow = ShadowWatch(store, events, policy, clock)
+    return runtime

@@ -12,8 +12,10 @@ from typing import Any
 
 from bot.domain.audit import format_time, parse_time
 from bot.domain.model import (
+    BUILTIN,
     AccessRequest,
     Approval,
+    ExternalRef,
     Identity,
     Item,
     RequestKind,
@@ -100,6 +102,21 @@ def _rotation_due_from_doc(doc: dict[str, Any] | None) -> RotationDue | None:
     )
 
 
+def _external_to_doc(ref: ExternalRef | None) -> dict[str, Any] | None:
+    if ref is None:
+        return None
+    return {"vault_id": ref.vault_id, "item_id": ref.item_id, "vault_title": ref.vault_title,
+            "version": ref.version, "revision": ref.revision}
+
+
+def _external_from_doc(doc: dict[str, Any] | None) -> ExternalRef | None:
+    if doc is None:
+        return None
+    return ExternalRef(vault_id=str(doc["vault_id"]), item_id=str(doc["item_id"]),
+                       vault_title=str(doc.get("vault_title") or ""), version=int(doc.get("version") or 0),
+                       revision=str(doc.get("revision") or ""))
+
+
 def item_to_doc(item: Item) -> dict[str, Any]:
     """An item's metadata as a plain document (no secret is ever part of it)."""
     return {
@@ -115,6 +132,9 @@ def item_to_doc(item: Item) -> dict[str, Any]:
         "updated_at": time_to_doc(item.updated_at),
         "password_rotated_at": time_to_doc(item.password_rotated_at),
         "rotation_due": _rotation_due_to_doc(item.rotation_due),
+        "source": item.source,
+        "category": item.category,
+        "external": _external_to_doc(item.external),
     }
 
 
@@ -133,6 +153,9 @@ def item_from_doc(doc: dict[str, Any]) -> Item:
         updated_at=time_from_doc(doc.get("updated_at")),
         password_rotated_at=time_from_doc(doc.get("password_rotated_at")),
         rotation_due=_rotation_due_from_doc(doc.get("rotation_due")),
+        source=str(doc.get("source") or BUILTIN),
+        category=str(doc.get("category") or ""),
+        external=_external_from_doc(doc.get("external")),
     )
 
 

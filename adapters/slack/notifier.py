@@ -192,6 +192,14 @@ class SlackNotifier:
         await self.api.call("chat.postMessage", channel=channel, text=blocks.truncate(blocks.escape(message),
                                                                                       blocks.MESSAGE_TEXT_MAX))
 
+    async def leads_told(self, vault: str, message: str) -> None:
+        """Post a notice (direct use of a 1Password item) to the vault's Slack leads channel."""
+        channel = self.policy.leads_channel(vault, "slack")
+        if not channel:
+            return
+        await self.api.call("chat.postMessage", channel=channel, unfurl_links=False, unfurl_media=False,
+                            text=blocks.truncate(blocks.escape(message), blocks.MESSAGE_TEXT_MAX))
+
     async def dm_channel(self, user_id: str) -> str:
         """The bot's DM channel with `user_id` (conversations.open, remembered)."""
         channel = self._dm_channels.get(user_id)

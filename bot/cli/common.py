@@ -30,7 +30,7 @@ async def opened_runtime(settings: Settings | None = None, *, create_key: bool =
     try:
         yield runtime
     finally:
-        await runtime.store.close()
+        await runtime.close()
 
 
 def read_secret(prompt: str, *, stdin: TextIO, optional: bool) -> str | None:

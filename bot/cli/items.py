@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from bot.cli.common import actor, opened_runtime, read_secret
 from bot.cli.progress import progress
+from bot.domain.errors import InputError
 from bot.domain.model import Item, Secret
 from bot.domain.safe_text import display_text
 from bot.domain.totp import parse_totp
@@ -22,7 +23,8 @@ def _item_row(item: Item) -> dict[str, Any]:
     return {
         "name": item.name, "vault": item.vault, "username": item.username, "url": item.url,
         "tags": list(item.tags), "has_password": item.has_password, "has_totp": item.has_totp,
-        "notes": item.notes,
+        "notes": item.notes, "source": item.source, "category": item.category,
+        "onepassword_vault": item.external.vault_title if item.external else None,
         "rotation_due": None if due is None else {
             "since": due.since.isoformat(), "seen_by": [p.label for p in due.seen_by],
             "requests": list(due.request_ids)},
@@ -41,10 +43,10 @@ def _print_items(items: Sequence[Item], out: TextIO, as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table("name", "vault", "username", "url", "totp", "rotation due")
+    table = Table("name", "vault", "source", "username", "url", "totp", "rotation due")
     for item in items:
         due = item.rotation_due
-        cells = (item.name, item.vault, item.username, item.url, "yes" if item.has_totp else "",
+        cells = (item.name, item.vault, item.source, item.username, item.url, "yes" if item.has_totp else "",
                  f"since {due.since:%Y-%m-%d %H:%M} ({', '.join(p.label for p in due.seen_by)})" if due else "")
         table.add_row(*(Text(display_text(c)) for c in cells))  # names from chat: no markup, no escapes
     Console(file=out, width=160).print(table)
@@ -112,6 +114,33 @@ async def cmd_items_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_items_sync(args: argparse.Namespace) -> int:
+    async with opened_runtime() as rt:
+        if rt.onepassword_sync is None:
+            raise InputError("1Password Connect is not configured: set OP_CONNECT_HOST and OP_CONNECT_TOKEN "
+                             "(and map vaults under [onepassword.vaults] in the policy).")
+        report = await rt.onepassword_sync.run(actor())
+        usage = await rt.shadow.run(rt.service) if rt.shadow is not None and args.events else None
+    for label, names in (("added", report.added), ("updated", report.updated), ("removed", report.removed),
+                         ("rotated", report.rotated)):
+        for name in names:
+            print(f"{label}: {display_text(name)}")
+    for request_id in report.ended:
+        print(f"ended: {request_id} (its item left 1Password)")
+    for note in report.notes:
+        print(f"note: {display_text(note)}", file=sys.stderr)
+    for problem in report.problems:
+        print(f"not served: {display_text(problem)}", file=sys.stderr)
+    print(f"1Password sync: {report.summary()}")
+    if usage is not None:
+        for flagged in usage.flagged:
+            print(f"shadow access: {display_text(flagged)}")
+        print(f"1Password item usage: {usage.read} read, {len(usage.flagged)} without a grant"
+              + (" (the stored cursor was no longer valid; read again from the last usage)" if usage.cursor_reset
+                 else ""))
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Add this command group to the `jitpass` sub-command parser."""
     items = sub.add_parser("items", help="the credential catalogue").add_subparsers(dest="items_cmd", required=True)
@@ -143,3 +172,7 @@ def add_commands(sub: Any) -> None:
     p = items.add_parser("rotate", help="record a new password (read at a prompt or from stdin)")
     p.add_argument("name")
     p.set_defaults(handler=cmd_items_rotate)
+    p = items.add_parser("sync", help="read item metadata from the 1Password vaults the policy serves (Connect)")
+    p.add_argument("--no-events", dest="events", action="store_false",
+                   help="do not read 1Password item usage (shadow access) after the sync")
+    p.set_defaults(handler=cmd_items_sync)

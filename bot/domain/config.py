@@ -13,7 +13,16 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.domain.errors import InputError, PolicyError
-from bot.domain.policy import Limits, Members, Policy, Retention, VaultPolicy, WorkingHours
+from bot.domain.policy import (
+    Limits,
+    Members,
+    OnePasswordPolicy,
+    OnePasswordVault,
+    Policy,
+    Retention,
+    VaultPolicy,
+    WorkingHours,
+)
 from bot.domain.request_text import parse_duration
 
 __all__ = ["Settings", "load_dotenv", "load_policy", "parse_bool", "parse_policy"]
@@ -70,6 +79,11 @@ class Settings:
     teams_service_url_validation: bool = True
     # Where people's browsers reach this server (report download links); None: http://localhost:{port}.
     public_url: str | None = None
+    # 1Password (the names 1Password's own tools read): Connect for items, the Events API for direct use.
+    op_connect_host: str | None = None
+    op_connect_token: str | None = field(default=None, repr=False)
+    op_events_url: str = "https://events.1password.com"
+    op_events_token: str | None = field(default=None, repr=False)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -91,6 +105,15 @@ class Settings:
         teams_tenant = env.get("CONNECTIONS__SERVICE_CONNECTION__SETTINGS__TENANTID") or env.get(
             "MICROSOFT_APP_TENANT_ID"
         )
+        op_host = (env.get("OP_CONNECT_HOST") or "").strip().rstrip("/")
+        op_token = (env.get("OP_CONNECT_TOKEN") or "").strip()
+        if bool(op_host) != bool(op_token):
+            missing = "OP_CONNECT_TOKEN" if op_host else "OP_CONNECT_HOST"
+            raise InputError(f"1Password Connect needs both OP_CONNECT_HOST and OP_CONNECT_TOKEN; {missing} is not set")
+        events_url = (env.get("OP_EVENTS_URL") or "https://events.1password.com").strip().rstrip("/")
+        for name, url in (("OP_CONNECT_HOST", op_host), ("OP_EVENTS_URL", events_url)):
+            if url and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", url):
+                raise InputError(f"{name}={url!r} is not an http(s) URL such as http://op-connect:8080")
         return cls(
             store_url=env.get("JITPASS_STORE") or "sqlite:///jitpass.db",
             master_key=env.get("JITPASS_MASTER_KEY") or None,
@@ -109,6 +132,10 @@ class Settings:
                 "JITPASS_TEAMS_VALIDATE_SERVICE_URL", env.get("JITPASS_TEAMS_VALIDATE_SERVICE_URL"), True
             ),
             public_url=public_url or None,
+            op_connect_host=op_host or None,
+            op_connect_token=op_token or None,
+            op_events_url=events_url,
+            op_events_token=(env.get("OP_EVENTS_TOKEN") or "").strip() or None,
             environ=env,
         )
 
@@ -246,7 +273,49 @@ _VAULT_KEYS = {
     "description", "approvers", "leads_channel", "exclusive_items", "default_duration", "min_duration",
     "max_duration", "request_timeout", "approvals_required", "min_reason_length", "exclusive",
 }
-_TOP_KEYS = {"timezone", "defaults", "working_hours", "admins", "approvers", "leads_channel", "retention", "vaults"}
+_TOP_KEYS = {"timezone", "defaults", "working_hours", "admins", "approvers", "leads_channel", "retention", "vaults",
+             "onepassword"}
+_ONEPASSWORD_KEYS = {"vaults", "sync_every", "events_every", "people", "notify_leads"}
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def _parse_onepassword(reader: _PolicyReader, data: Mapping[str, Any]) -> OnePasswordPolicy:
+    """`[onepassword]`: served vaults (`[onepassword.vaults."<1Password vault>"] vault = "acme"`), people."""
+    table = reader.table(data, "", "onepassword")
+    for key in table:
+        if key not in _ONEPASSWORD_KEYS:
+            expected = ", ".join(sorted(_ONEPASSWORD_KEYS))
+            raise reader.fail("onepassword", key, f"unknown key; expected one of {expected}")
+    vaults = []
+    for key, entry in reader.table(table, "onepassword", "vaults").items():
+        where = f"onepassword.vaults.{key}"
+        if not isinstance(entry, dict):
+            raise reader.fail("onepassword.vaults", key, 'must be a table like { vault = "acme" }')
+        for name in entry:
+            if name not in {"vault", "prefix"}:
+                raise reader.fail(where, name, "unknown key; expected vault or prefix")
+        vault, prefix = entry.get("vault"), entry.get("prefix", "")
+        if not isinstance(vault, str) or not _NAME.match(vault):
+            raise reader.fail(where, "vault", "must name the jitpass vault (lower-case letters, digits, . _ -)")
+        if not isinstance(prefix, str) or (prefix and not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,30}", prefix)):
+            raise reader.fail(where, "prefix", "must be lower-case letters, digits, . _ - (like \"acme-\")")
+        vaults.append(OnePasswordVault(key=key, vault=vault, prefix=prefix))
+    people: dict[str, frozenset[str]] = {}
+    for email, ids in reader.table(table, "onepassword", "people").items():
+        if "@" not in email:
+            raise reader.fail("onepassword.people", email, "must be a 1Password account e-mail address")
+        keys = reader.strings({"ids": ids}, "onepassword.people", "ids")
+        bad = sorted(k for k in keys if k.split(":", 1)[0] not in PLATFORMS or ":" not in k)
+        if bad:
+            raise reader.fail("onepassword.people", email, f"{bad[0]!r} is not 'slack:<user id>' or 'teams:<id>'")
+        people[email.lower()] = keys
+    return OnePasswordPolicy(
+        vaults=tuple(vaults),
+        sync_every=reader.duration(table, "onepassword", "sync_every", timedelta(minutes=5)),
+        events_every=reader.duration(table, "onepassword", "events_every", timedelta(minutes=1)),
+        people=people,
+        notify_leads=reader.boolean(table, "onepassword", "notify_leads", True),
+    )
 
 
 def parse_policy(text: str, source: str = "policy") -> Policy:
@@ -335,6 +404,7 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         admins=reader.members(reader.table(data, "", "admins"), "admins"),
         working_hours=hours,
         retention=retention,
+        onepassword=_parse_onepassword(reader, data),
     )
 
 

@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 
 from bot.domain.model import Identity
 
-__all__ = ["Limits", "Members", "Policy", "Retention", "VaultPolicy", "WorkingHours"]
+__all__ = ["Limits", "Members", "OnePasswordPolicy", "OnePasswordVault", "Policy", "Retention", "VaultPolicy",
+           "WorkingHours"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,38 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class OnePasswordVault:
+    """One served 1Password vault: `key` is its name (or 26-character id) in 1Password, `vault` the
+    jitpass vault (customer) whose approvers and limits apply, `prefix` put before its item names."""
+
+    key: str
+    vault: str
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class OnePasswordPolicy:
+    """Which 1Password vaults jitpass serves, how often it syncs, and who is who by e-mail."""
+
+    vaults: tuple[OnePasswordVault, ...] = ()
+    sync_every: timedelta = timedelta(minutes=5)
+    events_every: timedelta = timedelta(minutes=1)
+    # 1Password account e-mail (lower case) -> chat identities ("slack:U123", "teams:<aad object id>").
+    people: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    notify_leads: bool = True
+
+    def mapping_for(self, vault_id: str, vault_title: str) -> OnePasswordVault | None:
+        """The mapping naming this vault by id, else by name."""
+        by_id = next((v for v in self.vaults if v.key == vault_id), None)
+        return by_id or next((v for v in self.vaults if v.key == vault_title), None)
+
+    def is_person(self, email: str, who: Identity) -> bool:
+        """Whether the 1Password user with this e-mail is `who` (the policy says so, or the ids are the e-mail)."""
+        email = email.lower()
+        return who.key in self.people.get(email, frozenset()) or who.user_id.lower() == email
+
+
+@dataclass(frozen=True)
 class Policy:
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     defaults: VaultPolicy = field(default_factory=lambda: VaultPolicy(name="*"))
@@ -86,6 +119,7 @@ class Policy:
     admins: Members = field(default_factory=Members)
     working_hours: WorkingHours = field(default_factory=WorkingHours)
     retention: Retention = field(default_factory=Retention)
+    onepassword: OnePasswordPolicy = field(default_factory=OnePasswordPolicy)
 
     def for_vault(self, vault: str) -> VaultPolicy:
         """The vault's own policy, or the defaults for a vault the file does not name."""

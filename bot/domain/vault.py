@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -317,6 +318,16 @@ class Vault:
         """Seal the secrets again for new metadata (rename, vault move): the AAD changes."""
         password, totp_seed = self.open(sealed)
         return self.seal(item, password, totp_seed)
+
+    def fingerprint(self, value: Secret) -> str:
+        """`v1:<key id>:<hex>`: an HMAC of the value under a key derived from the active master key.
+
+        Tells whether an outside secret (a 1Password password) changed without keeping it: without the
+        master key the fingerprint cannot be tested against guesses."""
+        master = self._ring.active
+        derived = hmac.new(master.key, b"jitpass-fingerprint-v1", hashlib.sha256).digest()
+        digest = hmac.new(derived, value.reveal().encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+        return f"v1:{master.key_id}:{digest}"
 
     def key_check(self) -> str:
         """A token the store keeps so a later start can tell whether it has the right key."""

@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.domain.errors import Conflict, InputError, JitpassError, NotAllowed, NotFound
+from bot.domain.errors import Conflict, InputError, JitpassError, NotAllowed, NotFound, SecretSourceError
 from bot.domain.model import (
     ACTIVE_STATUSES,
     OPEN_STATUSES,
@@ -30,15 +30,15 @@ from bot.domain.model import (
     Reveal,
     RotationDue,
     SealedItem,
-    Secret,
     Status,
     Window,
 )
 from bot.domain.policy import Policy, VaultPolicy
 from bot.domain.request_text import RequestDraft, format_duration, parse_duration, parse_request
-from bot.domain.totp import current_code
 from bot.domain.vault import Vault
-from bot.ports import Clock, Notifier, Store
+from bot.ports import Clock, Notifier, SecretRead, Store
+from bot.services.rotation import note_password_read
+from bot.services.secrets import BuiltinSource, SecretSources
 
 __all__ = ["AccessService", "new_request_id"]
 
@@ -60,9 +60,12 @@ def _when(at: datetime | None, policy: Policy) -> str:
 class AccessService:
     """Request, approve, decline, cancel, reveal, new code, extend, revoke, expire, time out."""
 
-    def __init__(self, store: Store, vault: Vault, policy: Policy, clock: Clock) -> None:
+    def __init__(self, store: Store, vault: Vault, policy: Policy, clock: Clock,
+                 secrets: SecretSources | None = None) -> None:
         self.store = store
         self.vault = vault
+        # Where each item's secret is read at the moment of use (built-in vault, 1Password Connect).
+        self.secrets = secrets or SecretSources(BuiltinSource(vault))
         self.policy = policy
         self.clock = clock
         self.notifiers: dict[str, Notifier] = {}
@@ -303,10 +306,10 @@ class AccessService:
 
         `audit` is True when a person starts looking (a view opens); the periodic refreshes of that
         view are not separate code views. None when the item has no TOTP seed."""
-        request, _, _, seed, now = await self._open_grant(request_id, holder)
-        if seed is None:
+        request, _, read = await self._open_grant(request_id, holder)
+        code = read.code
+        if code is None:
             return None
-        code = current_code(seed, now)
         if audit:  # fail closed: recorded before the code leaves
             await self.store.append_event(self._draft("grant.code_shown", holder, request, "", {
                 "password": False, "code": True, "via": via}))
@@ -314,8 +317,9 @@ class AccessService:
 
     async def _open_grant(
         self, request_id: str, holder: Identity
-    ) -> tuple[AccessRequest, SealedItem, Secret | None, Secret | None, datetime]:
-        """The holder's active grant and its item's secrets; refusals are audited."""
+    ) -> tuple[AccessRequest, SealedItem, SecretRead]:
+        """The holder's active grant and its item's secrets, read from the item's source now; refusals and
+        source failures are audited (and nothing is shown)."""
         request = await self._get(request_id)
         now = self.clock.now()
         if not request.requester.same_person(holder):
@@ -326,12 +330,21 @@ class AccessService:
         sealed = await self.store.get_item(request.item)
         if sealed is None:
             raise NotFound(f"The item '{request.item}' was removed from the catalogue.")
-        password, seed = self.vault.open(sealed)
-        return request, sealed, password, seed, now
+        try:
+            read = await self.secrets.read(sealed, now)
+        except SecretSourceError as exc:
+            log.warning("secret source failed request_id=%s source=%s reason=%s detail=%s", request.id,
+                        exc.source, exc.reason, exc.detail)
+            await self.store.append_event(self._draft("grant.reveal_failed", holder, request, exc.reason, {
+                "source": exc.source}))
+            raise
+        if sealed.item.external is not None:
+            sealed = await note_password_read(self.store, sealed, read, now)
+        return request, sealed, read
 
     async def _reveal(self, request_id: str, holder: Identity, event_type: str) -> Reveal:
-        request, sealed, password, seed, now = await self._open_grant(request_id, holder)
-        code = current_code(seed, now) if seed else None
+        request, sealed, read = await self._open_grant(request_id, holder)
+        password, code = read.password, read.code
         # Fail closed: the audit event is written first; if that raises, nothing is revealed.
         await self.store.append_event(self._draft(event_type, holder, request, "", {
             "password": password is not None, "code": code is not None,
@@ -437,6 +450,40 @@ class AccessService:
                 return replace(current, refs=merged, refs_version=current.refs_version + 1)
         raise Conflict(f"could not save message references for {request_id}")
 
+    async def end_item_access(self, item: str, reason: str) -> list[str]:
+        """End every open request for an item leaving the catalogue: active grants are revoked, pending and
+        approved requests cancelled; each requester is told `reason`. Returns the request ids ended."""
+        ended: list[str] = []
+        for request in await self.store.find_requests(item=item, statuses=OPEN_STATUSES):
+            if request.status is Status.ACTIVE:
+                await self._tell(request, f"🔒 {request.item} {reason} ({request.id}).")
+                await self._end_grant(request, Status.REVOKED, SYSTEM, reason)
+                ended.append(request.id)
+                continue
+            updated = await self.store.transition(
+                request.id, {request.status}, {"status": Status.CANCELLED, "ended_at": self.clock.now(),
+                                               "timeout_at": None},
+                self._draft("request.cancelled", SYSTEM, request, reason))
+            if updated is None:
+                continue
+            await self._notify_updated(updated)
+            await self._tell(updated, f"🚫 {updated.id} for {updated.item} was cancelled: {updated.item} {reason}.")
+            self._changed(updated)
+            ended.append(request.id)
+        return ended
+
+    async def tell_leads(self, vault: str, message: str) -> None:
+        """A notice for the vault's leads on every platform whose notifier can post one (`leads_told`)."""
+        for notifier in self.notifiers.values():
+            told = getattr(notifier, "leads_told", None)
+            if told is None:
+                continue
+            try:
+                await told(vault, message)
+            except Exception as exc:
+                log.error("leads notice failed vault=%s platform=%s error=%s", vault, notifier.platform,
+                          type(exc).__name__)
+
     async def record_refusal(self, actor: Identity, what: str, *, request_id: str | None = None,
                              vault: str | None = None) -> None:
         """Audit an attempt that was refused (non-admin report request, foreign button press, ...)."""
@@ -526,6 +573,10 @@ class AccessService:
             return
         try:
             reveal = await self.reveal(grant.id, grant.requester)
+        except SecretSourceError as exc:
+            # The grant stands; the requester learns why nothing came and can press New code / retry.
+            await self._tell(grant, f"⚠️ {grant.id} for {grant.item}: {exc.message}")
+            return
         except JitpassError as exc:
             log.error("reveal for delivery failed request_id=%s error=%s", grant.id, exc.message)
             return

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from bot.domain.errors import Conflict, InputError, NotFound
-from bot.domain.model import OPEN_STATUSES, EventDraft, Identity, Item, SealedItem, Secret
+from bot.domain.model import BUILTIN, OPEN_STATUSES, EventDraft, Identity, Item, SealedItem, Secret
 from bot.domain.vault import Vault
 from bot.ports import QUIET, Clock, Store, Tracker
 from bot.services.importers import ItemInput
@@ -21,6 +21,11 @@ def _check_name(kind: str, value: str) -> None:
     if not NAME_PATTERN.match(value):
         raise InputError(f"{kind} name {value!r} is not valid: use lower-case letters, digits, '.', '_' or '-' "
                          "(at most 64 characters, starting with a letter or digit).", hint="Example: acme-zendesk")
+
+
+def _refuse_outside(item: Item, what: str) -> None:
+    if item.source != BUILTIN:
+        raise InputError(f"'{item.name}' is kept in {item.source}: {what}. Nothing was changed.")
 
 
 class Catalog:
@@ -65,6 +70,7 @@ class Catalog:
     async def remove(self, name: str, actor: Identity) -> None:
         """Delete an item; refused while a request for it is open."""
         sealed = await self.get(name)
+        _refuse_outside(sealed.item, "remove it there, or stop serving its vault in the policy")
         open_requests = await self.store.find_requests(item=name, statuses=OPEN_STATUSES)
         if open_requests:
             raise Conflict(f"'{name}' has open request(s) {', '.join(r.id for r in open_requests)}; "
@@ -76,6 +82,7 @@ class Catalog:
         if not password:
             raise InputError("The new password is empty; nothing was changed.")
         sealed = await self.get(name)
+        _refuse_outside(sealed.item, "rotate it there; jitpass notices the new password at the next sync")
         _, seed = self.vault.open(sealed)
         now = self.clock.now()
         item = replace(sealed.item, has_password=True, updated_at=now, password_rotated_at=now, rotation_due=None)

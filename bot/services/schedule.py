@@ -43,6 +43,13 @@ class GrantScheduler:
         self._scheduler.start()
         await self.tick()
 
+    def add_interval(self, job_id: str, func: Callable[[], Awaitable[object]], every: timedelta) -> None:
+        """Run `func` every `every` (first run right away), one at a time."""
+        if self._scheduler is not None:
+            self._scheduler.add_job(func, IntervalTrigger(seconds=every.total_seconds()), id=job_id,
+                                    replace_existing=True, max_instances=1, coalesce=True,
+                                    next_run_time=datetime.now(UTC))
+
     def add_daily(self, job_id: str, func: Callable[[], Awaitable[object]], hour: int, minute: int, tz: str) -> None:
         """A daily job (retention purge) in the policy's time zone."""
         if self._scheduler is not None:

@@ -205,6 +205,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"INSERT INTO request_facts {_FACTS_FROM_EVENTS_V3.format(only='')}",
         _FACTS_CREATED_V3,
     ),
+    (
+        # Items read from 1Password: where they live (ids, version, password fingerprint), never a secret.
+        "ALTER TABLE items ADD COLUMN source TEXT NOT NULL DEFAULT 'builtin'",
+        "ALTER TABLE items ADD COLUMN category TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE items ADD COLUMN external TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -217,10 +223,10 @@ _REQUEST_COLUMNS = (
 )
 _ITEM_META_COLUMNS = (
     "name", "vault", "username", "url", "notes", "tags", "has_password", "has_totp", "created_at",
-    "updated_at", "password_rotated_at", "rotation_due",
+    "updated_at", "password_rotated_at", "rotation_due", "source", "category", "external",
 )
 _ITEM_COLUMNS = (*_ITEM_META_COLUMNS, "key_id", "wrapped_key", "nonce", "ciphertext")
-_ITEM_JSON = ("tags", "rotation_due")
+_ITEM_JSON = ("tags", "rotation_due", "external")
 EVENT_COLUMNS = (
     "seq", "id", "at", "type", "actor_platform", "actor_user_id", "actor", "request_id", "item", "vault",
     "reason", "details", "prev_hash", "hash",

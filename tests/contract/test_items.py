@@ -120,3 +120,21 @@ async def test_an_item_update_with_a_time_in_another_zone_reads_back_as_the_same
     await store.add_items([sealed], [])
     got = await store.get_item("db-admin")
     assert got is not None and got.item.created_at == START
+
+
+async def test_an_item_read_from_1password_keeps_its_reference_and_no_secret(store: Store) -> None:
+    from bot.model import ONEPASSWORD, ExternalRef
+
+    ref = ExternalRef(vault_id="v" * 26, item_id="i" * 26, vault_title="Acme", version=7, revision="v1:k:abc")
+    zendesk = make_sealed("acme-zendesk", vault="acme", username="admin", source=ONEPASSWORD, category="LOGIN",
+                          external=ref, ciphertext=b"")
+    builtin = make_sealed("db-admin")
+    await store.add_items([zendesk, builtin], [draft("item.added", item="acme-zendesk")])
+
+    listed = {i.name: i for i in await store.list_items()}
+    assert listed["acme-zendesk"] == zendesk.item
+    assert (listed["db-admin"].source, listed["db-admin"].external) == ("builtin", None)
+    assert await store.get_item("acme-zendesk") == zendesk
+    moved = replace(zendesk, item=replace(zendesk.item, external=replace(ref, version=8, vault_title="Acme EU")))
+    await store.replace_item(moved, None)
+    assert (await store.get_item("acme-zendesk")) == moved
