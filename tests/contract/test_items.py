@@ -9,7 +9,7 @@ import pytest
 
 from bot.domain.audit import verify_chain
 from bot.domain.errors import Conflict, NotFound
-from bot.domain.model import RotationDue
+from bot.domain.model import ONEPASSWORD, ExternalRef, RotationDue
 from bot.ports import Store
 from tests.support.stores import ANN, BOB, START, FakeClock, draft, make_sealed
 
@@ -123,8 +123,6 @@ async def test_an_item_update_with_a_time_in_another_zone_reads_back_as_the_same
 
 
 async def test_an_item_read_from_1password_keeps_its_reference_and_no_secret(store: Store) -> None:
-    from bot.model import ONEPASSWORD, ExternalRef
-
     ref = ExternalRef(vault_id="v" * 26, item_id="i" * 26, vault_title="Acme", version=7, revision="v1:k:abc")
     zendesk = make_sealed("acme-zendesk", vault="acme", username="admin", source=ONEPASSWORD, category="LOGIN",
                           external=ref, ciphertext=b"")
