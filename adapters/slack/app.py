@@ -14,7 +14,7 @@ import logging
 import re
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
@@ -42,9 +42,10 @@ from adapters.slack.inputs import (
 from adapters.slack.notifier import ResponseUrl, SlackNotifier
 from adapters.slack.reports import handle_report
 from bot.bootstrap import Runtime
-from bot.domain.errors import Conflict, InputError, JitpassError, ParseError
+from bot.domain import commands as cmd
+from bot.domain.errors import Conflict, JitpassError, ParseError
 from bot.domain.model import AccessRequest, Identity, Status, Window
-from bot.domain.request_text import RequestDraft, parse_duration, parse_request
+from bot.domain.request_text import RequestDraft, parse_duration
 
 __all__ = ["ACK_BUDGET_SECONDS", "SlackInteractions", "build_bolt_app"]
 
@@ -53,7 +54,6 @@ log = logging.getLogger("jitpass.slack")
 # Slack gives 3 s; keep the rest for the network and for bolt itself.
 ACK_BUDGET_SECONDS = 2.0
 WORKING = "⏳ Working on it… I'll follow up here."
-_REQUEST_ID = re.compile(r"^R-[0-9A-Z]{8}$", re.IGNORECASE)
 
 
 def apology(where: str, exc: BaseException, request_id: str | None = None) -> str:
@@ -168,38 +168,56 @@ class SlackInteractions:
     async def on_command(self, ack: AsyncAck, body: dict[str, Any]) -> None:
         """`/access …`: subcommands, a request, or the request form."""
         command = CommandInput.from_body(body)
-        word, _, rest = command.text.partition(" ")
-        sub = word.lower()
         if not command.user_id:
             await ack(text="That command came without a user; please try again.", response_type="ephemeral")
             return
-        simple: dict[str, Callable[[CommandInput, str], Coroutine[Any, Any, str]]] = {
-            "help": self._help, "list": self._list, "status": self._status, "cancel": self._cancel,
-            "done": self._done, "extend": self._extend, "report": self._report,
-        }
-        if not command.text:
-            await ack()
-            self.background.spawn(self._open_request_modal(command), name="modal")
-            return
-        if sub in simple:
-            await self._answer(ack, command, simple[sub](command, rest.strip()), where=f"command.{sub}")
-            return
         try:
-            draft = parse_request(command.text, now=self.runtime.clock.now(), tz=self.tz,
-                                  default_duration=timedelta(0))
-        except ParseError as exc:
-            # The form lets them fix it; the problem is shown at its top.
-            await ack()
-            self.background.spawn(self._open_request_modal(command, item=word, problem=exc.user_message()),
-                                  name="modal")
+            parsed = cmd.parse_command(command.text, now=self.runtime.clock.now(), tz=self.tz)
+        except JitpassError as exc:
+            await ack(text=self._words(Outcome(error=exc)), response_type="ephemeral")
             return
-        if not draft.reason:
-            await ack()
-            duration = draft.window.duration if draft.window and draft.window.duration else None
-            self.background.spawn(self._open_request_modal(command, item=draft.item, duration=duration),
-                                  name="modal")
-            return
-        await self._answer(ack, command, self._request(command, draft), where="command.request")
+        match parsed:
+            case cmd.Form(item=item, window=window, problem=problem):
+                # The form lets them fix it; a problem is shown at its top.
+                await ack()
+                duration = window.duration if window and window.duration and problem is None else None
+                self.background.spawn(self._open_request_modal(
+                    command, item=item, duration=duration,
+                    problem=problem.user_message() if problem else ""), name="modal")
+            case cmd.Request(draft=draft):
+                await self._answer(ack, command, self._request(command, draft), where="command.request")
+            case _:
+                where = f"command.{type(parsed).__name__.lower()}"
+                await self._answer(ack, command, self._run(command, parsed), where=where)
+
+    async def _run(self, command: CommandInput, parsed: cmd.Command) -> str:
+        """The answer to every command but a request and the form."""
+        match parsed:
+            case cmd.Help() | cmd.Unknown() | cmd.WhereAmI():
+                return blocks.help_text(command.command)
+            case cmd.ListItems(query=query):
+                return blocks.items_text(await self.service.list_items(query), query)
+            case cmd.Status():
+                who = await self._identity(command.user_id, command.user_name)
+                return blocks.status_text(await self.service.my_requests(who), self.tz)
+            case cmd.Cancel(request_id=request_id):
+                who = await self._identity(command.user_id, command.user_name)
+                request = await self.service.cancel(request_id, who)
+                return f"🚫 Cancelled {request.id} for `{blocks.escape(request.item)}`."
+            case cmd.Done(request_id=request_id):
+                who = await self._identity(command.user_id, command.user_name)
+                request = await self.service.done(request_id, who)
+                if request.status is Status.CANCELLED:
+                    return f"🚫 Cancelled {request.id} for `{blocks.escape(request.item)}`."
+                return f"🔒 Your access to `{blocks.escape(request.item)}` through {request.id} has ended."
+            case cmd.Extend(request_id=request_id, duration=duration):
+                who = await self._identity(command.user_id, command.user_name)
+                return self._sent_text(await self.service.request_extension(request_id, who, duration))
+            case cmd.Report(args=args):
+                # Admins may be named by user group, so this one needs the groups resolved.
+                who = await self._identity(command.user_id, command.user_name, groups=True)
+                return await handle_report(self.runtime, self.api, self.notifier.dm_channel, who, args)
+        raise AssertionError(f"unhandled command {parsed!r}")
 
     async def _answer(self, ack: AsyncAck, command: CommandInput, work: Coroutine[Any, Any, str],
                       where: str) -> None:
@@ -239,50 +257,6 @@ class SlackInteractions:
         request = await self.service.request_access(
             who, draft, refs=self._origin_refs(command.channel_id, command.response_url))
         return self._sent_text(request)
-
-    async def _help(self, command: CommandInput, rest: str) -> str:
-        return blocks.help_text(command.command)
-
-    async def _list(self, command: CommandInput, rest: str) -> str:
-        return blocks.items_text(await self.service.list_items(rest), rest)
-
-    async def _status(self, command: CommandInput, rest: str) -> str:
-        who = await self._identity(command.user_id, command.user_name)
-        return blocks.status_text(await self.service.my_requests(who), self.tz)
-
-    def _request_id(self, text: str, usage: str) -> str:
-        request_id = text.split()[0] if text.split() else ""
-        if not _REQUEST_ID.match(request_id):
-            raise InputError(f"Which request? Usage: `{usage}`")
-        return request_id.upper()
-
-    async def _cancel(self, command: CommandInput, rest: str) -> str:
-        request_id = self._request_id(rest, f"{command.command} cancel R-XXXXXXXX")
-        who = await self._identity(command.user_id, command.user_name)
-        request = await self.service.cancel(request_id, who)
-        return f"🚫 Cancelled {request.id} for `{blocks.escape(request.item)}`."
-
-    async def _done(self, command: CommandInput, rest: str) -> str:
-        request_id = self._request_id(rest, f"{command.command} done R-XXXXXXXX")
-        who = await self._identity(command.user_id, command.user_name)
-        request = await self.service.done(request_id, who)
-        if request.status is Status.CANCELLED:
-            return f"🚫 Cancelled {request.id} for `{blocks.escape(request.item)}`."
-        return f"🔒 Your access to `{blocks.escape(request.item)}` through {request.id} has ended."
-
-    async def _extend(self, command: CommandInput, rest: str) -> str:
-        usage = f"{command.command} extend R-XXXXXXXX 30m"
-        request_id = self._request_id(rest, usage)
-        duration = rest.split(maxsplit=1)[1] if len(rest.split()) > 1 else ""
-        if not duration:
-            raise InputError(f"For how much longer? Usage: `{usage}`")
-        who = await self._identity(command.user_id, command.user_name)
-        return self._sent_text(await self.service.request_extension(request_id, who, duration))
-
-    async def _report(self, command: CommandInput, rest: str) -> str:
-        # Admins may be named by user group, so this one needs the groups resolved.
-        who = await self._identity(command.user_id, command.user_name, groups=True)
-        return await handle_report(self.runtime, self.api, self.notifier.dm_channel, who, rest)
 
     # -- the request form ------------------------------------------------------------------------
 

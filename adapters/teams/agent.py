@@ -15,7 +15,6 @@ import secrets
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from microsoft_agents.activity import Activity, ActivityTypes, InvokeResponse
@@ -26,12 +25,13 @@ from microsoft_agents.hosting.core.authorization import Connections
 from adapters.downloads import CSV_TYPE, HTML_TYPE, ReportLinks
 from adapters.teams import cards
 from adapters.teams.connector import ServiceUrlBook, card_activity
-from adapters.teams.notifier import teams_wording
 from adapters.teams.refs import REQUESTER, VERSION, RequesterRef
 from bot.bootstrap import Runtime
-from bot.domain.errors import InputError, JitpassError, NotFound, ParseError
-from bot.domain.model import AccessRequest, Identity, Window
-from bot.domain.request_text import RequestDraft, format_duration, parse_request
+from bot.domain import commands as cmd
+from bot.domain.errors import InputError, JitpassError, NotFound
+from bot.domain.model import AccessRequest, Identity
+from bot.domain.request_text import RequestDraft, format_duration, parse_window
+from bot.domain.syntax import TEAMS
 from bot.reports.chat import chat_report
 
 __all__ = ["Inbound", "TeamsAgent", "clean_text", "identity_of", "report_unexpected"]
@@ -42,10 +42,6 @@ ADAPTIVE_CARD_ACTION = "adaptiveCard/action"
 ERROR_CONTENT_TYPE = "application/vnd.microsoft.error"
 _MENTION = re.compile(r"<at\b[^>]*>.*?</at>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]+>")
-_REQUEST_ID = re.compile(r"^R-[0-9A-Z]{8}$", re.IGNORECASE)
-
-Reply = Callable[[TurnContext, "Inbound", str], Awaitable[None]]
-
 
 def report_unexpected(what: str, exc: BaseException) -> str:
     """Log an unexpected failure without its message (which might quote a secret); return an error id."""
@@ -155,11 +151,6 @@ class TeamsAgent:
         self.app.invoke()(self.on_other_invoke)
         self.app.add_route(lambda context: context.activity.type != ActivityTypes.invoke, self.on_other_activity,
                            rank=RouteRank.LAST)
-        self.commands: dict[str, Reply] = {
-            "access": self.cmd_access, "list": self.cmd_list, "status": self.cmd_status,
-            "cancel": self.cmd_cancel, "done": self.cmd_done, "extend": self.cmd_extend,
-            "help": self.cmd_help, "report": self.cmd_report, "whereami": self.cmd_whereami,
-        }
         self.verbs: dict[str, Callable[[TurnContext, Inbound, Mapping[str, Any]], Awaitable[dict[str, Any]]]] = {
             cards.VERB_APPROVE: self.act_approve, cards.VERB_DECLINE: self.act_decline,
             cards.VERB_NEW_CODE: self.act_new_code, cards.VERB_DONE: self.act_done,
@@ -184,62 +175,50 @@ class TeamsAgent:
             if not inbound.in_personal_chat:
                 log.info("event=teams_mention conversation_id=%s type=%s tenant=%s", inbound.conversation_id,
                          inbound.requester.conversation_type, inbound.requester.tenant_id or "-")
-            word, _, rest = text.partition(" ")
-            word = word.lower().lstrip("/")
-            if word == "channel" and rest.strip().lower() in {"id", "id?"}:
-                word, rest = "whereami", ""
-            command = self.commands.get(word)
-            if command is None:
-                note = f"I don't know “{cards.clip(word, 40)}”. Here is what I understand:" if word else ""
-                await self.cmd_help(context, inbound, note)
-                return
-            await command(context, inbound, rest.strip())
+            parsed = cmd.parse_command(text, now=self.runtime.clock.now(), tz=self.policy.timezone, syntax=TEAMS)
+            await self._run(context, inbound, parsed)
         except JitpassError as exc:
-            await self._say(context, teams_wording(exc.user_message()))
+            await self._say(context, exc.user_message(TEAMS))
         except Exception as exc:  # answered with an apology and an error id
             await self._say(context, apology(report_unexpected("message", exc)))
 
-    async def cmd_access(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
-        if not rest:
-            await self._show(context, await self._form())
-            return
-        try:
-            draft = parse_request(rest, now=self.runtime.clock.now(), tz=self.policy.timezone,
-                                  default_duration=timedelta(0))
-        except ParseError as exc:
-            first = rest.split()[0].strip("`:,").lower()
-            await self._show(context, await self._form(error=teams_wording(exc.user_message()), item=first))
-            return
-        if not draft.reason:
-            when = rest[len(rest.split()[0]):].strip()
-            await self._show(context, await self._form(
-                error=f"Say why you need {draft.item}.", item=draft.item, window=when))
-            return
-        request = await self.service.request_access(inbound.identity, rest, refs=inbound.refs())
-        await self._say(context, self._sent_text(request, inbound))
-
-    async def cmd_list(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
-        await self._show(context, cards.items_card(await self.service.list_items(rest), rest))
-
-    async def cmd_status(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
-        mine = await self.service.my_requests(inbound.identity)
-        await self._show(context, cards.status_card(mine, self.policy.timezone))
-
-    async def cmd_cancel(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
-        request = await self.service.cancel(self._request_id(rest, "cancel"), inbound.identity)
-        await self._say(context, f"↩️ {request.id} for {request.item} is cancelled.")
-
-    async def cmd_done(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
-        request = await self.service.done(self._request_id(rest, "done"), inbound.identity)
-        await self._say(context, f"🔒 {request.id} for {request.item} is {request.status.value.replace('_', ' ')}.")
-
-    async def cmd_extend(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
-        request_id, _, duration = rest.partition(" ")
-        extension = await self.service.request_extension(self._request_id(request_id, "extend", "30m"),
-                                                         inbound.identity, duration.strip() or "",
-                                                         refs=inbound.refs())
-        await self._say(context, f"⏩ Extension {extension.id} asks the leads for "
-                                 f"{format_duration(extension.window.duration)} more on {extension.parent_id}.")
+    async def _run(self, context: TurnContext, inbound: Inbound, parsed: cmd.Command) -> None:
+        match parsed:
+            case cmd.Unknown(word=word):
+                note = f"I don't know “{cards.clip(word, 40)}”. Here is what I understand:" if word else ""
+                await self.cmd_help(context, inbound, note)
+            case cmd.Help(note=note):
+                await self.cmd_help(context, inbound, note)
+            case cmd.Form(item=item, window_text=window, problem=problem, missing_reason=missing_reason):
+                error = problem.user_message(TEAMS) if problem else ""
+                if missing_reason:
+                    error = f"Say why you need {item}."
+                await self._show(context, await self._form(error=error, item=item,
+                                                           window=window if missing_reason else ""))
+            case cmd.Request(draft=draft):
+                request = await self.service.request_access(inbound.identity, draft, refs=inbound.refs())
+                await self._say(context, self._sent_text(request, inbound))
+            case cmd.ListItems(query=query):
+                await self._show(context, cards.items_card(await self.service.list_items(query), query))
+            case cmd.Status():
+                mine = await self.service.my_requests(inbound.identity)
+                await self._show(context, cards.status_card(mine, self.policy.timezone))
+            case cmd.Cancel(request_id=request_id):
+                request = await self.service.cancel(request_id, inbound.identity)
+                await self._say(context, f"↩️ {request.id} for {request.item} is cancelled.")
+            case cmd.Done(request_id=request_id):
+                request = await self.service.done(request_id, inbound.identity)
+                await self._say(context, f"🔒 {request.id} for {request.item} is "
+                                         f"{request.status.value.replace('_', ' ')}.")
+            case cmd.Extend(request_id=request_id, duration=duration):
+                extension = await self.service.request_extension(request_id, inbound.identity, duration,
+                                                                 refs=inbound.refs())
+                await self._say(context, f"⏩ Extension {extension.id} asks the leads for "
+                                         f"{format_duration(extension.window.duration)} more on {extension.parent_id}.")
+            case cmd.Report(args=args):
+                await self.cmd_report(context, inbound, args)
+            case cmd.WhereAmI():
+                await self.cmd_whereami(context, inbound, "")
 
     async def cmd_help(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
         await self._show(context, cards.help_card(rest))
@@ -297,7 +276,7 @@ class TeamsAgent:
         try:
             body = await self._card_action(context)
         except JitpassError as exc:
-            body = error_response(type(exc).__name__, teams_wording(exc.user_message()))
+            body = error_response(type(exc).__name__, exc.user_message(TEAMS))
         except Exception as exc:  # answered with an error id
             body = error_response("InternalError", apology(report_unexpected("card action", exc)), 500)
         await self._answer(context, body)
@@ -343,10 +322,11 @@ class TeamsAgent:
         try:
             if not item or not reason:
                 raise InputError("Pick an item and say why you need it.")
-            draft = RequestDraft(item, reason, self._window(item, window))
+            draft = RequestDraft(item, reason, parse_window(window, now=self.runtime.clock.now(),
+                                                                tz=self.policy.timezone, item=item))
             request = await self.service.request_access(inbound.identity, draft, refs=inbound.refs())
         except JitpassError as exc:
-            return card_response(await self._form(error=teams_wording(exc.user_message()), item=item,
+            return card_response(await self._form(error=exc.user_message(TEAMS), item=item,
                                                   reason=reason, window=window))
         return card_response(cards.request_sent_card(request, self.policy.timezone, self._sent_note(request, inbound)))
 
@@ -361,29 +341,10 @@ class TeamsAgent:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _window(self, item: str, window: str) -> Window | None:
-        """The form's free-text window, read by the same parser as a chat request."""
-        if not window:
-            return None
-        draft = parse_request(f"{item} {window}", now=self.runtime.clock.now(), tz=self.policy.timezone,
-                              default_duration=timedelta(0))
-        if draft.reason or draft.window is None:
-            raise ParseError(f"I can't read “{cards.clip(window, 60)}” as a time.",
-                             hint="Examples: for 1h · until 17:00 · tomorrow 9am-11am")
-        return draft.window
-
-    @staticmethod
-    def _request_id(text: str, verb: str, extra: str = "") -> str:
-        request_id = text.split()[0] if text.split() else ""
-        if not _REQUEST_ID.match(request_id):
-            example = f"Example: {verb} R-ABCD2345{' ' + extra if extra else ''}"
-            raise InputError(f"Say which request: {verb} needs a request id like R-ABCD2345.", hint=example)
-        return request_id.upper()
-
     @staticmethod
     def _card_request_id(data: Mapping[str, Any]) -> str:
         request_id = data.get("request_id")
-        if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
+        if not isinstance(request_id, str) or not cmd.REQUEST_ID.match(request_id):
             raise NotFound("This card names no request.")
         return request_id
 

@@ -9,7 +9,6 @@ ends. Every reference needed later is returned to the core as refs.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import tzinfo
 from typing import Any
@@ -23,20 +22,12 @@ from bot.domain.errors import DeliveryError
 from bot.domain.model import AccessRequest, Item, Reveal
 from bot.domain.policy import Policy
 
-__all__ = ["TeamsNotifier", "teams_wording"]
+__all__ = ["TeamsNotifier"]
 
 log = logging.getLogger("jitpass.teams")
 
 RequestLookup = Callable[[str], Awaitable[AccessRequest]]
 SaveRefs = Callable[[str, Mapping[str, Any]], Awaitable[object]]
-
-_SLACK_SUBCOMMAND = re.compile(r"/access (cancel|done|extend|list|status|help)\b")
-
-
-def teams_wording(text: str) -> str:
-    """Core messages name Slack's `/access` command; in Teams every command is a plain word
-    (`/access cancel R-…` is `cancel R-…`, `/access acme-zendesk …` is `access acme-zendesk …`)."""
-    return _SLACK_SUBCOMMAND.sub(r"\1", text).replace("/access", "access")
 
 
 class TeamsNotifier:
@@ -110,7 +101,7 @@ class TeamsNotifier:
         personal, opened = await self._personal_chat(request)
         if opened:
             await self.save_refs(request.id, {PERSONAL: personal.to_dict()})
-        await self.connector.send(personal, Activity(type=ActivityTypes.message, text=teams_wording(message)))
+        await self.connector.send(personal, Activity(type=ActivityTypes.message, text=message))
 
     # -- internals ---------------------------------------------------------------------------
 

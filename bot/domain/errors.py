@@ -19,17 +19,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bot.domain.syntax import SLACK, Hint, Syntax
+
 
 class JitpassError(Exception):
-    """Base for errors whose message can be shown to the person who caused them."""
+    """Base for errors whose message can be shown to the person who caused them.
 
-    def __init__(self, message: str, *, hint: str = "") -> None:
+    A hint that names a command is a `Hint` (data), spelled in each platform's own syntax.
+    """
+
+    def __init__(self, message: str, *, hint: str | Hint = "") -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hints = hint if isinstance(hint, Hint) else Hint(hint.replace("{", "{{").replace("}", "}}"))
 
-    def user_message(self) -> str:
-        return f"{self.message}\n{self.hint}" if self.hint else self.message
+    @property
+    def hint(self) -> str:
+        """The hint in Slack's syntax (the CLI and the tests read this)."""
+        return self.hints.render(SLACK)
+
+    def user_message(self, syntax: Syntax = SLACK) -> str:
+        hint = self.hints.render(syntax)
+        return f"{self.message}\n{hint}" if hint else self.message
 
 
 class InputError(JitpassError):

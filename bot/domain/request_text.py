@@ -32,13 +32,13 @@ from typing import NoReturn
 
 from bot.domain.errors import ParseError
 from bot.domain.model import Window
+from bot.domain.syntax import example
 
 __all__ = [
-    "COMMAND", "MAX_DURATION", "MAX_LOOKBACK", "RequestDraft", "format_duration", "parse_duration", "parse_request",
+    "MAX_DURATION", "MAX_LOOKBACK", "RequestDraft", "format_duration", "parse_duration", "parse_request",
+    "parse_window",
 ]
 
-# Adapters rewrite this prefix when their platform names the command differently.
-COMMAND = "/access"
 # Far beyond any policy; it only keeps typos like `for 9999999d` from overflowing.
 MAX_DURATION = timedelta(days=366)
 MAX_LOOKBACK = timedelta(days=3660)  # how far back a report or an export may reach
@@ -50,7 +50,7 @@ _MAX_WHEN_WORDS = 16
 _EXAMPLE_ITEM = "acme-zendesk"
 _EXAMPLE_REASON = "fix broken trigger"
 _EXAMPLE_WHEN = "for 1h"
-_DEFAULT_EXAMPLE = f"Example: {COMMAND} {_EXAMPLE_ITEM} {_EXAMPLE_REASON} {_EXAMPLE_WHEN}"
+_DEFAULT_EXAMPLE = example("", f"{_EXAMPLE_ITEM} {_EXAMPLE_REASON} {_EXAMPLE_WHEN}")
 
 _UNIT_SECONDS: dict[str, int] = {
     name: seconds
@@ -155,6 +155,22 @@ def parse_request(text: str, *, now: datetime, tz: tzinfo, default_duration: tim
     return RequestDraft(item, reason, window)
 
 
+def parse_window(text: str, *, now: datetime, tz: tzinfo, item: str = _EXAMPLE_ITEM) -> Window | None:
+    """A when-phrase on its own (`for 1h`, `until 17:00`, `tomorrow 9am-11am`); None when `text` is empty.
+
+    `item` only names the item in the examples of the hints.
+    """
+    if not text.strip():
+        return None
+    draft = parse_request(f"{item} {text}", now=now, tz=tz, default_duration=timedelta(0))
+    if draft.reason or draft.window is None:
+        shown = " ".join(text.split())
+        shown = shown if len(shown) <= 60 else shown[:59].rstrip() + "…"
+        raise ParseError(f"I can't read “{shown}” as a time.",
+                         hint="Examples: for 1h · until 17:00 · tomorrow 9am-11am")
+    return draft.window
+
+
 def parse_duration(text: str, *, maximum: timedelta = MAX_DURATION) -> timedelta:
     """Read a duration such as ``30m``, ``1h30m``, ``45 min``, ``90s``, ``1d`` or ``2 hours``.
 
@@ -198,7 +214,7 @@ class _Problem(Exception):
 def _to_error(problem: _Problem, phrase: str, item: str, reason: str) -> ParseError:
     detail = _sentence(problem.detail)
     message = detail if problem.complete else f'I can\'t use "{phrase}" as the time: {detail}'
-    return ParseError(message, hint=f"Example: {COMMAND} {item} {reason or _EXAMPLE_REASON} {problem.example}")
+    return ParseError(message, hint=example("", f"{item} {reason or _EXAMPLE_REASON} {problem.example}"))
 
 
 def _sentence(detail: str) -> str:

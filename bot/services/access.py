@@ -35,6 +35,7 @@ from bot.domain.model import (
 )
 from bot.domain.policy import Policy, VaultPolicy
 from bot.domain.request_text import RequestDraft, format_duration, parse_duration, parse_request
+from bot.domain.syntax import Hint, Typed, example
 from bot.domain.vault import Vault
 from bot.ports import Clock, Notifier, SecretRead, Store
 from bot.services.rotation import note_password_read
@@ -45,7 +46,7 @@ __all__ = ["AccessService", "new_request_id"]
 log = logging.getLogger("jitpass.service")
 
 _ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
-EXAMPLE = "Example: /access acme-zendesk fix broken trigger for 1h"
+EXAMPLE = example("", "acme-zendesk fix broken trigger for 1h")
 
 
 def new_request_id() -> str:
@@ -121,21 +122,22 @@ class AccessService:
             what = "is missing" if not reason else f"is too short ({len(reason)} characters)"
             raise InputError(
                 f"The reason {what}: say why you need {item.name} in at least {limits.min_reason_length} characters.",
-                hint=f"Example: /access {item.name} fix broken trigger for 1h",
+                hint=example("", f"{item.name} fix broken trigger for 1h"),
             )
         window = draft.window if draft.window and draft.window.duration else None
         window = Window(duration=limits.default_duration, start=draft.window.start if draft.window else None) \
             if window is None else window
         self._check_duration(vault, window.duration, item.name)
         if window.start is not None and window.start + window.duration <= now:
-            raise InputError("That window is already over.", hint=f"Example: /access {item.name} {reason} for 1h")
+            raise InputError("That window is already over.", hint=example("", f"{item.name} {reason} for 1h"))
         if vault.approvers.is_empty():
             raise NotAllowed(f"Nobody is set up to approve requests for vault '{item.vault}'; ask an admin.")
         mine = await self.store.find_requests(requester=requester, item=item.name, statuses=OPEN_STATUSES,
                                               kind=RequestKind.ACCESS)
         if mine:
             raise Conflict(f"You already have request {mine[0].id} for {item.name} ({mine[0].status.value}).",
-                           hint=f"Use `/access cancel {mine[0].id}` first, or `/access extend {mine[0].id} 30m`.")
+                           hint=Hint("Use `{}` first, or `{}`.",
+                                     (Typed("cancel", mine[0].id), Typed("extend", f"{mine[0].id} 30m"))))
         notes = [f"{limits.approvals_required} approvals needed"] if limits.approvals_required > 1 else []
         if not self.policy.in_working_hours(window.start or now):
             notes.append("outside working hours")
@@ -159,7 +161,7 @@ class AccessService:
         self._changed(request)
         return await self._get(request.id)
 
-    async def request_extension(self, request_id: str, requester: Identity, duration_text: str, *,
+    async def request_extension(self, request_id: str, requester: Identity, duration: str | timedelta, *,
                                 refs: Mapping[str, Any] | None = None) -> AccessRequest:
         """Ask the leads for more time on an active grant; the end moves only when approved."""
         grant = await self._get(request_id)
@@ -168,9 +170,9 @@ class AccessService:
         if grant.status is not Status.ACTIVE:
             raise Conflict(f"{request_id} is {grant.status.value}; only an active grant can be extended.")
         try:
-            extra = parse_duration(duration_text)
+            extra = duration if isinstance(duration, timedelta) else parse_duration(duration)
         except InputError as exc:
-            raise InputError(exc.message, hint=f"Example: /access extend {request_id} 30m") from None
+            raise InputError(exc.message, hint=example("extend", f"{request_id} 30m")) from None
         vault = self.policy.for_vault(grant.vault)
         assert grant.starts_at and grant.ends_at
         if (grant.ends_at + extra) - grant.starts_at > vault.limits.max_duration:
@@ -266,8 +268,8 @@ class AccessService:
         )
         if updated is None:
             active = request.status is Status.ACTIVE
-            hint = f" Use `/access done {request_id}` to end an active grant." if active else ""
-            raise Conflict(f"{request_id} is {request.status.value} and cannot be cancelled.{hint}")
+            hint = Hint("Use `{}` to end an active grant.", (Typed("done", request_id),)) if active else Hint("")
+            raise Conflict(f"{request_id} is {request.status.value} and cannot be cancelled.", hint=hint)
         await self._notify_updated(updated)
         self._changed(updated)
         return updated
@@ -623,13 +625,13 @@ class AccessService:
             raise InputError(
                 f"{format_duration(duration)} is longer than vault '{vault.name}' allows "
                 f"(at most {format_duration(limits.max_duration)}).",
-                hint=f"Example: /access {item} <why> for {format_duration(limits.max_duration)}",
+                hint=example("", f"{item} <why> for {format_duration(limits.max_duration)}"),
             )
         if duration < limits.min_duration:
             raise InputError(
                 f"{format_duration(duration)} is shorter than vault '{vault.name}' allows "
                 f"(at least {format_duration(limits.min_duration)}).",
-                hint=f"Example: /access {item} <why> for {format_duration(limits.min_duration)}",
+                hint=example("", f"{item} <why> for {format_duration(limits.min_duration)}"),
             )
 
     def _already(self, request: AccessRequest) -> str:
