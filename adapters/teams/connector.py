@@ -37,7 +37,7 @@ from adapters.teams.refs import ConversationRef
 from bot.domain.errors import DeliveryError
 from bot.ports import Store
 
-__all__ = ["SERVICE_URL_HOSTS", "Connector", "ServiceUrlBook", "ServiceUrlValidator", "card_activity"]
+__all__ = ["SERVICE_URL_HOSTS", "Connector", "ServiceUrlBook", "ServiceUrlValidator", "card_activity", "without_nulls"]
 
 log = logging.getLogger("jitpass.teams")
 
@@ -119,13 +119,25 @@ def card_activity(card: dict[str, Any], *, conversation_id: str = "", activity_i
                   text: str = "") -> Activity:
     """A message activity carrying one Adaptive Card, and `text` above it when given (never a secret:
     Teams shows it in notifications)."""
-    activity = Activity(type=ActivityTypes.message, text=text or None,
+    activity = Activity(type=ActivityTypes.message,
                         attachments=[Attachment(content_type=CARD_CONTENT_TYPE, content=card)])
+    if text:  # never `text=None`: the SDK would send `"text": null`, which the connector refuses
+        activity.text = text
     if conversation_id:
         activity.conversation = ConversationAccount(id=conversation_id)
     if activity_id:
         activity.id = activity_id
     return activity
+
+
+def without_nulls(activity: Activity) -> Activity:
+    """The activity without the properties that are None.
+
+    The SDK's send and update calls serialise with `exclude_unset` only, so a property set to None
+    goes out as `null`; the Bot Connector (and Agents Playground) refuse `null` wherever the schema
+    has a string or object: 400 BadArgument "Invalid input". Card content is left as it is.
+    """
+    return Activity.model_validate(activity.model_dump(by_alias=True, exclude_none=True, mode="json"))
 
 
 class Connector:
@@ -173,10 +185,13 @@ class Connector:
 
     async def send(self, where: ConversationRef, activity: Activity) -> ConversationRef:
         """Post a new message; returns the reference with the new message's id."""
-        activity.conversation = ConversationAccount(id=where.conversation_id, tenant_id=where.tenant_id or None)
+        activity.conversation = ConversationAccount(id=where.conversation_id)
+        if where.tenant_id:
+            activity.conversation.tenant_id = where.tenant_id
+        outgoing = without_nulls(activity)
         async with self.client(where.service_url) as client:
             response = await self._retrying(
-                lambda: client.conversations.send_to_conversation(where.conversation_id, activity))
+                lambda: client.conversations.send_to_conversation(where.conversation_id, outgoing))
         return where.with_activity(response.id or "")
 
     async def update(self, where: ConversationRef, activity: Activity) -> None:
@@ -185,9 +200,10 @@ class Connector:
             raise DeliveryError("no message to update")
         activity.id = where.activity_id
         activity.conversation = ConversationAccount(id=where.conversation_id)
+        outgoing = without_nulls(activity)
         async with self.client(where.service_url) as client:
             await self._retrying(
-                lambda: client.conversations.update_activity(where.conversation_id, where.activity_id, activity))
+                lambda: client.conversations.update_activity(where.conversation_id, where.activity_id, outgoing))
 
     async def open_personal_chat(self, service_url: str, tenant_id: str, user_id: str, bot_id: str) -> ConversationRef:
         """The 1:1 chat between the bot and a user (Teams returns the existing one if there is one)."""

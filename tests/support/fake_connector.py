@@ -3,7 +3,9 @@
 `FakeConnector` is an aiohttp server on 127.0.0.1:0 answering the calls the Agents SDK's
 connector client makes (create conversation, send, reply, update), stateful like the real
 one: it assigns conversation and activity ids, refuses to update a message it never saw
-(404) and refuses cards over Teams' size limit (413). Every call is recorded with its body;
+(404), refuses cards over Teams' size limit (413), and refuses with 400 every activity the
+Microsoft 365 Agents Playground's connector refuses (explicit nulls, missing fields, empty
+messages, broken mentions: see `tests/support/connector_schema.py`). Every call is recorded with its body;
 tests wait for calls with `wait_for` (an asyncio.Condition, no sleeping).
 
 `TeamsUser` and the `*_activity` builders produce the JSON Teams posts to /api/messages, with
@@ -24,6 +26,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.support.connector_schema import refusal
 
 __all__ = [
     "BOT_ID",
@@ -188,6 +192,9 @@ class FakeConnector:
         if refusals:
             status = refusals.pop(0)
             return await self._finish(call, status, {"error": {"code": "ServiceError", "message": "refused"}})
+        refused = refusal("POST", call.body)
+        if refused:
+            return await self._finish(call, *refused)
         if self._too_big(call.body):
             return await self._finish(call, 413, {"error": {"code": "MessageSizeTooBig", "message": "too big"}})
         activity_id = f"activity-{next(self._ids)}"
@@ -199,6 +206,9 @@ class FakeConnector:
         call = await self._record(request, conversation_id, activity_id)
         if (conversation_id, activity_id) not in self._messages:
             return await self._finish(call, 404, {"error": {"code": "NotFound", "message": "no such activity"}})
+        refused = refusal("PUT", call.body)
+        if refused:
+            return await self._finish(call, *refused)
         if self._too_big(call.body):
             return await self._finish(call, 413, {"error": {"code": "MessageSizeTooBig", "message": "too big"}})
         self._messages[(conversation_id, activity_id)] = call.body
