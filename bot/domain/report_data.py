@@ -253,6 +253,18 @@ class ReportData:
 
 
 @dataclass(frozen=True)
+class ShadowUse:
+    """A served 1Password item used directly in 1Password by someone with no active grant for it."""
+
+    at: datetime
+    item: str
+    vault: str
+    email: str
+    name: str
+    action: str
+
+
+@dataclass(frozen=True)
 class UnusedItem:
     item: str
     vault: str
@@ -319,6 +331,7 @@ class Report:
     unused_items: tuple[UnusedItem, ...]
     exposure: tuple[ExposureRow, ...]
     retention: RetentionSummary
+    shadow_access: tuple[ShadowUse, ...] = ()  # from access.shadow events (1Password Events API)
 
     @property
     def filters(self) -> dict[str, str]:

@@ -34,6 +34,7 @@ from bot.domain.report_data import (
     Report,
     ReportQuery,
     RetentionSummary,
+    ShadowUse,
     UnusedItem,
     UserFilter,
 )
@@ -223,9 +224,26 @@ async def build_report(source: ReportSource, policy: Policy, now: datetime, sinc
     unused = tuple(UnusedItem(i.name, i.vault) for i in sorted(catalogue, key=lambda i: (i.vault, i.name))
                    if i.name not in data.accessed_items)
     retention = await _retention(source, policy, now, verify=verify, tracker=tracker)
+    shadow = await _shadow_access(source, query)
     return Report(generated_at=now, since=since, until=until, timezone=policy.timezone.key, store=source.kind,
                   vault=query.vault, item=query.item, user=str(query.user) if query.user else None, data=data,
-                  unused_items=unused, exposure=_exposure(exposed, data.exposure_reveals), retention=retention)
+                  unused_items=unused, exposure=_exposure(exposed, data.exposure_reveals), retention=retention,
+                  shadow_access=shadow)
+
+
+async def _shadow_access(source: ReportSource, query: ReportQuery) -> tuple[ShadowUse, ...]:
+    """Direct uses of served 1Password items without a grant (`access.shadow`), in the period and filters."""
+    rows = []
+    async for event in source.events(since=query.since, until=query.until, types={"access.shadow"}):
+        actor = event.actor
+        if (query.vault and event.vault != query.vault) or (query.item and event.item != query.item):
+            continue
+        if query.user is not None and (actor is None or not query.user.matches(f"{actor.platform}:{actor.user_id}")):
+            continue
+        rows.append(ShadowUse(at=event.at, item=event.item or "", vault=event.vault or "",
+                              email=str(event.details.get("email") or (actor.user_id if actor else "")),
+                              name=actor.display if actor else "", action=str(event.details.get("action") or "")))
+    return tuple(rows)
 
 
 def report_event(actor: Identity, report: Report, fmt: str) -> EventDraft:

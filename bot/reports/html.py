@@ -188,6 +188,9 @@ def render_html(report: Report) -> str:
             ("item", "vault", "overlaps", "first overlap", "holders"),
             [(s.item, s.vault, s.overlaps, _local(s.first_at, tz), ", ".join(s.requesters))
              for s in data.shared_use], {2})),
+        ("Used in 1Password without a grant (shadow access)", len(report.shadow_access), _html_table(
+            ("when", "item", "vault", "person", "e-mail", "action"),
+            [(_local(u.at, tz), u.item, u.vault, u.name, u.email, u.action) for u in report.shadow_access])),
     ]
     anomaly_html = "".join(f"<h3>{_e(title)} <span class=muted>({count})</span></h3>{table}"
                            for title, count, table in anomalies)

@@ -70,6 +70,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "refusals": refusals,
             "unused_items": _plain(report.unused_items),
             "shared_use": _plain(data.shared_use),
+            "shadow_access": _plain(report.shadow_access),
         },
         "exposure": exposure,
         "retention": _plain(report.retention),
@@ -113,7 +114,7 @@ def _csv_rows(report: Report) -> Iterable[tuple[str, str, str, str, str, Any]]:
     for name, total in (("unrevealed_grants", data.unrevealed_total), ("off_hours_reveals", data.off_hours_total),
                         ("vault_bursts", len(data.bursts)), ("refusals", sum(r.count for r in data.refusals)),
                         ("unused_items", len(report.unused_items)), ("shared_use", len(data.shared_use)),
-                        ("exposure", len(report.exposure))):
+                        ("exposure", len(report.exposure)), ("shadow_access", len(report.shadow_access))):
         yield "anomaly_totals", name, "", "", "total", total
     for g in data.unrevealed:
         for metric, value in (("item", g.item), ("requester", g.requester), ("activated_at", g.activated_at),
@@ -139,6 +140,9 @@ def _csv_rows(report: Report) -> Iterable[tuple[str, str, str, str, str, Any]]:
         for metric, value in (("overlaps", s.overlaps), ("first_at", s.first_at),
                               ("requesters", " ".join(s.requesters))):
             yield "shared_use", s.item, "", s.vault, metric, value
+    for use in report.shadow_access:
+        for metric, value in (("at", use.at), ("email", use.email), ("action", use.action)):
+            yield "shadow_access", use.item, use.name, use.vault, metric, value
     for e in report.exposure:
         seen = "; ".join(f"{s.label} {format_time(s.first_at)}" for s in e.sightings) or ", ".join(e.seen_by)
         for metric, value in (("since", e.since), ("days", e.days(report.generated_at)),
@@ -189,7 +193,8 @@ def render_summary(report: Report) -> str:
     data, total = report.data, report.data.totals
     anomalies = (f"{data.unrevealed_total} unrevealed grant(s), {data.off_hours_total} off-hours reveal(s), "
                  f"{len(data.bursts)} multi-vault burst(s), {sum(r.count for r in data.refusals)} refusal(s), "
-                 f"{len(data.shared_use)} shared item(s), {len(report.unused_items)} unused item(s)")
+                 f"{len(data.shared_use)} shared item(s), {len(report.unused_items)} unused item(s), "
+                 f"{len(report.shadow_access)} use(s) in 1Password without a grant")
     return "\n".join([
         f"Access report {_period_line(report, tz)}",
         f"Requests {total.requests}: {total.approved} approved, {total.declined} declined, "
@@ -271,6 +276,8 @@ def render_table(report: Report, out: TextIO, *, width: int | None = None) -> No
                       + (" …" if len(report.unused_items) > 8 else ""))
     _add_row(anomalies, "overlapping grants (shared use)", str(len(data.shared_use)), ", ".join(
         f"{s.item} ×{s.overlaps} ({', '.join(s.requesters)})" for s in data.shared_use[:5]))
+    _add_row(anomalies, "used in 1Password without a grant (shadow access)", str(len(report.shadow_access)),
+             ", ".join(f"{u.item} by {u.email} ({u.action}, {_local(u.at, tz)})" for u in report.shadow_access[:5]))
     console.print(anomalies)
 
     exposure = Table(title="Exposure: revealed and not rotated since (oldest first per vault)",

@@ -6,6 +6,8 @@ against the local 1Password stand-ins over HTTP. Chat is the recording notifier 
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +20,9 @@ from bot.domain.audit import format_time
 from bot.domain.config import parse_policy
 from bot.domain.errors import InputError, SecretSourceError
 from bot.domain.model import SYSTEM, Event, Secret, Status
+from bot.domain.report_data import FORMATS
+from bot.reports.build import build_report
+from bot.reports.render import render
 from bot.services.shadow import CURSOR_KEY, ShadowWatch
 from tests.support.app import CANARY_PASSWORD, FakeClock, canary_items, test_settings
 from tests.support.fake_onepassword import FakeOnePassword, running
@@ -355,3 +360,37 @@ async def test_use_by_the_grant_holder_during_the_grant_is_not_flagged(
     [event] = await _events(runtime, "access.shadow")
     assert event.details["used_at"] == format_time(clock.now())
     assert CANARY_PASSWORD not in str(event)
+
+
+async def test_shadow_access_has_its_section_in_every_report_format(
+        runtime: Runtime, account: OnePasswordAccount, clock: FakeClock) -> None:
+    await _sync(runtime)
+    assert runtime.shadow is not None
+    await runtime.shadow.run()
+    since = clock.now() - timedelta(hours=1)
+    clock.advance(timedelta(minutes=3))
+    account.fake.used(account.initech, account.portal, "mallory@initech.example", name="Mallory", action="copy")
+    await runtime.shadow.run()
+    clock.advance(timedelta(minutes=1))
+
+    report = await build_report(runtime.store, runtime.policy, clock.now(), since, clock.now(), verify=False)
+    outputs = {}
+    for fmt in FORMATS:
+        out = io.StringIO()
+        render(report, fmt, out)
+        outputs[fmt] = out.getvalue()
+
+    [use] = report.shadow_access
+    assert (use.item, use.vault, use.email, use.action) == ("initech-portal-admin", "initech",
+                                                            "mallory@initech.example", "copy")
+    data = json.loads(outputs["json"])
+    assert data["anomalies"]["shadow_access"][0]["email"] == "mallory@initech.example"
+    assert "shadow_access,initech-portal-admin,Mallory,initech,email,mallory@initech.example" in outputs["csv"]
+    assert "used in 1Password without a grant" in outputs["table"] and "mallory@initech.example" in outputs["table"]
+    assert "Used in 1Password without a grant (shadow access)" in outputs["html"]
+    assert "<td>mallory@initech.example</td>" in outputs["html"]
+    for text in outputs.values():
+        assert OP_CANARY_PASSWORD not in text
+    other = await build_report(runtime.store, runtime.policy, clock.now(), since, clock.now(), vault="acme",
+                               verify=False)
+    assert other.shadow_access == ()

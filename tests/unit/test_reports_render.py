@@ -54,7 +54,7 @@ def test_csv_has_one_stable_header_and_reads_back_every_figure(report: Report) -
     assert value("timeline", "2026-03-07", "reveals") == "2"
     assert [(r["key"], r["value"]) for r in rows if r["section"] == "anomaly_totals"] == [
         ("unrevealed_grants", "1"), ("off_hours_reveals", "3"), ("vault_bursts", "1"), ("refusals", "3"),
-        ("unused_items", "1"), ("shared_use", "1"), ("exposure", "2")]
+        ("unused_items", "1"), ("shared_use", "1"), ("exposure", "2"), ("shadow_access", "0")]
     assert value("unrevealed_grants", "R2", "activated_at") == "2026-03-02T09:50:00.000000Z"
     assert value("vault_bursts", "slack:UANN", "vaults") == "acme globex initech"
     assert value("refusals", "slack:UANN self-approve", "self_approval") == "true"
