@@ -9,8 +9,11 @@ development with Microsoft 365 Agents Playground only, and says so loudly at sta
 
 from __future__ import annotations
 
+import json
 import logging
+import traceback
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from microsoft_agents.activity import Activity
@@ -48,6 +51,29 @@ _ANONYMOUS_NOISE = _AnonymousNoise()
 _USER_TOKEN_LOG = logging.getLogger("microsoft_agents.hosting.core.connector.client.user_token_client")
 
 
+class _OneLine(logging.Filter):
+    """The SDK logs some failures with their whole traceback, and pydantic's multi-line report of a
+    refused activity (with the values it was sent). jitpass logs its own line for each of those
+    (`teams_bad_request`, `teams_error` with an error id), so the SDK's record becomes one line at
+    DEBUG, its traceback a second DEBUG line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info or record.levelno >= logging.WARNING:
+            if record.exc_info:
+                log.debug("event=teams_sdk_trace logger=%s trace=%r", record.name,
+                          "".join(traceback.format_exception(*record.exc_info))[-4000:])
+            first_line = record.getMessage().splitlines()[0] if record.getMessage() else ""
+            record.msg, record.args = first_line[:300], None
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_ONE_LINE = _OneLine()
+# The SDK loggers that log a refused activity or a failed turn with a traceback.
+_SDK_TRACEBACK_LOGS = ("microsoft_agents.activity.activity", "microsoft_agents.hosting.core.app.agent_application")
+
+
 class TeamsAdapter:
     """Mounts /api/messages; at start registers the Teams notifier with the core."""
 
@@ -73,6 +99,9 @@ class TeamsAdapter:
         redact_access_log()
         if self.app_id is None and _ANONYMOUS_NOISE not in _USER_TOKEN_LOG.filters:
             _USER_TOKEN_LOG.addFilter(_ANONYMOUS_NOISE)
+        for name in _SDK_TRACEBACK_LOGS:
+            if _ONE_LINE not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(_ONE_LINE)
 
     # -- ChatAdapter -----------------------------------------------------------------------
 
@@ -149,23 +178,28 @@ class TeamsAdapter:
 
     @staticmethod
     async def _malformed(request: web.Request) -> str:
+        """Why the request is not an activity jitpass will run a turn for ("" when it is one)."""
         try:
-            body = await request.json()
-        except ValueError:
+            body = json.loads(await request.read())
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
             return "the body is not JSON"
         if not isinstance(body, dict):
             return "the body is not an activity object"
         try:
             activity = Activity.model_validate(body)
-        except ValidationError as exc:
-            return f"not a valid activity ({exc.error_count()} problem(s))"
+        except Exception as exc:  # pydantic's errors, and the SDK's own (an empty channelId is a TypeError)
+            count = exc.error_count() if isinstance(exc, ValidationError) else 1
+            return f"not a valid activity ({count} problem(s))"
         if not activity.type or not activity.conversation or not activity.conversation.id:
             return "an activity needs a type and conversation.id"
         if not activity.channel_id or not activity.service_url:
             return "an activity needs a channelId and a serviceUrl"
         if not activity.from_property or not activity.from_property.id:
             return "an activity needs from.id"
-        return ""
+        service_url = urlsplit(activity.service_url)
+        if service_url.scheme not in ("http", "https") or not service_url.hostname:
+            return "the serviceUrl is not an http(s) URL"
+        return ""  # an untrusted host is the SDK's to refuse (401), with validation on
 
     async def _on_turn_error(self, context: TurnContext, error: Exception) -> None:
         """Replaces the SDK's default, which would post the exception text into the chat."""

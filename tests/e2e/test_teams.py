@@ -506,6 +506,84 @@ async def test_malformed_activities_are_400_not_500(teams: Teams) -> None:
     assert teams.connector.calls == [], "nothing reached the agent"
 
 
+def _problems_logged(records: list[logging.LogRecord]) -> list[str]:
+    """Log lines a person would read as trouble: tracebacks, and anything at WARNING or above."""
+    return [f"{r.name}: {r.getMessage()[:200]}" for r in records
+            if r.exc_info or r.stack_info or (r.levelno >= logging.WARNING)]
+
+
+def _with(activity: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return activity | changes
+
+
+async def test_hostile_activities_are_400_with_one_log_line_each(
+        teams: Teams, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    url, connector_url = teams.running.base_url, teams.connector.url
+    message = message_activity(connector_url, REQUESTER, "help")
+    hostile: dict[str, bytes] = {
+        "empty channelId": json.dumps(_with(message, channelId="")).encode(),
+        "serviceUrl not a URL": json.dumps(_with(message, serviceUrl="not a url")).encode(),
+        "serviceUrl not http": json.dumps(_with(message, serviceUrl="ftp://files.example/")).encode(),
+        "timestamp not a time": json.dumps(_with(message, timestamp="yesterday")).encode(),
+        "entities not a list": json.dumps(_with(message, entities="mention")).encode(),
+        "from.id a number": json.dumps(_with(message, **{"from": {"id": 5}})).encode(),
+        "100,000 [": b"[" * 100_000,
+        "deep object": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        "not UTF-8": b"\xff\xfe{",
+        "not JSON": b"{not json",
+        "empty": b"",
+    }
+    for what, raw in hostile.items():
+        before = len(caplog.records)
+        status, body = await post_activity(url, None, raw=raw)
+        records = caplog.records[before:]
+        assert status == 400 and isinstance(body, dict) and body["error"], what
+        refused = [r for r in records if "event=teams_bad_request" in r.getMessage()]
+        assert len(refused) == 1, (what, [r.getMessage()[:120] for r in records])
+        assert _problems_logged(records) == [], what
+        assert not [r for r in records if r.levelno >= logging.INFO and "Traceback" in r.getMessage()], what
+    assert teams.connector.calls == [], "nothing reached the agent"
+
+
+async def test_what_agents_playground_sends_is_answered_without_errors(
+        teams: Teams, connector: FakeConnector, caplog: pytest.LogCaptureFixture) -> None:
+    """Installs, card actions with odd values and channel messages with mentions, shaped as
+    Agents Playground 0.2.28 sends them (see the Playground test for the real thing)."""
+    caplog.set_level(logging.DEBUG)
+    url = teams.running.base_url
+    install = _with(members_added_activity(connector.url, REQUESTER, conversation_id=REQUESTER.personal_chat,
+                                           conversation_type="personal"),
+                    type="installationUpdate", action="add")
+    del install["membersAdded"]
+    joined = members_added_activity(connector.url, REQUESTER, conversation_id=REQUESTER.personal_chat,
+                                    conversation_type="personal")
+    mention = message_activity(connector.url, REQUESTER, "list", conversation_id=TEAM_CHANNEL,
+                               conversation_type="channel")
+    unknown_mention = _with(mention, entities=[{"type": "mention"}])
+    card_action = invoke_activity(connector.url, LEAD, "approve", {"request_id": "R-AAAAAAAA"},
+                                  conversation_id=LEADS_CHANNEL, conversation_type="channel")
+    odd_actions = [_with(card_action, value="approve"), _with(card_action, value=None),
+                   _with(card_action, value={"action": {"type": "Action.Execute", "verb": "approve",
+                                                        "data": {"request_id": 5}}}),
+                   _with(card_action, value={"action": {"type": "Action.Submit"}}),
+                   _with(card_action, name="task/fetch")]
+
+    statuses = [(await post_activity(url, activity))[0] for activity in (install, joined, mention, unknown_mention)]
+    answers = [await post_activity(url, activity) for activity in odd_actions]
+
+    assert statuses == [202, 202, 202, 202]
+    assert [status for status, _ in answers] == [200] * len(odd_actions)
+    assert [body["statusCode"] for _, body in answers] == [400, 400, 400, 400, 501]
+    assert all(body["type"] == "application/vnd.microsoft.error" for _, body in answers)
+    greeting = await connector.wait_for(lambda c: c.card is not None and "just-in-time" in c.dump())
+    assert greeting.conversation_id == REQUESTER.personal_chat
+    listed = await connector.wait_for(lambda c: c.conversation_id == TEAM_CHANNEL and c.card is not None)
+    assert "acme-zendesk" in listed.dump()
+    assert all(c.status < 400 for c in connector.calls), [(c.path, c.status, c.body) for c in connector.calls]
+    assert _problems_logged(caplog.records) == []
+
+
 async def test_the_service_url_is_remembered_across_restarts(tmp_path: Path, connector: FakeConnector) -> None:
     settings = test_settings(tmp_path)
     async with running_app(tmp_path, settings=settings) as running:

@@ -302,7 +302,10 @@ async def post_activity(base_url: str, activity: Any, *, token: str | None = Non
     async with aiohttp.ClientSession() as session, \
             session.post(f"{base_url}/api/messages", data=data, headers=headers) as response:
         text = await response.text()
-        return response.status, json.loads(text) if text else None
+        try:
+            return response.status, json.loads(text) if text else None
+        except ValueError:  # e.g. aiohttp's own plain-text 500 page
+            return response.status, text
 
 
 def card_elements(card: dict[str, Any]) -> list[dict[str, Any]]:
