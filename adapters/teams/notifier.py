@@ -103,6 +103,15 @@ class TeamsNotifier:
             await self.save_refs(request.id, {PERSONAL: personal.to_dict()})
         await self.connector.send(personal, Activity(type=ActivityTypes.message, text=message))
 
+    async def leads_told(self, vault: str, message: str) -> None:
+        """Post a notice (direct use of a 1Password item) to the vault's Teams leads channel."""
+        channel = self.policy.leads_channel(vault, self.platform)
+        service_url = self.service_urls.for_tenant("")
+        if not channel or not service_url:
+            return
+        await self.connector.send(ConversationRef(service_url, channel, ""),
+                                  Activity(type=ActivityTypes.message, text=message))
+
     # -- internals ---------------------------------------------------------------------------
 
     @property

@@ -20,7 +20,7 @@ import pytest
 from adapters.slack.blocks import Actions
 from tests.e2e.test_teams import LEAD, REQUESTER, Teams, status_of
 from tests.support.app import FakeClock, running_app, test_settings
-from tests.support.fake_connector import FakeConnector, find_element, validate_cards
+from tests.support.fake_connector import LEADS_CHANNEL, FakeConnector, find_element, validate_cards
 from tests.support.fake_onepassword import FakeOnePassword, running
 from tests.support.fake_slack import SlackHarness, slack_harness
 from tests.support.onepassword import (
@@ -158,3 +158,40 @@ async def test_teams_flow_on_a_1password_item(tmp_path: Path, account: OnePasswo
         assert OP_CANARY_PASSWORD not in repr(events) and OP_CANARY_SEED not in repr(events)
         assert validate_cards(teams.all_cards()) == {}
     assert OP_CANARY_PASSWORD.encode() not in _stored_bytes(tmp_path)
+
+
+async def test_direct_use_without_a_grant_is_told_to_the_leads_in_slack(
+        tmp_path: Path, account: OnePasswordAccount, clock: FakeClock) -> None:
+    async with slack_harness(tmp_path, clock=clock, policy_text=OP_POLICY, **op_settings(account.fake)) as slack:
+        runtime = slack.runtime
+        await runtime.onepassword_sync.run()
+        await runtime.shadow.run(runtime.service)
+        clock.advance(timedelta(minutes=1))
+        account.fake.used(account.initech, account.portal, "mallory@initech.example", name="Mallory", action="copy")
+
+        await runtime.shadow.run(runtime.service)
+
+        told = await slack.fake.wait_for(lambda c: c.method == "chat.postMessage" and c.args["channel"] == "CLEADS"
+                                         and "directly in 1Password" in c.args["text"])
+        assert "Mallory (mallory@initech.example) used initech-portal-admin directly in 1Password (copy)" in \
+            told.args["text"]
+        assert OP_CANARY_PASSWORD not in told.dump()
+        [event] = [e async for e in runtime.store.events(types={"access.shadow"})]
+        assert event.item == ITEM and event.actor is not None and event.actor.platform == "1password"
+
+
+async def test_direct_use_without_a_grant_is_told_to_the_leads_in_teams(
+        tmp_path: Path, account: OnePasswordAccount, connector: FakeConnector, clock: FakeClock) -> None:
+    settings = test_settings(tmp_path, **op_settings(account.fake))
+    async with running_app(tmp_path, settings=settings, clock=clock, policy_text=OP_POLICY) as app:
+        teams = Teams(app, connector)
+        await teams.say(REQUESTER, "help")  # the bot learns the Teams service URL
+        await app.runtime.onepassword_sync.run()
+        await app.runtime.shadow.run(app.runtime.service)
+        clock.advance(timedelta(minutes=1))
+        account.fake.used(account.initech, account.portal, "mallory@initech.example", name="Mallory")
+
+        await app.runtime.shadow.run(app.runtime.service)
+
+        told = await connector.wait_for(lambda c: c.conversation_id == LEADS_CHANNEL and "1Password" in c.text)
+        assert "mallory@initech.example" in told.text and ITEM in told.text
