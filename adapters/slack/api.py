@@ -51,6 +51,7 @@ METHOD_SCOPES: dict[str, str | None] = {
     "files.completeUploadExternal": "files:write",
     "files.getUploadURLExternal": "files:write",
     "usergroups.users.list": "usergroups:read",
+    "users.info": "users:read",  # the holder's e-mail, to tell their own 1Password use from shadow access
     "views.open": None,
     "views.publish": None,
     "views.update": None,
@@ -59,8 +60,10 @@ METHOD_SCOPES: dict[str, str | None] = {
 APP_TOKEN_METHOD_SCOPES: dict[str, str] = {"apps.connections.open": "connections:write"}
 # The slash command itself needs this scope although it is no Web API method.
 COMMAND_SCOPE = "commands"
+# users.info carries `profile.email` only with this scope as well.
+EMAIL_SCOPE = "users:read.email"
 # Read methods take query parameters; write methods take a JSON body.
-_GET_METHODS = frozenset({"usergroups.users.list"})
+_GET_METHODS = frozenset({"usergroups.users.list", "users.info"})
 # Slack documents the upload methods as form-encoded (JSON only later, and not everywhere): send forms.
 _FORM_METHODS = frozenset({"files.getUploadURLExternal", "files.completeUploadExternal"})
 _TIMEOUT_SECONDS = 10
@@ -68,7 +71,7 @@ _TIMEOUT_SECONDS = 10
 
 def bot_scopes() -> set[str]:
     """The bot scopes the code needs: `commands` plus the scopes of every method it calls."""
-    return {COMMAND_SCOPE} | {scope for scope in METHOD_SCOPES.values() if scope}
+    return {COMMAND_SCOPE, EMAIL_SCOPE} | {scope for scope in METHOD_SCOPES.values() if scope}
 
 
 def normalise_api_url(url: str | None) -> str:

@@ -82,6 +82,7 @@ class SlackNotifier:
         self.clock = clock
         self.home = home
         self._dm_channels: dict[str, str] = {}
+        self._emails: dict[str, str | None] = {}
 
     # -- the approval card -----------------------------------------------------------------------
 
@@ -199,6 +200,16 @@ class SlackNotifier:
             return
         await self.api.call("chat.postMessage", channel=channel, unfurl_links=False, unfurl_media=False,
                             text=blocks.truncate(blocks.escape(message), blocks.MESSAGE_TEXT_MAX))
+
+    async def email_of(self, user_id: str) -> str | None:
+        """The person's Slack profile e-mail (users.info; needs users:read.email), remembered; None if hidden."""
+        if user_id not in self._emails:
+            data = await self.api.call("users.info", user=user_id)
+            user = data.get("user")
+            profile = user.get("profile") if isinstance(user, dict) else None
+            email = profile.get("email") if isinstance(profile, dict) else None
+            self._emails[user_id] = str(email).lower() if isinstance(email, str) and "@" in email else None
+        return self._emails[user_id]
 
     async def dm_channel(self, user_id: str) -> str:
         """The bot's DM channel with `user_id` (conversations.open, remembered)."""

@@ -486,6 +486,18 @@ class AccessService:
                 log.error("leads notice failed vault=%s platform=%s error=%s", vault, notifier.platform,
                           type(exc).__name__)
 
+    async def email_of(self, who: Identity) -> str | None:
+        """The person's e-mail as their chat platform knows it (Slack profile), or None when it cannot tell."""
+        lookup = getattr(self.notifiers.get(who.platform), "email_of", None)
+        if lookup is None:
+            return None
+        try:
+            email = await lookup(who.user_id)
+        except Exception as exc:
+            log.warning("e-mail lookup failed platform=%s error=%s", who.platform, type(exc).__name__)
+            return None
+        return email if isinstance(email, str) else None
+
     async def record_refusal(self, actor: Identity, what: str, *, request_id: str | None = None,
                              vault: str | None = None) -> None:
         """Audit an attempt that was refused (non-admin report request, foreign button press, ...)."""

@@ -2,14 +2,16 @@
 
 The Events API reports every fill / copy / reveal of an item in a shared vault. For each usage of an
 item jitpass serves, we look for a grant of that item that was active at that moment and whose holder
-is the 1Password user (matched by e-mail: `[onepassword.people]` in the policy, or an id that is the
-e-mail). A usage with no such grant is recorded as an `access.shadow` audit event (and, when the
-policy says so, told to the vault's leads).
+is the 1Password user (matched by e-mail: `[onepassword.people]` in the policy first, else the
+holder's e-mail as the chat platform has it: the Slack profile, or an id that is the e-mail). A usage
+with no such grant is recorded as an `access.shadow` audit event (and, when the policy says so, told
+to the vault's leads).
 
 Resumable: after each page the cursor, the last usage time and the ids seen at that time are kept in
 the store's meta. A cursor the Events API no longer accepts is replaced by a ResetCursor from the
-last usage time; usages already handled are skipped. A crash after an event but before the cursor is
-saved re-reads that page; the usage id in each event makes the repeat recognisable (it is skipped).
+last usage time; usages already handled are skipped. The position (last usage time and the ids seen
+at it) is saved after every flagged usage and the cursor after every page, so a kill -9 re-reads at
+most one page and flags again at most the one usage whose event was written just before the kill.
 """
 
 from __future__ import annotations
@@ -83,27 +85,31 @@ class ShadowWatch:
                 log.warning("event=onepassword_events_cursor_reset reason=%s from=%s", exc.reason,
                             format_time(start))
                 result.cursor_reset = True
-                cursor = None
+                cursor, start = None, last_at or start
                 continue
             for usage in page.usages:
                 if last_at is not None and (usage.at < last_at or (usage.at == last_at and usage.id in last_ids)):
                     continue
                 result.read += 1
                 item = items.get(usage.item_id)
-                if item is not None and await self._is_shadow(item, usage):
-                    await self._flag(item, usage, service)
-                    result.flagged.append(f"{item.name} by {usage.email}")
+                flag = item is not None and await self._is_shadow(item, usage, service)
                 if last_at is None or usage.at > last_at:
                     last_at, last_ids = usage.at, set()
                 last_ids.add(usage.id)
+                if flag and item is not None:
+                    await self._flag(item, usage, service)
+                    await self._save_position(last_at, last_ids)
+                    result.flagged.append(f"{item.name} by {usage.email}")
             cursor = page.cursor
-            await self.store.set_meta(CURSOR_KEY, cursor)
             if last_at is not None:
-                await self.store.set_meta(POSITION_KEY, json.dumps({"at": format_time(last_at),
-                                                                    "ids": sorted(last_ids)}))
+                await self._save_position(last_at, last_ids)
+            await self.store.set_meta(CURSOR_KEY, cursor)
             if not page.has_more:
                 break
         return result
+
+    async def _save_position(self, at: datetime, ids: set[str]) -> None:
+        await self.store.set_meta(POSITION_KEY, json.dumps({"at": format_time(at), "ids": sorted(ids)}))
 
     async def _position(self) -> tuple[datetime | None, set[str]]:
         raw = await self.store.get_meta(POSITION_KEY)
@@ -112,12 +118,17 @@ class ShadowWatch:
         data = json.loads(raw)
         return parse_time(str(data["at"])), {str(i) for i in data.get("ids") or ()}
 
-    async def _is_shadow(self, item: Item, usage: ItemUsage) -> bool:
+    async def _is_shadow(self, item: Item, usage: ItemUsage, service: AccessService | None) -> bool:
         if item.external is None or item.external.vault_id != usage.vault_id:
             return False
         people = self.policy.onepassword
         for request in await self.store.find_requests(item=item.name):
-            if held_at(request, usage.at) and people.is_person(usage.email, request.requester):
+            if not held_at(request, usage.at):
+                continue
+            if people.is_person(usage.email, request.requester):
+                return False
+            # No policy entry: the chat platform's own e-mail for the holder (Slack profile).
+            if service is not None and await service.email_of(request.requester) == usage.email:
                 return False
         return True
 

@@ -166,10 +166,19 @@ async def test_direct_use_without_a_grant_is_told_to_the_leads_in_slack(
         runtime = slack.runtime
         await runtime.onepassword_sync.run()
         await runtime.shadow.run(runtime.service)
+        # UHOLDER is in no [onepassword.people] entry: Slack's profile e-mail (users.info) says who it is.
+        slack.fake.emails["UHOLDER"] = "Holder@Initech.example"
+        _, request_id = await slack.request(f"{ITEM} fix the invoice export for 20m", "UHOLDER")
+        await slack.users.press(Actions.APPROVE, request_id, "ULEAD1")
+        await slack.settle()
         clock.advance(timedelta(minutes=1))
+        account.fake.used(account.initech, account.portal, "holder@initech.example", action="fill")
         account.fake.used(account.initech, account.portal, "mallory@initech.example", name="Mallory", action="copy")
 
-        await runtime.shadow.run(runtime.service)
+        result = await runtime.shadow.run(runtime.service)
+
+        assert result.read == 2 and result.flagged == [f"{ITEM} by mallory@initech.example"]
+        assert any(c.method == "users.info" and c.args["user"] == "UHOLDER" for c in slack.fake.calls)
 
         told = await slack.fake.wait_for(lambda c: c.method == "chat.postMessage" and c.args["channel"] == "CLEADS"
                                          and "directly in 1Password" in c.args["text"])

@@ -203,6 +203,7 @@ class FakeSlack:
         self.views: dict[str, dict[str, Any]] = {}
         self.homes: dict[str, dict[str, Any]] = {}
         self.usergroups: dict[str, list[str]] = {}
+        self.emails: dict[str, str] = {}  # user id -> profile e-mail (users.info with users:read.email)
         self.files: dict[str, SlackFile] = {}
         self._rate_limited: dict[str, list[int]] = {}
         self._failing: dict[str, list[tuple[Callable[[dict[str, Any]], bool], str]]] = {}
@@ -376,6 +377,16 @@ class FakeSlack:
         if not users:
             raise _Invalid("users_list_not_supplied")
         return {"channel": {"id": "D" + users.split(",")[0]}}
+
+    def _m_users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        user_id = str(args.get("user") or "")
+        if not user_id.startswith(("U", "W")):
+            raise _Invalid("user_not_found")
+        profile: dict[str, Any] = {"real_name": user_id.lower(), "display_name": user_id.lower()}
+        if user_id in self.emails:  # Slack leaves `email` out unless the app has users:read.email
+            profile["email"] = self.emails[user_id]
+        return {"user": {"id": user_id, "team_id": TEAM_ID, "name": user_id.lower(), "deleted": False,
+                         "is_bot": False, "profile": profile}}
 
     def _m_usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
         group = str(args.get("usergroup") or "")
