@@ -77,6 +77,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
         runtime = request.app[RUNTIME]
         body: dict[str, Any] = {"status": "ok", "version": VERSION, "store": await runtime.store.describe(),
                                 "platforms": {a.platform: a.describe() for a in chat}}
+        # A wipe that spent its retry budget: a password may still be on someone's screen.
+        counts = await runtime.store.effect_counts()
+        body["effects"] = counts
+        if counts["failed_wipes"]:
+            body["alerts"] = [f"{counts['failed_wipes']} delivered secret(s) could not be wiped from chat; "
+                              "see alert.wipe_exhausted in the audit trail"]
         return web.json_response(body)
 
     async def not_configured(request: web.Request) -> web.Response:
@@ -96,6 +102,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
             await seed_demo(runtime)
         for adapter in chat:
             await adapter.start(runtime)
+        runtime.effects.start()
+        # Returns at once: overdue work runs in the background, so the port opens without waiting for it.
         await runtime.scheduler.start()
         install_retention(runtime.scheduler, runtime.store, runtime.policy, runtime.clock)
         install_onepassword(runtime)
@@ -106,6 +114,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
         if runtime is None:
             return
         await runtime.scheduler.shutdown()
+        await runtime.effects.stop()
         for adapter in chat:
             await adapter.stop()
         await runtime.close()

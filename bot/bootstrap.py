@@ -19,6 +19,7 @@ from bot.ports import Clock, Store, SystemClock
 from bot.services.access import AccessService
 from bot.services.catalog import Catalog
 from bot.services.onepassword_sync import OnePasswordSync
+from bot.services.effects import EffectRunner, RetryPolicy
 from bot.services.schedule import GrantScheduler
 from bot.services.secrets import BuiltinSource, SecretSources
 from bot.services.shadow import ShadowWatch
@@ -39,6 +40,7 @@ class Runtime:
     service: AccessService
     catalog: Catalog
     scheduler: GrantScheduler
+    effects: EffectRunner
     # Set when OP_CONNECT_HOST / OP_CONNECT_TOKEN (and OP_EVENTS_TOKEN) are configured.
     onepassword_sync: OnePasswordSync | None = None
     shadow: ShadowWatch | None = None
@@ -96,8 +98,10 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
         raise
     secrets = SecretSources(BuiltinSource(vault))
     service = AccessService(store, vault, policy, clock, secrets)
+    effects = EffectRunner(service, RetryPolicy(call_timeout=settings.call_timeout,
+                                                retry_after_max=settings.retry_after_max))
     runtime = Runtime(settings=settings, store=store, vault=vault, policy=policy, clock=clock, service=service,
-                      catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(service))
+                      catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(service), effects=effects)
     if settings.op_connect_host and settings.op_connect_token:
         # The secret sources (no chat SDK): 1Password Connect for items, the Events API for direct use.
         connect = ConnectSource(ConnectClient(settings.op_connect_host, settings.op_connect_token), vault.fingerprint)

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from bot.domain.model import (
     AccessRequest,
     CodeView,
+    Effect,
+    EffectDraft,
+    EffectOutcome,
     Event,
     EventDraft,
     Identity,
@@ -28,13 +31,16 @@ __all__ = [
     "QUIET",
     "Checkpoint",
     "Clock",
+    "Failed",
     "ItemFeed",
     "ItemUsage",
     "Notifier",
+    "NotifyResult",
     "PurgeResult",
     "ReportSource",
     "SecretRead",
     "SecretSource",
+    "Sent",
     "SourceItem",
     "SourceSummary",
     "SourceVault",
@@ -123,7 +129,10 @@ class Store(Protocol):
     async def list_sealed_items(self) -> list[SealedItem]: ...
 
     # -- requests ------------------------------------------------------------------------------
-    async def create_request(self, request: AccessRequest, event: EventDraft) -> None: ...
+    async def create_request(self, request: AccessRequest, event: EventDraft,
+                             effects: Sequence[EffectDraft] = ()) -> None:
+        """Insert the request, its event and its chat effects in one unit of work."""
+        ...
 
     async def get_request(self, request_id: str) -> AccessRequest | None: ...
 
@@ -148,10 +157,12 @@ class Store(Protocol):
         event: EventDraft | None,
         *,
         expected_version: int | None = None,
+        effects: Sequence[EffectDraft] = (),
     ) -> AccessRequest | None:
         """Apply `changes` (AccessRequest field names) if the request is in one of `from_statuses`
         (and at `expected_version` when given); bump `version`; append `event` in the same unit of
-        work. Returns the updated request, or None when the compare failed (nothing written)."""
+        work, with `effects` (a new UPDATE_CARD drops the request's unclaimed older ones). Returns the
+        updated request, or None when the compare failed (nothing written)."""
         ...
 
     async def save_refs(self, request_id: str, refs: Mapping[str, Any], expected_version: int) -> bool:
@@ -165,6 +176,34 @@ class Store(Protocol):
 
     async def next_due_at(self) -> datetime | None:
         """The earliest timeout_at / starts_at / ends_at among open requests."""
+        ...
+
+    # -- durable chat effects -----------------------------------------------------------------
+    async def claim_effects(self, now: datetime, owner: str, lease_until: datetime, *, platforms: Collection[str],
+                            limit: int) -> list[Effect]:
+        """Lease up to `limit` pending effects due by `now` whose lease is free and that have no
+        earlier pending effect in their request's lane; `attempts` goes up by one for each."""
+        ...
+
+    async def settle_effect(self, effect: Effect, owner: str, outcome: EffectOutcome) -> bool:
+        """Record an attempt's outcome if `owner` still holds the lease: the effect row, the outcome's
+        event, refs merged into the request (and `revealed`), follow-up effects, in one unit of work."""
+        ...
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        """Extend every lease `owner` holds on a pending effect (a live worker's heartbeat)."""
+        ...
+
+    async def next_effect_at(self, platforms: Collection[str]) -> datetime | None:
+        """When the earliest pending effect becomes due (or its lease ends)."""
+        ...
+
+    async def effect_counts(self) -> dict[str, int]:
+        """`{"pending": n, "failed": n, "failed_wipes": n}` for /healthz and reports."""
+        ...
+
+    async def effects_of(self, request_id: str) -> list[Effect]:
+        """Every effect of one request, oldest first."""
         ...
 
     # -- audit trail ---------------------------------------------------------------------------
@@ -203,30 +242,62 @@ class Store(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Sent:
+    """The platform took the call. `refs` merge into the request's refs; `done` False: there was
+    nothing to do (no card to update, nothing delivered to wipe)."""
+
+    refs: Mapping[str, Any] | None = None
+    done: bool = True
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The platform did not take the call: an error code (never a payload), an optional Retry-After
+    (0: try again at once, e.g. by another route), `permanent` when retrying cannot help (no leads
+    channel configured), and refs to record anyway (e.g. a response_url found spent)."""
+
+    error: str
+    retry_after: float | None = None
+    permanent: bool = False
+    refs: Mapping[str, Any] | None = None
+
+
+type NotifyResult = Sent | Failed
+
+
 class Notifier(Protocol):
-    """One per chat platform: renders what the core decided. Returns refs to merge into the
-    request's adapter-owned `refs` (or None)."""
+    """One per chat platform: renders what the core decided. Every call returns a result the core
+    records; a notifier raises only on a bug (the effects worker records that as a failure too)."""
 
     platform: str
 
-    async def request_posted(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
-        """Post the approval card to the vault's leads channel."""
+    async def request_posted(self, request: AccessRequest, item: Item) -> NotifyResult:
+        """Post the approval card to the vault's leads channel (refs: where it went)."""
         ...
 
-    async def request_updated(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
-        """Edit the approval card in place to show the request's new state."""
+    async def request_updated(self, request: AccessRequest, item: Item) -> NotifyResult:
+        """Edit the approval card in place to show the request's current state."""
         ...
 
-    async def deliver_secret(self, request: AccessRequest, reveal: Reveal) -> Mapping[str, Any] | None:
-        """Privately give the requester the secret and current code."""
+    async def delivery_target(self, request: AccessRequest) -> NotifyResult:
+        """Where the secret will go (refs recorded BEFORE it is sent, so a wipe can find it later)."""
         ...
 
-    async def secret_revoked(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
-        """Replace or wipe the delivered secret: the grant has ended."""
+    async def deliver_secret(self, request: AccessRequest, reveal: Reveal) -> NotifyResult:
+        """Privately give the requester the secret and current code (refs: where it is)."""
         ...
 
-    async def requester_told(self, request: AccessRequest, message: str) -> None:
+    async def secret_revoked(self, request: AccessRequest, item: Item) -> NotifyResult:
+        """Replace or wipe the delivered secret (found through the recorded target if need be)."""
+        ...
+
+    async def requester_told(self, request: AccessRequest, message: str) -> NotifyResult:
         """Tell the requester an outcome (approved, declined with reason, timed out, ...)."""
+        ...
+
+    async def leads_told(self, vault: str, message: str) -> NotifyResult:
+        """Post a notice to the vault's leads channel (`Sent(done=False)`: not on this platform)."""
         ...
 
 

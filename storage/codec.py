@@ -7,6 +7,8 @@ both SQLite and MongoDB can range-query them without a datetime type of their ow
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,6 +17,9 @@ from bot.domain.model import (
     BUILTIN,
     AccessRequest,
     Approval,
+    Effect,
+    EffectKind,
+    EffectStatus,
     ExternalRef,
     Identity,
     Item,
@@ -28,6 +33,7 @@ from bot.domain.model import (
 __all__ = [
     "KEY_FIELDS",
     "REQUEST_FIELDS",
+    "effect_from_doc",
     "identity_from_doc",
     "identity_to_doc",
     "item_from_doc",
@@ -259,4 +265,16 @@ def request_from_doc(doc: dict[str, Any]) -> AccessRequest:
         refs=dict(doc.get("refs") or {}),
         refs_version=int(doc.get("refs_version", 0)),
         version=int(doc.get("version", 0)),
+    )
+
+
+def effect_from_doc(doc: Mapping[str, Any]) -> Effect:
+    """An Effect from a stored row / document (both stores keep the same field names)."""
+    payload = doc["payload"]
+    return Effect(
+        id=str(doc["id"]), request_id=str(doc["request_id"]), platform=str(doc["platform"]),
+        kind=EffectKind(doc["kind"]), payload=dict(json.loads(payload) if isinstance(payload, str) else payload),
+        status=EffectStatus(doc["status"]), attempts=int(doc["attempts"]), due_at=_time(doc["due_at"]),
+        created_at=_time(doc["created_at"]), error=str(doc.get("error") or ""),
+        lease_owner=doc.get("lease_owner"), lease_until=time_from_doc(doc.get("lease_until")),
     )

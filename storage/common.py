@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from bot.domain.audit import format_time, parse_time
-from bot.domain.model import AccessRequest, Event, EventDraft, Identity
+from bot.domain.model import AccessRequest, EffectDraft, EffectKind, EffectOutcome, Event, EventDraft, Identity
 from bot.ports import Checkpoint
 
 from .codec import REQUEST_FIELDS
@@ -21,7 +21,10 @@ __all__ = [
     "as_recorded",
     "checkpoint_from_json",
     "checkpoint_to_json",
+    "effect_docs",
     "purge_draft",
+    "settled_changes",
+    "supersedes",
 ]
 
 CHECKPOINT_KEY = "audit_checkpoint"
@@ -74,3 +77,28 @@ def checkpoint_from_json(text: str | None) -> Checkpoint | None:
         return None
     data = json.loads(text)
     return Checkpoint(seq=int(data["seq"]), hash=str(data["hash"]), at=parse_time(str(data["at"])))
+
+
+def effect_docs(request_id: str, platform: str, drafts: Sequence[EffectDraft], now: datetime) -> list[dict[str, Any]]:
+    """New pending effect documents, due now, in the order given (both stores store these fields)."""
+    at = format_time(now)
+    return [{"request_id": request_id, "platform": platform, "kind": d.kind.value, "lane": d.kind.lane,
+             "payload": dict(d.payload), "status": "pending", "attempts": 0, "due_at": at, "created_at": at,
+             "updated_at": at, "error": "", "lease_owner": None, "lease_until": None} for d in drafts]
+
+
+def supersedes(drafts: Sequence[EffectDraft]) -> bool:
+    """Whether these effects make the request's unclaimed older card updates pointless."""
+    return any(d.kind is EffectKind.UPDATE_CARD for d in drafts)
+
+
+def settled_changes(current: AccessRequest, outcome: EffectOutcome) -> dict[str, Any]:
+    """The request fields an outcome changes: refs merged key by key, and `revealed`."""
+    changes: dict[str, Any] = {}
+    if outcome.refs:
+        merged = {**current.refs, **outcome.refs}
+        if merged != current.refs:
+            changes["refs"] = merged
+    if outcome.revealed and not current.revealed:
+        changes["revealed"] = True
+    return changes

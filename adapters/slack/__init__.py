@@ -58,10 +58,15 @@ class SlackAdapter:
             self.endpoint.unavailable = "SLACK_BOT_TOKEN is not set: the Slack adapter cannot call Slack"
             log.warning("event=slack_not_configured reason=no_bot_token")
             return
-        self._session = aiohttp.ClientSession()
-        self.api = SlackApi(self.settings.slack_bot_token, self.settings.slack_api_url, self._session)
+        # slack_sdk sets no timeout on a session it is given: the session's own default bounds every call.
+        timeout = self.settings.call_timeout
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+        self.api = SlackApi(self.settings.slack_bot_token, self.settings.slack_api_url, self._session,
+                            timeout=timeout)
         home = self.home = HomeTab(self.api, runtime.service, runtime.policy.timezone, self.background)
-        self.notifier = SlackNotifier(self.api, runtime.policy, runtime.clock, home)
+        self.notifier = SlackNotifier(self.api, runtime.policy, runtime.clock)
+        # One App Home publish per change of a user's request (HomeTab coalesces bursts per user).
+        runtime.service.on_change.append(lambda request: home.refresh(request.requester))
         directory = GroupDirectory(self.api, runtime.policy.approver_group_ids("slack"))
         runtime.service.register_notifier(self.notifier)
         bolt = build_bolt_app(self.api.client, self.settings.slack_signing_secret or "")

@@ -9,6 +9,7 @@ test checks both agree). Files go through Slack's external upload flow (`SlackAp
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -18,11 +19,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.async_handler import AsyncRetryHandler
-from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
-)
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
@@ -47,6 +43,7 @@ METHOD_SCOPES: dict[str, str | None] = {
     "auth.test": None,  # bolt checks the bot token once, on the first request
     "chat.postMessage": "chat:write",
     "chat.update": "chat:write",
+    "conversations.history": "im:history",  # finding a delivery again by its metadata after a crash
     "conversations.open": "im:write",
     "files.completeUploadExternal": "files:write",
     "files.getUploadURLExternal": "files:write",
@@ -66,7 +63,7 @@ EMAIL_SCOPE = "users:read.email"
 _GET_METHODS = frozenset({"usergroups.users.list", "users.info"})
 # Slack documents the upload methods as form-encoded (JSON only later, and not everywhere): send forms.
 _FORM_METHODS = frozenset({"files.getUploadURLExternal", "files.completeUploadExternal"})
-_TIMEOUT_SECONDS = 10
+DEFAULT_CALL_TIMEOUT = 10.0
 
 
 def bot_scopes() -> set[str]:
@@ -126,28 +123,40 @@ class SharedFile:
 
 
 class SlackCallError(DeliveryError):
-    """Slack refused or could not take a call; carries Slack's error code, never the payload."""
+    """Slack refused or could not take a call; carries Slack's error code (and a 429's Retry-After
+    in seconds), never the payload."""
 
-    def __init__(self, method: str, error: str) -> None:
+    def __init__(self, method: str, error: str, retry_after: float | None = None) -> None:
         super().__init__(f"Slack did not accept {method} ({error}).")
         self.method = method
         self.error = error
+        self.retry_after = retry_after
 
 
-def _retry_handlers() -> list[AsyncRetryHandler]:
-    # 429 + Retry-After is honoured by sleeping that long; dropped connections are retried too.
-    return [AsyncRateLimitErrorRetryHandler(max_retry_count=2), AsyncConnectionErrorRetryHandler(max_retry_count=2)]
+def _retry_after(headers: Mapping[str, Any] | None) -> float | None:
+    value = (headers or {}).get("Retry-After") or (headers or {}).get("retry-after")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 class SlackApi:
     """The Web API calls and `response_url` posts of the adapter."""
 
-    def __init__(self, token: str | None, api_url: str | None, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, token: str | None, api_url: str | None, session: aiohttp.ClientSession | None = None, *,
+                 timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
         self.logger = quiet_logger("jitpass.slack.sdk")
         self.session = session
+        self.timeout = timeout
+        # No SDK retries: a Retry-After slept inside a call would hold up whatever awaits it. The
+        # effects worker retries instead, with a capped Retry-After, without blocking other work.
+        # slack_sdk applies `timeout` only to sessions it creates; `call` bounds every call itself.
         self.client = AsyncWebClient(
-            token=token, base_url=normalise_api_url(api_url), timeout=_TIMEOUT_SECONDS, session=session,
-            logger=self.logger, retry_handlers=_retry_handlers(),
+            token=token, base_url=normalise_api_url(api_url), timeout=int(max(1, timeout)), session=session,
+            logger=self.logger, retry_handlers=[],
         )
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
@@ -155,30 +164,39 @@ class SlackApi:
         if method not in METHOD_SCOPES:
             raise ValueError(f"{method} is not in METHOD_SCOPES; add it there and to manifest.json")
         try:
-            if method in _GET_METHODS:
-                response = await self.client.api_call(method, http_verb="GET", params=params)
-            elif method in _FORM_METHODS:
-                response = await self.client.api_call(method, data=_form(params))
-            else:
-                response = await self.client.api_call(method, json=params)
+            async with asyncio.timeout(self.timeout):
+                if method in _GET_METHODS:
+                    response = await self.client.api_call(method, http_verb="GET", params=params)
+                elif method in _FORM_METHODS:
+                    response = await self.client.api_call(method, data=_form(params))
+                else:
+                    response = await self.client.api_call(method, json=params)
         except SlackApiError as exc:
             error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
-            raise SlackCallError(method, str(error or f"http {exc.response.status_code}")) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SlackCallError(method, str(error or f"http {exc.response.status_code}"),
+                                 _retry_after(exc.response.headers) if exc.response.status_code == 429 else None
+                                 ) from None
+        except TimeoutError:
+            raise SlackCallError(method, "timeout") from None
+        except aiohttp.ClientError as exc:
             raise SlackCallError(method, type(exc).__name__) from None
         data = response.data
         return dict(data) if isinstance(data, Mapping) else {}
 
     async def respond(self, response_url: str, payload: Mapping[str, Any]) -> None:
         """Post to an interaction's `response_url` (ephemeral replies, replacing a message)."""
-        webhook = AsyncWebhookClient(response_url, timeout=_TIMEOUT_SECONDS, session=self.session,
-                                     logger=self.logger, retry_handlers=_retry_handlers())
+        webhook = AsyncWebhookClient(response_url, timeout=int(max(1, self.timeout)), session=self.session,
+                                     logger=self.logger, retry_handlers=[])
         try:
-            response = await webhook.send_dict(dict(payload))
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            async with asyncio.timeout(self.timeout):
+                response = await webhook.send_dict(dict(payload))
+        except TimeoutError:
+            raise SlackCallError("response_url", "timeout") from None
+        except aiohttp.ClientError as exc:
             raise SlackCallError("response_url", type(exc).__name__) from None
         if response.status_code != 200:
-            raise SlackCallError("response_url", f"http {response.status_code}: {response.body[:40]}")
+            retry = _retry_after(response.headers) if response.status_code == 429 else None
+            raise SlackCallError("response_url", f"http {response.status_code}: {response.body[:40]}", retry)
 
     async def share_files(self, channel_id: str, files: Sequence[SharedFile], *, comment: str = "") -> list[str]:
         """Upload `files` with Slack's external upload flow and share them in `channel_id`; returns the file ids."""
@@ -208,7 +226,7 @@ class SlackApi:
             raise SlackCallError("file upload", "untrusted_upload_url")
         session = self.session or aiohttp.ClientSession()
         try:
-            async with session.post(upload_url, data=file.data, timeout=aiohttp.ClientTimeout(total=_TIMEOUT_SECONDS),
+            async with session.post(upload_url, data=file.data, timeout=aiohttp.ClientTimeout(total=self.timeout),
                                     headers={"Content-Type": "application/octet-stream"}) as response:
                 if response.status != 200:
                     raise SlackCallError("file upload", f"http {response.status}")

@@ -246,7 +246,8 @@ class SlackInteractions:
     def _sent_text(self, request: AccessRequest) -> str:
         channel = self.policy.leads_channel(request.vault, "slack")
         what = "Extension" if request.is_extension else "Request"
-        if channel and isinstance(request.refs.get("card"), Mapping):
+        # The card is durable work (retried until Slack takes it; the requester hears if it never does).
+        if channel:
             return (f"📨 {what} *{request.id}* for `{blocks.escape(request.item)}` sent to <#{channel}>. "
                     "I'll message you when a lead decides.")
         return (f"⚠️ {what} *{request.id}* is recorded, but I could not post it to the leads channel: "

@@ -4,6 +4,12 @@ Where the secret goes: an ephemeral message through the slash command's `respons
 that URL will still work when the grant ends (Slack keeps one for 30 minutes and 5 uses, and we
 need one use to wipe the secret), otherwise a DM, which `chat.update` can wipe at any time.
 Ephemeral messages are never stored in channel history, which is why they are preferred.
+
+Intent first: `delivery_target` names where the secret will go, and the core stores that before
+`deliver_secret` sends it. A DM delivery carries message `metadata` with the request id, so when the
+process died after Slack took the message but before its ts was saved, the next attempt (or the
+wipe) finds it again with `conversations.history(include_all_metadata=true)` instead of posting a
+second copy or leaving one behind. Every method returns `Sent` or `Failed`; none raises for Slack.
 """
 
 from __future__ import annotations
@@ -16,13 +22,11 @@ from typing import Any
 
 from adapters.slack import blocks
 from adapters.slack.api import SlackApi, SlackCallError
-from adapters.slack.home import HomeTab
-from bot.domain.errors import DeliveryError
 from bot.domain.model import AccessRequest, Item, Reveal
 from bot.domain.policy import Policy
-from bot.ports import Clock
+from bot.ports import Clock, Failed, NotifyResult, Sent
 
-__all__ = ["RESPONSE_URL_MAX_USES", "RESPONSE_URL_TTL", "ResponseUrl", "SlackNotifier"]
+__all__ = ["DELIVERY_EVENT_TYPE", "RESPONSE_URL_MAX_USES", "RESPONSE_URL_TTL", "ResponseUrl", "SlackNotifier"]
 
 log = logging.getLogger("jitpass.slack.notifier")
 
@@ -30,6 +34,10 @@ RESPONSE_URL_TTL = timedelta(minutes=30)
 RESPONSE_URL_MAX_USES = 5
 # Head-room for clock skew and the time a post takes.
 _RESPONSE_URL_MARGIN = timedelta(minutes=2)
+# Message metadata of a delivered secret: how a delivery whose ts was never saved is found again.
+DELIVERY_EVENT_TYPE = "jitpass_delivery"
+# How far back conversations.history looks for it (before the recorded intent time).
+_FIND_MARGIN = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -76,72 +84,123 @@ class SlackNotifier:
 
     platform = "slack"
 
-    def __init__(self, api: SlackApi, policy: Policy, clock: Clock, home: HomeTab) -> None:
+    def __init__(self, api: SlackApi, policy: Policy, clock: Clock) -> None:
         self.api = api
         self.policy = policy
         self.clock = clock
-        self.home = home
         self._dm_channels: dict[str, str] = {}
         self._emails: dict[str, str | None] = {}
 
     # -- the approval card -----------------------------------------------------------------------
 
-    async def request_posted(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
-        """Post the approval card to the vault's Slack leads channel."""
-        self.home.refresh(request.requester)
+    async def request_posted(self, request: AccessRequest, item: Item) -> NotifyResult:
+        """Post the approval card to the vault's Slack leads channel (once: a saved card is not posted again)."""
+        known = request.refs.get("card")
+        if isinstance(known, Mapping) and known.get("ts"):
+            return Sent(done=False)
         channel = self.policy.leads_channel(request.vault, "slack")
         if not channel:
-            raise DeliveryError(f"No Slack leads channel is configured for vault '{request.vault}'.")
+            return Failed("no_leads_channel", permanent=True)
         card = blocks.approval_card(request, item, self.policy.timezone)
-        data = await self.api.call("chat.postMessage", channel=channel, unfurl_links=False, unfurl_media=False,
-                                   **card.payload())
+        try:
+            data = await self.api.call("chat.postMessage", channel=channel, unfurl_links=False, unfurl_media=False,
+                                       **card.payload())
+        except SlackCallError as exc:
+            return _failed(exc)
         log.info("event=card_posted request_id=%s channel=%s", request.id, channel)
-        return {"card": {"channel": str(data.get("channel") or channel), "ts": str(data.get("ts"))}}
+        return Sent({"card": {"channel": str(data.get("channel") or channel), "ts": str(data.get("ts"))}})
 
-    async def request_updated(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
+    async def request_updated(self, request: AccessRequest, item: Item) -> NotifyResult:
         """Edit the card in place (chat.update on the stored channel and ts)."""
-        self.home.refresh(request.requester)
         card = request.refs.get("card")
         if not isinstance(card, Mapping) or not card.get("ts"):
-            return None
+            return Sent(done=False)
         message = blocks.approval_card(request, item, self.policy.timezone)
-        await self.api.call("chat.update", channel=card["channel"], ts=card["ts"], **message.payload())
+        try:
+            await self.api.call("chat.update", channel=card["channel"], ts=card["ts"], **message.payload())
+        except SlackCallError as exc:
+            return _failed(exc)
         log.info("event=card_updated request_id=%s status=%s", request.id, request.status.value)
-        return None
+        return Sent()
 
     # -- the secret ------------------------------------------------------------------------------
 
-    async def deliver_secret(self, request: AccessRequest, reveal: Reveal) -> Mapping[str, Any] | None:
-        """Give the requester the secret privately; raises when nothing could be delivered."""
-        self.home.refresh(request.requester)
-        message = blocks.secret_message(request, reveal, self.policy.timezone)
-        previous = request.refs.get("delivery")
-        previous = previous if isinstance(previous, Mapping) and not previous.get("ended") else None
-        if previous and previous.get("via") == "dm":
-            # A new window (extension) on a DM delivery: edit the same message.
-            await self.api.call("chat.update", channel=previous["channel"], ts=previous["ts"], **message.payload())
-            return {"delivery": dict(previous)}
-        earlier = ResponseUrl.from_refs(previous) if previous else None
-        url = earlier or command_url(request.refs)
-        if url is not None and url.usable(reveal.ends_at, uses_needed=2):
-            try:
-                await self.api.respond(url.url, {"response_type": "ephemeral", "replace_original": earlier is not None,
-                                                 **message.payload()})
-                log.info("event=grant_delivered request_id=%s via=response_url", request.id)
-                return {"delivery": {"via": "response_url", **url.used().to_refs()}}
-            except SlackCallError as exc:
-                log.warning("event=response_url_failed request_id=%s error=%s", request.id, exc.error)
-        if earlier is not None:
-            await self._wipe_ephemeral(request, earlier, "Your access continues in a direct message from jitpass.")
-        channel = await self.dm_channel(request.requester.user_id)
-        data = await self.api.call("chat.postMessage", channel=channel, unfurl_links=False, unfurl_media=False,
-                                   **message.payload())
-        log.info("event=grant_delivered request_id=%s via=dm", request.id)
-        return {"delivery": {"via": "dm", "channel": str(data.get("channel") or channel), "ts": str(data.get("ts"))}}
+    async def delivery_target(self, request: AccessRequest) -> NotifyResult:
+        """Where the secret goes: the live delivery (an extension edits it), the command's response_url
+        while it will still work at the end, else the requester's DM. Stored before anything is sent."""
+        previous = _live_delivery(request)
+        if previous is not None:
+            return Sent()
+        intent = request.refs.get("delivery_intent")
+        tries = int(intent.get("tries", 0)) if isinstance(intent, Mapping) else 0
+        url = command_url(request.refs)
+        assert request.ends_at is not None
+        if url is not None and url.usable(request.ends_at, uses_needed=2 + tries) and tries < 2:
+            return Sent({"delivery_intent": {"via": "response_url", "tries": tries + 1, **url.to_refs()}})
+        try:
+            channel = await self.dm_channel(request.requester.user_id, request.refs)
+        except SlackCallError as exc:
+            return _failed(exc)
+        return Sent({"dm_channel": channel, "delivery_intent": {
+            "via": "dm", "channel": channel, "at": self.clock.now().isoformat(), "tries": tries + 1}})
 
-    async def secret_revoked(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
-        """Replace the delivered secret (and any open code window) with "access expired"."""
-        self.home.refresh(request.requester)
+    async def deliver_secret(self, request: AccessRequest, reveal: Reveal) -> NotifyResult:
+        """Give the requester the secret privately, where `delivery_target` said."""
+        message = blocks.secret_message(request, reveal, self.policy.timezone)
+        try:
+            previous = _live_delivery(request)
+            if previous is not None and previous.get("via") == "dm":
+                # A new window (extension) on a DM delivery: edit the same message.
+                await self.api.call("chat.update", channel=previous["channel"], ts=previous["ts"],
+                                    **message.payload())
+                return Sent({"delivery": dict(previous)})
+            earlier = ResponseUrl.from_refs(previous) if previous else None
+            intent = request.refs.get("delivery_intent")
+            intent = intent if isinstance(intent, Mapping) else {}
+            if earlier is not None or intent.get("via") == "response_url":
+                url = earlier or ResponseUrl.from_refs(intent)
+                if url is None:
+                    return Failed("bad_delivery_intent")
+                # A retry replaces what an earlier attempt may have shown: one message, never two.
+                replace = earlier is not None or int(intent.get("tries", 1)) > 1
+                try:
+                    await self.api.respond(url.url, {"response_type": "ephemeral", "replace_original": replace,
+                                                     **message.payload()})
+                except SlackCallError as exc:
+                    if not exc.error.startswith(("http 404", "http 410")):
+                        raise
+                    # Slack says the URL is spent or expired: nothing was shown. Try the DM at once.
+                    spent = {**url.to_refs(), "uses": RESPONSE_URL_MAX_USES}
+                    gone: dict[str, Any] = {"delivery_intent": None}
+                    gone |= {"delivery": {**spent, "via": "response_url", "ended": True}} if earlier else {
+                        "command": spent}
+                    return Failed(f"response_url:{exc.error[:12]}", retry_after=0, refs=gone)
+                log.info("event=grant_delivered request_id=%s via=response_url", request.id)
+                return Sent({"delivery": {"via": "response_url", **url.used().to_refs()}})
+            channel = str(intent.get("channel") or "")
+            if not channel:
+                return Failed("no_delivery_intent")
+            # Only a retry can find an earlier copy: the first attempt posts without looking.
+            found = await self._find_delivery(request, channel, intent) if int(intent.get("tries", 1)) > 1 else None
+            if found is not None:
+                # Slack took an earlier attempt whose ts was never saved: edit that one.
+                await self.api.call("chat.update", channel=channel, ts=found, **message.payload())
+                log.info("event=grant_delivered request_id=%s via=dm recovered=true", request.id)
+                return Sent({"delivery": {"via": "dm", "channel": channel, "ts": found}})
+            data = await self.api.call("chat.postMessage", channel=channel, unfurl_links=False, unfurl_media=False,
+                                       metadata=_metadata(request), **message.payload())
+        except SlackCallError as exc:
+            return _failed(exc)
+        log.info("event=grant_delivered request_id=%s via=dm", request.id)
+        return Sent({"delivery": {"via": "dm", "channel": str(data.get("channel") or channel),
+                                  "ts": str(data.get("ts"))}})
+
+    async def secret_revoked(self, request: AccessRequest, item: Item) -> NotifyResult:
+        """Replace the delivered secret (and any open code window) with "access expired".
+
+        `Sent(done=False)`: nothing was ever delivered. A DM whose ts was not saved is found by its
+        metadata; an ephemeral message whose response_url can no longer be used is a permanent failure
+        (nothing else can edit it), which the core raises as an alert."""
         ended = blocks.ended_message(request, item, self.policy.timezone)
         refs: dict[str, Any] = {}
         view_id = request.refs.get("code_view")
@@ -152,54 +211,84 @@ class SlackNotifier:
             except SlackCallError as exc:  # usually: the user closed it already
                 log.info("event=code_view_not_updated request_id=%s error=%s", request.id, exc.error)
             refs["code_view"] = None
-        delivery = request.refs.get("delivery")
-        if not isinstance(delivery, Mapping) and request.revealed:
-            # Revealed but no delivery recorded: the process stopped between posting the secret and
-            # saving where it went. The slash command's URL is where it most likely went.
-            url = command_url(request.refs)
-            delivery = {"via": "response_url", **url.used().to_refs()} if url else None
-        if not isinstance(delivery, Mapping) or delivery.get("ended"):
-            return refs or None
-        if delivery.get("via") == "dm":
-            await self.api.call("chat.update", channel=delivery["channel"], ts=delivery["ts"], **ended.payload())
-            refs["delivery"] = {**delivery, "ended": True}
-        else:
-            url = ResponseUrl.from_refs(delivery)
-            if url is None:
-                return refs or None
-            refs["delivery"] = {**delivery, **url.used().to_refs(), "ended": True}
-            try:
-                await self._wipe_ephemeral(request, url, ended.text, ended)
-            except DeliveryError as exc:
-                # Nothing else can edit an ephemeral message (it vanishes on reload); record and move on.
-                log.warning("event=wipe_failed request_id=%s error=%s", request.id, exc.message)
-                refs["delivery"]["wipe_failed"] = True
+        try:
+            delivery = await self._delivery_to_wipe(request)
+        except SlackCallError as exc:
+            return _failed(exc)
+        if delivery is None:
+            return Sent(refs or None, done=False)
+        try:
+            if delivery.get("via") == "dm":
+                await self.api.call("chat.update", channel=delivery["channel"], ts=delivery["ts"], **ended.payload())
+            else:
+                url = ResponseUrl.from_refs(delivery)
+                if url is None or not url.usable(self.clock.now()):
+                    log.warning("event=wipe_impossible request_id=%s via=response_url", request.id)
+                    return Failed("response_url_expired", permanent=True)
+                await self._wipe_ephemeral(url, ended)
+                delivery = {**delivery, **url.used().to_refs()}
+        except SlackCallError as exc:
+            return _failed(exc)
         log.info("event=delivery_wiped request_id=%s via=%s", request.id, delivery.get("via"))
-        return refs
+        return Sent({**refs, "delivery": {**delivery, "ended": True}})
 
-    async def _wipe_ephemeral(self, request: AccessRequest, url: ResponseUrl, text: str,
-                              message: blocks.Message | None = None) -> None:
-        if not url.usable(self.clock.now()):
-            raise DeliveryError(f"The delivered message of {request.id} can no longer be replaced.")
-        payload = message.payload() if message else {"text": blocks.escape(text)}
-        await self.api.respond(url.url, {"response_type": "ephemeral", "replace_original": True, **payload})
+    async def _delivery_to_wipe(self, request: AccessRequest) -> Mapping[str, Any] | None:
+        delivery = request.refs.get("delivery")
+        if isinstance(delivery, Mapping):
+            return None if delivery.get("ended") else delivery
+        intent = request.refs.get("delivery_intent")
+        if not isinstance(intent, Mapping):
+            return None
+        if intent.get("via") == "response_url":
+            return intent
+        channel = str(intent.get("channel") or "")
+        ts = await self._find_delivery(request, channel, intent) if channel else None
+        return {"via": "dm", "channel": channel, "ts": ts} if ts else None
+
+    async def _find_delivery(self, request: AccessRequest, channel: str, intent: Mapping[str, Any]) -> str | None:
+        """The ts of this request's delivery in `channel`, found by its metadata (None: never posted)."""
+        try:
+            since = datetime.fromisoformat(str(intent.get("at"))) - _FIND_MARGIN
+        except ValueError:
+            since = self.clock.now() - RESPONSE_URL_TTL
+        data = await self.api.call("conversations.history", channel=channel, oldest=f"{since.timestamp():.6f}",
+                                   include_all_metadata=True, limit=200)
+        for message in data.get("messages") or []:
+            meta = message.get("metadata") if isinstance(message, Mapping) else None
+            if not isinstance(meta, Mapping) or meta.get("event_type") != DELIVERY_EVENT_TYPE:
+                continue
+            payload = meta.get("event_payload")
+            if isinstance(payload, Mapping) and payload.get("request_id") == request.id:
+                return str(message.get("ts"))
+        return None
+
+    async def _wipe_ephemeral(self, url: ResponseUrl, message: blocks.Message) -> None:
+        await self.api.respond(url.url, {"response_type": "ephemeral", "replace_original": True,
+                                         **message.payload()})
 
     # -- telling the requester -------------------------------------------------------------------
 
-    async def requester_told(self, request: AccessRequest, message: str) -> None:
+    async def requester_told(self, request: AccessRequest, message: str) -> NotifyResult:
         """DM the requester an outcome (approved, declined with reason, timed out, ended, ...)."""
-        self.home.refresh(request.requester)
-        channel = await self.dm_channel(request.requester.user_id)
-        await self.api.call("chat.postMessage", channel=channel, text=blocks.truncate(blocks.escape(message),
-                                                                                      blocks.MESSAGE_TEXT_MAX))
+        try:
+            channel = await self.dm_channel(request.requester.user_id, request.refs)
+            await self.api.call("chat.postMessage", channel=channel,
+                                text=blocks.truncate(blocks.escape(message), blocks.MESSAGE_TEXT_MAX))
+        except SlackCallError as exc:
+            return _failed(exc)
+        return Sent(None if request.refs.get("dm_channel") == channel else {"dm_channel": channel})
 
-    async def leads_told(self, vault: str, message: str) -> None:
+    async def leads_told(self, vault: str, message: str) -> NotifyResult:
         """Post a notice (direct use of a 1Password item) to the vault's Slack leads channel."""
         channel = self.policy.leads_channel(vault, "slack")
         if not channel:
-            return
-        await self.api.call("chat.postMessage", channel=channel, unfurl_links=False, unfurl_media=False,
-                            text=blocks.truncate(blocks.escape(message), blocks.MESSAGE_TEXT_MAX))
+            return Sent(done=False)
+        try:
+            await self.api.call("chat.postMessage", channel=channel, unfurl_links=False, unfurl_media=False,
+                                text=blocks.truncate(blocks.escape(message), blocks.MESSAGE_TEXT_MAX))
+        except SlackCallError as exc:
+            return _failed(exc)
+        return Sent()
 
     async def email_of(self, user_id: str) -> str | None:
         """The person's Slack profile e-mail (users.info; needs users:read.email), remembered; None if hidden."""
@@ -211,8 +300,12 @@ class SlackNotifier:
             self._emails[user_id] = str(email).lower() if isinstance(email, str) and "@" in email else None
         return self._emails[user_id]
 
-    async def dm_channel(self, user_id: str) -> str:
-        """The bot's DM channel with `user_id` (conversations.open, remembered)."""
+    async def dm_channel(self, user_id: str, refs: Mapping[str, Any] | None = None) -> str:
+        """The bot's DM channel with `user_id`: from the request's refs, remembered, or conversations.open."""
+        known = (refs or {}).get("dm_channel")
+        if isinstance(known, str) and known:
+            self._dm_channels.setdefault(user_id, known)
+            return known
         channel = self._dm_channels.get(user_id)
         if channel is None:
             data = await self.api.call("conversations.open", users=user_id)
@@ -222,3 +315,19 @@ class SlackNotifier:
                 raise SlackCallError("conversations.open", "no channel id")
             self._dm_channels[user_id] = channel
         return channel
+
+
+def _failed(exc: SlackCallError) -> Failed:
+    # Slack's permanent refusals: retrying the same call cannot succeed.
+    permanent = exc.error in {"invalid_blocks", "msg_too_long", "no_text", "channel_not_found", "not_in_channel",
+                              "invalid_auth", "not_authed", "account_inactive", "invalid_metadata_format"}
+    return Failed(f"{exc.method}:{exc.error}", retry_after=exc.retry_after, permanent=permanent)
+
+
+def _live_delivery(request: AccessRequest) -> Mapping[str, Any] | None:
+    previous = request.refs.get("delivery")
+    return previous if isinstance(previous, Mapping) and not previous.get("ended") else None
+
+
+def _metadata(request: AccessRequest) -> dict[str, Any]:
+    return {"event_type": DELIVERY_EVENT_TYPE, "event_payload": {"request_id": request.id}}

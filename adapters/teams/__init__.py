@@ -114,7 +114,7 @@ class TeamsAdapter:
         self.service_urls = ServiceUrlBook(runtime.store)
         await self.service_urls.load()
         notifier = TeamsNotifier(runtime.policy, self.connector, self.service_urls, runtime.service.get_request,
-                                 runtime.service.save_refs)
+                                 runtime.service.save_refs, timeout=self.settings.call_timeout)
         runtime.service.register_notifier(notifier)
         self.report_links = ReportLinks(runtime.clock)
         self.agent = TeamsAgent(runtime, self.service_urls, self.connections, report_links=self.report_links,

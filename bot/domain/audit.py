@@ -43,8 +43,13 @@ EVENT_TYPES = frozenset(
         "grant.extended",
         "grant.revealed",
         "grant.code_shown",
+        "grant.delivery_started",  # the secret is about to leave for the chat platform (not a reveal)
         "grant.delivery_failed",
         "grant.reveal_failed",
+        "grant.wiped",
+        "grant.wipe_failed",
+        "alert.wipe_exhausted",  # a wipe spent its retry budget: the secret may still be on screen
+        "chat.effect_failed",  # a card post/update or message spent its retry budget
         "grant.expired",
         "grant.revoked",
         "access.refused",

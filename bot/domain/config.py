@@ -84,6 +84,10 @@ class Settings:
     op_connect_token: str | None = field(default=None, repr=False)
     op_events_url: str = "https://events.1password.com"
     op_events_token: str | None = field(default=None, repr=False)
+    # Every outbound chat call gives up after this many seconds (JITPASS_CALL_TIMEOUT).
+    call_timeout: float = 10.0
+    # A Retry-After longer than this is cut to it (JITPASS_RETRY_AFTER_MAX); it delays only that effect.
+    retry_after_max: float = 30.0
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -136,8 +140,24 @@ class Settings:
             op_connect_token=op_token or None,
             op_events_url=events_url,
             op_events_token=(env.get("OP_EVENTS_TOKEN") or "").strip() or None,
+            call_timeout=_seconds(env, "JITPASS_CALL_TIMEOUT", 10.0),
+            retry_after_max=_seconds(env, "JITPASS_RETRY_AFTER_MAX", 30.0),
             environ=env,
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds from the environment, or `default` when unset."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise InputError(f"{name}={text!r} is not a number of seconds between 0 and 3600 (for example 10)")
+    return value
 
 
 # -- policy file --------------------------------------------------------------------------------

@@ -13,11 +13,17 @@ from typing import Any
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "CHAT_PLATFORMS",
     "FINAL_STATUSES",
     "OPEN_STATUSES",
     "AccessRequest",
     "Approval",
     "CodeView",
+    "Effect",
+    "EffectDraft",
+    "EffectKind",
+    "EffectOutcome",
+    "EffectStatus",
     "Event",
     "EventDraft",
     "ExternalRef",
@@ -287,3 +293,72 @@ class Event:
     details: dict[str, Any]
     prev_hash: str
     hash: str
+
+
+# -- durable chat effects ----------------------------------------------------------------------------
+
+# Platforms whose requests get chat effects (a CLI-made change on a Slack request still updates Slack).
+CHAT_PLATFORMS = frozenset({"slack", "teams"})
+
+
+class EffectKind(enum.StrEnum):
+    """A chat effect a state change causes; carried out later, durably, by the effects worker."""
+
+    POST_CARD = "post_card"  # the approval card to the leads channel
+    UPDATE_CARD = "update_card"  # the card shows the request's current state
+    DELIVER = "deliver"  # the secret to the requester (revealed at execution time, never stored)
+    WIPE = "wipe"  # the delivered secret replaced by "access ended"
+    TELL = "tell"  # a sentence to the requester (payload "message")
+
+    @property
+    def lane(self) -> str:
+        """Effects of one request in one lane run in order: a wipe never overtakes its delivery."""
+        return {"post_card": "card", "update_card": "card", "deliver": "secret", "wipe": "secret"}.get(
+            self.value, self.value)
+
+
+class EffectStatus(enum.StrEnum):
+    PENDING = "pending"  # due at `due_at` (a retry moves it)
+    DONE = "done"
+    FAILED = "failed"  # the retry budget is spent (a wipe raises an alert)
+    DROPPED = "dropped"  # made pointless by a later effect or state (a superseded card update)
+
+
+@dataclass(frozen=True)
+class EffectDraft:
+    """An effect before the store records it with the state change that causes it. Never a secret."""
+
+    kind: EffectKind
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A recorded chat effect; `attempts` counts claims (a worker that died mid-way counts too)."""
+
+    id: str
+    request_id: str
+    platform: str
+    kind: EffectKind
+    payload: dict[str, Any]
+    status: EffectStatus
+    attempts: int
+    due_at: datetime
+    created_at: datetime
+    error: str = ""
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EffectOutcome:
+    """How an attempt ended, recorded in one unit of work: the effect row, its audit event, the
+    request's refs / revealed flag, and follow-up effects (e.g. telling the requester delivery failed)."""
+
+    status: EffectStatus
+    error: str = ""
+    retry_at: datetime | None = None  # with status PENDING: when to try again
+    event: EventDraft | None = None
+    refs: dict[str, Any] | None = None  # merged key by key into the request's refs
+    revealed: bool = False  # the secret reached the requester (grant.delivered)
+    follow_ups: tuple[EffectDraft, ...] = ()

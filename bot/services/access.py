@@ -1,12 +1,15 @@
 """AccessService: the one place that decides who may see which credential when.
 
 Every state change is a compare-and-set in the store together with its audit event; every
-reveal writes its audit event before the secret leaves this module. Chat platforms are told
-what happened through their `Notifier` afterwards.
+reveal writes its audit event before the secret leaves this module. What chat must show is
+recorded as effects (bot.model.EffectDraft) in the same store transaction as the change; the
+effects worker (bot.services.effects) carries them out through the platform's `Notifier`. No chat call
+happens inline, so no chat outage can delay or undo a state change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import logging
 import secrets
@@ -18,11 +21,14 @@ from typing import Any
 from bot.domain.errors import Conflict, InputError, JitpassError, NotAllowed, NotFound, SecretSourceError
 from bot.domain.model import (
     ACTIVE_STATUSES,
+    CHAT_PLATFORMS,
     OPEN_STATUSES,
     SYSTEM,
     AccessRequest,
     Approval,
     CodeView,
+    EffectDraft,
+    EffectKind,
     EventDraft,
     Identity,
     Item,
@@ -37,7 +43,7 @@ from bot.domain.policy import Policy, VaultPolicy
 from bot.domain.request_text import RequestDraft, format_duration, parse_duration, parse_request
 from bot.domain.syntax import Hint, Typed, example
 from bot.domain.vault import Vault
-from bot.ports import Clock, Notifier, SecretRead, Store
+from bot.ports import Clock, Failed, Notifier, SecretRead, Store
 from bot.services.rotation import note_password_read
 from bot.services.secrets import BuiltinSource, SecretSources
 
@@ -155,9 +161,8 @@ class AccessService:
             "duration": format_duration(window.duration),
             "start": window.start.isoformat() if window.start else None,
             "notes": notes,
-        }))
+        }), self._effects(request, EffectKind.POST_CARD))
         log.info("request created request_id=%s item=%s requester=%s", request.id, item.name, requester.key)
-        await self._notify_posted(request, item)
         self._changed(request)
         return await self._get(request.id)
 
@@ -193,8 +198,8 @@ class AccessService:
             notes=(f"extension of {grant.id}, now ending {_when(grant.ends_at, self.policy)}",),
         )
         await self.store.create_request(request, self._draft("request.created", requester, request, request.reason,
-                                                             {"extends": grant.id, "by": format_duration(extra)}))
-        await self._notify_posted(request, await self._item_meta(request))
+                                                             {"extends": grant.id, "by": format_duration(extra)}),
+                                        self._effects(request, EffectKind.POST_CARD))
         self._changed(request)
         return await self._get(request.id)
 
@@ -218,21 +223,22 @@ class AccessService:
                     changes["starts_at"] = now
             event = self._draft("request.approved" if done else "request.approval_added", approver, request, "",
                                 {"approvals": len(approvals), "required": request.required_approvals})
+            effects = self._effects(request, EffectKind.UPDATE_CARD)
+            if done and not request.is_extension:
+                effects += self._tell_effect(request, f"✅ {request.id} for {request.item} was approved by "
+                                                      f"{approver.label}.")
             updated = await self.store.transition(request.id, {Status.PENDING}, changes, event,
-                                                  expected_version=request.version)
+                                                  expected_version=request.version, effects=effects)
             if updated is None:
                 continue
             log.info("approval request_id=%s approver=%s done=%s", updated.id, approver.key, done)
+            self._changed(updated)
             if not done:
-                await self._notify_updated(updated)
                 return await self._get(updated.id)
             if updated.is_extension:
                 return await self._apply_extension(updated)
-            await self._tell(updated, f"✅ {updated.id} for {updated.item} was approved by {approver.label}.")
-            self._changed(updated)
             if updated.starts_at is not None and updated.starts_at <= now:
                 return await self.activate(updated.id)
-            await self._notify_updated(updated)
             return await self._get(updated.id)
         raise Conflict(f"{request_id} is changing too quickly; try again.")
 
@@ -241,17 +247,17 @@ class AccessService:
         request = await self._get(request_id)
         await self._authorise_decider(request, approver, "decline")
         reason = " ".join(reason.split())[:500]
+        why = f": {reason}" if reason else "."
         updated = await self.store.transition(
             request.id, {Status.PENDING},
             {"status": Status.DECLINED, "decided_by": approver, "decided_at": self.clock.now(),
              "decline_reason": reason, "timeout_at": None},
             self._draft("request.declined", approver, request, reason),
+            effects=self._effects(request, EffectKind.UPDATE_CARD) + self._tell_effect(
+                request, f"❌ {request.id} for {request.item} was declined by {approver.label}{why}"),
         )
         if updated is None:
             raise Conflict(self._already(await self._get(request_id)))
-        await self._notify_updated(updated)
-        why = f": {reason}" if reason else "."
-        await self._tell(updated, f"❌ {updated.id} for {updated.item} was declined by {approver.label}{why}")
         self._changed(updated)
         return updated
 
@@ -265,12 +271,12 @@ class AccessService:
             request.id, {Status.PENDING, Status.APPROVED},
             {"status": Status.CANCELLED, "timeout_at": None, "ended_at": self.clock.now()},
             self._draft("request.cancelled", requester, request),
+            effects=self._effects(request, EffectKind.UPDATE_CARD),
         )
         if updated is None:
             active = request.status is Status.ACTIVE
             hint = Hint("Use `{}` to end an active grant.", (Typed("done", request_id),)) if active else Hint("")
             raise Conflict(f"{request_id} is {request.status.value} and cannot be cancelled.", hint=hint)
-        await self._notify_updated(updated)
         self._changed(updated)
         return updated
 
@@ -368,11 +374,12 @@ class AccessService:
         if vault.is_exclusive(request.item):
             holder = await self._holder(request.item, exclude=request.id)
             if holder is not None and holder.ends_at is not None:
-                queued = await self.store.transition(request.id, {Status.APPROVED}, {"starts_at": holder.ends_at}, None)
+                queued = await self.store.transition(
+                    request.id, {Status.APPROVED}, {"starts_at": holder.ends_at}, None,
+                    effects=self._effects(request, EffectKind.UPDATE_CARD) + self._tell_effect(
+                        request, f"⏳ {request.item} is in use by {holder.requester.label} until "
+                                 f"{_when(holder.ends_at, self.policy)}; your access starts then."))
                 if queued is not None:
-                    await self._tell(queued, f"⏳ {request.item} is in use by {holder.requester.label} until "
-                                             f"{_when(holder.ends_at, self.policy)}; your access starts then.")
-                    await self._notify_updated(queued)
                     self._changed(queued)
                 return queued or request
         duration = request.window.duration
@@ -380,13 +387,12 @@ class AccessService:
             request.id, {Status.APPROVED},
             {"status": Status.ACTIVE, "starts_at": now, "ends_at": now + duration},
             self._draft("grant.activated", SYSTEM, request, "", {"ends_at": (now + duration).isoformat()}),
+            effects=self._effects(request, EffectKind.UPDATE_CARD, EffectKind.DELIVER),
         )
         if updated is None:
             return await self._get(request_id)
         self._changed(updated)
-        await self._notify_updated(updated)
-        await self._deliver(updated)
-        return await self._get(updated.id)
+        return updated
 
     async def expire(self, request_id: str) -> AccessRequest:
         """End a grant whose window is over."""
@@ -404,29 +410,36 @@ class AccessService:
         updated = await self.store.transition(
             request.id, {Status.PENDING}, {"status": Status.TIMED_OUT, "ended_at": now, "timeout_at": None},
             self._draft("request.timed_out", SYSTEM, request, "no decision in time"),
+            effects=self._effects(request, EffectKind.UPDATE_CARD) + self._tell_effect(
+                request, f"⌛ {request.id} for {request.item} timed out: no lead decided in time."),
         )
         if updated is None:
             return await self._get(request_id)
-        await self._notify_updated(updated)
-        await self._tell(updated, f"⌛ {updated.id} for {updated.item} timed out: no lead decided in time.")
         self._changed(updated)
         return updated
 
-    async def run_due(self) -> int:
-        """Apply every timeout, activation and expiry that is due now; returns how many ran."""
-        ran = 0
-        for request in await self.store.due_requests(self.clock.now()):
-            try:
-                if request.status is Status.PENDING:
-                    await self.time_out(request.id)
-                elif request.status is Status.APPROVED:
-                    await self.activate(request.id)
-                elif request.status is Status.ACTIVE:
-                    await self.expire(request.id)
-                ran += 1
-            except JitpassError as exc:
-                log.warning("due work failed request_id=%s error=%s", request.id, exc.message)
-        return ran
+    async def run_due(self, *, concurrency: int = 8) -> int:
+        """Apply every timeout, activation and expiry that is due now, `concurrency` at a time; returns
+        how many ran. No chat call happens here (effects run later), so one slow chat API cannot delay
+        another grant's end."""
+        due = await self.store.due_requests(self.clock.now())
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(request: AccessRequest) -> int:
+            async with slots:
+                try:
+                    if request.status is Status.PENDING:
+                        await self.time_out(request.id)
+                    elif request.status is Status.APPROVED:
+                        await self.activate(request.id)
+                    elif request.status is Status.ACTIVE:
+                        await self.expire(request.id)
+                    return 1
+                except JitpassError as exc:
+                    log.warning("due work failed request_id=%s error=%s", request.id, exc.message)
+                    return 0
+
+        return sum(await asyncio.gather(*(one(r) for r in due)))
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -458,18 +471,18 @@ class AccessService:
         ended: list[str] = []
         for request in await self.store.find_requests(item=item, statuses=OPEN_STATUSES):
             if request.status is Status.ACTIVE:
-                await self._tell(request, f"🔒 {request.item} {reason} ({request.id}).")
-                await self._end_grant(request, Status.REVOKED, SYSTEM, reason)
+                await self._end_grant(request, Status.REVOKED, SYSTEM, reason,
+                                      told=f"🔒 {request.item} {reason} ({request.id}).")
                 ended.append(request.id)
                 continue
             updated = await self.store.transition(
                 request.id, {request.status}, {"status": Status.CANCELLED, "ended_at": self.clock.now(),
                                                "timeout_at": None},
-                self._draft("request.cancelled", SYSTEM, request, reason))
+                self._draft("request.cancelled", SYSTEM, request, reason),
+                effects=self._effects(request, EffectKind.UPDATE_CARD) + self._tell_effect(
+                    request, f"🚫 {request.id} for {request.item} was cancelled: {request.item} {reason}."))
             if updated is None:
                 continue
-            await self._notify_updated(updated)
-            await self._tell(updated, f"🚫 {updated.id} for {updated.item} was cancelled: {updated.item} {reason}.")
             self._changed(updated)
             ended.append(request.id)
         return ended
@@ -477,14 +490,13 @@ class AccessService:
     async def tell_leads(self, vault: str, message: str) -> None:
         """A notice for the vault's leads on every platform whose notifier can post one (`leads_told`)."""
         for notifier in self.notifiers.values():
-            told = getattr(notifier, "leads_told", None)
-            if told is None:
-                continue
             try:
-                await told(vault, message)
-            except Exception as exc:
+                result = await notifier.leads_told(vault, message)
+            except Exception as exc:  # a bug in a notifier; its result is the contract
+                result = Failed(type(exc).__name__)
+            if isinstance(result, Failed):
                 log.error("leads notice failed vault=%s platform=%s error=%s", vault, notifier.platform,
-                          type(exc).__name__)
+                          result.error)
 
     async def email_of(self, who: Identity) -> str | None:
         """The person's e-mail as their chat platform knows it (Slack profile), or None when it cannot tell."""
@@ -505,30 +517,35 @@ class AccessService:
 
     # -- internals -----------------------------------------------------------------------------
 
-    async def _end_grant(self, request: AccessRequest, to: Status, actor: Identity, reason: str) -> AccessRequest:
+    async def _end_grant(self, request: AccessRequest, to: Status, actor: Identity, reason: str, *,
+                         told: str = "") -> AccessRequest:
         now = self.clock.now()
         event_type = "grant.expired" if to is Status.EXPIRED else "grant.revoked"
+        details: dict[str, Any] = {"revealed": request.revealed}
+        ended_at = now
+        if to is Status.EXPIRED and request.ends_at is not None:
+            # Access ended at the window end (reveals check ends_at), however late this runs.
+            ended_at = min(now, request.ends_at)
+            details |= {"ended_at": ended_at.isoformat(), "late_seconds": round((now - ended_at).total_seconds(), 3)}
+        verb = "expired" if to is Status.EXPIRED else "ended"
         updated = await self.store.transition(
             request.id, {Status.ACTIVE},
-            {"status": to, "ended_at": now, "ended_by": None if actor == SYSTEM else actor},
-            self._draft(event_type, actor, request, reason, {"revealed": request.revealed}),
+            {"status": to, "ended_at": ended_at, "ended_by": None if actor == SYSTEM else actor},
+            self._draft(event_type, actor, request, reason, details),
+            effects=self._effects(request, EffectKind.WIPE, EffectKind.UPDATE_CARD) + self._tell_effect(
+                request, told or f"🔒 Access to {request.item} through {request.id} has {verb}."),
         )
         if updated is None:
             current = await self._get(request.id)
             if current.status in {Status.EXPIRED, Status.REVOKED}:
                 return current
             raise Conflict(f"{request.id} is {current.status.value}; there is no active grant to end.")
+        self._changed(updated)
         if updated.revealed:
             await self._mark_rotation_due(updated, now)
         await self._close_extensions(updated, now)
-        item = await self._item_meta(updated)
-        await self._notify(updated, "secret_revoked", item)
-        await self._notify_updated(updated)
-        verb = "expired" if to is Status.EXPIRED else "ended"
-        await self._tell(updated, f"🔒 Access to {updated.item} through {updated.id} has {verb}.")
-        self._changed(updated)
         await self._start_queued(request)
-        return await self._get(updated.id)
+        return updated
 
     async def _start_queued(self, ended: AccessRequest) -> None:
         """A grant queued behind this holder (planned to start at its end) may start now."""
@@ -546,20 +563,18 @@ class AccessService:
             to = Status.CANCELLED if ext.status is Status.PENDING else grant.status
             event = self._draft("request.cancelled", SYSTEM, ext, "the grant it extends has ended") \
                 if to is Status.CANCELLED else None
-            closed = await self.store.transition(ext.id, {ext.status}, {"status": to, "ended_at": now,
-                                                                        "timeout_at": None}, event)
-            if closed is not None:
-                await self._notify_updated(closed)
+            await self.store.transition(ext.id, {ext.status}, {"status": to, "ended_at": now, "timeout_at": None},
+                                        event, effects=self._effects(ext, EffectKind.UPDATE_CARD))
 
     async def _apply_extension(self, extension: AccessRequest) -> AccessRequest:
         parent_id = extension.parent_id or ""
         for _ in range(5):
             grant = await self._get(parent_id)
             if grant.status is not Status.ACTIVE or grant.ends_at is None:
-                closed = await self.store.transition(
+                await self.store.transition(
                     extension.id, {Status.APPROVED}, {"status": Status.CANCELLED, "ended_at": self.clock.now()},
-                    self._draft("request.cancelled", SYSTEM, extension, "the grant had already ended"))
-                await self._notify_updated(closed or extension)
+                    self._draft("request.cancelled", SYSTEM, extension, "the grant had already ended"),
+                    effects=self._effects(extension, EffectKind.UPDATE_CARD))
                 raise Conflict(f"{parent_id} had already ended; the extension was not applied.")
             new_end = grant.ends_at + extension.window.duration
             updated = await self.store.transition(
@@ -568,40 +583,38 @@ class AccessService:
                             {"extension": extension.id, "by": format_duration(extension.window.duration),
                              "ends_at": new_end.isoformat()}),
                 expected_version=grant.version,
+                # The delivered message is refreshed with the new end (and the current code).
+                effects=self._effects(grant, EffectKind.UPDATE_CARD, EffectKind.DELIVER) + self._tell_effect(
+                    grant, f"⏩ {grant.id} for {grant.item} now ends {_when(new_end, self.policy)}."),
             )
             if updated is None:
                 continue
-            ext = await self.store.transition(extension.id, {Status.APPROVED},
-                                              {"starts_at": grant.starts_at, "ends_at": new_end}, None)
+            await self.store.transition(extension.id, {Status.APPROVED},
+                                        {"starts_at": grant.starts_at, "ends_at": new_end}, None,
+                                        effects=self._effects(extension, EffectKind.UPDATE_CARD))
             self._changed(updated)
-            await self._notify_updated(ext or extension)
-            await self._notify_updated(updated)
-            await self._tell(updated, f"⏩ {grant.id} for {grant.item} now ends {_when(new_end, self.policy)}.")
-            await self._deliver(updated)
             return await self._get(extension.id)
         raise Conflict(f"{parent_id} is changing too quickly; try again.")
 
-    async def _deliver(self, grant: AccessRequest) -> None:
-        notifier = self.notifiers.get(grant.platform)
-        if notifier is None:
-            return
-        try:
-            reveal = await self.reveal(grant.id, grant.requester)
-        except SecretSourceError as exc:
-            # The grant stands; the requester learns why nothing came and can press New code / retry.
-            await self._tell(grant, f"⚠️ {grant.id} for {grant.item}: {exc.message}")
-            return
-        except JitpassError as exc:
-            log.error("reveal for delivery failed request_id=%s error=%s", grant.id, exc.message)
-            return
-        try:
-            refs = await notifier.deliver_secret(await self._get(grant.id), reveal)
-        except Exception as exc:
-            log.error("delivery failed request_id=%s error=%s", grant.id, type(exc).__name__)
-            await self.store.append_event(self._draft("grant.delivery_failed", SYSTEM, grant, type(exc).__name__))
-            return
-        if refs:
-            await self.save_refs(grant.id, refs)
+    async def open_for_delivery(self, request_id: str, *, attempt: int) -> Reveal:
+        """The secret for the effects worker to deliver; `grant.delivery_started` is written first (fail
+        closed). It is not a reveal: `grant.revealed` follows only once the platform took it."""
+        request = await self._get(request_id)
+        _, sealed, read = await self._open_grant(request_id, request.requester)
+        password, code = read.password, read.code
+        await self.store.append_event(self._draft("grant.delivery_started", SYSTEM, request, "", {
+            "password": password is not None, "code": code is not None, "attempt": attempt}))
+        assert request.ends_at is not None
+        return Reveal(request_id=request.id, item=sealed.item, password=password, code=code, ends_at=request.ends_at)
+
+    async def after_late_delivery(self, request_id: str) -> None:
+        """A delivery recorded after its grant had ended still makes the password due for rotation."""
+        request = await self._get(request_id)
+        if request.revealed and request.status in {Status.EXPIRED, Status.REVOKED}:
+            sealed = await self.store.get_item(request.item)
+            due = sealed.item.rotation_due if sealed else None
+            if due is None or request.id not in due.request_ids:
+                await self._mark_rotation_due(request, request.ended_at or self.clock.now())
 
     async def _mark_rotation_due(self, grant: AccessRequest, now: datetime) -> None:
         sealed = await self.store.get_item(grant.item)
@@ -678,29 +691,15 @@ class AccessService:
         for callback in self.on_change:
             callback(request)
 
-    async def _notify_posted(self, request: AccessRequest, item: Item) -> None:
-        await self._notify(request, "request_posted", item)
+    @staticmethod
+    def _effects(request: AccessRequest, *kinds: EffectKind) -> tuple[EffectDraft, ...]:
+        """What chat must show after a change of `request` (none for requests made outside chat)."""
+        if request.platform not in CHAT_PLATFORMS:
+            return ()
+        return tuple(EffectDraft(kind) for kind in kinds)
 
-    async def _notify_updated(self, request: AccessRequest) -> None:
-        await self._notify(request, "request_updated", await self._item_meta(request))
-
-    async def _notify(self, request: AccessRequest, method: str, item: Item) -> None:
-        notifier = self.notifiers.get(request.platform)
-        if notifier is None:
-            return
-        try:
-            refs = await getattr(notifier, method)(await self._get(request.id), item)
-        except Exception as exc:
-            log.error("notify failed request_id=%s method=%s error=%s", request.id, method, type(exc).__name__)
-            return
-        if refs:
-            await self.save_refs(request.id, refs)
-
-    async def _tell(self, request: AccessRequest, message: str) -> None:
-        notifier = self.notifiers.get(request.platform)
-        if notifier is None:
-            return
-        try:
-            await notifier.requester_told(request, message)
-        except Exception as exc:
-            log.error("tell failed request_id=%s error=%s", request.id, type(exc).__name__)
+    @staticmethod
+    def _tell_effect(request: AccessRequest, message: str) -> tuple[EffectDraft, ...]:
+        if request.platform not in CHAT_PLATFORMS:
+            return ()
+        return (EffectDraft(EffectKind.TELL, {"message": message}),)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -32,16 +33,22 @@ class GrantScheduler:
         self.replan_every = replan_every
         self._scheduler: AsyncIOScheduler | None = None
         self._lock = asyncio.Lock()
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Task[object]] = set()
+        self._replan_queued = False
         service.on_change.append(self._request_changed)
 
     async def start(self) -> None:
-        """Run overdue work now, then keep planning."""
+        """Start planning; overdue work runs in the background (the server answers meanwhile)."""
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._scheduler.add_job(self.tick, IntervalTrigger(seconds=self.replan_every.total_seconds()),
                                 id="replan", coalesce=True, max_instances=1)
         self._scheduler.start()
-        await self.tick()
+        self._spawn(self.tick())
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def add_interval(self, job_id: str, func: Callable[[], Awaitable[object]], every: timedelta) -> None:
         """Run `func` every `every` (first run right away), one at a time."""
@@ -81,19 +88,24 @@ class GrantScheduler:
             if self._scheduler.get_job("next-due"):
                 self._scheduler.remove_job("next-due")
             return
-        # Wait as long as the service's clock says is left (an injected clock need not be wall time).
-        delay = max(at - self.service.clock.now(), timedelta(seconds=1))
+        # Wait as long as the service's clock says is left (an injected clock need not be wall time). Wake
+        # exactly then; only a moment already past (something due that could not be applied) waits a little,
+        # so one stuck request cannot make the scheduler spin.
+        delay = at - self.service.clock.now()
+        if delay <= timedelta(0):
+            delay = timedelta(seconds=0.5)
         run_date = datetime.now(UTC) + delay
         self._scheduler.add_job(self.tick, DateTrigger(run_date=run_date), id="next-due", replace_existing=True,
                                 misfire_grace_time=None, coalesce=True)
 
     def _request_changed(self, request: AccessRequest) -> None:
-        if self._scheduler is None:
+        # A burst of changes (a batch of expiries) is one re-plan, not one store query each.
+        if self._scheduler is None or self._replan_queued:
             return
-        task = asyncio.get_running_loop().create_task(self._replan_soon())
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._replan_queued = True
+        self._spawn(self._replan_soon())
 
     async def _replan_soon(self) -> None:
         async with self._lock:
+            self._replan_queued = False
             self._plan(await self.service.store.next_due_at())

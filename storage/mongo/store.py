@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -34,10 +35,24 @@ from pymongo.errors import (
 
 from bot.domain.audit import GENESIS_HASH, event_from_dict, event_to_dict, format_time, seal_event
 from bot.domain.errors import AuditWriteError, Conflict, NotFound, StoreError
-from bot.domain.model import AccessRequest, Event, EventDraft, Identity, Item, RequestKind, SealedItem, Status
+from bot.domain.model import (
+    AccessRequest,
+    Effect,
+    EffectDraft,
+    EffectOutcome,
+    EffectStatus,
+    Event,
+    EventDraft,
+    Identity,
+    Item,
+    RequestKind,
+    SealedItem,
+    Status,
+)
 from bot.ports import Checkpoint, Clock, PurgeResult
 from storage.codec import (
     KEY_FIELDS,
+    effect_from_doc,
     item_from_doc,
     request_from_doc,
     request_to_doc,
@@ -52,7 +67,10 @@ from storage.common import (
     as_recorded,
     checkpoint_from_json,
     checkpoint_to_json,
+    effect_docs,
     purge_draft,
+    settled_changes,
+    supersedes,
 )
 
 if TYPE_CHECKING:
@@ -175,6 +193,11 @@ class MongoStore:
             IndexModel([("item", ASCENDING), ("status", ASCENDING)], name="item_status"),
             IndexModel([("parent_id", ASCENDING)], name="parent"),
             IndexModel([("created_at", DESCENDING), ("created_seq", DESCENDING)], name="newest"),
+        ])
+        await self._collection("effects").create_indexes([
+            IndexModel([("status", ASCENDING), ("due_at", ASCENDING)], name="status_due"),
+            IndexModel([("request_id", ASCENDING), ("lane", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)],
+                       name="lane"),
         ])
 
     async def close(self) -> None:
@@ -408,8 +431,9 @@ class MongoStore:
             return [sealed_from_doc(d) async for d in cursor]
 
     # -- requests -----------------------------------------------------------------------------
-    async def create_request(self, request: AccessRequest, event: EventDraft) -> None:
-        """Insert a new request and its `request.created` event. Conflict if the id exists."""
+    async def create_request(self, request: AccessRequest, event: EventDraft,
+                             effects: Sequence[EffectDraft] = ()) -> None:
+        """Insert a new request, its `request.created` event and its effects. Conflict if the id exists."""
         requests = self._collection("requests")
         doc = {"_id": request.id, **request_to_doc(request), "created_seq": None}
 
@@ -428,6 +452,7 @@ class MongoStore:
             await requests.update_one(
                 {"_id": request.id}, {"$set": {"created_seq": recorded.seq}}, session=session
             )
+            await self._add_effects(request, effects, session)
 
         await self._unit("creating a request", body)
 
@@ -477,8 +502,9 @@ class MongoStore:
         event: EventDraft | None,
         *,
         expected_version: int | None = None,
+        effects: Sequence[EffectDraft] = (),
     ) -> AccessRequest | None:
-        """Compare-and-set on status (and version), with its event in the same unit of work."""
+        """Compare-and-set on status (and version), with its event and effects in the same unit of work."""
         statuses = [Status(s).value for s in from_statuses]
         requests = self._collection("requests")
 
@@ -513,10 +539,127 @@ class MongoStore:
                         if session is None:
                             await self._undo(request_id, updated.version, old)
                         raise
-                return request_from_doc(moved)
+                result = request_from_doc(moved)
+                await self._add_effects(result, effects, session)
+                return result
             return None
 
         return await self._unit("changing a request", body)
+
+    async def _add_effects(self, request: AccessRequest, effects: Sequence[EffectDraft], session: Session) -> None:
+        if not effects:
+            return
+        collection = self._collection("effects")
+        now = self._clock.now()
+        at = format_time(now)
+        if supersedes(effects):
+            await collection.update_many(
+                {"request_id": request.id, "kind": "update_card", "status": "pending",
+                 "$or": [{"lease_until": None}, {"lease_until": {"$lte": at}}]},
+                {"$set": {"status": "dropped", "error": "superseded", "updated_at": at}}, session=session)
+        # _id sorts like creation order (time, then position): the lane order of both stores.
+        docs = [{"_id": f"{at}-{i:03d}-{secrets.token_hex(4)}", **doc}
+                for i, doc in enumerate(effect_docs(request.id, request.platform, effects, now))]
+        await collection.insert_many(docs, ordered=True, session=session)
+
+    # -- durable chat effects -----------------------------------------------------------------
+    async def claim_effects(self, now: datetime, owner: str, lease_until: datetime, *, platforms: Collection[str],
+                            limit: int) -> list[Effect]:
+        """Lease due effects (first pending in their lane, lease free) to `owner`."""
+        if not platforms or limit <= 0:
+            return []
+        collection = self._collection("effects")
+        at = format_time(now)
+        free: Doc = {"status": "pending", "$or": [{"lease_until": None}, {"lease_until": {"$lte": at}}]}
+        claimed: list[Effect] = []
+        with self._errors("claiming effects"):
+            cursor = collection.find({**free, "due_at": {"$lte": at}, "platform": {"$in": sorted(platforms)}})
+            candidates = [d async for d in cursor.sort([("due_at", ASCENDING), ("_id", ASCENDING)]).limit(limit * 4)]
+            for doc in candidates:
+                if len(claimed) >= limit:
+                    break
+                earlier = await collection.find_one({"request_id": doc["request_id"], "lane": doc["lane"],
+                                                     "status": "pending", "_id": {"$lt": doc["_id"]}}, {"_id": 1})
+                if earlier is not None:
+                    continue
+                won = await collection.find_one_and_update(
+                    {"_id": doc["_id"], **free},
+                    {"$set": {"lease_owner": owner, "lease_until": format_time(lease_until), "updated_at": at},
+                     "$inc": {"attempts": 1}}, return_document=ReturnDocument.AFTER)
+                if won is not None:
+                    claimed.append(effect_from_doc({**won, "id": won["_id"]}))
+        return claimed
+
+    async def settle_effect(self, effect: Effect, owner: str, outcome: EffectOutcome) -> bool:
+        """Record an attempt's outcome while `owner` holds the lease, with its event, refs and follow-ups."""
+        effects = self._collection("effects")
+        requests = self._collection("requests")
+        at = format_time(self._clock.now())
+        update: Doc = {"status": outcome.status.value, "error": outcome.error[:500], "lease_owner": None,
+                       "lease_until": None, "updated_at": at}
+        if outcome.status is EffectStatus.PENDING and outcome.retry_at is not None:
+            update["due_at"] = format_time(outcome.retry_at)
+
+        async def body(session: Session) -> bool:
+            moved = await effects.update_one({"_id": effect.id, "lease_owner": owner, "status": "pending"},
+                                             {"$set": update}, session=session)
+            if moved.matched_count != 1:
+                return False
+            for _ in range(CAS_ATTEMPTS):
+                found = await requests.find_one({"_id": effect.request_id}, session=session)
+                if found is None:
+                    break
+                current = request_from_doc(found)
+                changes = settled_changes(current, outcome)
+                if changes:
+                    updated = apply_changes(current, changes, self._clock.now())
+                    new = {k: v for k, v in request_to_doc(updated).items() if k != "id"}
+                    done = await requests.update_one({"_id": current.id, "version": current.version},
+                                                     {"$set": new}, session=session)
+                    if done.matched_count != 1:
+                        continue
+                await self._add_effects(current, outcome.follow_ups, session)
+                break
+            if outcome.event is not None:
+                await self._append(outcome.event, session)
+            return True
+
+        return await self._unit("recording an effect", body)
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        """Extend every lease `owner` holds on a pending effect."""
+        with self._errors("renewing effect leases"):
+            result = await self._collection("effects").update_many(
+                {"lease_owner": owner, "status": "pending"}, {"$set": {"lease_until": format_time(lease_until)}})
+        return result.modified_count
+
+    async def next_effect_at(self, platforms: Collection[str]) -> datetime | None:
+        """When the earliest pending effect is due, or its lease runs out."""
+        if not platforms:
+            return None
+        query = {"status": "pending", "platform": {"$in": sorted(platforms)}}
+        with self._errors("planning effects"):
+            due = await self._collection("effects").find_one({**query, "lease_until": None}, {"due_at": 1},
+                                                             sort=[("due_at", ASCENDING)])
+            leased = await self._collection("effects").find_one({**query, "lease_until": {"$type": "string"}},
+                                                                {"lease_until": 1}, sort=[("lease_until", ASCENDING)])
+        times = [d["due_at"] for d in (due,) if d] + [d["lease_until"] for d in (leased,) if d]
+        return time_from_doc(min(times)) if times else None
+
+    async def effect_counts(self) -> dict[str, int]:
+        """Pending effects, failed ones, and failed wipes (an alert: a secret may still be on screen)."""
+        collection = self._collection("effects")
+        with self._errors("counting effects"):
+            pending = await collection.count_documents({"status": "pending"})
+            failed = await collection.count_documents({"status": "failed"})
+            wipes = await collection.count_documents({"status": "failed", "kind": "wipe"})
+        return {"pending": pending, "failed": failed, "failed_wipes": wipes}
+
+    async def effects_of(self, request_id: str) -> list[Effect]:
+        """Every effect of one request, oldest first."""
+        with self._errors("reading effects"):
+            cursor = self._collection("effects").find({"request_id": request_id}).sort("_id", ASCENDING)
+            return [effect_from_doc({**d, "id": d["_id"]}) async for d in cursor]
 
     async def _undo(self, request_id: str, version: int, old: Doc) -> None:
         requests = self._collection("requests")

@@ -20,9 +20,29 @@ import aiosqlite
 
 from bot.domain.audit import GENESIS_HASH, event_from_dict, event_to_dict, format_time, parse_time, seal_event
 from bot.domain.errors import AuditWriteError, Conflict, NotFound, StoreError
-from bot.domain.model import AccessRequest, Event, EventDraft, Identity, Item, RequestKind, SealedItem, Status
+from bot.domain.model import (
+    AccessRequest,
+    Effect,
+    EffectDraft,
+    EffectOutcome,
+    EffectStatus,
+    Event,
+    EventDraft,
+    Identity,
+    Item,
+    RequestKind,
+    SealedItem,
+    Status,
+)
 from bot.ports import Checkpoint, Clock, PurgeResult
-from storage.codec import item_from_doc, request_from_doc, request_to_doc, sealed_from_doc, sealed_to_doc
+from storage.codec import (
+    effect_from_doc,
+    item_from_doc,
+    request_from_doc,
+    request_to_doc,
+    sealed_from_doc,
+    sealed_to_doc,
+)
 from storage.common import (
     CHECKPOINT_KEY,
     EVENTS_PAGE,
@@ -30,7 +50,10 @@ from storage.common import (
     as_recorded,
     checkpoint_from_json,
     checkpoint_to_json,
+    effect_docs,
     purge_draft,
+    settled_changes,
+    supersedes,
 )
 
 if TYPE_CHECKING:
@@ -211,6 +234,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE items ADD COLUMN category TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE items ADD COLUMN external TEXT",
     ),
+    (
+        # Durable chat effects: written in the transaction of the state change that causes them,
+        # leased by one worker at a time, retried until done, failed (budget spent) or dropped.
+        """CREATE TABLE effects (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            request_id TEXT NOT NULL,
+            platform TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            lane TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            due_at TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            error TEXT NOT NULL,
+            lease_owner TEXT,
+            lease_until TEXT
+        )""",
+        "CREATE INDEX effects_due ON effects (status, due_at)",
+        "CREATE INDEX effects_lane ON effects (request_id, lane, status, seq)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -255,6 +300,21 @@ _DUE = (
     "UNION ALL SELECT *, ends_at AS due FROM requests WHERE status = 'active' AND ends_at <= :until "
     "ORDER BY due, created_seq"
 )
+_EFFECT_COLUMNS = (
+    "request_id", "platform", "kind", "lane", "payload", "status", "attempts", "due_at", "created_at", "updated_at",
+    "error", "lease_owner", "lease_until",
+)
+_INSERT_EFFECT = _insert_sql("effects", _EFFECT_COLUMNS)
+# Due, lease free, and first pending in its lane (a wipe waits for its delivery, a card update for the post).
+_CLAIM_EFFECTS = (
+    "UPDATE effects SET lease_owner = :owner, lease_until = :lease_until, attempts = attempts + 1, "
+    "updated_at = :now WHERE seq IN ("
+    "SELECT e.seq FROM effects e WHERE e.status = 'pending' AND e.due_at <= :now "
+    "AND (e.lease_until IS NULL OR e.lease_until <= :now) AND e.platform IN ({platforms}) "
+    "AND NOT EXISTS (SELECT 1 FROM effects p WHERE p.request_id = e.request_id AND p.lane = e.lane "
+    "AND p.status = 'pending' AND p.seq < e.seq) "
+    "ORDER BY e.due_at, e.seq LIMIT :limit) RETURNING *"
+)
 _NEXT_DUE = (
     "SELECT min(due) FROM ("
     "SELECT min(timeout_at) AS due FROM requests WHERE status = 'pending' "
@@ -295,6 +355,12 @@ def _request_from_row(row: sqlite3.Row) -> AccessRequest:
     doc.update({c: row[c] for c in _REQUEST_COLUMNS})
     doc["refs"] = json.loads(row["refs"])
     return request_from_doc(doc)
+
+
+def _effect_from_row(row: sqlite3.Row) -> Effect:
+    doc = {key: row[key] for key in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a mapping
+    doc["id"] = str(doc.pop("seq"))
+    return effect_from_doc(doc)
 
 
 def event_row(event: Event) -> tuple[Any, ...]:
@@ -599,8 +665,9 @@ class SqliteStore:
         return [sealed_from_doc(_item_doc(r)) for r in rows]
 
     # -- requests -----------------------------------------------------------------------------
-    async def create_request(self, request: AccessRequest, event: EventDraft) -> None:
-        """Insert a new request and its `request.created` event. Conflict if the id exists."""
+    async def create_request(self, request: AccessRequest, event: EventDraft,
+                             effects: Sequence[EffectDraft] = ()) -> None:
+        """Insert a new request, its `request.created` event and its effects. Conflict if the id exists."""
         async with self._write() as conn:
             recorded = await self._append(conn, event)
             try:
@@ -608,6 +675,7 @@ class SqliteStore:
                 await conn.execute(_INSERT_REQUEST, _request_row(request, recorded.seq))
             except sqlite3.IntegrityError:
                 raise Conflict(f"a request with id {request.id} already exists") from None
+            await self._add_effects(conn, request, effects)
 
     async def get_request(self, request_id: str) -> AccessRequest | None:
         """The request with this id, or None."""
@@ -661,8 +729,9 @@ class SqliteStore:
         event: EventDraft | None,
         *,
         expected_version: int | None = None,
+        effects: Sequence[EffectDraft] = (),
     ) -> AccessRequest | None:
-        """Compare-and-set on status (and version); the change and its event commit together."""
+        """Compare-and-set on status (and version); the change, its event and its effects commit together."""
         statuses = [Status(s).value for s in from_statuses]
         if not statuses:
             return None
@@ -687,7 +756,95 @@ class SqliteStore:
                 return None
             if event is not None:
                 await self._append(conn, event)
+            await self._add_effects(conn, updated, effects)
         return updated
+
+    async def _add_effects(self, conn: aiosqlite.Connection, request: AccessRequest,
+                           effects: Sequence[EffectDraft]) -> None:
+        if not effects:
+            return
+        now = self._clock.now()
+        if supersedes(effects):
+            await conn.execute(
+                "UPDATE effects SET status = 'dropped', error = 'superseded', updated_at = ? WHERE request_id = ? "
+                "AND kind = 'update_card' AND status = 'pending' AND (lease_until IS NULL OR lease_until <= ?)",
+                (format_time(now), request.id, format_time(now)))
+        for doc in effect_docs(request.id, request.platform, effects, now):
+            doc["payload"] = json.dumps(doc["payload"])
+            await conn.execute(_INSERT_EFFECT, tuple(doc[c] for c in _EFFECT_COLUMNS))
+
+    # -- durable chat effects -----------------------------------------------------------------
+    async def claim_effects(self, now: datetime, owner: str, lease_until: datetime, *, platforms: Collection[str],
+                            limit: int) -> list[Effect]:
+        """Lease due effects (first pending in their lane, lease free) to `owner`."""
+        if not platforms or limit <= 0:
+            return []
+        names = {f"p{i}": p for i, p in enumerate(sorted(platforms))}
+        sql = _CLAIM_EFFECTS.format(platforms=", ".join(f":{n}" for n in names))
+        params = {"owner": owner, "lease_until": format_time(lease_until), "now": format_time(now),
+                  "limit": limit, **names}
+        async with self._write() as conn:
+            rows = list(await conn.execute_fetchall(sql, params))
+        return sorted((_effect_from_row(r) for r in rows), key=lambda e: (e.due_at, int(e.id)))
+
+    async def settle_effect(self, effect: Effect, owner: str, outcome: EffectOutcome) -> bool:
+        """Record an attempt's outcome while `owner` holds the lease, with its event, refs and follow-ups."""
+        now = self._clock.now()
+        retry_at = outcome.retry_at if outcome.status is EffectStatus.PENDING else None
+        async with self._write() as conn:
+            cursor = await conn.execute(
+                "UPDATE effects SET status = ?, error = ?, due_at = coalesce(?, due_at), lease_owner = NULL, "
+                "lease_until = NULL, updated_at = ? WHERE seq = ? AND lease_owner = ? AND status = 'pending'",
+                (outcome.status.value, outcome.error[:500], format_time(retry_at) if retry_at else None,
+                 format_time(now), int(effect.id), owner))
+            if cursor.rowcount != 1:
+                return False  # the lease ran out and another worker took it over
+            rows = list(await conn.execute_fetchall("SELECT * FROM requests WHERE id = ?", (effect.request_id,)))
+            current = _request_from_row(rows[0]) if rows else None
+            if current is not None:
+                changes = settled_changes(current, outcome)
+                if changes:
+                    updated = apply_changes(current, changes, now)
+                    row = _request_row(updated, 0)
+                    await conn.execute(
+                        _UPDATE_REQUEST.format(statuses="?"),
+                        (*row[1 : len(_REQUEST_COLUMNS)], row[-1], current.id, current.version, current.status.value))
+                if outcome.follow_ups:
+                    await self._add_effects(conn, current, outcome.follow_ups)
+            if outcome.event is not None:
+                await self._append(conn, outcome.event)
+        return True
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        """Extend every lease `owner` holds on a pending effect."""
+        async with self._write(begin=False) as conn:
+            cursor = await conn.execute(
+                "UPDATE effects SET lease_until = ? WHERE lease_owner = ? AND status = 'pending'",
+                (format_time(lease_until), owner))
+            return int(cursor.rowcount)
+
+    async def next_effect_at(self, platforms: Collection[str]) -> datetime | None:
+        """When the earliest pending effect is due, or its lease runs out."""
+        if not platforms:
+            return None
+        rows = await self._read(
+            f"SELECT min(max(due_at, coalesce(lease_until, due_at))) FROM effects WHERE status = 'pending' "
+            f"AND platform IN ({_placeholders(len(platforms))})", tuple(sorted(platforms)))
+        value = rows[0][0] if rows else None
+        return None if value is None else _parse(value)
+
+    async def effect_counts(self) -> dict[str, int]:
+        """Pending effects, failed ones, and failed wipes (an alert: a secret may still be on screen)."""
+        rows = await self._read(
+            "SELECT sum(status = 'pending'), sum(status = 'failed'), sum(status = 'failed' AND kind = 'wipe') "
+            "FROM effects")
+        pending, failed, wipes = rows[0] if rows else (0, 0, 0)
+        return {"pending": int(pending or 0), "failed": int(failed or 0), "failed_wipes": int(wipes or 0)}
+
+    async def effects_of(self, request_id: str) -> list[Effect]:
+        """Every effect of one request, oldest first."""
+        rows = await self._read("SELECT * FROM effects WHERE request_id = ? ORDER BY seq", (request_id,))
+        return [_effect_from_row(r) for r in rows]
 
     async def save_refs(self, request_id: str, refs: Mapping[str, Any], expected_version: int) -> bool:
         """Replace the adapter's refs if `refs_version` is still `expected_version`."""

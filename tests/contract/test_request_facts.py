@@ -199,6 +199,7 @@ async def test_a_store_from_the_previous_schema_is_backfilled_on_open(tmp_path: 
         conn.execute("DROP TABLE request_facts")
         for column in ("source", "category", "external"):  # added by step 4 (items from 1Password)
             conn.execute(f"ALTER TABLE items DROP COLUMN {column}")
+        conn.execute("DROP TABLE effects")  # migration 5
         conn.execute("DELETE FROM schema_version WHERE version > 2")
         conn.commit()
     assert len(MIGRATIONS) >= 3

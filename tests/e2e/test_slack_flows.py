@@ -317,19 +317,26 @@ async def test_failed_delivery_is_audited_and_shows_nothing(slack: SlackHarness)
     assert not [c for c in slack.fake.calls if CANARY_PASSWORD in c.dump() and c.ok]
 
 
-async def test_rate_limited_card_is_retried_after_retry_after_and_slow_answer_follows_up(tmp_path: Path) -> None:
+async def test_rate_limited_card_is_retried_after_retry_after_without_holding_up_the_answer(tmp_path: Path) -> None:
     async with slack_harness(tmp_path, adapter_options={"ack_budget": 0.2}) as slack:
         slack.fake.rate_limit_next("chat.postMessage", retry_after=1)
 
         reply = await slack.users.command("acme-zendesk fix broken trigger for 1h", "UREQ")
-        follow_up = await slack.fake.wait_for(lambda c: c.key == reply.response_url)
         await slack.settle()
+        # The answer does not wait for Slack's rate limit: the card is durable work, retried later.
+        assert "<#CLEADS>" in reply.json()["text"]
+        request_id = re.search(r"R-[0-9A-Z]{8}", reply.json()["text"]).group()  # type: ignore[union-attr]
+        (effect,) = [e for e in await slack.runtime.store.effects_of(request_id) if e.kind.value == "post_card"]
+        assert effect.status.value == "pending" and effect.error == "chat.postMessage:ratelimited"
+        assert effect.due_at >= slack.running.clock.now() + timedelta(seconds=1)  # Retry-After honoured
 
-        assert "Working on it" in reply.json()["text"]
-        assert "<#CLEADS>" in follow_up.text()
+        slack.running.clock.advance(timedelta(seconds=1))
+        slack.runtime.effects.wake()
+        await slack.fake.wait_for(lambda c: c.method == "chat.postMessage" and c.ok and c.args["channel"] == "CLEADS")
+        await slack.settle()
         attempts = [c for c in slack.fake.calls if c.method == "chat.postMessage" and c.args["channel"] == "CLEADS"]
         assert [c.status for c in attempts] == [429, 200]
-        assert attempts[1].at - attempts[0].at >= 1.0
+        assert "card" in (await slack.runtime.service.get_request(request_id)).refs
 
 
 # -- App Home ------------------------------------------------------------------------------------------------

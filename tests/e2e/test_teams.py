@@ -53,6 +53,11 @@ class Teams:
                                     conversation_type="channel" if channel else "personal")
         status, _ = await post_activity(self.running.base_url, activity)
         assert status == 202
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait until every chat effect due now (cards, delivery, messages) was carried out."""
+        await self.running.runtime.effects.drain()
 
     async def press(self, user: TeamsUser, verb: str, request_id: str | None, *, where: str = LEADS_CHANNEL,
                     inputs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -63,6 +68,7 @@ class Teams:
         assert status == 200, body
         assert isinstance(body, dict)
         self.answers.append(body)
+        await self.settle()
         return body
 
     async def request(self, user: TeamsUser = REQUESTER, text: str = REQUEST_TEXT) -> str:
@@ -144,7 +150,10 @@ async def test_lead_approves_and_requester_gets_secret_and_code(
     assert "Approved by Lead One" in status_of(teams.leads_card(request_id)), "the leads' card is updated in place"
 
     [delivery] = teams.deliveries()
-    assert delivery.conversation_id == REQUESTER.personal_chat and delivery.kind == "send"
+    # Intent first: a placeholder (no secret) is posted and recorded, then the secret is put into it.
+    assert delivery.conversation_id == REQUESTER.personal_chat and delivery.kind == "update"
+    placeholder = next(c for c in connector.calls if c.kind == "send" and c.result_id == delivery.result_id)
+    assert_no_secret(placeholder.dump())
     assert delivery.card is not None
     assert find_element(delivery.card, "password") == {
         "type": "Input.Text", "id": "password", "label": "Password", "value": CANARY_PASSWORD}
@@ -197,7 +206,9 @@ async def test_grant_expiry_wipes_the_delivered_card_and_updates_the_leads_card(
     clock.advance(timedelta(hours=1, seconds=1))
     await teams.running.runtime.scheduler.tick()
 
-    wipe = await connector.wait_for(lambda c: c.kind == "update" and c.activity_id == delivery.result_id)
+    wipe = await connector.wait_for(lambda c: c.kind == "update" and c.activity_id == delivery.result_id,
+                                    after=connector.calls.index(delivery) + 1)
+    await teams.settle()
     assert wipe.conversation_id == REQUESTER.personal_chat
     assert wipe.card is not None and "has expired" in wipe.dump()
     assert_no_secret(wipe.dump())
@@ -211,6 +222,7 @@ async def test_request_nobody_decides_times_out_and_the_leads_card_says_so(
     request_id = await teams.request()
     clock.advance(timedelta(minutes=31))
     await teams.running.runtime.scheduler.tick()
+    await teams.settle()
 
     card = teams.leads_card(request_id)
     assert "Timed out" in status_of(card) and verbs_of(card) == []
@@ -234,8 +246,11 @@ async def test_restart_mid_grant_expires_the_overdue_grant_and_wipes_its_card(
     clock.advance(timedelta(hours=2))
     async with running_app(tmp_path, settings=settings, clock=clock) as running:
         second = Teams(running, connector)
-        # Overdue work runs while the app starts: the card is wiped before the first request.
-        wipe = next(c for c in connector.calls if c.kind == "update" and c.activity_id == delivery.result_id)
+        # Overdue work runs as the app starts (in the background: the port is open meanwhile).
+        await running.runtime.scheduler.tick()
+        await second.settle()
+        after = connector.calls.index(delivery) + 1
+        wipe = next(c for c in connector.calls[after:] if c.kind == "update" and c.activity_id == delivery.result_id)
         assert wipe.status == 200 and wipe.card is not None and "has expired" in wipe.dump()
         assert_no_secret(wipe.dump())
         assert "Expired" in status_of(second.leads_card(request_id))
@@ -485,7 +500,8 @@ async def test_list_status_cancel_and_extend(teams: Teams, connector: FakeConnec
     assert f"extend {granted} by 30m" in json.dumps(card, ensure_ascii=False)
     await teams.press(LEAD, "approve", extension)
     [delivery] = teams.deliveries()[:1]
-    refreshed = await connector.wait_for(lambda c: c.kind == "update" and c.activity_id == delivery.result_id)
+    refreshed = await connector.wait_for(lambda c: c.kind == "update" and c.activity_id == delivery.result_id,
+                                         after=connector.calls.index(delivery) + 1)
     assert refreshed.card is not None and "10:30" in status_of(refreshed.card), "the end moved by 30m"
     assert validate_cards(teams.all_cards()) == {}
 
@@ -647,9 +663,13 @@ async def test_when_teams_refuses_the_delivery_the_approval_stands_and_the_failu
     assert answer["statusCode"] == 200 and "Approved by Lead One" in status_of(answer["value"])
     assert len(await teams.events("request.approved")) == 1
     [failed] = await teams.events("grant.delivery_failed")
-    assert failed.request_id == request_id
-    assert "delivery failed request_id=" + request_id in caplog.text
-    assert [c.status for c in teams.deliveries()] == [403], "not retried: Teams said no"
+    assert failed.request_id == request_id and failed.details["final"] is True
+    assert f"kind=deliver request_id={request_id}" in caplog.text
+    # Refused at the placeholder, before the secret left: nothing secret was sent, and not retried.
+    assert teams.deliveries() == []
+    placeholders = [c for c in connector.calls_to(REQUESTER.personal_chat) if c.kind == "send" and c.card]
+    assert [c.status for c in placeholders] == [403], "not retried: Teams said no"
+    assert "grant.revealed" not in [e.type for e in await teams.events()]
     assert_no_secret(caplog.text)
 
 
@@ -682,5 +702,5 @@ async def test_when_teams_throttles_the_bot_retries(teams: Teams, connector: Fak
 
     assert [c.status for c in connector.calls_to(LEADS_CHANNEL) if c.kind == "send"] == [429, 201]
     assert [c.status for c in connector.calls_to(REQUESTER.personal_chat) if c.kind == "send"][:2] == [503, 201]
-    assert len([c for c in teams.deliveries() if c.status == 201]) == 1
+    assert len([c for c in teams.deliveries() if c.status == 200]) == 1
     assert "event=teams_connector_retry status=429" in caplog.text

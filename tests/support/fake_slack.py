@@ -159,6 +159,22 @@ def validate_message(args: Mapping[str, Any]) -> None:
         raise _Invalid("no_text")
 
 
+def validate_metadata(metadata: Any) -> dict[str, Any] | None:
+    """Message metadata as Slack requires it: an object (or its JSON text) with a string `event_type` and an
+    object `event_payload`; anything else is `invalid_metadata_format`."""
+    if metadata is None:
+        return None
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except ValueError:
+            raise _Invalid("invalid_metadata_format") from None
+    if (not isinstance(metadata, Mapping) or not isinstance(metadata.get("event_type"), str)
+            or not metadata["event_type"] or not isinstance(metadata.get("event_payload"), Mapping)):
+        raise _Invalid("invalid_metadata_format")
+    return {"event_type": metadata["event_type"], "event_payload": dict(metadata["event_payload"])}
+
+
 def validate_view(view: Any) -> None:
     """A modal or Home tab view."""
     if not isinstance(view, Mapping) or view.get("type") not in {"modal", "home"}:
@@ -350,9 +366,10 @@ class FakeSlack:
         if not channel:
             raise _Invalid("channel_not_found")
         validate_message(args)
+        metadata = validate_metadata(args.get("metadata"))
         ts = self._next_ts()
         message = {"channel": channel, "ts": ts, "text": args.get("text", ""), "blocks": args.get("blocks", []),
-                   "history": []}
+                   "history": [], "metadata": metadata}
         self.messages[(channel, ts)] = message
         return {"channel": channel, "ts": ts, "message": {"ts": ts, "text": message["text"]}}
 
@@ -371,6 +388,29 @@ class FakeSlack:
             raise _Invalid("invalid_arguments")
         validate_message(args)
         return {"message_ts": self._next_ts()}
+
+    def _m_conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Newest first; `oldest`/`latest` bound the ts; metadata payloads only with include_all_metadata."""
+        channel = str(args.get("channel") or "")
+        if not channel:
+            raise _Invalid("channel_not_found")
+        try:
+            oldest = float(args.get("oldest") or 0)
+            latest = float(args.get("latest") or "inf")
+            limit = int(args.get("limit") or 100)
+        except ValueError:
+            raise _Invalid("invalid_arguments") from None
+        if limit < 1:
+            raise _Invalid("invalid_limit")
+        full = str(args.get("include_all_metadata")).lower() in {"true", "1"}
+        found = sorted((m for (c, _), m in self.messages.items()
+                        if c == channel and oldest <= float(m["ts"]) <= latest),
+                       key=lambda m: float(m["ts"]), reverse=True)
+        page = found[:min(limit, 999)]
+        messages = [{"type": "message", "ts": m["ts"], "text": m["text"], "blocks": m["blocks"], "bot_id": "BBOT",
+                     **({"metadata": m["metadata"]} if full and m.get("metadata") else {})} for m in page]
+        return {"messages": messages, "has_more": len(found) > len(page), "pin_count": 0,
+                "response_metadata": {"next_cursor": ""}}
 
     def _m_conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
         users = str(args.get("users") or "")
@@ -687,7 +727,10 @@ class SlackHarness:
         return self.running.runtime
 
     async def settle(self) -> None:
-        """Wait until the adapter finished the work it started after acknowledging."""
+        """Wait until the adapter finished the work it started after acknowledging, and every chat effect
+        due now was carried out (then the Home tab publishes those changes caused)."""
+        await self.adapter.drain()
+        await self.runtime.effects.drain()
         await self.adapter.drain()
 
     async def request(self, text: str, user_id: str = "UREQ", **kwargs: Any) -> tuple[Reply, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +24,7 @@ from bot.domain.audit import verify_chain
 from bot.domain.config import parse_policy
 from bot.domain.errors import AuditWriteError, Conflict, InputError, NotAllowed, NotFound, ParseError
 from bot.domain.model import SYSTEM, AccessRequest, Event, Identity, Item, Reveal, Secret, Status
+from bot.ports import NotifyResult, Sent
 from bot.services.importers import ItemInput
 from tests.support.app import CANARY_PASSWORD, CANARY_SEED, TEST_POLICY, FakeClock, canary_items, test_settings
 
@@ -39,27 +40,35 @@ class RecordingNotifier:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, Any]] = []
+        self.runtime: Runtime | None = None
 
-    async def request_posted(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
+    async def request_posted(self, request: AccessRequest, item: Item) -> NotifyResult:
         self.calls.append(("posted", request.id, request.status))
-        return {"card": {"channel": "CLEADS", "ts": "1.0"}}
+        return Sent({"card": {"channel": "CLEADS", "ts": "1.0"}})
 
-    async def request_updated(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
+    async def request_updated(self, request: AccessRequest, item: Item) -> NotifyResult:
         self.calls.append(("updated", request.id, request.status))
-        return None
+        return Sent()
 
-    async def deliver_secret(self, request: AccessRequest, reveal: Reveal) -> Mapping[str, Any] | None:
+    async def delivery_target(self, request: AccessRequest) -> NotifyResult:
+        return Sent({"delivery_intent": {"via": "dm", "channel": "DALICE"}})
+
+    async def deliver_secret(self, request: AccessRequest, reveal: Reveal) -> NotifyResult:
         self.calls.append(("delivered", request.id, reveal))
-        return {"delivery": {"ts": "2.0"}}
+        return Sent({"delivery": {"ts": "2.0"}})
 
-    async def secret_revoked(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
+    async def secret_revoked(self, request: AccessRequest, item: Item) -> NotifyResult:
         self.calls.append(("revoked", request.id, request.status))
-        return None
+        return Sent()
 
-    async def requester_told(self, request: AccessRequest, message: str) -> None:
+    async def requester_told(self, request: AccessRequest, message: str) -> NotifyResult:
         self.calls.append(("told", request.id, message))
+        return Sent()
 
-    def of(self, kind: str) -> list[tuple[str, str, Any]]:
+    async def of(self, kind: str) -> list[tuple[str, str, Any]]:
+        """What the notifier was asked to do once every due effect has run."""
+        assert self.runtime is not None
+        await self.runtime.effects.run_due()
         return [c for c in self.calls if c[0] == kind]
 
 
@@ -81,6 +90,7 @@ async def runtime(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Runtime]:
 @pytest.fixture
 def notifier(runtime: Runtime) -> RecordingNotifier:
     recorder = RecordingNotifier()
+    recorder.runtime = runtime
     runtime.service.register_notifier(recorder)
     return recorder
 
@@ -97,27 +107,29 @@ async def test_lead_approves_and_requester_gets_secret_and_code(runtime: Runtime
                                                                 clock: FakeClock) -> None:
     request = await runtime.service.request_access(ALICE, "acme-zendesk fix broken trigger for 1h")
     assert request.status is Status.PENDING and request.reason == "fix broken trigger"
-    assert request.refs == {"card": {"channel": "CLEADS", "ts": "1.0"}}
+    await runtime.effects.run_due()  # the card is posted by the effects worker
+    assert (await runtime.service.get_request(request.id)).refs == {"card": {"channel": "CLEADS", "ts": "1.0"}}
     assert request.timeout_at == clock.now() + timedelta(minutes=30)
 
     clock.advance(timedelta(minutes=10))  # waiting for a lead is not taken from the window
     granted = await runtime.service.approve(request.id, LEAD1)
     assert granted.status is Status.ACTIVE
     assert granted.starts_at == clock.now() and granted.ends_at == clock.now() + timedelta(hours=1)
-    (_, _, reveal), = notifier.of("delivered")
+    (_, _, reveal), = await notifier.of("delivered")
     assert reveal.password == Secret(CANARY_PASSWORD)
     assert reveal.code is not None and pyotp.TOTP(CANARY_SEED).verify(reveal.code.code, for_time=clock.now())
     assert 0 < reveal.code.seconds_left <= 30
+    granted = await runtime.service.get_request(request.id)
     assert granted.refs["delivery"] == {"ts": "2.0"} and granted.revealed
-    assert any("approved by lead one" in c[2] for c in notifier.of("told"))
+    assert any("approved by lead one" in c[2] for c in await notifier.of("told"))
 
     clock.advance(timedelta(seconds=45))
     code = await runtime.service.new_code(request.id, ALICE)
     assert code.code is not None and pyotp.TOTP(CANARY_SEED).verify(code.code.code, for_time=clock.now())
 
     assert await types(runtime) == [
-        *["item.added"] * 2, "request.created", "request.approved", "grant.activated", "grant.revealed",
-        "grant.code_shown",
+        *["item.added"] * 2, "request.created", "request.approved", "grant.activated", "grant.delivery_started",
+        "grant.revealed", "grant.code_shown",
     ]
 
 
@@ -125,6 +137,7 @@ async def test_window_end_expires_grant_marks_rotation_and_stops_codes(runtime: 
                                                                         clock: FakeClock) -> None:
     request = await runtime.service.request_access(ALICE, "acme-zendesk rotate api key for 30m")
     await runtime.service.approve(request.id, LEAD1)
+    await runtime.effects.run_due()
     clock.advance(timedelta(minutes=29))
     assert await runtime.service.run_due() == 0
     clock.advance(timedelta(minutes=1))
@@ -132,7 +145,7 @@ async def test_window_end_expires_grant_marks_rotation_and_stops_codes(runtime: 
 
     ended = await runtime.service.get_request(request.id)
     assert ended.status is Status.EXPIRED and ended.ended_at == clock.now()
-    assert notifier.of("revoked") == [("revoked", request.id, Status.EXPIRED)]
+    assert await notifier.of("revoked") == [("revoked", request.id, Status.EXPIRED)]
     with pytest.raises(Conflict, match="expired"):
         await runtime.service.new_code(request.id, ALICE)
     item = await runtime.service.get_item("acme-zendesk")
@@ -141,7 +154,7 @@ async def test_window_end_expires_grant_marks_rotation_and_stops_codes(runtime: 
 
     await runtime.catalog.rotate_password("acme-zendesk", Secret("new-password-1"), SYSTEM)
     assert (await runtime.service.get_item("acme-zendesk")).rotation_due is None
-    assert (await types(runtime))[-2:] == ["grant.expired", "item.rotated"]
+    assert (await types(runtime))[-3:] == ["grant.expired", "grant.wiped", "item.rotated"]
 
 
 async def test_pending_request_times_out_and_requester_is_told(runtime: Runtime, notifier: RecordingNotifier,
@@ -150,7 +163,7 @@ async def test_pending_request_times_out_and_requester_is_told(runtime: Runtime,
     clock.advance(timedelta(minutes=30))
     await runtime.service.run_due()
     assert (await runtime.service.get_request(request.id)).status is Status.TIMED_OUT
-    assert any("timed out" in c[2] for c in notifier.of("told"))
+    assert any("timed out" in c[2] for c in await notifier.of("told"))
     with pytest.raises(Conflict, match="already timed out"):
         await runtime.service.approve(request.id, LEAD1)
 
@@ -177,7 +190,7 @@ async def test_two_of_m_approvals_and_double_click_counts_once(runtime: Runtime,
     second = await runtime.service.approve(request.id, LEAD2)
     assert second.status is Status.ACTIVE
     assert (await types(runtime)).count("request.approval_added") == 1
-    assert len(notifier.of("delivered")) == 1
+    assert len(await notifier.of("delivered")) == 1
 
 
 async def test_concurrent_approvals_apply_once(runtime: Runtime, notifier: RecordingNotifier) -> None:
@@ -187,14 +200,14 @@ async def test_concurrent_approvals_apply_once(runtime: Runtime, notifier: Recor
     assert sum(isinstance(r, AccessRequest) for r in results) == 1
     assert sum(isinstance(r, Conflict) for r in results) == 1
     assert (await types(runtime)).count("request.approved") == 1
-    assert len(notifier.of("delivered")) == 1
+    assert len(await notifier.of("delivered")) == 1
 
 
 async def test_decline_with_reason_tells_requester(runtime: Runtime, notifier: RecordingNotifier) -> None:
     request = await runtime.service.request_access(ALICE, "acme-zendesk export all tickets")
     declined = await runtime.service.decline(request.id, LEAD2, "use the read-only account")
     assert declined.status is Status.DECLINED and declined.decline_reason == "use the read-only account"
-    assert any("declined by lead two: use the read-only account" in c[2] for c in notifier.of("told"))
+    assert any("declined by lead two: use the read-only account" in c[2] for c in await notifier.of("told"))
     with pytest.raises(Conflict, match="already declined by lead two"):
         await runtime.service.approve(request.id, LEAD1)
 
@@ -203,12 +216,12 @@ async def test_scheduled_window_activates_at_its_start(runtime: Runtime, notifie
                                                         clock: FakeClock) -> None:
     request = await runtime.service.request_access(ALICE, "acme-zendesk planned migration today 14:00-16:00")
     approved = await runtime.service.approve(request.id, LEAD1)
-    assert approved.status is Status.APPROVED and not notifier.of("delivered")
+    assert approved.status is Status.APPROVED and not await notifier.of("delivered")
     clock.advance(timedelta(hours=5))  # 09:00 -> 14:00
     await runtime.service.run_due()
     active = await runtime.service.get_request(request.id)
     assert active.status is Status.ACTIVE and active.ends_at == clock.now() + timedelta(hours=2)
-    assert len(notifier.of("delivered")) == 1
+    assert len(await notifier.of("delivered")) == 1
 
 
 async def test_extension_moves_end_only_when_approved(runtime: Runtime, notifier: RecordingNotifier,
@@ -232,6 +245,7 @@ async def test_exclusive_item_queues_second_requester_until_holder_ends(runtime:
     first = await runtime.service.request_access(ALICE, "globex-aws deploy hotfix for 1h")
     await runtime.service.approve(first.id, LEAD1)
     await runtime.service.approve(first.id, LEAD2)
+    await runtime.effects.run_due()
     second = await runtime.service.request_access(BOB, "globex-aws check cost report for 1h")
     assert any(n.startswith("queued: alice holds it until") for n in second.notes)
     await runtime.service.approve(second.id, LEAD1)
@@ -241,7 +255,7 @@ async def test_exclusive_item_queues_second_requester_until_holder_ends(runtime:
     await runtime.service.done(first.id, ALICE)  # the holder finishes early: the queue moves on at once
     started = await runtime.service.get_request(second.id)
     assert started.status is Status.ACTIVE and started.ends_at == clock.now() + timedelta(hours=1)
-    assert len(notifier.of("delivered")) == 2
+    assert len(await notifier.of("delivered")) == 2
 
 
 @pytest.mark.parametrize(
@@ -285,18 +299,20 @@ async def test_reveal_fails_closed_when_the_audit_write_fails(runtime: Runtime, 
                                                               tmp_path: Path) -> None:
     grant = await runtime.service.approve((await runtime.service.request_access(
         ALICE, "acme-zendesk fix broken trigger")).id, LEAD1)
+    await runtime.effects.run_due()
     # A real SQLite trigger makes the events table refuse writes, as a full disk or lost lock would.
     with closing(sqlite3.connect(tmp_path / "jitpass.db")) as conn:
         conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
     with pytest.raises(AuditWriteError):
         await runtime.service.new_code(grant.id, ALICE)
-    assert len(notifier.of("delivered")) == 1  # only the delivery before the failure
+    assert len(await notifier.of("delivered")) == 1  # only the delivery before the failure
 
 
 async def test_audit_chain_stays_intact_and_never_holds_a_secret(runtime: Runtime, notifier: RecordingNotifier,
                                                                  clock: FakeClock) -> None:
     grant = await runtime.service.approve((await runtime.service.request_access(
         ALICE, "acme-zendesk fix broken trigger for 1h")).id, LEAD1)
+    await runtime.effects.run_due()
     await runtime.service.new_code(grant.id, ALICE)
     clock.advance(timedelta(hours=2))
     await runtime.service.run_due()

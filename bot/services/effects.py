@@ -1,0 +1,365 @@
+"""The effects worker: carries out the chat effects the core recorded with its state changes.
+
+Every state change writes its effects (post/update the card, deliver, wipe, tell) in the same store
+transaction as the change and its audit event. This worker claims due effects with a lease (so two
+replicas never both run one), runs each under a deadline with bounded concurrency, and records the
+outcome in one unit of work: the effect row, its audit event, the refs the platform returned.
+
+Failures come back from notifiers as `Failed` results (or exceptions, recorded the same way) and are
+retried with capped exponential backoff and full jitter; a Retry-After is honoured but capped and
+delays only that effect. Effects of one request in one lane run in order (a wipe never overtakes its
+delivery). A card update superseded by a later one is dropped; a wipe is never dropped: when its
+budget is spent it fails loudly (`alert.wipe_exhausted`, counted in /healthz and reports).
+
+Audit events of the delivery: `grant.delivery_started` (before the secret leaves: fail closed),
+then `grant.revealed` when the platform took it (the only event that counts as a reveal) or
+`grant.delivery_failed`. Of the wipe: `grant.wiped` or `grant.wipe_failed`, each with `attempt`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from bot.domain.errors import JitpassError
+from bot.domain.model import (
+    SYSTEM,
+    AccessRequest,
+    Effect,
+    EffectDraft,
+    EffectKind,
+    EffectOutcome,
+    EffectStatus,
+    EventDraft,
+    Status,
+)
+from bot.ports import Failed, Notifier, NotifyResult, Sent
+
+if TYPE_CHECKING:
+    from bot.services.access import AccessService
+
+__all__ = ["EffectRunner", "RetryPolicy"]
+
+log = logging.getLogger("jitpass.effects")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff and budgets. A wipe gets the most attempts: a password may still be on a screen."""
+
+    call_timeout: float = 10.0  # seconds per outbound call (the adapters apply it per HTTP call)
+    retry_after_max: float = 30.0
+    first_delay: float = 1.0
+    max_delay: float = 300.0
+    attempts: Mapping[EffectKind, int] | None = None
+
+    def budget(self, kind: EffectKind) -> int:
+        defaults = {EffectKind.WIPE: 12, EffectKind.DELIVER: 8, EffectKind.POST_CARD: 10,
+                    EffectKind.UPDATE_CARD: 8, EffectKind.TELL: 6}
+        return dict(self.attempts or defaults).get(kind, defaults[kind])
+
+    @property
+    def deadline(self) -> float:
+        """One effect makes at most three calls (delivery: find, post, update)."""
+        return self.call_timeout * 3 + 1
+
+    # A live worker renews its leases every third of this; a dead one's effects are taken over after it.
+    lease_seconds: float = 10.0
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.lease_seconds)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Full jitter over a capped exponential, never shorter than a (capped) Retry-After."""
+        if retry_after == 0:
+            return 0.0
+        ceiling = min(self.max_delay, self.first_delay * 2 ** max(0, attempt - 1))
+        wait = random.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            wait = max(wait, min(max(retry_after, 0.0), self.retry_after_max))
+        return wait
+
+
+def _failed_words(request: AccessRequest, final: bool) -> str:
+    if final:
+        return (f"⚠️ jitpass could not deliver the password for {request.id} ({request.item}) to you. "
+                "Nothing was shown. Open the jitpass App Home or ask again, and tell a lead if this keeps happening.")
+    return (f"⚠️ Delivering the password for {request.id} ({request.item}) to you failed; jitpass keeps trying. "
+            "You can also open the jitpass App Home for the current code.")
+
+
+class EffectRunner:
+    """Claims, runs and records durable chat effects; one per process, any number of processes."""
+
+    def __init__(self, service: AccessService, policy: RetryPolicy | None = None, *, concurrency: int = 16,
+                 batch: int = 64, owner: str | None = None) -> None:
+        self.service = service
+        self.store = service.store
+        self.clock = service.clock
+        self.policy = policy or RetryPolicy()
+        self.owner = owner or f"w-{secrets.token_hex(6)}"
+        self.batch = batch
+        self._slots = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._renewer: asyncio.Task[None] | None = None
+        service.on_change.append(lambda _request: self.wake())
+
+    @property
+    def notifiers(self) -> Mapping[str, Notifier]:
+        return self.service.notifiers
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._loop(), name="jitpass-effects")
+            self._renewer = loop.create_task(self._renew_leases(), name="jitpass-effects-leases")
+
+    async def _renew_leases(self) -> None:
+        """Heartbeat: keep the leases of effects in flight here, so only a dead worker's are taken over."""
+        while True:
+            await asyncio.sleep(self.policy.lease_seconds / 3)
+            if not self._running:
+                continue
+            try:
+                await self.store.renew_leases(self.owner, self.clock.now() + self.policy.lease)
+            except Exception as exc:
+                log.warning("event=effects_lease_renewal_failed error=%s", type(exc).__name__)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        renewer, self._renewer = self._renewer, None
+        for one in (task, renewer):
+            if one is not None:
+                one.cancel()
+                await asyncio.gather(one, return_exceptions=True)
+        for running in list(self._running):
+            running.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    def wake(self) -> None:
+        """Something new may be due (called after every state change)."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                claimed = await self._claim_and_start()
+                if claimed:
+                    continue  # more may be due already
+                nxt = await self.store.next_effect_at(set(self.notifiers))
+            except Exception as exc:  # the store is down: try again shortly, keep the loop alive
+                log.warning("event=effects_claim_failed error=%s", type(exc).__name__)
+                nxt = self.clock.now() + timedelta(seconds=1)
+            wait = 30.0 if nxt is None else max(0.0, (nxt - self.clock.now()).total_seconds())
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(wait, 30.0))
+
+    async def _claim_and_start(self) -> int:
+        free = self._free_slots()
+        if free <= 0:
+            await self._wait_for_a_slot()
+            return 1
+        now = self.clock.now()
+        effects = await self.store.claim_effects(now, self.owner, now + self.policy.lease,
+                                                 platforms=set(self.notifiers), limit=min(free, self.batch))
+        for effect in effects:
+            self._spawn(effect)
+        return len(effects)
+
+    def _free_slots(self) -> int:
+        return self._slots._value
+
+    async def _wait_for_a_slot(self) -> None:
+        if self._running:
+            await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
+
+    def _spawn(self, effect: Effect) -> None:
+        self._idle.clear()
+        task = asyncio.get_running_loop().create_task(self._guarded(effect), name=f"jitpass-effect-{effect.kind}")
+        self._running.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not self._running:
+            self._idle.set()
+        self.wake()
+
+    async def _guarded(self, effect: Effect) -> None:
+        async with self._slots:
+            try:
+                await self.run_one(effect)
+            except Exception as exc:  # the store failed while recording: the lease runs out, it is retried
+                # Not a JitpassError (those are recorded as failures): a store outage, or a bug.
+                log.error("event=effect_not_recorded effect=%s kind=%s request_id=%s error=%s", effect.id,
+                          effect.kind, effect.request_id, type(exc).__name__,
+                          exc_info=not isinstance(exc, JitpassError))
+
+    async def run_due(self, *, rounds: int = 50) -> int:
+        """Run everything due now (and what that makes due), in this task; for tests and the CLI."""
+        ran = 0
+        for _ in range(rounds):
+            now = self.clock.now()
+            effects = await self.store.claim_effects(now, self.owner, now + self.policy.lease,
+                                                     platforms=set(self.notifiers), limit=self.batch)
+            if not effects:
+                break
+            await asyncio.gather(*(self._guarded(e) for e in effects))
+            ran += len(effects)
+        return ran
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until the loop has nothing due and nothing running (tests)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            await asyncio.wait_for(self._idle.wait(), max(0.01, deadline - loop.time()))
+            nxt = await self.store.next_effect_at(set(self.notifiers))
+            if self._idle.is_set() and (nxt is None or nxt > self.clock.now()):
+                return
+            if loop.time() > deadline:
+                raise TimeoutError("effects still due")
+            self.wake()
+            await asyncio.sleep(0.01)
+
+    # -- one effect --------------------------------------------------------------------------
+
+    async def run_one(self, effect: Effect) -> None:
+        """Carry out one claimed effect and record how it went."""
+        notifier = self.notifiers.get(effect.platform)
+        request = await self.store.get_request(effect.request_id)
+        if notifier is None or request is None:
+            await self._settle(effect, EffectOutcome(EffectStatus.DROPPED, error="no such request or platform"))
+            return
+        try:
+            async with asyncio.timeout(self.policy.deadline):
+                outcome = await self._attempt(effect, notifier, request)
+        except TimeoutError:
+            outcome = self._failure(effect, request, Failed("timeout"))
+        except JitpassError as exc:  # e.g. the audit event before a delivery could not be written
+            outcome = self._failure(effect, request, Failed(type(exc).__name__))
+        await self._settle(effect, outcome)
+        if effect.kind is EffectKind.DELIVER and outcome.revealed:
+            await self.service.after_late_delivery(request.id)
+
+    async def _settle(self, effect: Effect, outcome: EffectOutcome) -> None:
+        if not await self.store.settle_effect(effect, self.owner, outcome):
+            log.warning("event=effect_lease_lost effect=%s kind=%s request_id=%s", effect.id, effect.kind,
+                        effect.request_id)
+            return
+        log.info("event=effect_%s effect=%s kind=%s request_id=%s attempt=%d%s", outcome.status.value, effect.id,
+                 effect.kind, effect.request_id, effect.attempts,
+                 f" error={outcome.error}" if outcome.error else "")
+
+    async def _attempt(self, effect: Effect, notifier: Notifier, request: AccessRequest) -> EffectOutcome:
+        kind = effect.kind
+        if kind is EffectKind.DELIVER:
+            return await self._deliver(effect, notifier, request)
+        if kind is EffectKind.WIPE:
+            result = await self._call(notifier.secret_revoked(request, await self.service.item_of(request)))
+            return self._wipe_outcome(effect, request, result)
+        if kind is EffectKind.POST_CARD:
+            result = await self._call(notifier.request_posted(request, await self.service.item_of(request)))
+        elif kind is EffectKind.UPDATE_CARD:
+            result = await self._call(notifier.request_updated(request, await self.service.item_of(request)))
+        else:
+            result = await self._call(notifier.requester_told(request, str(effect.payload.get("message", ""))))
+        if isinstance(result, Sent):
+            return EffectOutcome(EffectStatus.DONE, refs=dict(result.refs) if result.refs else None)
+        return self._failure(effect, request, result)
+
+    async def _call(self, call: Awaitable[NotifyResult]) -> NotifyResult:
+        """Await a notifier call; an exception is a failure like any other (recorded, retried)."""
+        try:
+            result = await call
+        except TimeoutError:
+            return Failed("timeout")
+        except Exception as exc:  # adapters return Failed; an exception is a bug or an SDK surprise
+            log.warning("event=notifier_raised error=%s", type(exc).__name__)
+            return Failed(str(getattr(exc, "error", "") or type(exc).__name__))
+        return result if isinstance(result, Sent | Failed) else Failed("bad_notifier_result")
+
+    async def _deliver(self, effect: Effect, notifier: Notifier, request: AccessRequest) -> EffectOutcome:
+        now = self.clock.now()
+        if request.status is not Status.ACTIVE or request.ends_at is None or request.ends_at <= now:
+            # Pointless now: access has ended (or never started). An earlier attempt that died mid-way may
+            # have reached chat (`unknown`): its wipe follows in this lane; only a surely undelivered
+            # secret is reported to the requester as not delivered.
+            unknown = effect.attempts > 1 or isinstance(request.refs.get("delivery_intent"), Mapping)
+            event = self._event("grant.delivery_failed", request, {
+                "attempt": effect.attempts, "error": "grant_not_active", "final": True, "unknown": unknown})
+            told = () if request.revealed or unknown else (
+                EffectDraft(EffectKind.TELL, {"message": _failed_words(request, True)}),)
+            return EffectOutcome(EffectStatus.DROPPED, error="grant_not_active", event=event, follow_ups=told)
+        # Intent first: where it is going is stored before the secret leaves, so a wipe can find it.
+        target = await self._call(notifier.delivery_target(request))
+        if isinstance(target, Failed):
+            return self._failure(effect, request, target)
+        if target.refs:
+            request = await self.service.save_refs(request.id, target.refs)
+        reveal = await self.service.open_for_delivery(request.id, attempt=effect.attempts)
+        result = await self._call(notifier.deliver_secret(request, reveal))
+        if isinstance(result, Failed):
+            return self._failure(effect, request, result)
+        via = ""
+        if result.refs and isinstance(result.refs.get("delivery"), Mapping):
+            via = str(result.refs["delivery"].get("via", ""))
+        event = self._event("grant.revealed", request, {
+            "password": reveal.password is not None, "code": reveal.code is not None, "via": via or "delivery",
+            "attempt": effect.attempts})
+        return EffectOutcome(EffectStatus.DONE, event=event, refs=dict(result.refs or {}) or None,
+                             revealed=reveal.password is not None)
+
+    def _wipe_outcome(self, effect: Effect, request: AccessRequest, result: NotifyResult) -> EffectOutcome:
+        if isinstance(result, Sent):
+            event = self._event("grant.wiped", request, {"attempt": effect.attempts}) if result.done else None
+            return EffectOutcome(EffectStatus.DONE, event=event, refs=dict(result.refs) if result.refs else None)
+        return self._failure(effect, request, result)
+
+    def _failure(self, effect: Effect, request: AccessRequest, failed: Failed) -> EffectOutcome:
+        final = failed.permanent or effect.attempts >= self.policy.budget(effect.kind)
+        retry_at: datetime | None = None
+        if not final:
+            retry_at = self.clock.now() + timedelta(seconds=self.policy.delay(effect.attempts, failed.retry_after))
+        details: dict[str, object] = {"attempt": effect.attempts, "error": failed.error}
+        details |= {"final": True} if final else {"retry_at": retry_at.isoformat() if retry_at else None}
+        status = EffectStatus.FAILED if final else EffectStatus.PENDING
+        event: EventDraft | None = None
+        follow_ups: tuple[EffectDraft, ...] = ()
+        if effect.kind is EffectKind.DELIVER:
+            event = self._event("grant.delivery_failed", request, details)
+            if effect.attempts == 2 or final:  # a first failure is often retried by another route at once
+                follow_ups = (EffectDraft(EffectKind.TELL, {"message": _failed_words(request, final)}),)
+        elif effect.kind is EffectKind.WIPE:
+            event = self._event("alert.wipe_exhausted" if final else "grant.wipe_failed", request, details)
+        elif final:
+            event = self._event("chat.effect_failed", request, {**details, "kind": effect.kind.value})
+            if effect.kind is EffectKind.POST_CARD:
+                follow_ups = (EffectDraft(EffectKind.TELL, {"message": (
+                    f"⚠️ {request.id} is recorded, but jitpass could not post it to the leads channel: "
+                    "please tell a lead.")}),)
+        log.warning("event=effect_attempt_failed effect=%s kind=%s request_id=%s attempt=%d error=%s final=%s",
+                    effect.id, effect.kind, request.id, effect.attempts, failed.error, final)
+        return EffectOutcome(status, error=failed.error, retry_at=retry_at, event=event, follow_ups=follow_ups,
+                             refs=dict(failed.refs) if failed.refs else None)
+
+    @staticmethod
+    def _event(event_type: str, request: AccessRequest, details: Mapping[str, object]) -> EventDraft:
+        return EventDraft(type=event_type, actor=SYSTEM, request_id=request.id, item=request.item,
+                          vault=request.vault, details=dict(details))

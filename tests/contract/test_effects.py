@@ -1,0 +1,169 @@
+"""Durable chat effects in the store: written with their state change, leased once, ordered per lane,
+superseded card updates dropped, outcomes recorded with their event and refs in one unit of work."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from bot.domain.errors import AuditWriteError
+from bot.domain.model import EffectDraft, EffectKind, EffectOutcome, EffectStatus, Status
+from bot.ports import Store
+from tests.contract.conftest import Harness
+from tests.support.stores import FakeClock, draft, make_request
+
+PLATFORMS = {"slack"}
+LEASE = timedelta(seconds=10)
+
+
+async def _pending_request(store: Store, request_id: str = "R1", *kinds: EffectKind) -> None:
+    await store.create_request(make_request(request_id), draft("request.created", request_id=request_id),
+                               [EffectDraft(k) for k in kinds])
+
+
+async def _claim(store: Store, clock: FakeClock, owner: str = "w1", limit: int = 10) -> list[str]:
+    now = clock.now()
+    return [f"{e.request_id}:{e.kind.value}" for e in
+            await store.claim_effects(now, owner, now + LEASE, platforms=PLATFORMS, limit=limit)]
+
+
+async def test_effects_are_written_with_the_request_and_the_transition(store: Store, clock: FakeClock) -> None:
+    await _pending_request(store, "R1", EffectKind.POST_CARD)
+    moved = await store.transition("R1", {Status.PENDING}, {"status": Status.DECLINED},
+                                   draft("request.declined", request_id="R1"),
+                                   effects=[EffectDraft(EffectKind.UPDATE_CARD),
+                                            EffectDraft(EffectKind.TELL, {"message": "declined"})])
+    assert moved is not None
+    effects = await store.effects_of("R1")
+    assert [(e.kind, e.status, e.attempts, e.platform) for e in effects] == [
+        (EffectKind.POST_CARD, EffectStatus.PENDING, 0, "slack"),
+        (EffectKind.UPDATE_CARD, EffectStatus.PENDING, 0, "slack"),
+        (EffectKind.TELL, EffectStatus.PENDING, 0, "slack"),
+    ]
+    assert effects[2].payload == {"message": "declined"}
+    assert await store.effect_counts() == {"pending": 3, "failed": 0, "failed_wipes": 0}
+
+
+async def test_a_failed_compare_writes_no_effects(store: Store) -> None:
+    await _pending_request(store, "R1")
+    lost = await store.transition("R1", {Status.ACTIVE}, {"status": Status.EXPIRED}, None,
+                                  effects=[EffectDraft(EffectKind.WIPE)])
+    assert lost is None and await store.effects_of("R1") == []
+
+
+async def test_an_audit_failure_writes_neither_the_change_nor_its_effects(harness: Harness) -> None:
+    store = harness.store
+    await _pending_request(store, "R1")
+    await harness.break_audit()
+    with pytest.raises(AuditWriteError):
+        await store.transition("R1", {Status.PENDING}, {"status": Status.CANCELLED},
+                               draft("request.cancelled", request_id="R1"),
+                               effects=[EffectDraft(EffectKind.UPDATE_CARD)])
+    assert (await store.get_request("R1")).status is Status.PENDING  # type: ignore[union-attr]
+    if harness.kind == "sqlite":  # one transaction; a standalone MongoDB compensates the request only
+        assert await store.effects_of("R1") == []
+
+
+async def test_one_lane_runs_in_order_and_lanes_run_side_by_side(store: Store, clock: FakeClock) -> None:
+    await _pending_request(store, "R1", EffectKind.POST_CARD, EffectKind.DELIVER, EffectKind.UPDATE_CARD,
+                           EffectKind.WIPE, EffectKind.TELL)
+    # The card post and the delivery lead their lanes; the update waits for the post, the wipe for the delivery.
+    assert sorted(await _claim(store, clock)) == ["R1:deliver", "R1:post_card", "R1:tell"]
+    assert await _claim(store, clock, owner="w2") == []  # leased: nobody else gets them
+    first = {e.kind: e for e in await store.effects_of("R1")}
+    assert first[EffectKind.DELIVER].attempts == 1 and first[EffectKind.DELIVER].lease_owner == "w1"
+    assert await store.settle_effect(first[EffectKind.DELIVER], "w1", EffectOutcome(EffectStatus.DONE))
+    assert await _claim(store, clock, owner="w2") == ["R1:wipe"]
+
+
+async def test_a_lease_held_by_a_dead_worker_is_taken_over_when_it_runs_out(store: Store, clock: FakeClock) -> None:
+    await _pending_request(store, "R1", EffectKind.WIPE)
+    assert await _claim(store, clock, owner="dead") == ["R1:wipe"]
+    (leased,) = await store.effects_of("R1")
+    assert await store.next_effect_at(PLATFORMS) == clock.now() + LEASE
+    clock.advance(seconds=LEASE.total_seconds())
+    assert await _claim(store, clock, owner="alive") == ["R1:wipe"]
+    # The dead worker's late outcome is refused: the lease is no longer its.
+    assert not await store.settle_effect(leased, "dead", EffectOutcome(EffectStatus.DONE))
+    (taken,) = await store.effects_of("R1")
+    assert taken.attempts == 2 and taken.lease_owner == "alive" and taken.status is EffectStatus.PENDING
+
+
+async def test_a_live_worker_renews_its_leases(store: Store, clock: FakeClock) -> None:
+    await _pending_request(store, "R1", EffectKind.DELIVER)
+    await _claim(store, clock, owner="w1")
+    clock.advance(seconds=8)
+    assert await store.renew_leases("w1", clock.now() + LEASE) == 1
+    clock.advance(seconds=8)
+    assert await _claim(store, clock, owner="w2") == []
+
+
+async def test_two_workers_claiming_at_once_never_both_get_an_effect(store: Store, clock: FakeClock) -> None:
+    for n in range(20):
+        await _pending_request(store, f"R{n}", EffectKind.TELL)
+    got = await asyncio.gather(*(_claim(store, clock, owner=f"w{i}", limit=7) for i in range(4)))
+    claimed = [one for batch in got for one in batch]
+    assert len(claimed) == len(set(claimed)) == 20
+
+
+async def test_a_retry_waits_until_its_time_and_counts_attempts(store: Store, clock: FakeClock) -> None:
+    await _pending_request(store, "R1", EffectKind.UPDATE_CARD)
+    await _claim(store, clock)
+    (effect,) = await store.effects_of("R1")
+    retry_at = clock.now() + timedelta(seconds=30)
+    assert await store.settle_effect(effect, "w1", EffectOutcome(EffectStatus.PENDING, error="chat.update:http 500",
+                                                                 retry_at=retry_at))
+    assert await _claim(store, clock) == []
+    assert await store.next_effect_at(PLATFORMS) == retry_at
+    clock.advance(seconds=30)
+    assert await _claim(store, clock) == ["R1:update_card"]
+    (again,) = await store.effects_of("R1")
+    assert again.attempts == 2 and again.error == "chat.update:http 500"
+
+
+async def test_a_newer_card_update_drops_unclaimed_older_ones_but_never_a_wipe(store: Store, clock: FakeClock) -> None:
+    await _pending_request(store, "R1", EffectKind.UPDATE_CARD, EffectKind.WIPE)
+    await store.transition("R1", {Status.PENDING}, {"status": Status.CANCELLED}, None,
+                           effects=[EffectDraft(EffectKind.UPDATE_CARD), EffectDraft(EffectKind.WIPE)])
+    kinds = [(e.kind, e.status) for e in await store.effects_of("R1")]
+    assert kinds == [(EffectKind.UPDATE_CARD, EffectStatus.DROPPED), (EffectKind.WIPE, EffectStatus.PENDING),
+                     (EffectKind.UPDATE_CARD, EffectStatus.PENDING), (EffectKind.WIPE, EffectStatus.PENDING)]
+
+
+async def test_an_outcome_records_its_event_refs_revealed_and_follow_ups_together(store: Store,
+                                                                                   clock: FakeClock) -> None:
+    await store.create_request(make_request("R1", status=Status.ACTIVE, refs={"command": {"u": 1}}),
+                               draft("request.created", request_id="R1"), [EffectDraft(EffectKind.DELIVER)])
+    await _claim(store, clock)
+    (effect,) = await store.effects_of("R1")
+    outcome = EffectOutcome(EffectStatus.DONE, event=draft("grant.revealed", request_id="R1"),
+                            refs={"delivery": {"via": "dm", "ts": "1.2"}}, revealed=True,
+                            follow_ups=(EffectDraft(EffectKind.TELL, {"message": "hi"}),))
+    assert await store.settle_effect(effect, "w1", outcome)
+    request = await store.get_request("R1")
+    assert request is not None and request.revealed
+    assert request.refs == {"command": {"u": 1}, "delivery": {"via": "dm", "ts": "1.2"}}
+    assert [e.type async for e in store.events(types={"grant.revealed"})] == ["grant.revealed"]
+    assert [(e.kind, e.status) for e in await store.effects_of("R1")] == [
+        (EffectKind.DELIVER, EffectStatus.DONE), (EffectKind.TELL, EffectStatus.PENDING)]
+
+
+async def test_a_failed_wipe_counts_as_an_alert(store: Store, clock: FakeClock) -> None:
+    await _pending_request(store, "R1", EffectKind.WIPE)
+    await _claim(store, clock)
+    (effect,) = await store.effects_of("R1")
+    await store.settle_effect(effect, "w1", EffectOutcome(EffectStatus.FAILED, error="timeout",
+                                                          event=draft("alert.wipe_exhausted", request_id="R1")))
+    assert await store.effect_counts() == {"pending": 0, "failed": 1, "failed_wipes": 1}
+    assert await _claim(store, clock) == []
+
+
+async def test_only_effects_of_platforms_this_worker_serves_are_claimed(store: Store, clock: FakeClock) -> None:
+    await store.create_request(make_request("R1", platform="teams"), draft("request.created", request_id="R1"),
+                               [EffectDraft(EffectKind.POST_CARD)])
+    assert await _claim(store, clock) == []
+    now = clock.now()
+    claimed = await store.claim_effects(now, "w1", now + LEASE, platforms={"teams"}, limit=5)
+    assert [e.kind for e in claimed] == [EffectKind.POST_CARD]
