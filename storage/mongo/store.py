@@ -13,6 +13,7 @@ if the append fails, so the request never moves without its audit event.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import secrets
@@ -96,6 +97,9 @@ _ITEM_META_PROJECTION = {k: 0 for k in KEY_FIELDS}
 _REFS_FIELDS = ("refs", "refs_version")
 # Which time makes a request due in each open status.
 _DUE_FIELDS = (("pending", "timeout_at"), ("approved", "starts_at"), ("active", "ends_at"))
+
+
+_EFFECT_ORDER = itertools.count()
 
 
 class _SeqTaken(Exception):
@@ -557,9 +561,9 @@ class MongoStore:
                 {"request_id": request.id, "kind": "update_card", "status": "pending",
                  "$or": [{"lease_until": None}, {"lease_until": {"$lte": at}}]},
                 {"$set": {"status": "dropped", "error": "superseded", "updated_at": at}}, session=session)
-        # _id sorts like creation order (time, then position): the lane order of both stores.
-        docs = [{"_id": f"{at}-{i:03d}-{secrets.token_hex(4)}", **doc}
-                for i, doc in enumerate(effect_docs(request.id, request.platform, effects, now))]
+        # _id sorts like creation order (time, then this process's counter): the lane order of both stores.
+        docs = [{"_id": f"{at}-{next(_EFFECT_ORDER):012d}-{secrets.token_hex(3)}", **doc}
+                for doc in effect_docs(request.id, request.platform, effects, now)]
         await collection.insert_many(docs, ordered=True, session=session)
 
     # -- durable chat effects -----------------------------------------------------------------
