@@ -18,8 +18,8 @@ from bot.domain.vault import Vault, load_key_ring
 from bot.ports import Clock, Store, SystemClock
 from bot.services.access import AccessService
 from bot.services.catalog import Catalog
-from bot.services.onepassword_sync import OnePasswordSync
 from bot.services.effects import EffectRunner, RetryPolicy
+from bot.services.onepassword_sync import OnePasswordSync
 from bot.services.schedule import GrantScheduler
 from bot.services.secrets import BuiltinSource, SecretSources
 from bot.services.shadow import ShadowWatch
