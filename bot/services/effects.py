@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import secrets
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from bot.domain.errors import JitpassError
+from bot.domain.errors import JitpassError, SecretSourceError
 from bot.domain.model import (
     SYSTEM,
     AccessRequest,
@@ -313,7 +314,15 @@ class EffectRunner:
             return self._failure(effect, request, target)
         if target.refs:
             request = await self.service.save_refs(request.id, target.refs)
-        reveal = await self.service.open_for_delivery(request.id, attempt=effect.attempts)
+        try:
+            reveal = await self.service.open_for_delivery(request.id, attempt=effect.attempts)
+        except SecretSourceError as exc:
+            # The item's source (1Password) cannot answer: nothing left; the requester hears why at once.
+            outcome = self._failure(effect, request, Failed(f"secret_source:{exc.reason}"))
+            if effect.attempts == 1:
+                told = EffectDraft(EffectKind.TELL, {"message": f"⚠️ {request.id} for {request.item}: {exc.message}"})
+                outcome = dataclasses.replace(outcome, follow_ups=(*outcome.follow_ups, told))
+            return outcome
         result = await self._call(notifier.deliver_secret(request, reveal))
         if isinstance(result, Failed):
             return self._failure(effect, request, result)

@@ -89,7 +89,7 @@ async def _slack_flow(slack: SlackHarness, account: OnePasswordAccount, clock: F
     shown = slack.fake.shown(press.response_url)  # the wipe goes to the freshest message (New code's)
     assert shown is not None and "expired" in shown["text"] and OP_CANARY_PASSWORD not in str(shown)
     types = [e.type async for e in runtime.store.events() if e.request_id == request_id]
-    assert types[-1] == "grant.expired" and "grant.revealed" in types and "grant.code_shown" in types
+    assert types[-2:] == ["grant.expired", "grant.wiped"] and "grant.revealed" in types and "grant.code_shown" in types
 
     # The secret went only to the requester's private messages; the seed went nowhere.
     for call in slack.fake.calls:
@@ -145,7 +145,9 @@ async def test_teams_flow_on_a_1password_item(tmp_path: Path, account: OnePasswo
 
         clock.advance(timedelta(hours=1))
         await app.runtime.scheduler.tick()
-        wipe = await connector.wait_for(lambda c: c.kind == "update" and c.activity_id == delivery.result_id)
+        wipe = await connector.wait_for(lambda c: c.kind == "update" and c.activity_id == delivery.result_id,
+                                        after=connector.calls.index(delivery) + 1)
+        await teams.settle()
         assert "has expired" in wipe.dump() and OP_CANARY_PASSWORD not in wipe.dump()
         assert "Expired" in status_of(teams.leads_card(request_id))
 
