@@ -320,8 +320,8 @@ class EffectRunner:
             # The item's source (1Password) cannot answer: nothing left; the requester hears why at once.
             outcome = self._failure(effect, request, Failed(f"secret_source:{exc.reason}"))
             if effect.attempts == 1:
-                told = EffectDraft(EffectKind.TELL, {"message": f"⚠️ {request.id} for {request.item}: {exc.message}"})
-                outcome = dataclasses.replace(outcome, follow_ups=(*outcome.follow_ups, told))
+                why = EffectDraft(EffectKind.TELL, {"message": f"⚠️ {request.id} for {request.item}: {exc.message}"})
+                outcome = dataclasses.replace(outcome, follow_ups=(*outcome.follow_ups, why))
             return outcome
         result = await self._call(notifier.deliver_secret(request, reveal))
         if isinstance(result, Failed):
