@@ -329,9 +329,10 @@ class EffectRunner:
         via = ""
         if result.refs and isinstance(result.refs.get("delivery"), Mapping):
             via = str(result.refs["delivery"].get("via", ""))
-        event = self._event("grant.revealed", request, {
+        # The reveal's actor is the person it reached, as for a reveal they asked for themselves.
+        event = dataclasses.replace(self._event("grant.revealed", request, {
             "password": reveal.password is not None, "code": reveal.code is not None, "via": via or "delivery",
-            "attempt": effect.attempts})
+            "attempt": effect.attempts}), actor=request.requester)
         return EffectOutcome(EffectStatus.DONE, event=event, refs=dict(result.refs or {}) or None,
                              revealed=reveal.password is not None)
 

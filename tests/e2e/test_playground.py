@@ -186,9 +186,11 @@ def test_the_documented_walkthrough_works_in_agents_playground(tmp_path: Path) -
         ("access.refused", "Alex Wilber"),
         ("request.approved", "Megan Bowen"),
         ("grant.activated", "jitpass"),
-        ("grant.revealed", "Alex Wilber"),
+        ("grant.delivery_started", "jitpass"),  # before the secret left jitpass
+        ("grant.revealed", "Alex Wilber"),  # once Teams took it
         ("grant.code_shown", "Alex Wilber"),
         ("grant.revoked", "Alex Wilber"),
+        ("grant.wiped", "jitpass"),
     ], mine
     assert password not in exported.stdout
     verified = _jitpass(tmp_path, "audit", "verify")
