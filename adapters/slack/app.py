@@ -43,6 +43,7 @@ from adapters.slack.notifier import ResponseUrl, SlackNotifier
 from adapters.slack.reports import handle_report
 from bot.bootstrap import Runtime
 from bot.domain import commands as cmd
+from bot.domain import wording
 from bot.domain.errors import Conflict, JitpassError, ParseError
 from bot.domain.model import AccessRequest, Identity, Status, Window
 from bot.domain.request_text import RequestDraft, parse_duration
@@ -155,13 +156,9 @@ class SlackInteractions:
             request = await self.service.get_request(request_id)
         except JitpassError:
             return blocks.escape(exc.user_message())
-        who = blocks.mention(request.decided_by)
-        if request.decided_by is not None and request.status in {Status.APPROVED, Status.ACTIVE, Status.EXPIRED,
-                                                                   Status.REVOKED}:
-            return f"{request.id} was already approved by {who}."
-        if request.decided_by is not None and request.status is Status.DECLINED:
-            return f"{request.id} was already declined by {who}."
-        return blocks.escape(exc.user_message())
+        if request.decided_by is None:
+            return blocks.escape(exc.user_message())
+        return wording.already_decided(request, blocks.MARKUP)
 
     # -- /access ---------------------------------------------------------------------------------
 
@@ -203,13 +200,10 @@ class SlackInteractions:
             case cmd.Cancel(request_id=request_id):
                 who = await self._identity(command.user_id, command.user_name)
                 request = await self.service.cancel(request_id, who)
-                return f"🚫 Cancelled {request.id} for `{blocks.escape(request.item)}`."
+                return wording.cancelled(request, blocks.MARKUP)
             case cmd.Done(request_id=request_id):
                 who = await self._identity(command.user_id, command.user_name)
-                request = await self.service.done(request_id, who)
-                if request.status is Status.CANCELLED:
-                    return f"🚫 Cancelled {request.id} for `{blocks.escape(request.item)}`."
-                return f"🔒 Your access to `{blocks.escape(request.item)}` through {request.id} has ended."
+                return wording.ended(await self.service.done(request_id, who), blocks.MARKUP)
             case cmd.Extend(request_id=request_id, duration=duration):
                 who = await self._identity(command.user_id, command.user_name)
                 return self._sent_text(await self.service.request_extension(request_id, who, duration))

@@ -1,6 +1,6 @@
 """Pure Block Kit builders: core objects in, Slack JSON out. No I/O, no clock, no Slack client.
 
-Two layers: platform-neutral wording (`status_words`, `window_words`, ...) and Block Kit
+Two layers: platform-neutral wording (bot/domain/wording.py, given Slack `MARKUP`) and Block Kit
 assembly, which escapes and truncates every user-supplied string to Slack's limits, named
 below. Passwords appear only in `secret_message` and `code_modal`; a live TOTP code also in
 `home_view`, which is given codes alone. Never in fallback `text` (which Slack shows in
@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import timedelta, tzinfo
 from typing import Any
 
+from bot.domain import wording
 from bot.domain.model import AccessRequest, CodeView, Identity, Item, Reveal, Status
 from bot.domain.request_text import format_duration
 
@@ -26,6 +27,7 @@ __all__ = [
     "FIELDS_MAX",
     "FIELD_TEXT_MAX",
     "HEADER_TEXT_MAX",
+    "MARKUP",
     "MESSAGE_BLOCKS_MAX",
     "MESSAGE_TEXT_MAX",
     "OPTIONS_MAX",
@@ -55,9 +57,7 @@ __all__ = [
     "request_modal",
     "secret_message",
     "status_text",
-    "status_words",
     "truncate",
-    "window_words",
 ]
 
 # -- Slack's limits (https://docs.slack.dev/reference/block-kit) ----------------------------------
@@ -154,8 +154,21 @@ def mention(who: Identity | None) -> str:
     return escape(who.label)
 
 
-def _when(at: datetime | None, tz: tzinfo) -> str:
-    return at.astimezone(tz).strftime("%a %d %b %H:%M %Z") if at else "-"
+class SlackMarkup:
+    """wording.Markup for Slack: people as mentions, typed text escaped for mrkdwn."""
+
+    def person(self, who: Identity | None) -> str:
+        return mention(who)
+
+    def text(self, value: str, limit: int) -> str:
+        return fit(value, limit)
+
+
+MARKUP = SlackMarkup()
+
+
+def _status(request: AccessRequest, tz: tzinfo) -> str:
+    return wording.status_line(request, tz, MARKUP)
 
 
 def _plain(text: str, limit: int = PLAIN_LABEL_MAX) -> dict[str, Any]:
@@ -233,46 +246,6 @@ def _metadata(data: Mapping[str, Any]) -> str:
 # -- platform-neutral wording -------------------------------------------------------------------------
 
 
-def window_words(request: AccessRequest, tz: tzinfo) -> str:
-    """How long and from when, as the requester asked (or as granted, once active)."""
-    length = format_duration(request.window.duration)
-    if request.status is Status.ACTIVE and request.ends_at:
-        return f"{length}, until {_when(request.ends_at, tz)}"
-    if request.window.start is not None:
-        return f"{length} from {_when(request.window.start, tz)}"
-    return f"{length}, starting when approved"
-
-
-def status_words(request: AccessRequest, tz: tzinfo) -> str:
-    """The request's state in one line of mrkdwn: who decided what, and when."""
-    by = f" by {mention(request.decided_by)}" if request.decided_by else ""
-    at = f" at {_when(request.decided_at, tz)}" if request.decided_at else ""
-    match request.status:
-        case Status.PENDING:
-            count = f" ({len(request.approvals)} of {request.required_approvals} approvals)" \
-                if request.required_approvals > 1 else ""
-            voters = ", ".join(mention(a.approver) for a in request.approvals)
-            so_far = f"; approved so far by {voters}" if voters else ""
-            return f"⏳ Waiting for a lead{count}{so_far}. Times out {_when(request.timeout_at, tz)}."
-        case Status.APPROVED:
-            return f"✅ Approved{by}{at}; starts {_when(request.starts_at, tz)}."
-        case Status.ACTIVE:
-            return f"🟢 Active until {_when(request.ends_at, tz)} (approved{by}{at})."
-        case Status.EXPIRED:
-            return f"⌛ Expired at {_when(request.ended_at or request.ends_at, tz)} (approved{by})."
-        case Status.REVOKED:
-            ender = f" by {mention(request.ended_by)}" if request.ended_by else ""
-            return f"🔒 Ended early{ender} at {_when(request.ended_at, tz)} (approved{by})."
-        case Status.DECLINED:
-            why = f": {fit(request.decline_reason, 500)}" if request.decline_reason else "."
-            return f"❌ Declined{by}{at}{why}"
-        case Status.CANCELLED:
-            return f"🚫 Cancelled at {_when(request.ended_at or request.updated_at, tz)}."
-        case Status.TIMED_OUT:
-            return f"⌛ Timed out at {_when(request.ended_at, tz)}: no lead decided in time."
-    return escape(request.status.value)
-
-
 def _request_title(request: AccessRequest) -> str:
     kind = "Extension request" if request.is_extension else "Access request"
     return f"{kind} {request.id}"
@@ -288,8 +261,8 @@ def approval_card(request: AccessRequest, item: Item, tz: tzinfo) -> Message:
         _fields([
             f"*Requester*\n{mention(request.requester)}",
             f"*Item*\n`{fit(item.name, 200)}` (vault {fit(item.vault, 200)})",
-            f"*Window*\n{window_words(request, tz)}",
-            f"*Requested*\n{_when(request.created_at, tz)}",
+            f"*Window*\n{wording.window_line(request, tz)}",
+            f"*Requested*\n{wording.moment(request.created_at, tz)}",
         ]),
         _section(f"*Reason*\n{fit(request.reason, SECTION_TEXT_MAX - 20)}"),
     ]
@@ -299,7 +272,7 @@ def approval_card(request: AccessRequest, item: Item, tz: tzinfo) -> Message:
         blocks.append(_context(about))
     if request.notes:
         blocks.append(_context(f"⚠️ {fit(note, 300)}" for note in request.notes))
-    blocks.append(_section(status_words(request, tz)))
+    blocks.append(_section(_status(request, tz)))
     if request.status is Status.PENDING:
         blocks.append(_actions(
             f"decide:{request.id}",
@@ -339,7 +312,7 @@ def secret_message(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> Messag
     """What only the requester sees: username, URL, password, current code; New code and Done."""
     blocks: list[dict[str, Any]] = [
         _section(f"🔓 *{fit(reveal.item.name, 200)}*: your access through {request.id} lasts until "
-                 f"{_when(reveal.ends_at, tz)}."),
+                 f"{wording.moment(reveal.ends_at, tz)}."),
     ]
     fields = _secret_fields(reveal)
     if fields:
@@ -355,14 +328,14 @@ def secret_message(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> Messag
     blocks.append(_context(["Only you can see this. It is wiped when your access ends; "
                             "each new code is recorded in the audit trail."]))
     # Notification text must not carry the secret: it shows on lock screens and in previews.
-    text = f"Your access to {reveal.item.name} ({request.id}) is ready until {_when(reveal.ends_at, tz)}."
+    text = f"Your access to {reveal.item.name} ({request.id}) is ready until {wording.moment(reveal.ends_at, tz)}."
     return Message(text=escape(text), blocks=blocks)
 
 
 def ended_message(request: AccessRequest, item: Item, tz: tzinfo) -> Message:
     """What replaces the delivered secret once the grant is over."""
     verb = "expired" if request.status is Status.EXPIRED else "ended"
-    when = _when(request.ended_at or request.ends_at, tz)
+    when = wording.moment(request.ended_at or request.ends_at, tz)
     text = f"🔒 Access to {item.name} through {request.id} has {verb} ({when}). Nothing secret is shown here any more."
     return Message(text=escape(text), blocks=[_section(fit(text, SECTION_TEXT_MAX))])
 
@@ -438,7 +411,8 @@ def decline_modal(request: AccessRequest, metadata: Mapping[str, Any]) -> dict[s
 
 def code_modal(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> dict[str, Any]:
     """The App Home's "Show password" modal: the secret fields and a New code button."""
-    blocks: list[dict[str, Any]] = [_section(f"🔓 *{fit(reveal.item.name, 200)}* until {_when(reveal.ends_at, tz)}")]
+    until = wording.moment(reveal.ends_at, tz)
+    blocks: list[dict[str, Any]] = [_section(f"🔓 *{fit(reveal.item.name, 200)}* until {until}")]
     fields = _secret_fields(reveal)
     if fields:
         blocks.append(_fields(fields))
@@ -469,7 +443,7 @@ def _live_code_words(code: CodeView) -> str:
 
 def _active_grant(request: AccessRequest, code: CodeView | None, tz: tzinfo) -> list[dict[str, Any]]:
     """One active grant on the Home tab: what and until when, its live code, its buttons."""
-    about = f"*{fit(request.item, 200)}* ({request.id})\nuntil {_when(request.ends_at, tz)}"
+    about = f"*{fit(request.item, 200)}* ({request.id})\nuntil {wording.moment(request.ends_at, tz)}"
     buttons = [_button("Show password", Actions.SHOW_PASSWORD, request.id),
                _button("Done", Actions.DONE, request.id, "danger")]
     if code is None:
@@ -504,13 +478,13 @@ def home_view(requests: Sequence[AccessRequest], tz: tzinfo, *, codes: Mapping[s
     if not waiting:
         blocks.append(_context(["Nothing waiting."]))
     for request in waiting:
-        blocks.append({**_section(f"*{fit(request.item, 200)}* ({request.id}): {status_words(request, tz)}"),
+        blocks.append({**_section(f"*{fit(request.item, 200)}* ({request.id}): {_status(request, tz)}"),
                        "accessory": _button("Cancel", Actions.CANCEL, request.id)})
     blocks.append(_header("History"))
     if not done:
         blocks.append(_context(["No past requests."]))
     for request in done:
-        blocks.append(_context([f"*{fit(request.item, 200)}* ({request.id}): {status_words(request, tz)}"]))
+        blocks.append(_context([f"*{fit(request.item, 200)}* ({request.id}): {_status(request, tz)}"]))
     return {"type": "home", "blocks": _cap(blocks, VIEW_BLOCKS_MAX, "(older entries left out)")}
 
 
@@ -546,7 +520,7 @@ def status_text(requests: Sequence[AccessRequest], tz: tzinfo) -> str:
     """The requester's open requests for `/access status`."""
     if not requests:
         return "You have no waiting or active requests."
-    lines = [f"• *{r.id}* `{fit(r.item, 100)}`: {status_words(r, tz)}" for r in requests]
+    lines = [f"• *{r.id}* `{fit(r.item, 100)}`: {_status(r, tz)}" for r in requests]
     return truncate("\n".join(lines), MESSAGE_TEXT_MAX)
 
 

@@ -28,9 +28,10 @@ from adapters.teams.connector import ServiceUrlBook, card_activity
 from adapters.teams.refs import REQUESTER, VERSION, RequesterRef
 from bot.bootstrap import Runtime
 from bot.domain import commands as cmd
+from bot.domain import wording
 from bot.domain.errors import InputError, JitpassError, NotFound
 from bot.domain.model import AccessRequest, Identity
-from bot.domain.request_text import RequestDraft, format_duration, parse_window
+from bot.domain.request_text import RequestDraft, parse_window
 from bot.domain.syntax import TEAMS
 from bot.reports.chat import chat_report
 
@@ -205,16 +206,14 @@ class TeamsAgent:
                 await self._show(context, cards.status_card(mine, self.policy.timezone))
             case cmd.Cancel(request_id=request_id):
                 request = await self.service.cancel(request_id, inbound.identity)
-                await self._say(context, f"↩️ {request.id} for {request.item} is cancelled.")
+                await self._say(context, wording.cancelled(request, cards.MARKUP))
             case cmd.Done(request_id=request_id):
                 request = await self.service.done(request_id, inbound.identity)
-                await self._say(context, f"🔒 {request.id} for {request.item} is "
-                                         f"{request.status.value.replace('_', ' ')}.")
+                await self._say(context, wording.ended(request, cards.MARKUP))
             case cmd.Extend(request_id=request_id, duration=duration):
                 extension = await self.service.request_extension(request_id, inbound.identity, duration,
                                                                  refs=inbound.refs())
-                await self._say(context, f"⏩ Extension {extension.id} asks the leads for "
-                                         f"{format_duration(extension.window.duration)} more on {extension.parent_id}.")
+                await self._say(context, wording.extension_asked(extension, cards.MARKUP))
             case cmd.Report(args=args):
                 await self.cmd_report(context, inbound, args)
             case cmd.WhereAmI():

@@ -31,7 +31,8 @@ from microsoft_teams.cards import (
     TextInput,
 )
 
-from bot.domain.model import AccessRequest, Item, Reveal, Status
+from bot.domain import wording
+from bot.domain.model import AccessRequest, Identity, Item, Reveal, Status
 from bot.domain.request_text import format_duration
 
 __all__ = [
@@ -113,46 +114,29 @@ def user_text(text: str, limit: int = MAX_TEXT) -> str:
     return clip(text, limit).replace("](", "] (").replace("<", "‹").replace(">", "›")
 
 
-def when(at: datetime | None, tz: tzinfo) -> str:
-    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z") if at else "-"
+class TeamsMarkup:
+    """wording.Markup for Teams: people by display name, typed text with link syntax broken."""
+
+    def person(self, who: Identity | None) -> str:
+        return user_text(who.label, 80) if who is not None else "jitpass"
+
+    def text(self, value: str, limit: int) -> str:
+        return user_text(value, limit)
 
 
-def window_text(request: AccessRequest, tz: tzinfo) -> str:
-    """How long and when, e.g. `1h from approval` or `2026-03-11 09:00 UTC – 11:00 (2h)`."""
-    duration = format_duration(request.window.duration)
-    if request.starts_at and request.ends_at:
-        end = request.ends_at.astimezone(tz).strftime("%H:%M")
-        return f"{when(request.starts_at, tz)} – {end} ({format_duration(request.ends_at - request.starts_at)})"
-    if request.starts_at:
-        return f"from {when(request.starts_at, tz)} for {duration}"
-    return f"{duration} from approval"
+MARKUP = TeamsMarkup()
+
+# One time format and one window wording for both platforms (bot/domain/wording.py).
+when = wording.moment
+window_text = wording.window_line
+
+_COLORS: dict[Status, Color] = {Status.APPROVED: "Good", Status.ACTIVE: "Good", Status.DECLINED: "Attention",
+                                Status.TIMED_OUT: "Warning"}
 
 
 def state_line(request: AccessRequest, tz: tzinfo) -> tuple[str, Color]:
-    """One line saying where the request stands, and the colour it deserves."""
-    by = f" by {request.decided_by.label}" if request.decided_by else ""
-    match request.status:
-        case Status.PENDING:
-            got = len(request.approvals)
-            votes = f" ({got} of {request.required_approvals} approvals)" if request.required_approvals > 1 else ""
-            return f"⏳ Waiting for a lead{votes} — decide by {when(request.timeout_at, tz)}", "Default"
-        case Status.APPROVED:
-            return f"✅ Approved{by}; starts {when(request.starts_at, tz)}", "Good"
-        case Status.ACTIVE:
-            return f"✅ Approved{by}; active until {when(request.ends_at, tz)}", "Good"
-        case Status.EXPIRED:
-            return f"🔒 Expired at {when(request.ended_at or request.ends_at, tz)}", "Default"
-        case Status.REVOKED:
-            ender = f" by {user_text(request.ended_by.label)}" if request.ended_by else ""
-            return f"🔒 Ended early{ender} at {when(request.ended_at, tz)}", "Default"
-        case Status.DECLINED:
-            why = f": {user_text(request.decline_reason)}" if request.decline_reason else ""
-            return f"❌ Declined{by}{why}", "Attention"
-        case Status.CANCELLED:
-            return f"↩️ Cancelled at {when(request.ended_at or request.updated_at, tz)}", "Default"
-        case Status.TIMED_OUT:
-            return f"⌛ Timed out at {when(request.ended_at, tz)}: no lead decided in time", "Warning"
-    return request.status.value, "Default"  # pragma: no cover - every status is matched above
+    """One line saying where the request stands (the shared wording), and the colour it deserves."""
+    return wording.status_line(request, tz, MARKUP), _COLORS.get(request.status, "Default")
 
 
 def title_line(request: AccessRequest) -> str:

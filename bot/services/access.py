@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from bot.domain import wording
 from bot.domain.errors import Conflict, InputError, JitpassError, NotAllowed, NotFound, SecretSourceError
 from bot.domain.model import (
     ACTIVE_STATUSES,
@@ -58,10 +59,6 @@ EXAMPLE = example("", "acme-zendesk fix broken trigger for 1h")
 def new_request_id() -> str:
     """Short, unambiguous, unguessable: `R-` and 8 characters without 0/O/1/I."""
     return "R-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
-
-
-def _when(at: datetime | None, policy: Policy) -> str:
-    return at.astimezone(policy.timezone).strftime("%Y-%m-%d %H:%M %Z") if at else "-"
 
 
 class AccessService:
@@ -150,7 +147,8 @@ class AccessService:
         if vault.is_exclusive(item.name):
             holder = await self._holder(item.name, exclude=None)
             if holder is not None:
-                notes.append(f"queued: {holder.requester.label} holds it until {_when(holder.ends_at, self.policy)}")
+                until = wording.moment(holder.ends_at, self.policy.timezone)
+                notes.append(f"queued: {holder.requester.label} holds it until {until}")
         request = AccessRequest(
             id=new_request_id(), item=item.name, vault=item.vault, requester=requester, reason=reason,
             window=window, status=Status.PENDING, created_at=now, updated_at=now,
@@ -195,7 +193,7 @@ class AccessService:
             window=Window(duration=extra), status=Status.PENDING, created_at=now, updated_at=now,
             required_approvals=vault.limits.approvals_required, timeout_at=now + vault.limits.request_timeout,
             kind=RequestKind.EXTENSION, parent_id=grant.id, platform=requester.platform, refs=dict(refs or {}),
-            notes=(f"extension of {grant.id}, now ending {_when(grant.ends_at, self.policy)}",),
+            notes=(f"extension of {grant.id}, now ending {wording.moment(grant.ends_at, self.policy.timezone)}",),
         )
         await self.store.create_request(request, self._draft("request.created", requester, request, request.reason,
                                                              {"extends": grant.id, "by": format_duration(extra)}),
@@ -209,7 +207,7 @@ class AccessService:
             request = await self._get(request_id)
             await self._authorise_decider(request, approver, "approve")
             if request.status is not Status.PENDING:
-                raise Conflict(self._already(request))
+                raise Conflict(wording.already_decided(request))
             if any(a.approver.same_person(approver) for a in request.approvals):
                 raise Conflict(f"You already approved {request.id}; it needs "
                                f"{request.required_approvals - len(request.approvals)} more approval(s).")
@@ -225,8 +223,7 @@ class AccessService:
                                 {"approvals": len(approvals), "required": request.required_approvals})
             effects = self._effects(request, EffectKind.UPDATE_CARD)
             if done and not request.is_extension:
-                effects += self._tell_effect(request, f"✅ {request.id} for {request.item} was approved by "
-                                                      f"{approver.label}.")
+                effects += self._tell_effect(request, wording.told_approved(request, approver))
             updated = await self.store.transition(request.id, {Status.PENDING}, changes, event,
                                                   expected_version=request.version, effects=effects)
             if updated is None:
@@ -247,17 +244,16 @@ class AccessService:
         request = await self._get(request_id)
         await self._authorise_decider(request, approver, "decline")
         reason = " ".join(reason.split())[:500]
-        why = f": {reason}" if reason else "."
         updated = await self.store.transition(
             request.id, {Status.PENDING},
             {"status": Status.DECLINED, "decided_by": approver, "decided_at": self.clock.now(),
              "decline_reason": reason, "timeout_at": None},
             self._draft("request.declined", approver, request, reason),
             effects=self._effects(request, EffectKind.UPDATE_CARD) + self._tell_effect(
-                request, f"❌ {request.id} for {request.item} was declined by {approver.label}{why}"),
+                request, wording.told_declined(request, approver, reason)),
         )
         if updated is None:
-            raise Conflict(self._already(await self._get(request_id)))
+            raise Conflict(wording.already_decided(await self._get(request_id)))
         self._changed(updated)
         return updated
 
@@ -377,8 +373,7 @@ class AccessService:
                 queued = await self.store.transition(
                     request.id, {Status.APPROVED}, {"starts_at": holder.ends_at}, None,
                     effects=self._effects(request, EffectKind.UPDATE_CARD) + self._tell_effect(
-                        request, f"⏳ {request.item} is in use by {holder.requester.label} until "
-                                 f"{_when(holder.ends_at, self.policy)}; your access starts then."))
+                        request, wording.told_queued(request, holder, self.policy.timezone)))
                 if queued is not None:
                     self._changed(queued)
                 return queued or request
@@ -411,7 +406,7 @@ class AccessService:
             request.id, {Status.PENDING}, {"status": Status.TIMED_OUT, "ended_at": now, "timeout_at": None},
             self._draft("request.timed_out", SYSTEM, request, "no decision in time"),
             effects=self._effects(request, EffectKind.UPDATE_CARD) + self._tell_effect(
-                request, f"⌛ {request.id} for {request.item} timed out: no lead decided in time."),
+                request, wording.told_timed_out(request)),
         )
         if updated is None:
             return await self._get(request_id)
@@ -527,13 +522,12 @@ class AccessService:
             # Access ended at the window end (reveals check ends_at), however late this runs.
             ended_at = min(now, request.ends_at)
             details |= {"ended_at": ended_at.isoformat(), "late_seconds": round((now - ended_at).total_seconds(), 3)}
-        verb = "expired" if to is Status.EXPIRED else "ended"
         updated = await self.store.transition(
             request.id, {Status.ACTIVE},
             {"status": to, "ended_at": ended_at, "ended_by": None if actor == SYSTEM else actor},
             self._draft(event_type, actor, request, reason, details),
             effects=self._effects(request, EffectKind.WIPE, EffectKind.UPDATE_CARD) + self._tell_effect(
-                request, told or f"🔒 Access to {request.item} through {request.id} has {verb}."),
+                request, told or wording.told_ended(request, to)),
         )
         if updated is None:
             current = await self._get(request.id)
@@ -585,7 +579,7 @@ class AccessService:
                 expected_version=grant.version,
                 # The delivered message is refreshed with the new end (and the current code).
                 effects=self._effects(grant, EffectKind.UPDATE_CARD, EffectKind.DELIVER) + self._tell_effect(
-                    grant, f"⏩ {grant.id} for {grant.item} now ends {_when(new_end, self.policy)}."),
+                    grant, wording.told_extended(grant, new_end, self.policy.timezone)),
             )
             if updated is None:
                 continue
@@ -658,14 +652,6 @@ class AccessService:
                 f"(at least {format_duration(limits.min_duration)}).",
                 hint=example("", f"{item} <why> for {format_duration(limits.min_duration)}"),
             )
-
-    def _already(self, request: AccessRequest) -> str:
-        """Why a decision came too late, in the words of the decision that won."""
-        who = f" by {request.decided_by.label}" if request.decided_by else ""
-        approved = {Status.APPROVED, Status.ACTIVE, Status.EXPIRED, Status.REVOKED}
-        if request.status in approved and request.decided_by is not None:
-            return f"{request.id} was already approved{who}."
-        return f"{request.id} was already {request.status.value.replace('_', ' ')}{who}."
 
     def _state_words(self, request: AccessRequest) -> str:
         return {Status.PENDING: "still waiting for approval", Status.APPROVED: "approved but not started yet"}.get(

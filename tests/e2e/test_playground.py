@@ -139,8 +139,8 @@ def test_the_documented_walkthrough_works_in_agents_playground(tmp_path: Path) -
     approved = steps["ui_approval"]
     assert approved["invoke_from"]["id"] == "user-id-1" and approved["status"] == 200
     assert "Waiting for a lead" in approved["before"] and "Approve" in approved["before"]
-    assert "Approved by Megan Bowen" in approved["after"]
-    assert '"statusCode":200' in approved["answer"] and "Approved by Megan Bowen" in approved["answer"]
+    assert "approved by Megan Bowen" in approved["after"]
+    assert '"statusCode":200' in approved["answer"] and "approved by Megan Bowen" in approved["answer"]
 
     # The delivery card in Alex's 1:1 chat: username, password, current code, New code and Done.
     delivery = steps["delivery"]["card"]

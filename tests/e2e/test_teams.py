@@ -145,9 +145,9 @@ async def test_lead_approves_and_requester_gets_secret_and_code(
 
     answer = await teams.press(LEAD, "approve", request_id)
     assert answer["statusCode"] == 200 and answer["type"] == "application/vnd.microsoft.card.adaptive"
-    assert "Approved by Lead One" in status_of(answer["value"])
+    assert "approved by Lead One" in status_of(answer["value"])
     assert verbs_of(answer["value"]) == []
-    assert "Approved by Lead One" in status_of(teams.leads_card(request_id)), "the leads' card is updated in place"
+    assert "approved by Lead One" in status_of(teams.leads_card(request_id)), "the leads' card is updated in place"
 
     [delivery] = teams.deliveries()
     # Intent first: a placeholder (no secret) is posted and recorded, then the secret is put into it.
@@ -305,7 +305,7 @@ async def test_lead_declines_with_a_reason_and_the_requester_is_told(teams: Team
 
     answer = await teams.press(LEAD, "decline", request_id, inputs={"decline_reason": "use the read-only account"})
 
-    assert "Declined by Lead One: use the read-only account" in status_of(answer["value"])
+    assert "Declined by Lead One at 2026-03-10 09:00 UTC: use the read-only account" in status_of(answer["value"])
     assert "Declined by Lead One" in status_of(teams.leads_card(request_id))
     told = await connector.wait_for(lambda c: c.conversation_id == REQUESTER.personal_chat and "declined" in c.text)
     assert "use the read-only account" in told.text
@@ -488,7 +488,7 @@ async def test_list_status_cancel_and_extend(teams: Teams, connector: FakeConnec
     assert status.card is not None and pending in json.dumps(status.card)
 
     await teams.say(REQUESTER, f"cancel {pending}")
-    await connector.wait_for(lambda c: f"{pending} for acme-zendesk is cancelled" in c.text)
+    await connector.wait_for(lambda c: f"Cancelled {pending} for acme-zendesk" in c.text)
     assert "Cancelled" in status_of(teams.leads_card(pending))
 
     granted = await teams.request()
@@ -660,7 +660,7 @@ async def test_when_teams_refuses_the_delivery_the_approval_stands_and_the_failu
 
     answer = await teams.press(LEAD, "approve", request_id)
 
-    assert answer["statusCode"] == 200 and "Approved by Lead One" in status_of(answer["value"])
+    assert answer["statusCode"] == 200 and "approved by Lead One" in status_of(answer["value"])
     assert len(await teams.events("request.approved")) == 1
     [failed] = await teams.events("grant.delivery_failed")
     assert failed.request_id == request_id and failed.details["final"] is True

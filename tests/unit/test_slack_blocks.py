@@ -58,13 +58,13 @@ def test_pending_card_golden() -> None:
             {"type": "mrkdwn", "text": "*Requester*\n<@UREQ>"},
             {"type": "mrkdwn", "text": "*Item*\n`acme-zendesk` (vault acme)"},
             {"type": "mrkdwn", "text": "*Window*\n1h, starting when approved"},
-            {"type": "mrkdwn", "text": "*Requested*\nTue 10 Mar 09:00 UTC"},
+            {"type": "mrkdwn", "text": "*Requested*\n2026-03-10 09:00 UTC"},
         ]},
         {"type": "section", "text": {"type": "mrkdwn", "text": "*Reason*\nfix broken trigger"}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": "https://acme.zendesk.example"},
                                          {"type": "mrkdwn", "text": "user support@acme.example"}]},
         {"type": "section", "text": {"type": "mrkdwn",
-                                     "text": "⏳ Waiting for a lead. Times out Tue 10 Mar 09:30 UTC."}},
+                                     "text": "⏳ Waiting for a lead. Times out 2026-03-10 09:30 UTC."}},
         {"type": "actions", "block_id": "decide:R-ABCDEFGH", "elements": [
             {"type": "button", "text": {"type": "plain_text", "text": "Approve", "emoji": True},
              "action_id": Actions.APPROVE, "value": "R-ABCDEFGH", "style": "primary"},
@@ -77,15 +77,15 @@ def test_pending_card_golden() -> None:
 @pytest.mark.parametrize(("changes", "words"), [
     ({"status": Status.ACTIVE, "decided_by": LEAD, "decided_at": NOW, "starts_at": NOW,
       "ends_at": NOW + timedelta(hours=1)},
-     "🟢 Active until Tue 10 Mar 10:00 UTC (approved by <@ULEAD1> at Tue 10 Mar 09:00 UTC)."),
+     "🟢 Active until 2026-03-10 10:00 UTC (approved by <@ULEAD1> at 2026-03-10 09:00 UTC)."),
     ({"status": Status.EXPIRED, "decided_by": LEAD, "ended_at": NOW + timedelta(hours=1)},
-     "⌛ Expired at Tue 10 Mar 10:00 UTC (approved by <@ULEAD1>)."),
-    ({"status": Status.REVOKED, "decided_by": LEAD, "ended_at": NOW}, "🔒 Ended early at Tue 10 Mar 09:00 UTC"),
+     "🔒 Expired at 2026-03-10 10:00 UTC (approved by <@ULEAD1>)."),
+    ({"status": Status.REVOKED, "decided_by": LEAD, "ended_at": NOW}, "🔒 Ended early at 2026-03-10 09:00 UTC"),
     ({"status": Status.REVOKED, "decided_by": LEAD, "ended_by": LEAD, "ended_at": NOW}, "🔒 Ended early by <@ULEAD1>"),
     ({"status": Status.DECLINED, "decided_by": LEAD, "decided_at": NOW, "decline_reason": "not <today>"},
-     "❌ Declined by <@ULEAD1> at Tue 10 Mar 09:00 UTC: not &lt;today&gt;"),
-    ({"status": Status.TIMED_OUT, "ended_at": NOW}, "⌛ Timed out at Tue 10 Mar 09:00 UTC"),
-    ({"status": Status.CANCELLED, "ended_at": NOW}, "🚫 Cancelled at Tue 10 Mar 09:00 UTC."),
+     "❌ Declined by <@ULEAD1> at 2026-03-10 09:00 UTC: not &lt;today&gt;"),
+    ({"status": Status.TIMED_OUT, "ended_at": NOW}, "⌛ Timed out at 2026-03-10 09:00 UTC"),
+    ({"status": Status.CANCELLED, "ended_at": NOW}, "🚫 Cancelled at 2026-03-10 09:00 UTC."),
     ({"required_approvals": 2, "approvals": (Approval(LEAD, NOW),)},
      "(1 of 2 approvals); approved so far by <@ULEAD1>"),
 ])
@@ -165,7 +165,7 @@ def test_home_view_active_grant_golden_shows_the_live_code_and_its_buttons() -> 
     validate_view(home)
     grant = home["blocks"][5:7]
     assert grant[0] == {"type": "section", "fields": [
-        {"type": "mrkdwn", "text": "*acme-zendesk* (R-ABCDEFGH)\nuntil Tue 10 Mar 10:00 UTC"},
+        {"type": "mrkdwn", "text": "*acme-zendesk* (R-ABCDEFGH)\nuntil 2026-03-10 10:00 UTC"},
         {"type": "mrkdwn", "text": "*Code*\n`123456` (valid 17 s more)"},
     ]}
     assert [(b["action_id"], b["value"]) for b in grant[1]["elements"]] == [

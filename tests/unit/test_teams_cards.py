@@ -174,17 +174,17 @@ def test_a_pending_approval_card_offers_approve_and_decline_with_a_reason() -> N
     assert "associatedInputs" not in decline, "the decline reason input travels with Decline"
     assert find_element(card, "decline_reason") is not None
     status = find_element(card, "status")
-    assert status is not None and status["text"] == "⏳ Waiting for a lead — decide by 2026-03-10 10:30 CET"
+    assert status is not None and status["text"] == "⏳ Waiting for a lead. Times out 2026-03-10 10:30 CET."
 
 
 @pytest.mark.parametrize(("status", "expected"), [
-    (Status.APPROVED, "✅ Approved by Lead One; starts 2026-03-11 10:00 CET"),
-    (Status.ACTIVE, "✅ Approved by Lead One; active until 2026-03-10 11:05 CET"),
-    (Status.EXPIRED, "🔒 Expired at 2026-03-10 11:05 CET"),
-    (Status.REVOKED, "🔒 Ended early by Lead One at 2026-03-10 10:25 CET"),
-    (Status.DECLINED, "❌ Declined by Lead One: use the read-only login"),
-    (Status.CANCELLED, "↩️ Cancelled at 2026-03-10 10:05 CET"),
-    (Status.TIMED_OUT, "⌛ Timed out at 2026-03-10 10:30 CET: no lead decided in time"),
+    (Status.APPROVED, "✅ Approved by Lead One at 2026-03-10 10:05 CET; starts 2026-03-11 10:00 CET."),
+    (Status.ACTIVE, "🟢 Active until 2026-03-10 11:05 CET (approved by Lead One at 2026-03-10 10:05 CET)."),
+    (Status.EXPIRED, "🔒 Expired at 2026-03-10 11:05 CET (approved by Lead One)."),
+    (Status.REVOKED, "🔒 Ended early by Lead One at 2026-03-10 10:25 CET (approved by Lead One)."),
+    (Status.DECLINED, "❌ Declined by Lead One at 2026-03-10 10:05 CET: use the read-only login"),
+    (Status.CANCELLED, "🚫 Cancelled at 2026-03-10 10:05 CET."),
+    (Status.TIMED_OUT, "⌛ Timed out at 2026-03-10 10:30 CET: no lead decided in time."),
 ])
 def test_a_decided_approval_card_says_what_happened_and_has_no_buttons(status: Status, expected: str) -> None:
     card = cards.approval_card(request_in(status), ITEM, TZ)

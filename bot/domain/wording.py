@@ -1,0 +1,172 @@
+"""Every sentence a user reads about a request, written once, from data.
+
+Slack and Teams only assemble these lines into Block Kit / Adaptive Cards. What differs between
+them is passed in as a `Markup`: how a person is named (a Slack mention, a Teams display name) and
+how text people typed is made safe (mrkdwn escaping, broken link syntax). One emoji per status, one
+time format per context: `moment` for an instant on a card or in a message, `clock` for the end of a
+span on the same day.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from typing import Protocol
+
+from bot.domain.model import AccessRequest, Identity, Status
+from bot.domain.request_text import format_duration
+
+__all__ = [
+    "EMOJI", "PLAIN", "Markup", "already_decided", "cancelled", "clock", "ended", "extension_asked", "moment",
+    "status_line", "window_line",
+]
+
+EMOJI: dict[Status, str] = {
+    Status.PENDING: "⏳",
+    Status.APPROVED: "✅",
+    Status.ACTIVE: "🟢",
+    Status.EXPIRED: "🔒",  # access is closed: expired or ended early
+    Status.REVOKED: "🔒",
+    Status.DECLINED: "❌",
+    Status.CANCELLED: "🚫",
+    Status.TIMED_OUT: "⌛",  # time ran out before a lead decided
+}
+
+REASON_LIMIT = 500  # a decline reason quoted on a card
+
+
+class Markup(Protocol):
+    """How a platform names people and shows what they typed."""
+
+    def person(self, who: Identity | None) -> str:
+        """A person (None: jitpass itself)."""
+        ...
+
+    def text(self, value: str, limit: int) -> str:
+        """Text a person typed, safe for the platform and at most `limit` characters."""
+        ...
+
+
+class _Plain:
+    """Display names and text as they are (CLI, logs, tests)."""
+
+    def person(self, who: Identity | None) -> str:
+        return who.label if who is not None else "jitpass"
+
+    def text(self, value: str, limit: int) -> str:
+        flat = " ".join(value.split())
+        return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+PLAIN: Markup = _Plain()
+
+
+def moment(at: datetime | None, tz: tzinfo) -> str:
+    """An instant, in the policy's time zone: `2026-03-10 09:30 CET` (or `-`)."""
+    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z") if at else "-"
+
+
+def clock(at: datetime, tz: tzinfo) -> str:
+    """The time of day only, for the end of a span that `moment` started: `11:00`."""
+    return at.astimezone(tz).strftime("%H:%M")
+
+
+def window_line(request: AccessRequest, tz: tzinfo) -> str:
+    """How long and when: `2026-03-11 09:00 CET – 11:00 (2h)`, `1h from …`, `1h, starting when approved`."""
+    if request.starts_at and request.ends_at:
+        start, end = request.starts_at, request.ends_at
+        same_day = start.astimezone(tz).date() == end.astimezone(tz).date()
+        return f"{moment(start, tz)} – {clock(end, tz) if same_day else moment(end, tz)} " \
+               f"({format_duration(end - start)})"
+    length = format_duration(request.window.duration)
+    begins = request.starts_at or request.window.start
+    if begins is not None:
+        return f"{length} from {moment(begins, tz)}"
+    return f"{length}, starting when approved"
+
+
+def status_line(request: AccessRequest, tz: tzinfo, markup: Markup = PLAIN) -> str:
+    """Where the request stands in one line: who decided what, and when."""
+    emoji = EMOJI.get(request.status, "")
+    by = f" by {markup.person(request.decided_by)}" if request.decided_by else ""
+    at = f" at {moment(request.decided_at, tz)}" if request.decided_at else ""
+    match request.status:
+        case Status.PENDING:
+            count = f" ({len(request.approvals)} of {request.required_approvals} approvals)" \
+                if request.required_approvals > 1 else ""
+            voters = ", ".join(markup.person(a.approver) for a in request.approvals)
+            so_far = f"; approved so far by {voters}" if voters else ""
+            return f"{emoji} Waiting for a lead{count}{so_far}. Times out {moment(request.timeout_at, tz)}."
+        case Status.APPROVED:
+            return f"{emoji} Approved{by}{at}; starts {moment(request.starts_at, tz)}."
+        case Status.ACTIVE:
+            return f"{emoji} Active until {moment(request.ends_at, tz)} (approved{by}{at})."
+        case Status.EXPIRED:
+            return f"{emoji} Expired at {moment(request.ended_at or request.ends_at, tz)} (approved{by})."
+        case Status.REVOKED:
+            ender = f" by {markup.person(request.ended_by)}" if request.ended_by else ""
+            return f"{emoji} Ended early{ender} at {moment(request.ended_at, tz)} (approved{by})."
+        case Status.DECLINED:
+            why = f": {markup.text(request.decline_reason, REASON_LIMIT)}" if request.decline_reason else "."
+            return f"{emoji} Declined{by}{at}{why}"
+        case Status.CANCELLED:
+            return f"{emoji} Cancelled at {moment(request.ended_at or request.updated_at, tz)}."
+        case Status.TIMED_OUT:
+            return f"{emoji} Timed out at {moment(request.ended_at, tz)}: no lead decided in time."
+    return markup.text(request.status.value, 40)
+
+
+def already_decided(request: AccessRequest, markup: Markup = PLAIN) -> str:
+    """Why a decision came too late, in the words of the decision that won: `R-… was already approved by …`."""
+    who = f" by {markup.person(request.decided_by)}" if request.decided_by else ""
+    if request.decided_by is not None and request.status in {Status.APPROVED, Status.ACTIVE, Status.EXPIRED,
+                                                              Status.REVOKED}:
+        return f"{request.id} was already approved{who}."
+    return f"{request.id} was already {request.status.value.replace('_', ' ')}{who}."
+
+
+def cancelled(request: AccessRequest, markup: Markup = PLAIN) -> str:
+    """The answer to `cancel` (and to `done` before a grant started)."""
+    return f"{EMOJI[Status.CANCELLED]} Cancelled {request.id} for {markup.text(request.item, 200)}."
+
+
+def ended(request: AccessRequest, markup: Markup = PLAIN) -> str:
+    """The answer to `done`: the requester's access ended (or was withdrawn before it started)."""
+    if request.status is Status.CANCELLED:
+        return cancelled(request, markup)
+    return f"{EMOJI[Status.REVOKED]} Your access to {markup.text(request.item, 200)} through {request.id} has ended."
+
+
+def extension_asked(extension: AccessRequest, markup: Markup = PLAIN) -> str:
+    """The answer to `extend`: how much more time the leads are asked for."""
+    return (f"⏩ Extension {extension.id} asks the leads for {format_duration(extension.window.duration)} more on "
+            f"{extension.parent_id}.")
+
+
+# -- what the requester is told when their request moves on ------------------------------------------
+
+
+def told_approved(request: AccessRequest, approver: Identity, markup: Markup = PLAIN) -> str:
+    return f"{EMOJI[Status.APPROVED]} {request.id} for {request.item} was approved by {markup.person(approver)}."
+
+
+def told_declined(request: AccessRequest, approver: Identity, reason: str, markup: Markup = PLAIN) -> str:
+    why = f": {markup.text(reason, REASON_LIMIT)}" if reason else "."
+    return f"{EMOJI[Status.DECLINED]} {request.id} for {request.item} was declined by {markup.person(approver)}{why}"
+
+
+def told_queued(request: AccessRequest, holder: AccessRequest, tz: tzinfo, markup: Markup = PLAIN) -> str:
+    return (f"{EMOJI[Status.PENDING]} {request.item} is in use by {markup.person(holder.requester)} until "
+            f"{moment(holder.ends_at, tz)}; your access starts then.")
+
+
+def told_timed_out(request: AccessRequest) -> str:
+    return f"{EMOJI[Status.TIMED_OUT]} {request.id} for {request.item} timed out: no lead decided in time."
+
+
+def told_ended(request: AccessRequest, to: Status) -> str:
+    verb = "expired" if to is Status.EXPIRED else "ended"
+    return f"{EMOJI[Status.REVOKED]} Access to {request.item} through {request.id} has {verb}."
+
+
+def told_extended(grant: AccessRequest, new_end: datetime, tz: tzinfo) -> str:
+    return f"⏩ {grant.id} for {grant.item} now ends {moment(new_end, tz)}."

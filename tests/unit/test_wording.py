@@ -1,0 +1,95 @@
+"""Golden tests of the shared wording: every status line, window and reply, once for both platforms."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from adapters.slack import blocks
+from adapters.teams import cards
+from bot.domain import wording
+from bot.domain.model import AccessRequest, Approval, Identity, Status, Window
+
+NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
+TZ = ZoneInfo("Europe/Amsterdam")
+REQ = Identity("slack", "UREQ", "Req One")
+LEAD = Identity("slack", "ULEAD", "Lead One")
+PENDING = AccessRequest(
+    id="R-ABCDEFGH", item="acme-zendesk", vault="acme", requester=REQ, reason="fix broken trigger",
+    window=Window(timedelta(hours=1)), status=Status.PENDING, created_at=NOW, updated_at=NOW,
+    timeout_at=NOW + timedelta(minutes=30), platform="slack",
+)
+DECIDED = {"decided_by": LEAD, "decided_at": NOW + timedelta(minutes=5)}
+SPAN = {"starts_at": NOW + timedelta(minutes=5), "ends_at": NOW + timedelta(hours=1, minutes=5)}
+
+
+@pytest.mark.parametrize(("status", "changes", "line"), [
+    (Status.PENDING, {}, "⏳ Waiting for a lead. Times out 2026-03-10 10:30 CET."),
+    (Status.APPROVED, {**DECIDED, "starts_at": NOW + timedelta(days=1)},
+     "✅ Approved by Lead One at 2026-03-10 10:05 CET; starts 2026-03-11 10:00 CET."),
+    (Status.ACTIVE, {**DECIDED, **SPAN},
+     "🟢 Active until 2026-03-10 11:05 CET (approved by Lead One at 2026-03-10 10:05 CET)."),
+    (Status.EXPIRED, {**DECIDED, **SPAN}, "🔒 Expired at 2026-03-10 11:05 CET (approved by Lead One)."),
+    (Status.REVOKED, {**DECIDED, **SPAN, "ended_by": REQ, "ended_at": NOW + timedelta(minutes=25)},
+     "🔒 Ended early by Req One at 2026-03-10 10:25 CET (approved by Lead One)."),
+    (Status.DECLINED, {**DECIDED, "decline_reason": "use the  read-only login"},
+     "❌ Declined by Lead One at 2026-03-10 10:05 CET: use the read-only login"),
+    (Status.CANCELLED, {"ended_at": NOW + timedelta(minutes=5)}, "🚫 Cancelled at 2026-03-10 10:05 CET."),
+    (Status.TIMED_OUT, {"ended_at": NOW + timedelta(minutes=30)},
+     "⌛ Timed out at 2026-03-10 10:30 CET: no lead decided in time."),
+])
+def test_every_status_has_one_line_and_one_emoji(status: Status, changes: dict[str, object], line: str) -> None:
+    request = replace(PENDING, status=status, **changes)  # type: ignore[arg-type]
+    assert wording.status_line(request, TZ) == line
+    assert line.startswith(wording.EMOJI[status])
+
+
+def test_slack_and_teams_show_the_same_line_with_their_own_markup() -> None:
+    request = replace(PENDING, required_approvals=2, approvals=(Approval(LEAD, NOW),))
+    assert wording.status_line(request, TZ, blocks.MARKUP) == (
+        "⏳ Waiting for a lead (1 of 2 approvals); approved so far by <@ULEAD>. Times out 2026-03-10 10:30 CET.")
+    assert cards.state_line(request, TZ)[0] == (
+        "⏳ Waiting for a lead (1 of 2 approvals); approved so far by Lead One. Times out 2026-03-10 10:30 CET.")
+
+
+def test_what_people_typed_is_made_safe_by_each_platform() -> None:
+    request = replace(PENDING, status=Status.DECLINED, decline_reason="[click](https://evil.example) <!channel>",
+                      **DECIDED)
+    assert wording.status_line(request, TZ, blocks.MARKUP).endswith(
+        ": [click](https://evil.example) &lt;!channel&gt;")
+    assert cards.state_line(request, TZ)[0].endswith(": [click] (https://evil.example) ‹!channel›")
+
+
+@pytest.mark.parametrize(("changes", "window"), [
+    ({}, "1h, starting when approved"),
+    ({"window": Window(timedelta(hours=2), start=NOW + timedelta(days=1))}, "2h from 2026-03-11 10:00 CET"),
+    (SPAN, "2026-03-10 10:05 CET – 11:05 (1h)"),
+    ({"starts_at": NOW + timedelta(hours=13), "ends_at": NOW + timedelta(hours=15)},
+     "2026-03-10 23:00 CET – 2026-03-11 01:00 CET (2h)"),
+])
+def test_one_window_wording(changes: dict[str, object], window: str) -> None:
+    assert wording.window_line(replace(PENDING, **changes), TZ) == window  # type: ignore[arg-type]
+
+
+def test_a_late_decision_says_who_decided_first() -> None:
+    approved = replace(PENDING, status=Status.ACTIVE, **DECIDED)
+    declined = replace(PENDING, status=Status.DECLINED, **DECIDED)
+    assert wording.already_decided(approved) == "R-ABCDEFGH was already approved by Lead One."
+    assert wording.already_decided(declined, blocks.MARKUP) == "R-ABCDEFGH was already declined by <@ULEAD>."
+    assert wording.already_decided(replace(PENDING, status=Status.TIMED_OUT)) == "R-ABCDEFGH was already timed out."
+
+
+def test_replies_to_commands_and_what_the_requester_is_told() -> None:
+    cancelled = replace(PENDING, status=Status.CANCELLED)
+    revoked = replace(PENDING, status=Status.REVOKED)
+    assert wording.cancelled(cancelled) == "🚫 Cancelled R-ABCDEFGH for acme-zendesk."
+    assert wording.ended(cancelled) == wording.cancelled(cancelled)
+    assert wording.ended(revoked) == "🔒 Your access to acme-zendesk through R-ABCDEFGH has ended."
+    assert wording.told_ended(PENDING, Status.EXPIRED) == (
+        "🔒 Access to acme-zendesk through R-ABCDEFGH has expired.")
+    assert wording.told_timed_out(PENDING) == "⌛ R-ABCDEFGH for acme-zendesk timed out: no lead decided in time."
+    assert wording.told_declined(PENDING, LEAD, "") == "❌ R-ABCDEFGH for acme-zendesk was declined by Lead One."
+    assert wording.told_extended(PENDING, NOW, TZ) == "⏩ R-ABCDEFGH for acme-zendesk now ends 2026-03-10 10:00 CET."
