@@ -201,6 +201,15 @@ class OnePasswordSync:
         now = self.clock.now()
         desired_ids = {c.current.external.item_id if c.item is None and c.current and c.current.external
                        else c.item.item_id if c.item else "" for c in desired.values()}
+        # Moving an item between vaults in 1Password gives it a new id: a new item taking the name of one
+        # that vanished, for the same jitpass vault, is that item moved (its grants carry on).
+        by_name = {i.name: i for i in current.values()}
+        for name, c in list(desired.items()):
+            old = by_name.get(name)
+            if c.current is None and c.item is not None and old is not None and old.external is not None \
+                    and old.external.item_id not in desired_ids and old.vault == c.mapping.vault:
+                desired[name] = replace(c, current=old)
+                desired_ids.add(old.external.item_id)
         # Gone: deleted / archived in 1Password, or its vault no longer served.
         for item_id, item in current.items():
             ref = item.external

@@ -7,6 +7,7 @@ The stand-in's canary password appears nowhere but the private delivery; its see
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -206,3 +207,18 @@ async def test_direct_use_without_a_grant_is_told_to_the_leads_in_teams(
 
         told = await connector.wait_for(lambda c: c.conversation_id == LEADS_CHANNEL and "1Password" in c.text)
         assert "mallory@initech.example" in told.text and ITEM in told.text
+
+
+async def test_serve_syncs_the_1password_catalogue_at_start_on_its_own(
+        tmp_path: Path, account: OnePasswordAccount, clock: FakeClock) -> None:
+    settings = test_settings(tmp_path, **op_settings(account.fake, events=False))
+    async with running_app(tmp_path, settings=settings, clock=clock, policy_text=OP_POLICY, items=[]) as app:
+        names: set[str] = set()
+        for _ in range(200):  # the scheduler's first run is due at start; bounded wait, no fixed sleep
+            names = {i.name for i in await app.runtime.store.list_items()}
+            if ITEM in names:
+                break
+            await asyncio.sleep(0.02)
+        assert names == {ITEM, "acme-op-billing"}
+        added = [e async for e in app.runtime.store.events(types={"item.added"})]
+        assert {e.actor.user_id for e in added if e.actor} == {"jitpass"}  # the system, not a person

@@ -398,3 +398,59 @@ async def test_shadow_access_has_its_section_in_every_report_format(
     other = await build_report(runtime.store, runtime.policy, clock.now(), since, clock.now(), vault="acme",
                                verify=False)
     assert other.shadow_access == ()
+
+
+async def test_a_renamed_item_keeps_its_name_while_a_request_is_open_and_takes_the_new_one_after(
+        runtime: Runtime, account: OnePasswordAccount, notifier: RecordingNotifier) -> None:
+    await _sync(runtime)
+    grant_id = await _granted(runtime)
+    account.fake.edit(account.initech, account.portal, title="Portal root")
+
+    assert runtime.onepassword_sync is not None
+    held = await runtime.onepassword_sync.run()
+    assert any("keeps the name 'initech-portal-admin' until its open requests end" in n for n in held.notes)
+    assert (await runtime.service.get_request(grant_id)).status is Status.ACTIVE
+    assert "initech-portal-admin" in {i.name for i in await runtime.store.list_items()}
+
+    await runtime.service.done(grant_id, REQUESTER)
+    after = await runtime.onepassword_sync.run()
+    assert after.updated == ["initech-portal-root"]
+    renamed = await runtime.service.get_item("initech-portal-root")
+    assert renamed.rotation_due is not None, "what was due stays due under the new name"
+
+
+async def test_an_item_moved_to_a_vault_of_another_customer_ends_its_grants(
+        runtime: Runtime, account: OnePasswordAccount, notifier: RecordingNotifier) -> None:
+    await _sync(runtime)
+    grant_id = await _granted(runtime)
+    policy = parse_policy(OP_POLICY.replace('[onepassword.vaults."Initech"]\nvault = "initech"',
+                                            '[onepassword.vaults."Initech"]\nvault = "globex"'))
+    assert runtime.onepassword_sync is not None
+    runtime.onepassword_sync.policy = policy
+
+    report = await runtime.onepassword_sync.run()
+
+    assert report.ended == [grant_id]
+    assert (await runtime.service.get_request(grant_id)).status is Status.REVOKED
+    assert (await runtime.service.get_item("initech-portal-admin")).vault == "globex"
+    assert any("moved to another vault in 1Password" in c[2] for c in notifier.of("told"))
+
+
+async def test_an_item_moved_between_vaults_of_the_same_customer_keeps_its_grant(
+        runtime: Runtime, account: OnePasswordAccount, notifier: RecordingNotifier) -> None:
+    eu = account.fake.add_vault("Initech EU")
+    assert runtime.onepassword_sync is not None
+    runtime.onepassword_sync.policy = parse_policy(
+        OP_POLICY + '\n[onepassword.vaults."Initech EU"]\nvault = "initech"\nprefix = "initech-"\n')
+    await _sync(runtime)
+    grant_id = await _granted(runtime)
+    new_id = account.fake.move(account.initech, account.portal, eu)
+
+    report = await runtime.onepassword_sync.run()
+
+    assert report.updated == ["initech-portal-admin"] and report.removed == [] and report.ended == []
+    item = await runtime.service.get_item("initech-portal-admin")
+    assert item.external is not None and (item.external.item_id, item.external.vault_title) == (new_id, "Initech EU")
+    assert (await _events(runtime, "item.updated"))[-1].details["changed"] == ["moved"]
+    code = await runtime.service.new_code(grant_id, REQUESTER)
+    assert code.password == Secret(OP_CANARY_PASSWORD)
