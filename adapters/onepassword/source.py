@@ -115,7 +115,9 @@ class EventsFeed:
             if exc.reason == "bad_request" and cursor:
                 raise SecretSourceError("the stored Events API cursor is no longer valid", source=ONEPASSWORD,
                                         reason="bad_cursor", detail=str(exc)) from None
-            raise explain(exc) from None
+            words = ("the Events API refused OP_EVENTS_TOKEN (expired, revoked, or without the item usage "
+                     "feature)" if exc.reason == "unauthorized" else f"the Events API could not be read ({exc.reason})")
+            raise SecretSourceError(words, source=ONEPASSWORD, reason=exc.reason, detail=str(exc)) from None
         usages = []
         for raw in data["items"]:
             usage = _usage(raw)

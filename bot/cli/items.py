@@ -11,11 +11,12 @@ from typing import Any, TextIO
 
 from bot.cli.common import actor, opened_runtime, read_secret
 from bot.cli.progress import progress
-from bot.domain.errors import InputError
+from bot.domain.errors import InputError, JitpassError
 from bot.domain.model import Item, Secret
 from bot.domain.safe_text import display_text
 from bot.domain.totp import parse_totp
 from bot.services.importers import ItemInput, read_import
+from bot.services.onepassword_sync import SyncReport
 
 
 def _item_row(item: Item) -> dict[str, Any]:
@@ -119,8 +120,23 @@ async def cmd_items_sync(args: argparse.Namespace) -> int:
         if rt.onepassword_sync is None:
             raise InputError("1Password Connect is not configured: set OP_CONNECT_HOST and OP_CONNECT_TOKEN "
                              "(and map vaults under [onepassword.vaults] in the policy).")
-        report = await rt.onepassword_sync.run(actor())
-        usage = await rt.shadow.run(rt.service) if rt.shadow is not None and args.events else None
+        _print_sync(await rt.onepassword_sync.run(actor()))
+        if rt.shadow is None or not args.events:
+            return 0
+        try:
+            usage = await rt.shadow.run(rt.service)
+        except JitpassError as exc:  # the catalogue is synced; only the usage reading failed
+            print(f"1Password item usage was not read: {exc.message}", file=sys.stderr)
+            return 1
+    for flagged in usage.flagged:
+        print(f"shadow access: {display_text(flagged)}")
+    print(f"1Password item usage: {usage.read} read, {len(usage.flagged)} without a grant"
+          + (" (the stored cursor was no longer valid; read again from the last usage)" if usage.cursor_reset
+             else ""))
+    return 0
+
+
+def _print_sync(report: SyncReport) -> None:
     for label, names in (("added", report.added), ("updated", report.updated), ("removed", report.removed),
                          ("rotated", report.rotated)):
         for name in names:
@@ -131,14 +147,7 @@ async def cmd_items_sync(args: argparse.Namespace) -> int:
         print(f"note: {display_text(note)}", file=sys.stderr)
     for problem in report.problems:
         print(f"not served: {display_text(problem)}", file=sys.stderr)
-    print(f"1Password sync: {report.summary()}")
-    if usage is not None:
-        for flagged in usage.flagged:
-            print(f"shadow access: {display_text(flagged)}")
-        print(f"1Password item usage: {usage.read} read, {len(usage.flagged)} without a grant"
-              + (" (the stored cursor was no longer valid; read again from the last usage)" if usage.cursor_reset
-                 else ""))
-    return 0
+    print(f"1Password sync: {report.summary()}", flush=True)
 
 
 def add_commands(sub: Any) -> None:

@@ -68,3 +68,15 @@ async def test_items_sync_without_connect_or_with_a_wrong_token_says_what_to_fix
     for done in (none_done, half_done, wrong_done):
         assert "Traceback" not in done.stderr
     assert "token-of-another-account" not in wrong_done.stderr
+
+
+async def test_items_sync_reports_the_sync_even_when_the_events_token_is_refused(
+        tmp_path: Path, account: OnePasswordAccount) -> None:
+    cli = _cli(tmp_path, account, OP_EVENTS_TOKEN="expired-events-token")
+
+    done = await asyncio.to_thread(cli, "items", "sync")
+
+    assert done.returncode == 1
+    assert "1Password sync: 2 added" in done.stdout
+    assert "1Password item usage was not read: the Events API refused OP_EVENTS_TOKEN" in done.stderr
+    assert "expired-events-token" not in done.stdout + done.stderr

@@ -193,3 +193,14 @@ async def test_the_events_api_refuses_a_wrong_token_and_a_limit_over_1000(onepas
         await right.close()
     assert (unauthorized.value.reason, unauthorized.value.detail) == ("unauthorized", "Unauthorized")
     assert too_many.value.reason == "bad_request" and "1000" in too_many.value.detail
+
+
+async def test_an_events_token_refused_is_named_for_what_to_fix(onepassword: FakeOnePassword) -> None:
+    feed = EventsFeed(EventsClient(onepassword.events_url, "expired-events-token", max_retry_wait=0.01))
+    try:
+        with pytest.raises(SecretSourceError) as caught:
+            await feed.page(cursor=None, start=NOW)
+    finally:
+        await feed.close()
+    assert caught.value.reason == "unauthorized" and "OP_EVENTS_TOKEN" in caught.value.message
+    assert "expired-events-token" not in caught.value.message + caught.value.detail
