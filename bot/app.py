@@ -83,6 +83,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
         if counts["failed_wipes"]:
             body["alerts"] = [f"{counts['failed_wipes']} delivered secret(s) could not be wiped from chat; "
                               "see alert.wipe_exhausted in the audit trail"]
+        if runtime.onepassword_sync is not None:
+            body["onepassword"] = {"connect": runtime.settings.op_connect_host, **runtime.onepassword_sync.describe(),
+                                   "events": runtime.shadow is not None}
         return web.json_response(body)
 
     async def not_configured(request: web.Request) -> web.Response:

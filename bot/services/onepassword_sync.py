@@ -82,11 +82,28 @@ class OnePasswordSync:
         self.clock = clock
         self.service = service
         self._lock = asyncio.Lock()  # the periodic run and a CLI-triggered one never interleave
+        self.last_run: datetime | None = None
+        self.last_ok: datetime | None = None
+        self.last_error = ""
+        self.last_summary = ""
 
     async def run(self, actor: Identity = SYSTEM) -> SyncReport:
         """One sync. Raises SecretSourceError (nothing changed) when Connect refuses the token or is down."""
         async with self._lock:
-            return await self._run(actor)
+            self.last_run = self.clock.now()
+            try:
+                report = await self._run(actor)
+            except SecretSourceError as exc:
+                self.last_error = exc.reason
+                raise
+            self.last_ok, self.last_error, self.last_summary = self.last_run, "", report.summary()
+            return report
+
+    def describe(self) -> dict[str, object]:
+        """For /healthz: when the catalogue was last read from 1Password, and how the last run went."""
+        return {"last_run": self.last_run.isoformat() if self.last_run else None,
+                "last_ok": self.last_ok.isoformat() if self.last_ok else None,
+                "last_error": self.last_error or None, "last_summary": self.last_summary or None}
 
     async def _run(self, actor: Identity) -> SyncReport:
         report = SyncReport()

@@ -15,14 +15,16 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import pyotp
 import pytest
 
 from adapters.slack.blocks import Actions
+from bot.domain.errors import SecretSourceError
 from tests.e2e.test_teams import LEAD, REQUESTER, Teams, status_of
 from tests.support.app import FakeClock, running_app, test_settings
 from tests.support.fake_connector import LEADS_CHANNEL, FakeConnector, find_element, validate_cards
-from tests.support.fake_onepassword import FakeOnePassword, running
+from tests.support.fake_onepassword import CONNECT_TOKEN, EVENTS_TOKEN, FakeOnePassword, running
 from tests.support.fake_slack import SlackHarness, slack_harness
 from tests.support.onepassword import (
     OP_CANARY_PASSWORD,
@@ -222,3 +224,20 @@ async def test_serve_syncs_the_1password_catalogue_at_start_on_its_own(
         assert names == {ITEM, "acme-op-billing"}
         added = [e async for e in app.runtime.store.events(types={"item.added"})]
         assert {e.actor.user_id for e in added if e.actor} == {"jitpass"}  # the system, not a person
+
+
+async def test_healthz_says_when_1password_was_last_read_and_never_shows_a_token(
+        tmp_path: Path, account: OnePasswordAccount, clock: FakeClock) -> None:
+    settings = test_settings(tmp_path, **op_settings(account.fake))
+    async with running_app(tmp_path, settings=settings, clock=clock, policy_text=OP_POLICY) as app:
+        await app.runtime.onepassword_sync.run()
+        account.fake.connect_token = "rotated-elsewhere"
+        with pytest.raises(SecretSourceError):
+            await app.runtime.onepassword_sync.run()
+        async with aiohttp.ClientSession() as session, session.get(f"{app.base_url}/healthz") as response:
+            body = await response.text()
+
+    health = json.loads(body)["onepassword"]
+    assert health["connect"] == account.fake.connect_url and health["events"] is True
+    assert health["last_error"] == "unauthorized" and health["last_ok"] == clock.now().isoformat()
+    assert CONNECT_TOKEN not in body and EVENTS_TOKEN not in body
