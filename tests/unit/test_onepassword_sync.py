@@ -433,7 +433,7 @@ async def test_an_item_moved_to_a_vault_of_another_customer_ends_its_grants(
     assert report.ended == [grant_id]
     assert (await runtime.service.get_request(grant_id)).status is Status.REVOKED
     assert (await runtime.service.get_item("initech-portal-admin")).vault == "globex"
-    assert any("moved to another vault in 1Password" in c[2] for c in notifier.of("told"))
+    assert any("moved to another vault in 1Password" in c[2] for c in await notifier.of("told"))
 
 
 async def test_an_item_moved_between_vaults_of_the_same_customer_keeps_its_grant(
