@@ -76,7 +76,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
     async def healthz(request: web.Request) -> web.Response:
         runtime = request.app[RUNTIME]
         body: dict[str, Any] = {"status": "ok", "version": VERSION, "store": await runtime.store.describe(),
-                                "platforms": {a.platform: a.describe() for a in chat}}
+                                "platforms": {a.platform: a.describe() for a in chat},
+                                "audit": runtime.checkpointer.describe() if runtime.checkpointer else None}
         # A wipe that spent its retry budget: a password may still be on someone's screen.
         counts = await runtime.store.effect_counts()
         body["effects"] = counts
@@ -108,8 +109,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
         runtime.effects.start()
         # Returns at once: overdue work runs in the background, so the port opens without waiting for it.
         await runtime.scheduler.start()
-        install_retention(runtime.scheduler, runtime.store, runtime.policy, runtime.clock)
+        install_retention(runtime.scheduler, runtime.store, runtime.policy, runtime.clock, runtime.checkpointer)
         install_onepassword(runtime)
+        if runtime.checkpointer:
+            runtime.checkpointer.start()
         log.info("event=started store=%s platforms=%s", runtime.store.kind, ",".join(a.platform for a in chat))
 
     async def stop(app: web.Application) -> None:
@@ -120,6 +123,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
         await runtime.effects.stop()
         for adapter in chat:
             await adapter.stop()
+        if runtime.checkpointer:
+            await runtime.checkpointer.stop()  # the shutdown checkpoint, once nothing else appends
         await runtime.close()
 
     app.on_startup.append(start)

@@ -8,22 +8,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from adapters.onepassword import ConnectClient, ConnectSource, EventsClient, EventsFeed
+from bot.domain.audit_signing import AuditKeyError
 from bot.domain.config import Settings, load_policy
 from bot.domain.errors import VaultError
 from bot.domain.policy import Policy
 from bot.domain.vault import Vault, load_key_ring
-from bot.ports import Clock, Store, SystemClock
+from bot.ports import Clock, Store, SystemClock, Witness
 from bot.services.access import AccessService
 from bot.services.catalog import Catalog
 from bot.services.effects import EffectRunner, RetryPolicy
 from bot.services.onepassword_sync import OnePasswordSync
+from bot.services.checkpoints import Checkpointer, audit_key_settings, deployment_id, load_checked_ring
 from bot.services.schedule import GrantScheduler
 from bot.services.secrets import BuiltinSource, SecretSources
 from bot.services.shadow import ShadowWatch
 from storage import open_store
+from storage.witness import FileWitness
 
 __all__ = ["ChatAdapter", "Runtime", "open_runtime"]
 
@@ -51,6 +55,7 @@ class Runtime:
         for close in self.closers:
             await close()
         await self.store.close()
+    checkpointer: Checkpointer | None = None  # signs the audit chain head (bot/services/checkpoints.py)
 
 
 class ChatAdapter(Protocol):
@@ -74,8 +79,10 @@ class ChatAdapter(Protocol):
 
 
 async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None,
-                       create_key: bool = True) -> Runtime:
-    """Open the store, check the master key against it, and build the core."""
+                       create_key: bool = True, audit_key_check: bool = True) -> Runtime:
+    """Open the store, check the master key and audit signing key against it, and build the core.
+
+    `audit_key_check=False` (audit verify only) opens even when the signing key is wrong or verify-only."""
     clock = clock or SystemClock()
     policy = policy or load_policy(settings.policy_path)
     ring, created = load_key_ring(env_value=settings.master_key, file_path=settings.master_key_file,
@@ -93,7 +100,9 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
             await store.set_meta("key_check", vault.key_check())
         else:
             vault.verify_key_check(token)
-    except VaultError:
+        checkpointer = await open_checkpointer(settings, store, clock, policy, create_key=create_key,
+                                               require_signer=audit_key_check)
+    except (VaultError, AuditKeyError):
         await store.close()
         raise
     secrets = SecretSources(BuiltinSource(vault))
@@ -101,7 +110,8 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
     effects = EffectRunner(service, RetryPolicy(call_timeout=settings.call_timeout,
                                                 retry_after_max=settings.retry_after_max))
     runtime = Runtime(settings=settings, store=store, vault=vault, policy=policy, clock=clock, service=service,
-                      catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(service), effects=effects)
+                      catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(service), effects=effects,
+                      checkpointer=checkpointer)
     if settings.op_connect_host and settings.op_connect_token:
         # The secret sources (no chat SDK): 1Password Connect for items, the Events API for direct use.
         connect = ConnectSource(ConnectClient(settings.op_connect_host, settings.op_connect_token), vault.fingerprint)
@@ -113,3 +123,24 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
             runtime.closers.append(events.close)
             runtime.shadow = ShadowWatch(store, events, policy, clock)
     return runtime
+
+
+def audit_witnesses(settings: Settings) -> list[Witness]:
+    """The witnesses every process can write: JITPASS_AUDIT_WITNESS_FILE (the server adds chat and SIEM)."""
+    witnesses: list[Witness] = []
+    path = settings.environ.get("JITPASS_AUDIT_WITNESS_FILE")
+    if path:
+        witnesses.append(FileWitness(Path(path)))
+    return witnesses
+
+
+async def open_checkpointer(settings: Settings, store: Store, clock: Clock, policy: Policy, *,
+                            create_key: bool = True, require_signer: bool = True) -> Checkpointer:
+    """Load and check the audit signing key (AuditKeyError when wrong or missing) and the latest checkpoint."""
+    env_value, key_file, explicit = audit_key_settings(settings.environ, settings.master_key_file)
+    ring = await load_checked_ring(store, env_value=env_value, file_path=key_file, explicit=explicit,
+                                   create_if_missing=create_key, require_signer=require_signer)
+    checkpointer = Checkpointer(store, ring, clock, await deployment_id(store), policy.audit,
+                                audit_witnesses(settings))
+    await checkpointer.load()
+    return checkpointer

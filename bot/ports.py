@@ -25,6 +25,7 @@ from bot.domain.model import (
 )
 
 if TYPE_CHECKING:
+    from bot.domain.audit_signing import SignedCheckpoint
     from bot.domain.report_data import ProgressCallback, ReportData, ReportQuery
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "Tracker",
     "UsageFeed",
     "UsagePage",
+    "Witness",
 ]
 
 
@@ -264,6 +266,16 @@ class Failed:
 
 
 type NotifyResult = Sent | Failed
+
+
+class Witness(Protocol):
+    """Somewhere outside the database that keeps every signed audit checkpoint (file, chat, SIEM)."""
+
+    name: str
+
+    async def publish(self, checkpoint: SignedCheckpoint) -> None:
+        """Record the checkpoint; raise on failure (the caller logs it and shows it in /healthz)."""
+        ...
 
 
 class Notifier(Protocol):

@@ -25,8 +25,10 @@ def actor() -> Identity:
 
 
 @asynccontextmanager
-async def opened_runtime(settings: Settings | None = None, *, create_key: bool = True) -> AsyncIterator[Runtime]:
-    runtime = await open_runtime(settings or Settings.from_env(), create_key=create_key)
+async def opened_runtime(settings: Settings | None = None, *, create_key: bool = True,
+                         audit_key_check: bool = True) -> AsyncIterator[Runtime]:
+    runtime = await open_runtime(settings or Settings.from_env(), create_key=create_key,
+                                 audit_key_check=audit_key_check)
     try:
         yield runtime
     finally:

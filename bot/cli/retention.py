@@ -21,7 +21,7 @@ async def run_retention_purge(runtime: Runtime, args: argparse.Namespace, out: T
     """Purge (or, with --dry-run, count) events older than the policy keeps."""
     with progress(status if status is not None else sys.stderr) as tracker:
         outcome = await purge(runtime.store, runtime.policy, runtime.clock.now(), actor, dry_run=args.dry_run,
-                              tracker=tracker)
+                              tracker=tracker, checkpointer=runtime.checkpointer)
     print(outcome.message(), file=out)
     return 0
 

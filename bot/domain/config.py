@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.domain.errors import InputError, PolicyError
 from bot.domain.policy import (
+    AuditPolicy,
     Limits,
     Members,
     OnePasswordPolicy,
@@ -294,7 +295,8 @@ _VAULT_KEYS = {
     "max_duration", "request_timeout", "approvals_required", "min_reason_length", "exclusive",
 }
 _TOP_KEYS = {"timezone", "defaults", "working_hours", "admins", "approvers", "leads_channel", "retention", "vaults",
-             "onepassword"}
+             "onepassword", "audit"}
+_AUDIT_KEYS = {"checkpoint_every_events", "checkpoint_every", "witness_channel"}
 _ONEPASSWORD_KEYS = {"vaults", "sync_every", "events_every", "people", "notify_leads"}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -417,7 +419,18 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         legal_hold=reader.boolean(retention_data, "retention", "legal_hold", False),
         purge_at=reader.clock_time(retention_data, "retention", "purge_at", time(3, 30)),
     )
+    audit_data = reader.table(data, "", "audit")
+    for key in audit_data:
+        if key not in _AUDIT_KEYS:
+            raise reader.fail("audit", key, f"unknown key; expected one of {', '.join(sorted(_AUDIT_KEYS))}")
+    audit = AuditPolicy(
+        checkpoint_every_events=reader.integer(audit_data, "audit", "checkpoint_every_events", 100, 1),
+        checkpoint_every=reader.duration(audit_data, "audit", "checkpoint_every", timedelta(minutes=10)),
+        witness_channels=reader.channels(reader.table(audit_data, "audit", "witness_channel"),
+                                         "audit.witness_channel"),
+    )
     return Policy(
+        audit=audit,
         timezone=tz,
         defaults=defaults,
         vaults=vaults,

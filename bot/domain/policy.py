@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 from bot.domain.model import Identity
 
-__all__ = ["Limits", "Members", "OnePasswordPolicy", "OnePasswordVault", "Policy", "Retention", "VaultPolicy",
-           "WorkingHours"]
+__all__ = ["AuditPolicy", "Limits", "Members", "OnePasswordPolicy", "OnePasswordVault", "Policy", "Retention",
+           "VaultPolicy", "WorkingHours"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,15 @@ class OnePasswordPolicy:
 
 
 @dataclass(frozen=True)
+class AuditPolicy:
+    """`[audit]`: how often the chain head is signed, and the chat channels that witness it."""
+
+    checkpoint_every_events: int = 100
+    checkpoint_every: timedelta = timedelta(minutes=10)
+    witness_channels: Mapping[str, str] = field(default_factory=dict)  # platform -> channel id
+
+
+@dataclass(frozen=True)
 class Policy:
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     defaults: VaultPolicy = field(default_factory=lambda: VaultPolicy(name="*"))
@@ -120,6 +129,7 @@ class Policy:
     working_hours: WorkingHours = field(default_factory=WorkingHours)
     retention: Retention = field(default_factory=Retention)
     onepassword: OnePasswordPolicy = field(default_factory=OnePasswordPolicy)
+    audit: AuditPolicy = field(default_factory=AuditPolicy)
 
     def for_vault(self, vault: str) -> VaultPolicy:
         """The vault's own policy, or the defaults for a vault the file does not name."""

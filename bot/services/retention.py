@@ -19,6 +19,7 @@ from bot.domain.policy import Policy
 from bot.ports import QUIET, Checkpoint, Clock, Store, Tracker
 
 if TYPE_CHECKING:
+    from bot.services.checkpoints import Checkpointer
     from bot.services.schedule import GrantScheduler
 
 __all__ = ["JOB_ID", "PurgeOutcome", "install_retention", "plan_purge", "purge", "scheduled_purge"]
@@ -66,8 +67,10 @@ async def plan_purge(store: Store, policy: Policy, now: datetime) -> PurgeOutcom
 
 
 async def purge(store: Store, policy: Policy, now: datetime, actor: Identity, *, dry_run: bool = False,
-                trigger: str = "cli", tracker: Tracker = QUIET) -> PurgeOutcome:
-    """Purge events older than the policy keeps; the store records checkpoint + retention.purged."""
+                trigger: str = "cli", tracker: Tracker = QUIET,
+                checkpointer: Checkpointer | None = None) -> PurgeOutcome:
+    """Purge events older than the policy keeps; the store records checkpoint + retention.purged; then the
+    head (the purge event) is signed, so the witnesses know where the retained chain stands."""
     plan = await plan_purge(store, policy, now)
     if dry_run or plan.cutoff is None or plan.eligible == 0:
         return plan if dry_run else _done(plan, 0, None)
@@ -76,6 +79,8 @@ async def purge(store: Store, policy: Policy, now: datetime, actor: Identity, *,
         "before": format_time(plan.cutoff), "keep_days": plan.keep_days, "trigger": trigger,
     })
     result = await store.purge_events(plan.cutoff, event)
+    if checkpointer is not None:
+        await checkpointer.checkpoint("purge")
     tracker.finish()
     log.info("event=retention_purged purged=%d before=%s checkpoint_seq=%s trigger=%s", result.purged,
              format_time(plan.cutoff), result.checkpoint.seq if result.checkpoint else None, trigger)
@@ -87,10 +92,11 @@ def _done(plan: PurgeOutcome, purged: int, checkpoint: Checkpoint | None) -> Pur
                         legal_hold=plan.legal_hold, keep_days=plan.keep_days, checkpoint=checkpoint)
 
 
-async def scheduled_purge(store: Store, policy: Policy, clock: Clock) -> PurgeOutcome | None:
+async def scheduled_purge(store: Store, policy: Policy, clock: Clock,
+                          checkpointer: Checkpointer | None = None) -> PurgeOutcome | None:
     """The daily job: purge as the policy says; a failure is logged, never raised into the scheduler."""
     try:
-        outcome = await purge(store, policy, clock.now(), SYSTEM, trigger="schedule")
+        outcome = await purge(store, policy, clock.now(), SYSTEM, trigger="schedule", checkpointer=checkpointer)
     except Exception:  # the next day's run retries; the trail is untouched by a failed unit of work
         log.exception("event=retention_purge_failed")
         return None
@@ -99,7 +105,8 @@ async def scheduled_purge(store: Store, policy: Policy, clock: Clock) -> PurgeOu
     return outcome
 
 
-def install_retention(scheduler: GrantScheduler, store: Store, policy: Policy, clock: Clock) -> None:
+def install_retention(scheduler: GrantScheduler, store: Store, policy: Policy, clock: Clock,
+                      checkpointer: Checkpointer | None = None) -> None:
     """Schedule `scheduled_purge` daily at retention.purge_at in the policy's time zone.
 
     Call after `scheduler.start()` (GrantScheduler.add_daily ignores a stopped scheduler).
@@ -107,6 +114,6 @@ def install_retention(scheduler: GrantScheduler, store: Store, policy: Policy, c
     at = policy.retention.purge_at
 
     async def job() -> None:
-        await scheduled_purge(store, policy, clock)
+        await scheduled_purge(store, policy, clock, checkpointer)
 
     scheduler.add_daily(JOB_ID, job, at.hour, at.minute, policy.timezone.key)
