@@ -20,9 +20,9 @@ from bot.domain.vault import Vault, load_key_ring
 from bot.ports import Clock, Store, SystemClock, Witness
 from bot.services.access import AccessService
 from bot.services.catalog import Catalog
+from bot.services.checkpoints import Checkpointer, audit_key_settings, deployment_id, load_checked_ring
 from bot.services.effects import EffectRunner, RetryPolicy
 from bot.services.onepassword_sync import OnePasswordSync
-from bot.services.checkpoints import Checkpointer, audit_key_settings, deployment_id, load_checked_ring
 from bot.services.schedule import GrantScheduler
 from bot.services.secrets import BuiltinSource, SecretSources
 from bot.services.shadow import ShadowWatch
