@@ -137,8 +137,8 @@ def audit_witnesses(settings: Settings) -> list[Witness]:
 async def open_checkpointer(settings: Settings, store: Store, clock: Clock, policy: Policy, *,
                             create_key: bool = True, require_signer: bool = True) -> Checkpointer:
     """Load and check the audit signing key (AuditKeyError when wrong or missing) and the latest checkpoint."""
-    env_value, key_file, explicit = audit_key_settings(settings.environ, settings.master_key_file)
-    ring = await load_checked_ring(store, env_value=env_value, file_path=key_file, explicit=explicit,
+    env_value, key_file, _ = audit_key_settings(settings.environ, settings.master_key_file)
+    ring = await load_checked_ring(store, env_value=env_value, file_path=key_file,
                                    create_if_missing=create_key, require_signer=require_signer)
     checkpointer = Checkpointer(store, ring, clock, await deployment_id(store), policy.audit,
                                 audit_witnesses(settings))

@@ -67,7 +67,7 @@ def audit_key_settings(environ: dict[str, str] | Any, master_key_file: Path) -> 
     return environ.get("JITPASS_AUDIT_KEY") or None, path, bool(explicit)
 
 
-async def load_checked_ring(store: Store, *, env_value: str | None, file_path: Path, explicit: bool,
+async def load_checked_ring(store: Store, *, env_value: str | None, file_path: Path,
                             create_if_missing: bool, require_signer: bool = True) -> AuditKeyRing:
     """The signing key ring, refused when it cannot be the one that signed this trail's checkpoints.
 
@@ -75,8 +75,9 @@ async def load_checked_ring(store: Store, *, env_value: str | None, file_path: P
     store's latest key: verification reports that as a finding instead of refusing to look.
     """
     latest = await stored_checkpoint(store)
-    # Create a key only for a trail nobody signed yet: a new key for a signed trail would be a wrong key.
-    create = create_if_missing and not explicit and latest is None
+    # Create a key (like the master key file) only for a trail nobody signed yet: a new key for a signed
+    # trail would be a wrong key, so then a missing file stops the start instead.
+    create = create_if_missing and latest is None
     try:
         ring, created = load_audit_keys(env_value=env_value, file_path=file_path, create_if_missing=create)
     except AuditKeyError as exc:

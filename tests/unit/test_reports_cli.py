@@ -101,6 +101,7 @@ def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = test_settings(tmp_path)
     monkeypatch.setenv("JITPASS_STORE", settings.store_url)
     monkeypatch.setenv("JITPASS_MASTER_KEY", settings.master_key or "")
+    monkeypatch.setenv("JITPASS_AUDIT_KEY_FILE", str(tmp_path / "jitpass-audit.key"))
     monkeypatch.setenv("JITPASS_POLICY", str(tmp_path / "policy.toml"))
     monkeypatch.setenv("JITPASS_DOTENV", str(tmp_path / "no.env"))
     monkeypatch.setenv("JITPASS_ADMIN", "ops")
