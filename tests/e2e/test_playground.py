@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.fake_connector import card_elements, find_element
+
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = ROOT / "tests" / "support" / "playground"
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -76,39 +78,10 @@ def _jitpass(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           env=env, cwd=workdir, timeout=60, check=False)
 
 
-def _card_texts(card: Any) -> list[str]:
-    """Every text and value a person reads on a card."""
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            found.extend(str(node[key]) for key in ("text", "title", "value") if isinstance(node.get(key), str))
-            for child in node.values():
-                walk(child)
-        elif isinstance(node, list):
-            for child in node:
-                walk(child)
-
-    walk(card)
-    return found
-
-
 def _element(card: dict[str, Any], element_id: str) -> dict[str, Any]:
-    found: list[dict[str, Any]] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("id") == element_id:
-                found.append(node)
-            for child in node.values():
-                walk(child)
-        elif isinstance(node, list):
-            for child in node:
-                walk(child)
-
-    walk(card)
-    assert found, f"no element {element_id!r} on the card"
-    return found[0]
+    found = find_element(card, element_id)
+    assert found is not None, f"no element {element_id!r} on the card"
+    return found
 
 
 def test_the_documented_walkthrough_works_in_agents_playground(tmp_path: Path) -> None:
@@ -148,8 +121,8 @@ def test_the_documented_walkthrough_works_in_agents_playground(tmp_path: Path) -
     assert len(password) >= 16
     first_code = _element(delivery, "totp_code")["text"]
     assert re.fullmatch(r"\d{6}", first_code)
-    texts = _card_texts(delivery)
-    assert "support@demo.example" in texts and "New code" in texts and "Done" in texts
+    titles = [element.get("title") for element in card_elements(delivery)]
+    assert "support@demo.example" in json.dumps(delivery) and "New code" in titles and "Done" in titles
 
     # New code answers with a fresh delivery card (the same password, a current code).
     new_code = steps["new_code"]["body"]
