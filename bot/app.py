@@ -8,9 +8,12 @@ the chat adapters and starts the scheduler.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 from aiohttp import web
@@ -20,12 +23,12 @@ from adapters.teams import TeamsAdapter
 from bot.bootstrap import ChatAdapter, Runtime, open_runtime
 from bot.demo import seed_demo
 from bot.domain.config import Settings
-from bot.domain.errors import JitpassError
+from bot.domain.errors import JitpassError, StartupError, StoreError
 from bot.domain.policy import Policy
 from bot.ports import Clock
 from bot.services.retention import install_retention
 
-__all__ = ["RUNTIME", "create_app", "serve"]
+__all__ = ["RUNTIME", "bind", "create_app", "serve", "store_health"]
 
 log = logging.getLogger("jitpass.app")
 
@@ -67,6 +70,24 @@ def chat_adapters(settings: Settings) -> list[ChatAdapter]:
     return adapters
 
 
+async def store_health(runtime: Runtime, chat: Sequence[ChatAdapter], timeout: float) -> tuple[dict[str, Any], int]:
+    """`ok` (200) only when the store took a write within `timeout`; else `degraded` (503)."""
+    store: dict[str, Any] = {"kind": runtime.store.kind}
+    try:
+        await runtime.store.check_write(timeout)
+    except StoreError as exc:
+        log.warning("event=health_degraded error=%s", exc.message)
+        store |= {"writable": False, "error": exc.message}
+    else:
+        # Facts read through the store's own connection are extras: never wait long for them.
+        with suppress(TimeoutError, StoreError):
+            store = await asyncio.wait_for(runtime.store.describe(), timeout)
+        store["writable"] = True
+    body: dict[str, Any] = {"status": "ok" if store["writable"] else "degraded", "version": VERSION,
+                            "store": store, "platforms": {a.platform: a.describe() for a in chat}}
+    return body, 200 if store["writable"] else 503
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None,
                demo: bool = False, adapters: Sequence[ChatAdapter] | None = None) -> web.Application:
     """The aiohttp application; the runtime is opened at start-up and closed at clean-up."""
@@ -75,19 +96,19 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
 
     async def healthz(request: web.Request) -> web.Response:
         runtime = request.app[RUNTIME]
-        body: dict[str, Any] = {"status": "ok", "version": VERSION, "store": await runtime.store.describe(),
-                                "platforms": {a.platform: a.describe() for a in chat},
-                                "audit": runtime.checkpointer.describe() if runtime.checkpointer else None}
+        body, status = await store_health(runtime, chat, settings.health_timeout)
+        body["audit"] = runtime.checkpointer.describe() if runtime.checkpointer else None
         # A wipe that spent its retry budget: a password may still be on someone's screen.
-        counts = await runtime.store.effect_counts()
-        body["effects"] = counts
-        if counts["failed_wipes"]:
-            body["alerts"] = [f"{counts['failed_wipes']} delivered secret(s) could not be wiped from chat; "
-                              "see alert.wipe_exhausted in the audit trail"]
+        with suppress(TimeoutError, StoreError):  # extras: never wait long for them
+            counts = await asyncio.wait_for(runtime.store.effect_counts(), settings.health_timeout)
+            body["effects"] = counts
+            if counts["failed_wipes"]:
+                body["alerts"] = [f"{counts['failed_wipes']} delivered secret(s) could not be wiped from chat; "
+                                  "see alert.wipe_exhausted in the audit trail"]
         if runtime.onepassword_sync is not None:
             body["onepassword"] = {"connect": runtime.settings.op_connect_host, **runtime.onepassword_sync.describe(),
                                    "events": runtime.shadow is not None}
-        return web.json_response(body)
+        return web.json_response(body, status=status)
 
     async def not_configured(request: web.Request) -> web.Response:
         return web.json_response({"error": "the Slack adapter is not configured: set SLACK_SIGNING_SECRET and "
@@ -102,17 +123,22 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
     async def start(app: web.Application) -> None:
         runtime = await open_runtime(settings, clock=clock, policy=policy)
         app[RUNTIME] = runtime
-        if demo:
-            await seed_demo(runtime)
-        for adapter in chat:
-            await adapter.start(runtime)
-        runtime.effects.start()
-        # Returns at once: overdue work runs in the background, so the port opens without waiting for it.
-        await runtime.scheduler.start()
-        install_retention(runtime.scheduler, runtime.store, runtime.policy, runtime.clock, runtime.checkpointer)
-        install_onepassword(runtime)
-        if runtime.checkpointer:
-            runtime.checkpointer.start()
+        try:
+            if demo:
+                await seed_demo(runtime)
+            for adapter in chat:
+                await adapter.start(runtime)
+            runtime.effects.start()
+            # Returns at once: overdue work runs in the background, so the port opens without waiting for it.
+            await runtime.scheduler.start()
+            install_retention(runtime.scheduler, runtime.store, runtime.policy, runtime.clock, runtime.checkpointer)
+            install_onepassword(runtime)
+            if runtime.checkpointer:
+                runtime.checkpointer.start()
+        except BaseException:
+            # aiohttp runs no on_cleanup after a failed start-up: close what was opened here.
+            await stop(app)
+            raise
         log.info("event=started store=%s platforms=%s", runtime.store.kind, ",".join(a.platform for a in chat))
 
     async def stop(app: web.Application) -> None:
@@ -132,18 +158,31 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
     return app
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, taken before any start-up work: a busy port must change nothing."""
+    try:
+        return socket.create_server((host, port), backlog=128)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} is in use on {host}: stop the other process or set PORT "
+                               "to a free port") from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 async def serve(settings: Settings, *, host: str, port: int, policy: Policy | None = None, demo: bool = False) -> None:
     """Run the server until cancelled (Ctrl-C / SIGTERM)."""
+    sock = bind(host, port)
     runner = web.AppRunner(create_app(settings, policy=policy, demo=demo))
-    await runner.setup()
     stop = asyncio.Event()
     # Platforms stop dynos/containers with SIGTERM: close the store and scheduler cleanly then.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        await web.TCPSite(runner, host, port).start()
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
         print(f"jitpass listening on http://{host}:{port}  (health: /healthz, Slack: /slack/events, "
               f"Teams: /api/messages)", flush=True)
         await stop.wait()
         log.info("event=stopping reason=SIGTERM")
     finally:
         await runner.cleanup()
+        sock.close()

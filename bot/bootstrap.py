@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from adapters.onepassword import ConnectClient, ConnectSource, EventsClient, EventsFeed
-from bot.domain.audit_signing import AuditKeyError
 from bot.domain.config import Settings, load_policy
-from bot.domain.errors import VaultError
 from bot.domain.policy import Policy
 from bot.domain.vault import Vault, load_key_ring
 from bot.ports import Clock, Store, SystemClock, Witness
@@ -102,7 +100,9 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
             vault.verify_key_check(token)
         checkpointer = await open_checkpointer(settings, store, clock, policy, create_key=create_key,
                                                require_signer=audit_key_check)
-    except (VaultError, AuditKeyError):
+    except BaseException:
+        # Any failure (wrong key, a corrupt page met on the first read): an open connection would keep
+        # the process alive after the error is shown.
         await store.close()
         raise
     secrets = SecretSources(BuiltinSource(vault))

@@ -100,6 +100,12 @@ class Store(Protocol):
         """`{"kind": ..., "schema_version": ..., ...}` for health checks."""
         ...
 
+    async def check_write(self, timeout: float) -> None:
+        """Write a health mark within `timeout` seconds, never queued behind this process's own writes.
+
+        Raises StoreError when the store cannot take a write in time."""
+        ...
+
     # -- key/value metadata (key check, checkpoints) -------------------------------------------
     async def get_meta(self, key: str) -> str | None: ...
 

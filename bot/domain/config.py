@@ -89,6 +89,8 @@ class Settings:
     call_timeout: float = 10.0
     # A Retry-After longer than this is cut to it (JITPASS_RETRY_AFTER_MAX); it delays only that effect.
     retry_after_max: float = 30.0
+    # Seconds /healthz waits for a store write before it answers `degraded` (JITPASS_HEALTH_TIMEOUT).
+    health_timeout: float = 2.0
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -143,6 +145,7 @@ class Settings:
             op_events_token=(env.get("OP_EVENTS_TOKEN") or "").strip() or None,
             call_timeout=_seconds(env, "JITPASS_CALL_TIMEOUT", 10.0),
             retry_after_max=_seconds(env, "JITPASS_RETRY_AFTER_MAX", 30.0),
+            health_timeout=_seconds(env, "JITPASS_HEALTH_TIMEOUT", 2.0),
             environ=env,
         )
 

@@ -12,7 +12,8 @@ JitpassError
 ├── StoreError          the store cannot be opened, is corrupted, or refused a write
 │   └── AuditWriteError an audit event could not be written: nothing was revealed
 ├── DeliveryError       a chat platform did not take a message
-└── SecretSourceError   an outside secret source (1Password) could not give a secret: nothing was shown
+├── SecretSourceError   an outside secret source (1Password) could not give a secret: nothing was shown
+└── StartupError        the server cannot start (port in use, unsafe settings): says what to change
 """
 
 from __future__ import annotations
@@ -101,3 +102,7 @@ class SecretSourceError(JitpassError):
         self.source = source
         self.reason = reason
         self.detail = detail
+
+
+class StartupError(JitpassError):
+    pass

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.domain import wording
-from bot.domain.errors import Conflict, InputError, JitpassError, NotAllowed, NotFound, SecretSourceError
+from bot.domain.errors import Conflict, InputError, JitpassError, NotAllowed, NotFound, SecretSourceError, StoreError
 from bot.domain.model import (
     ACTIVE_STATUSES,
     CHAT_PLATFORMS,
@@ -169,6 +169,7 @@ class AccessService:
         """Ask the leads for more time on an active grant; the end moves only when approved."""
         grant = await self._get(request_id)
         if not grant.requester.same_person(requester):
+            await self._refuse(grant, requester, "extend someone else's grant")
             raise NotAllowed(f"{request_id} is not your request.")
         if grant.status is not Status.ACTIVE:
             raise Conflict(f"{request_id} is {grant.status.value}; only an active grant can be extended.")
@@ -217,7 +218,8 @@ class AccessService:
             changes: dict[str, Any] = {"approvals": approvals}
             if done:
                 changes |= {"status": Status.APPROVED, "decided_by": approver, "decided_at": now, "timeout_at": None}
-                if request.starts_at is None:
+                if request.starts_at is None and not request.is_extension:
+                    # An extension never starts: approving it moves its grant's end (`_apply_extension`).
                     changes["starts_at"] = now
             event = self._draft("request.approved" if done else "request.approval_added", approver, request, "",
                                 {"approvals": len(approvals), "required": request.required_approvals})
@@ -330,7 +332,11 @@ class AccessService:
             await self._refuse(request, holder, "see someone else's secret")
             raise NotAllowed(f"{request_id} is not your grant.")
         if request.status is not Status.ACTIVE or (request.ends_at is not None and request.ends_at <= now):
-            raise Conflict(f"Access through {request_id} is {self._state_words(request)}: nothing to show.")
+            # The store may not have recorded the end yet (the scheduler is late, the store cannot write):
+            # the clock decides, and the press is refused and audited like any other.
+            state = "over" if request.status is Status.ACTIVE else self._state_words(request)
+            await self._refuse(request, holder, f"see the secret of a grant that is {state}")
+            raise Conflict(f"Access through {request_id} is {state}: nothing to show.")
         sealed = await self.store.get_item(request.item)
         if sealed is None:
             raise NotFound(f"The item '{request.item}' was removed from the catalogue.")
@@ -364,6 +370,9 @@ class AccessService:
         """Start an approved grant (unless its item is exclusively held) and deliver the secret."""
         request = await self._get(request_id)
         if request.status is not Status.APPROVED:
+            return request
+        if request.is_extension:  # moves its grant's end when approved; never a grant of its own
+            log.warning("refused to activate an extension request_id=%s parent=%s", request.id, request.parent_id)
             return request
         now = self.clock.now()
         vault = self.policy.for_vault(request.vault)
@@ -583,8 +592,9 @@ class AccessService:
             )
             if updated is None:
                 continue
+            # No start of its own: an approved extension with a start would be due for activation.
             await self.store.transition(extension.id, {Status.APPROVED},
-                                        {"starts_at": grant.starts_at, "ends_at": new_end}, None,
+                                        {"ends_at": new_end}, None,
                                         effects=self._effects(extension, EffectKind.UPDATE_CARD))
             self._changed(updated)
             return await self._get(extension.id)
@@ -630,7 +640,12 @@ class AccessService:
             raise NotAllowed(f"You are not an approver for vault '{request.vault}'.")
 
     async def _refuse(self, request: AccessRequest, who: Identity, what: str) -> None:
-        await self.store.append_event(self._draft("access.refused", who, request, what))
+        """Audit a refused attempt; the refusal stands even when the store cannot record it."""
+        try:
+            await self.store.append_event(self._draft("access.refused", who, request, what))
+        except StoreError as exc:
+            log.error("refusal not audited request_id=%s actor=%s what=%s error=%s", request.id, who.key, what,
+                      exc.message)
         log.info("refused request_id=%s actor=%s what=%s", request.id, who.key, what)
 
     async def _holder(self, item: str, exclude: str | None) -> AccessRequest | None:

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
@@ -97,6 +98,8 @@ _ITEM_META_PROJECTION = {k: 0 for k in KEY_FIELDS}
 _REFS_FIELDS = ("refs", "refs_version")
 # Which time makes a request due in each open status.
 _DUE_FIELDS = (("pending", "timeout_at"), ("approved", "starts_at"), ("active", "ends_at"))
+# An approved extension is never due: approving it moved its grant's end.
+_DUE_ONLY = {"approved": {"kind": "access"}}
 
 
 _EFFECT_ORDER = itertools.count()
@@ -221,6 +224,12 @@ class MongoStore:
             "transactions": self._transactions,
             "last_seq": last.seq if last else 0,
         }
+
+    async def check_write(self, timeout: float) -> None:
+        """An acknowledged upsert of a health mark, bounded by `timeout`."""
+        with self._errors("a health-check write"), pymongo.timeout(timeout):
+            await self._collection("meta").update_one(
+                {"_id": "health_check"}, {"$set": {"value": format_time(self._clock.now())}}, upsert=True)
 
     # -- plumbing -----------------------------------------------------------------------------
     def _collection(self, name: str) -> AsyncCollection[Doc]:
@@ -684,7 +693,8 @@ class MongoStore:
     async def due_requests(self, until: datetime) -> list[AccessRequest]:
         """Pending past timeout_at, approved past starts_at, active past ends_at; soonest first."""
         limit = format_time(until)
-        query = {"$or": [{"status": status, field: {"$lte": limit}} for status, field in _DUE_FIELDS]}
+        query = {"$or": [{"status": status, field: {"$lte": limit}, **_DUE_ONLY.get(status, {})}
+                         for status, field in _DUE_FIELDS]}
         due_field = dict(_DUE_FIELDS)
         with self._errors("finding due requests"):
             docs = [d async for d in self._collection("requests").find(query)]
@@ -698,7 +708,8 @@ class MongoStore:
         with self._errors("planning due requests"):
             for status, field in _DUE_FIELDS:
                 doc = await requests.find_one(
-                    {"status": status, field: {"$type": "string"}}, {field: 1}, sort=[(field, ASCENDING)]
+                    {"status": status, field: {"$type": "string"}, **_DUE_ONLY.get(status, {})}, {field: 1},
+                    sort=[(field, ASCENDING)],
                 )
                 if doc is not None:
                     found.append(doc[field])

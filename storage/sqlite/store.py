@@ -296,7 +296,8 @@ _UPDATE_REQUEST = (
 )
 _DUE = (
     "SELECT *, timeout_at AS due FROM requests WHERE status = 'pending' AND timeout_at <= :until "
-    "UNION ALL SELECT *, starts_at AS due FROM requests WHERE status = 'approved' AND starts_at <= :until "
+    "UNION ALL SELECT *, starts_at AS due FROM requests "
+    "WHERE status = 'approved' AND kind = 'access' AND starts_at <= :until "
     "UNION ALL SELECT *, ends_at AS due FROM requests WHERE status = 'active' AND ends_at <= :until "
     "ORDER BY due, created_seq"
 )
@@ -318,7 +319,7 @@ _CLAIM_EFFECTS = (
 _NEXT_DUE = (
     "SELECT min(due) FROM ("
     "SELECT min(timeout_at) AS due FROM requests WHERE status = 'pending' "
-    "UNION ALL SELECT min(starts_at) FROM requests WHERE status = 'approved' "
+    "UNION ALL SELECT min(starts_at) FROM requests WHERE status = 'approved' AND kind = 'access' "
     "UNION ALL SELECT min(ends_at) FROM requests WHERE status = 'active')"
 )
 
@@ -501,6 +502,26 @@ class SqliteStore:
             "path": str(self.path),
             "last_seq": last.seq if last else 0,
         }
+
+    async def check_write(self, timeout: float) -> None:
+        """A real write on a connection of its own: `_lock` would queue it behind our other writes."""
+        now = format_time(self._clock.now())
+
+        def write() -> None:
+            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_UPSERT_META, ("health_check", now))
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(write), timeout + 1)
+        except TimeoutError:
+            raise StoreError(f"the SQLite store at {self.path} took no write within {timeout:g}s") from None
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
 
     # -- plumbing -----------------------------------------------------------------------------
     def _connection(self) -> aiosqlite.Connection:
