@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from bot.services.catalog import Catalog
 from bot.domain.config import parse_policy
 from bot.domain.errors import Conflict, NotAllowed
 from bot.domain.model import SYSTEM, AccessRequest, Event, Identity, Item, Reveal, Status
-from bot.services.schedule import GrantScheduler
-from bot.services.access import AccessService
 from bot.domain.vault import KeyRing, Vault, generate_key
+from bot.services.access import AccessService
+from bot.services.catalog import Catalog
+from bot.services.schedule import GrantScheduler
 from tests.contract.conftest import Harness
 from tests.support.app import TEST_POLICY, canary_items
 
