@@ -15,6 +15,7 @@ from typing import Any
 from bot.domain.audit import format_time, parse_time
 from bot.domain.model import (
     BUILTIN,
+    OPEN_STATUSES,
     AccessRequest,
     Approval,
     Effect,
@@ -31,8 +32,10 @@ from bot.domain.model import (
 )
 
 __all__ = [
+    "CLAIM_FIELDS",
     "KEY_FIELDS",
     "REQUEST_FIELDS",
+    "claims",
     "effect_from_doc",
     "identity_from_doc",
     "identity_to_doc",
@@ -229,6 +232,29 @@ def request_to_doc(request: AccessRequest) -> dict[str, Any]:
         "refs": dict(request.refs),
         "refs_version": request.refs_version,
         "version": request.version,
+        "person": request.person,
+        "exclusive": request.exclusive,
+        # Derived, unique in every store (a plain unique index, no partial filter): see `claims`.
+        **claims(request),
+    }
+
+
+CLAIM_FIELDS = ("open_claim", "hold_claim")
+
+
+def claims(request: AccessRequest) -> dict[str, str]:
+    """The store's invariants as two keys, each under a unique index.
+
+    `open_claim` is `open:<person>|<item>` while an access request is open (pending, approved, active),
+    `hold_claim` is `hold:<item>` while a grant of an exclusive item is active. Otherwise each is
+    `free:<id>`, unique by itself, so only a second open request or a second holder collides."""
+    free = f"free:{request.id}"
+    access = request.kind is RequestKind.ACCESS
+    person = request.person or request.requester.key
+    return {
+        "open_claim": f"open:{person}|{request.item}" if access and request.status in OPEN_STATUSES else free,
+        "hold_claim": f"hold:{request.item}" if access and request.exclusive and request.status is Status.ACTIVE
+        else free,
     }
 
 
@@ -265,6 +291,8 @@ def request_from_doc(doc: dict[str, Any]) -> AccessRequest:
         refs=dict(doc.get("refs") or {}),
         refs_version=int(doc.get("refs_version", 0)),
         version=int(doc.get("version", 0)),
+        person=str(doc.get("person") or ""),
+        exclusive=bool(doc.get("exclusive", False)),
     )
 
 

@@ -7,6 +7,7 @@ JitpassError
 ├── NotFound            unknown item or request (`suggestions` lists close names)
 ├── NotAllowed          the actor may not do this (not an approver, own request, not admin, ...)
 ├── Conflict            the request moved on already ("already approved by ...") or the name exists
+│   └── ClaimTaken      the store refused a second open request / a second holder (`claim`: open | hold)
 ├── PolicyError         the policy file is invalid (names the key and the line)
 ├── VaultError          the master key is missing or wrong, or a ciphertext does not open
 ├── StoreError          the store cannot be opened, is corrupted, or refused a write
@@ -71,6 +72,15 @@ class NotAllowed(JitpassError):
 
 class Conflict(JitpassError):
     pass
+
+
+class ClaimTaken(Conflict):
+    """A store invariant refused the write: `claim` is "open" (one open request per person and item)
+    or "hold" (one active grant per exclusive item). Nothing was written."""
+
+    def __init__(self, claim: str, message: str) -> None:
+        super().__init__(message)
+        self.claim = claim
 
 
 class PolicyError(JitpassError):

@@ -231,6 +231,10 @@ class AccessRequest:
     refs: dict[str, Any] = field(default_factory=dict)  # adapter-owned message references
     refs_version: int = 0
     version: int = 0
+    # The requester as a person (policy `[people]`; else the platform account key): one open request each.
+    person: str = ""
+    # The item was exclusive under the policy: while active, this grant holds the item alone.
+    exclusive: bool = False
 
     @property
     def is_extension(self) -> bool:

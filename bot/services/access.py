@@ -19,7 +19,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.domain import wording
-from bot.domain.errors import Conflict, InputError, JitpassError, NotAllowed, NotFound, SecretSourceError, StoreError
+from bot.domain.errors import (
+    ClaimTaken,
+    Conflict,
+    InputError,
+    JitpassError,
+    NotAllowed,
+    NotFound,
+    SecretSourceError,
+    StoreError,
+)
 from bot.domain.model import (
     ACTIVE_STATUSES,
     CHAT_PLATFORMS,
@@ -135,12 +144,7 @@ class AccessService:
             raise InputError("That window is already over.", hint=example("", f"{item.name} {reason} for 1h"))
         if vault.approvers.is_empty():
             raise NotAllowed(f"Nobody is set up to approve requests for vault '{item.vault}'; ask an admin.")
-        mine = await self.store.find_requests(requester=requester, item=item.name, statuses=OPEN_STATUSES,
-                                              kind=RequestKind.ACCESS)
-        if mine:
-            raise Conflict(f"You already have request {mine[0].id} for {item.name} ({mine[0].status.value}).",
-                           hint=Hint("Use `{}` first, or `{}`.",
-                                     (Typed("cancel", mine[0].id), Typed("extend", f"{mine[0].id} 30m"))))
+        await self._refuse_second_open(requester, item.name)
         notes = [f"{limits.approvals_required} approvals needed"] if limits.approvals_required > 1 else []
         if not self.policy.in_working_hours(window.start or now):
             notes.append("outside working hours")
@@ -154,12 +158,17 @@ class AccessService:
             window=window, status=Status.PENDING, created_at=now, updated_at=now,
             required_approvals=limits.approvals_required, timeout_at=now + limits.request_timeout,
             starts_at=window.start, notes=tuple(notes), platform=requester.platform, refs=dict(refs or {}),
+            person=requester.key, exclusive=vault.is_exclusive(item.name),
         )
-        await self.store.create_request(request, self._draft("request.created", requester, request, reason, {
-            "duration": format_duration(window.duration),
-            "start": window.start.isoformat() if window.start else None,
-            "notes": notes,
-        }), self._effects(request, EffectKind.POST_CARD))
+        try:
+            await self.store.create_request(request, self._draft("request.created", requester, request, reason, {
+                "duration": format_duration(window.duration),
+                "start": window.start.isoformat() if window.start else None,
+                "notes": notes,
+            }), self._effects(request, EffectKind.POST_CARD))
+        except ClaimTaken:  # a request of this person's won the race since the check above
+            await self._refuse_second_open(requester, item.name)
+            raise
         log.info("request created request_id=%s item=%s requester=%s", request.id, item.name, requester.key)
         self._changed(request)
         return await self._get(request.id)
@@ -375,28 +384,39 @@ class AccessService:
             log.warning("refused to activate an extension request_id=%s parent=%s", request.id, request.parent_id)
             return request
         now = self.clock.now()
-        vault = self.policy.for_vault(request.vault)
-        if vault.is_exclusive(request.item):
+        exclusive = self.policy.for_vault(request.vault).is_exclusive(request.item)
+        if exclusive:
             holder = await self._holder(request.item, exclude=request.id)
             if holder is not None and holder.ends_at is not None:
-                queued = await self.store.transition(
-                    request.id, {Status.APPROVED}, {"starts_at": holder.ends_at}, None,
-                    effects=self._effects(request, EffectKind.UPDATE_CARD) + self._tell_effect(
-                        request, wording.told_queued(request, holder, self.policy.timezone)))
-                if queued is not None:
-                    self._changed(queued)
-                return queued or request
+                return await self._queue_behind(request, holder)
         duration = request.window.duration
-        updated = await self.store.transition(
-            request.id, {Status.APPROVED},
-            {"status": Status.ACTIVE, "starts_at": now, "ends_at": now + duration},
-            self._draft("grant.activated", SYSTEM, request, "", {"ends_at": (now + duration).isoformat()}),
-            effects=self._effects(request, EffectKind.UPDATE_CARD, EffectKind.DELIVER),
-        )
+        try:
+            # `exclusive` as the policy says now: the store then lets one grant of the item be active.
+            updated = await self.store.transition(
+                request.id, {Status.APPROVED},
+                {"status": Status.ACTIVE, "starts_at": now, "ends_at": now + duration, "exclusive": exclusive},
+                self._draft("grant.activated", SYSTEM, request, "", {"ends_at": (now + duration).isoformat()}),
+                effects=self._effects(request, EffectKind.UPDATE_CARD, EffectKind.DELIVER),
+            )
+        except ClaimTaken:  # another grant of the item started since the check above (another replica)
+            holder = await self._holder(request.item, exclude=request.id)
+            if holder is not None and holder.ends_at is not None:
+                return await self._queue_behind(request, holder)
+            return await self._get(request_id)  # that holder ended meanwhile: the next tick starts this one
         if updated is None:
             return await self._get(request_id)
         self._changed(updated)
         return updated
+
+    async def _queue_behind(self, request: AccessRequest, holder: AccessRequest) -> AccessRequest:
+        """An exclusive item is in use: plan this grant to start when the holder's ends."""
+        queued = await self.store.transition(
+            request.id, {Status.APPROVED}, {"starts_at": holder.ends_at}, None,
+            effects=self._effects(request, EffectKind.UPDATE_CARD) + self._tell_effect(
+                request, wording.told_queued(request, holder, self.policy.timezone)))
+        if queued is not None:
+            self._changed(queued)
+        return queued or request
 
     async def expire(self, request_id: str) -> AccessRequest:
         """End a grant whose window is over."""
@@ -647,6 +667,15 @@ class AccessService:
             log.error("refusal not audited request_id=%s actor=%s what=%s error=%s", request.id, who.key, what,
                       exc.message)
         log.info("refused request_id=%s actor=%s what=%s", request.id, who.key, what)
+
+    async def _refuse_second_open(self, requester: Identity, item: str) -> None:
+        """The friendly answer before the store's unique claim refuses a second open request."""
+        mine = await self.store.find_requests(requester=requester, item=item, statuses=OPEN_STATUSES,
+                                              kind=RequestKind.ACCESS)
+        if mine:
+            raise Conflict(f"You already have request {mine[0].id} for {item} ({mine[0].status.value}).",
+                           hint=Hint("Use `{}` first, or `{}`.",
+                                     (Typed("cancel", mine[0].id), Typed("extend", f"{mine[0].id} 30m"))))
 
     async def _holder(self, item: str, exclude: str | None) -> AccessRequest | None:
         active = await self.store.find_requests(item=item, statuses={Status.ACTIVE}, kind=RequestKind.ACCESS)

@@ -36,7 +36,7 @@ from pymongo.errors import (
 )
 
 from bot.domain.audit import GENESIS_HASH, event_from_dict, event_to_dict, format_time, seal_event
-from bot.domain.errors import AuditWriteError, Conflict, NotFound, StoreError
+from bot.domain.errors import AuditWriteError, ClaimTaken, Conflict, NotFound, StoreError
 from bot.domain.model import (
     AccessRequest,
     Effect,
@@ -53,7 +53,9 @@ from bot.domain.model import (
 )
 from bot.ports import Checkpoint, Clock, PurgeResult
 from storage.codec import (
+    CLAIM_FIELDS,
     KEY_FIELDS,
+    claims,
     effect_from_doc,
     item_from_doc,
     request_from_doc,
@@ -103,6 +105,18 @@ _DUE_ONLY = {"approved": {"kind": "access"}}
 
 
 _EFFECT_ORDER = itertools.count()
+
+
+def _claim_taken(exc: DuplicateKeyError, request: AccessRequest) -> ClaimTaken | None:
+    """The unique claim index `exc` names, as the invariant it protects."""
+    details = exc.details or {}
+    pattern = details.get("keyPattern") or {}
+    text = str(details.get("errmsg") or exc)
+    if "open_claim" in pattern or "index: open_claim" in text:
+        return ClaimTaken("open", f"{request.requester.label} already has an open request for {request.item}")
+    if "hold_claim" in pattern or "index: hold_claim" in text:
+        return ClaimTaken("hold", f"{request.item} is exclusive and already held")
+    return None
 
 
 class _SeqTaken(Exception):
@@ -183,7 +197,20 @@ class MongoStore:
                 {"_id": "schema_version"}, {"$set": {"value": str(SCHEMA_VERSION)}}, upsert=True
             )
 
+    async def _backfill_claims(self) -> None:
+        """Documents written before the claim keys get them (the first open one per person and item wins)."""
+        requests = self._collection("requests")
+        taken: set[str] = set()
+        async for doc in requests.find({"open_claim": {"$exists": False}}).sort("created_seq", ASCENDING):
+            keys = claims(request_from_doc(doc))
+            for field in CLAIM_FIELDS:
+                if keys[field] in taken:
+                    keys[field] = f"free:{doc['_id']}"
+                taken.add(keys[field])
+            await requests.update_one({"_id": doc["_id"]}, {"$set": keys})
+
     async def _create_indexes(self) -> None:
+        await self._backfill_claims()
         await self._collection("events").create_indexes([
             IndexModel([("id", ASCENDING)], unique=True, name="id_unique"),
             IndexModel([("at", ASCENDING)], name="at"),
@@ -200,6 +227,9 @@ class MongoStore:
             IndexModel([("item", ASCENDING), ("status", ASCENDING)], name="item_status"),
             IndexModel([("parent_id", ASCENDING)], name="parent"),
             IndexModel([("created_at", DESCENDING), ("created_seq", DESCENDING)], name="newest"),
+            # Invariants held by the server (storage/codec.py `claims`); plain unique indexes.
+            IndexModel([("open_claim", ASCENDING)], unique=True, name="open_claim_unique"),
+            IndexModel([("hold_claim", ASCENDING)], unique=True, name="hold_claim_unique"),
         ])
         await self._collection("effects").create_indexes([
             IndexModel([("status", ASCENDING), ("due_at", ASCENDING)], name="status_due"),
@@ -453,8 +483,9 @@ class MongoStore:
         async def body(session: Session) -> None:
             try:
                 await requests.insert_one(dict(doc), session=session)
-            except DuplicateKeyError:
-                raise Conflict(f"a request with id {request.id} already exists") from None
+            except DuplicateKeyError as exc:
+                raise _claim_taken(exc, request) or Conflict(f"a request with id {request.id} already exists") \
+                    from None
             try:
                 recorded = await self._append(event, session)
             except AuditWriteError:
@@ -535,10 +566,13 @@ class MongoStore:
                 kept = () if "refs" in changes else _REFS_FIELDS  # save_refs may be writing those
                 new = {k: v for k, v in request_to_doc(updated).items() if k != "id" and k not in kept}
                 old = {k: v for k, v in request_to_doc(current).items() if k in new}
-                moved = await requests.find_one_and_update(
-                    {"_id": request_id, "version": current.version, "status": {"$in": statuses}},
-                    {"$set": new}, session=session, return_document=ReturnDocument.AFTER,
-                )
+                try:
+                    moved = await requests.find_one_and_update(
+                        {"_id": request_id, "version": current.version, "status": {"$in": statuses}},
+                        {"$set": new}, session=session, return_document=ReturnDocument.AFTER,
+                    )
+                except DuplicateKeyError as exc:
+                    raise _claim_taken(exc, updated) or exc from None
                 if moved is None:
                     # Changed under us. Like SQLite, apply to the current request when the caller did
                     # not pin a version and its status still qualifies.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from bot.domain.audit import GENESIS_HASH, event_from_dict, event_to_dict, format_time, parse_time, seal_event
-from bot.domain.errors import AuditWriteError, Conflict, NotFound, StoreError
+from bot.domain.errors import AuditWriteError, ClaimTaken, Conflict, NotFound, StoreError
 from bot.domain.model import (
     AccessRequest,
     Effect,
@@ -256,6 +256,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX effects_due ON effects (status, due_at)",
         "CREATE INDEX effects_lane ON effects (request_id, lane, status, seq)",
     ),
+    (
+        # Invariants held by the store, not by a read before the write (storage/codec.py `claims`).
+        "ALTER TABLE requests ADD COLUMN open_claim TEXT",
+        "ALTER TABLE requests ADD COLUMN hold_claim TEXT",
+        "UPDATE requests SET open_claim = 'free:' || id, hold_claim = 'free:' || id",
+        # Existing open requests claim their place, the first one per person and item only. Their
+        # exclusivity was not recorded: existing active grants hold nothing until they end.
+        """UPDATE requests SET open_claim = 'open:' || requester_key || '|' || item
+           WHERE kind = 'access' AND status IN ('pending', 'approved', 'active') AND created_seq = (
+               SELECT min(r.created_seq) FROM requests r
+               WHERE r.requester_key = requests.requester_key AND r.item = requests.item
+                 AND r.kind = 'access' AND r.status IN ('pending', 'approved', 'active'))""",
+        "CREATE UNIQUE INDEX requests_open_claim ON requests (open_claim)",
+        "CREATE UNIQUE INDEX requests_hold_claim ON requests (hold_claim)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -264,7 +279,7 @@ BUSY_TIMEOUT_MS = 10_000
 # Request fields kept in their own columns (for indexes and CAS); the rest live in `data`.
 _REQUEST_COLUMNS = (
     "id", "status", "item", "vault", "requester_key", "kind", "parent_id", "created_at", "updated_at",
-    "timeout_at", "starts_at", "ends_at", "version", "refs_version", "refs",
+    "timeout_at", "starts_at", "ends_at", "version", "refs_version", "refs", "open_claim", "hold_claim",
 )
 _ITEM_META_COLUMNS = (
     "name", "vault", "username", "url", "notes", "tags", "has_password", "has_totp", "created_at",
@@ -389,6 +404,16 @@ def _event_from_row(row: sqlite3.Row) -> Event:
 
 def _parse(value: Any) -> datetime:
     return parse_time(str(value))
+
+
+def _claim_taken(exc: sqlite3.IntegrityError, request: AccessRequest) -> ClaimTaken | None:
+    """The unique claim index `exc` names, as the invariant it protects."""
+    text = str(exc)
+    if "requests.open_claim" in text:
+        return ClaimTaken("open", f"{request.requester.label} already has an open request for {request.item}")
+    if "requests.hold_claim" in text:
+        return ClaimTaken("hold", f"{request.item} is exclusive and already held")
+    return None
 
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
@@ -694,8 +719,9 @@ class SqliteStore:
             try:
                 # The creating event's seq orders requests created in the same microsecond.
                 await conn.execute(_INSERT_REQUEST, _request_row(request, recorded.seq))
-            except sqlite3.IntegrityError:
-                raise Conflict(f"a request with id {request.id} already exists") from None
+            except sqlite3.IntegrityError as exc:
+                raise _claim_taken(exc, request) or Conflict(f"a request with id {request.id} already exists") \
+                    from None
             await self._add_effects(conn, request, effects)
 
     async def get_request(self, request_id: str) -> AccessRequest | None:
@@ -768,10 +794,13 @@ class SqliteStore:
             updated = apply_changes(current, changes, self._clock.now())
             row = _request_row(updated, 0)
             values = (*row[1 : len(_REQUEST_COLUMNS)], row[-1])
-            cursor = await conn.execute(
-                _UPDATE_REQUEST.format(statuses=_placeholders(len(statuses))),
-                (*values, request_id, current.version, *statuses),
-            )
+            try:
+                cursor = await conn.execute(
+                    _UPDATE_REQUEST.format(statuses=_placeholders(len(statuses))),
+                    (*values, request_id, current.version, *statuses),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise _claim_taken(exc, updated) or self._error(exc) from None
             # The write lock makes a lost race impossible here; the check keeps CAS honest regardless.
             if cursor.rowcount != 1:
                 return None

@@ -32,6 +32,8 @@ class Harness:
     # Makes every later audit insert fail inside the real database engine.
     break_audit: Callable[[], Awaitable[None]]
     path: Path | None = None  # the SQLite file, for tests that edit it directly
+    url: str = ""  # where a second process finds the store: the SQLite file or the MongoDB URI
+    db_name: str | None = None  # the MongoDB database
 
 
 def _reject_audit_inserts(path: Path) -> None:
@@ -53,7 +55,7 @@ async def _sqlite_harness(tmp_path: Path) -> AsyncIterator[Harness]:
         _reject_audit_inserts(path)
 
     try:
-        yield Harness("sqlite", store, clock, break_audit, path)
+        yield Harness("sqlite", store, clock, break_audit, path, url=str(path))
     finally:
         await store.close()
 
@@ -91,7 +93,7 @@ async def _mongo_harness(uri: str) -> AsyncIterator[Harness]:
         await _refuse_audit_inserts_mongo(admin[db_name])
 
     try:
-        yield Harness("mongodb", store, clock, break_audit)
+        yield Harness("mongodb", store, clock, break_audit, url=uri, db_name=db_name)
     finally:
         await store.close()
         await admin.drop_database(db_name)

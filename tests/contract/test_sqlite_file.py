@@ -107,7 +107,7 @@ async def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
     store = SqliteStore(path, FakeClock())
     await store.open()
     for i in range(300):
-        await store.create_request(make_request(f"R{i}", reason="x" * 500), draft("request.created"))
+        await store.create_request(make_request(f"R{i}", item=f"item-{i}", reason="x" * 500), draft("request.created"))
     await store.close()
     with closing(sqlite3.connect(path)) as conn:  # fold the WAL into the main file first
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -96,12 +96,55 @@ async def _approve_worker(path: Path, request_id: str, who: str) -> None:
     print("won" if updated is not None else "lost", flush=True)
 
 
+def _store_at(kind: str, where: str, db_name: str) -> Any:
+    if kind == "sqlite":
+        from storage.sqlite import SqliteStore
+
+        return SqliteStore(Path(where), _SystemClock())
+    from storage.mongo import MongoStore
+
+    return MongoStore(where, _SystemClock(), db_name=db_name)
+
+
+async def _claims_worker(command: str, kind: str, where: str, db_name: str, who: str, items: list[str]) -> None:
+    """Race the other process for `items`: open a request for each (`open-requests`), or start this
+    process's approved grant of each (`activate`). Prints how many the store let this process win."""
+    from bot.domain.errors import ClaimTaken
+
+    store = _store_at(kind, where, db_name)
+    await store.open()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    won = 0
+    now = datetime.now(UTC)
+    for item in items:
+        request_id = f"{who}-{item}"
+        try:
+            if command == "open-requests":
+                await store.create_request(make_request(request_id, item=item, requester=Identity("slack", who),
+                                                        person="person:shared"),
+                                           EventDraft("request.created", request_id=request_id))
+                won += 1
+            else:
+                changes = {"status": Status.ACTIVE, "starts_at": now, "ends_at": now + timedelta(hours=1),
+                           "exclusive": True}
+                won += await store.transition(request_id, {Status.APPROVED}, changes,
+                                              EventDraft("grant.activated", request_id=request_id,
+                                                         item=item)) is not None
+        except ClaimTaken:
+            pass
+    await store.close()
+    print(won, flush=True)
+
+
 def main(argv: list[str]) -> None:
     command, path = argv[0], Path(argv[1])
     if command == "append":
         asyncio.run(_append_worker(path, int(argv[2]), argv[3]))
     elif command == "approve":
         asyncio.run(_approve_worker(path, argv[2], argv[3]))
+    elif command in {"open-requests", "activate"}:
+        asyncio.run(_claims_worker(command, argv[1], argv[2], argv[3], argv[4], argv[5:]))
     else:
         raise SystemExit(f"unknown command {command!r}")
 
