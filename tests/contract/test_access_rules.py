@@ -3,10 +3,9 @@ under test (SQLite file or MongoDB), with a notifier that records what the core 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -14,8 +13,10 @@ from bot.domain.config import parse_policy
 from bot.domain.errors import Conflict, NotAllowed
 from bot.domain.model import SYSTEM, AccessRequest, Event, Identity, Item, Reveal, Status
 from bot.domain.vault import KeyRing, Vault, generate_key
+from bot.ports import NotifyResult, Sent
 from bot.services.access import AccessService
 from bot.services.catalog import Catalog
+from bot.services.effects import EffectRunner
 from bot.services.schedule import GrantScheduler
 from tests.contract.conftest import Harness
 from tests.support.app import TEST_POLICY, canary_items
@@ -32,24 +33,31 @@ class RecordingNotifier:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
-    async def request_posted(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
+    async def request_posted(self, request: AccessRequest, item: Item) -> NotifyResult:
         self.calls.append(("posted", request.id))
-        return None
+        return Sent()
 
-    async def request_updated(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
+    async def request_updated(self, request: AccessRequest, item: Item) -> NotifyResult:
         self.calls.append(("updated", request.id))
-        return None
+        return Sent()
 
-    async def deliver_secret(self, request: AccessRequest, reveal: Reveal) -> Mapping[str, Any] | None:
+    async def delivery_target(self, request: AccessRequest) -> NotifyResult:
+        return Sent({"delivery_intent": {"via": "dm", "channel": "DALICE"}})
+
+    async def deliver_secret(self, request: AccessRequest, reveal: Reveal) -> NotifyResult:
         self.calls.append(("delivered", request.id))
-        return None
+        return Sent()
 
-    async def secret_revoked(self, request: AccessRequest, item: Item) -> Mapping[str, Any] | None:
+    async def secret_revoked(self, request: AccessRequest, item: Item) -> NotifyResult:
         self.calls.append(("revoked", request.id))
-        return None
+        return Sent()
 
-    async def requester_told(self, request: AccessRequest, message: str) -> None:
+    async def requester_told(self, request: AccessRequest, message: str) -> NotifyResult:
         self.calls.append(("told", request.id))
+        return Sent()
+
+    async def leads_told(self, vault: str, message: str) -> NotifyResult:
+        return Sent(done=False)
 
     def delivered(self) -> list[str]:
         return [request_id for kind, request_id in self.calls if kind == "delivered"]
@@ -61,6 +69,7 @@ class Core:
     service: AccessService
     scheduler: GrantScheduler
     notifier: RecordingNotifier
+    effects: EffectRunner
 
     async def events(self, request_id: str | None = None) -> list[Event]:
         found = [e async for e in self.harness.store.events()]
@@ -80,7 +89,7 @@ async def core(harness: Harness) -> AsyncIterator[Core]:
     service = AccessService(harness.store, vault, parse_policy(TEST_POLICY), harness.clock)
     notifier = RecordingNotifier()
     service.register_notifier(notifier)
-    yield Core(harness, service, GrantScheduler(service), notifier)
+    yield Core(harness, service, GrantScheduler(service), notifier, EffectRunner(service))
 
 
 async def test_an_approved_extension_moves_the_end_once_and_never_becomes_a_grant(core: Core) -> None:
@@ -93,6 +102,7 @@ async def test_an_approved_extension_moves_the_end_once_and_never_becomes_a_gran
     for _ in range(3):  # the scheduler runs every bit of due work, however often it ticks
         core.harness.clock.advance(seconds=1)
         await core.scheduler.tick()
+        await core.effects.run_due()
 
     after = await core.service.get_request(grant_id)
     assert after.status is Status.ACTIVE and after.ends_at == grant.ends_at + timedelta(minutes=5)

@@ -19,7 +19,9 @@ LEASE = timedelta(seconds=10)
 
 
 async def _pending_request(store: Store, request_id: str = "R1", *kinds: EffectKind) -> None:
-    await store.create_request(make_request(request_id), draft("request.created", request_id=request_id),
+    # One item per request: a person has one open request per item (the store holds that).
+    await store.create_request(make_request(request_id, item=f"item-{request_id.lower()}"),
+                               draft("request.created", request_id=request_id),
                                [EffectDraft(k) for k in kinds])
 
 

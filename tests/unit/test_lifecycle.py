@@ -154,7 +154,7 @@ async def test_window_end_expires_grant_marks_rotation_and_stops_codes(runtime: 
 
     await runtime.catalog.rotate_password("acme-zendesk", Secret("new-password-1"), SYSTEM)
     assert (await runtime.service.get_item("acme-zendesk")).rotation_due is None
-    assert (await types(runtime))[-3:] == ["grant.expired", "grant.wiped", "item.rotated"]
+    assert (await types(runtime))[-4:] == ["grant.expired", "grant.wiped", "access.refused", "item.rotated"]
 
 
 async def test_pending_request_times_out_and_requester_is_told(runtime: Runtime, notifier: RecordingNotifier,
