@@ -105,6 +105,7 @@ async def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
 async def cmd_audit_public_key(args: argparse.Namespace) -> int:
     async with opened_runtime(audit_key_check=False) as rt:
         assert rt.checkpointer is not None
+        print(f"# deployment: {rt.checkpointer.deployment}")
         for key_id, key in rt.checkpointer.ring.public.items():
             print(f"{format_public_line(key)}  # key {key_id}")
     return 0

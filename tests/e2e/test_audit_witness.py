@@ -239,7 +239,7 @@ def test_a_wrong_or_missing_signing_key_stops_the_start(trail: Trail, tmp_path: 
 
 
 def test_rotation_keeps_old_checkpoints_verifiable(trail: Trail, tmp_path: Path) -> None:
-    before = trail("audit", "public-key").stdout.split()[0]
+    before = trail("audit", "public-key").stdout.splitlines()[1].split()[0]
     rotated = trail("audit", "rotate-key")
     assert rotated.returncode == 0, rotated.stderr
     key_text = (tmp_path / "jitpass-audit.key").read_text(encoding="ascii")
@@ -281,3 +281,53 @@ async def test_the_server_signs_at_shutdown_and_shows_the_checkpoint_in_healthz(
     last = parse_checkpoint_line(server.witness.read_text(encoding="utf-8").splitlines()[-1])
     assert last.reason == "shutdown"
     assert server.with_witness().returncode == 0
+
+
+# -- the standalone verifier (tools/verify_audit.py) agrees with `jitpass audit verify` ---------------
+
+TOOL = Path(__file__).parent.parent.parent / "tools" / "verify_audit.py"
+
+
+def _tool(trail: Trail, *, witness: Path) -> subprocess.CompletedProcess[str]:
+    export, keys = trail.tmp / "export.jsonl", trail.tmp / "public.keys"
+    export.write_text(trail("audit", "export").stdout, encoding="utf-8")
+    keys.write_text(trail("audit", "public-key").stdout, encoding="utf-8")
+    # Its own interpreter run, outside the package: standard library + cryptography only.
+    return subprocess.run([sys.executable, "-I", str(TOOL), str(export), "--witness", str(witness),
+                           "--public-keys", str(keys)], capture_output=True, text=True, timeout=60, cwd=trail.tmp)
+
+
+def _kinds(text: str) -> set[str]:
+    return {line.split(" ", 1)[0] for line in text.splitlines() if line.split(" ", 1)[0].isupper()}
+
+
+@pytest.mark.parametrize("tamper", ["none", "edit", "delete_middle", "reorder", "delete_tail", "rechain",
+                                    "key_swap", "garbage"])
+def test_the_standalone_verifier_agrees_with_jitpass(trail: Trail, tmp_path: Path, tamper: str) -> None:
+    witness = trail.witness
+    if tamper == "edit":
+        trail.sql("UPDATE events SET reason = 'edited' WHERE seq = 2")
+    elif tamper == "delete_middle":
+        trail.sql("DELETE FROM events WHERE seq = 4")
+    elif tamper == "reorder":
+        trail.sql("UPDATE events SET seq = -1 WHERE seq = 4", "UPDATE events SET seq = 4 WHERE seq = 5",
+                  "UPDATE events SET seq = 5 WHERE seq = -1")
+    elif tamper == "delete_tail":
+        trail.sql("DELETE FROM events WHERE seq >= 5")
+    elif tamper == "rechain":
+        trail.rechain(edit_seq=2)
+    elif tamper == "key_swap":
+        trail.rechain(edit_seq=2)
+        (tmp_path / "jitpass-audit.key").write_text(trail("audit", "generate-key").stdout, encoding="ascii")
+    elif tamper == "garbage":
+        witness = tmp_path / "garbage.jsonl"
+        witness.write_text(trail.witness.read_text(encoding="utf-8") + "not a checkpoint\n", encoding="utf-8")
+    trail.forget_signed_checkpoint()  # both verifiers then know the same: the trail and the witness
+    ours = trail.verify("--witness", str(witness))
+    theirs = _tool(trail, witness=witness)
+    assert "Traceback" not in theirs.stderr
+    assert theirs.returncode == ours.returncode, (ours.stderr, theirs.stderr)
+    assert _kinds(theirs.stdout + theirs.stderr) == _kinds(ours.stdout + ours.stderr) - {"OTHER_DEPLOYMENT"}
+    expected = {"none": 0, "edit": 3, "delete_middle": 3, "reorder": 3, "delete_tail": 5, "rechain": 5,
+                "key_swap": 5, "garbage": 6}[tamper]
+    assert ours.returncode == expected
