@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import traceback
-import uuid
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -44,7 +42,7 @@ from adapters.slack.reports import handle_report
 from bot.bootstrap import Runtime
 from bot.domain import commands as cmd
 from bot.domain import wording
-from bot.domain.errors import Conflict, JitpassError, ParseError
+from bot.domain.errors import Conflict, InfrastructureError, JitpassError, ParseError, log_incident
 from bot.domain.model import AccessRequest, Identity, Status, Window
 from bot.domain.request_text import RequestDraft, parse_duration
 
@@ -58,13 +56,9 @@ WORKING = "⏳ Working on it… I'll follow up here."
 
 
 def apology(where: str, exc: BaseException, request_id: str | None = None) -> str:
-    """Log an unexpected error without its message (it might quote data) and return what the user sees."""
-    error_id = uuid.uuid4().hex[:8]
-    log.error("event=unexpected_error error_id=%s where=%s request_id=%s error=%s", error_id, where,
-              request_id or "-", type(exc).__name__)
-    log.debug("event=unexpected_error_trace error_id=%s frames=%r", error_id,
-              "".join(traceback.format_tb(exc.__traceback__)))
-    return f"😞 Sorry, something went wrong on our side (error id {error_id}). Please try again or tell an admin."
+    """Log an infrastructure or unexpected error under an error id; return what the user sees."""
+    error_id = log_incident(log, where, exc, request_id=request_id)
+    return wording.apology(error_id, infrastructure=isinstance(exc, InfrastructureError))
 
 
 @dataclass(frozen=True)
@@ -115,6 +109,8 @@ class SlackInteractions:
     async def _capture[T](self, work: Awaitable[T], where: str, request_id: str | None = None) -> Outcome[T]:
         try:
             return Outcome(value=await work)
+        except InfrastructureError as exc:  # the store or the key ring: an apology, never their detail
+            return Outcome(apology=apology(where, exc, request_id))
         except JitpassError as exc:
             return Outcome(error=exc)
         except Exception as exc:

@@ -9,7 +9,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from adapters.slack.blocks import DURATION_BLOCK, ITEM_BLOCK, REASON_BLOCK, START_BLOCK
-from bot.domain.errors import Conflict, JitpassError, NotAllowed, NotFound
+from bot.domain.errors import (
+    FIELD_DURATION,
+    FIELD_ITEM,
+    FIELD_REASON,
+    FIELD_START,
+    Conflict,
+    JitpassError,
+    NotAllowed,
+    NotFound,
+)
 
 __all__ = [
     "ActionInput", "CommandInput", "block_for", "form_values", "mapping", "metadata_of", "parse_time", "start_time",
@@ -122,15 +131,15 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed is not None and parsed.tzinfo is not None else None
 
 
+_BLOCKS = {FIELD_ITEM: ITEM_BLOCK, FIELD_REASON: REASON_BLOCK, FIELD_DURATION: DURATION_BLOCK,
+           FIELD_START: START_BLOCK}
+
+
 def block_for(error: JitpassError) -> str:
-    """Which input of the request form an error is about."""
+    """Which input of the request form an error is about: the field it names, else the item for
+    refusals (unknown item, not allowed, already requested) and the duration for other input errors."""
+    if error.field in _BLOCKS:
+        return _BLOCKS[error.field]
     if isinstance(error, NotFound | Conflict | NotAllowed):
-        return ITEM_BLOCK
-    text = error.message.lower()
-    if "reason" in text:
-        return REASON_BLOCK
-    if "window" in text or "start" in text or "past" in text:
-        return START_BLOCK
-    if "item" in text:
         return ITEM_BLOCK
     return DURATION_BLOCK

@@ -206,6 +206,6 @@ class TeamsAdapter:
         error_id = report_unexpected("turn", error)
         if context.activity.type == "message":
             try:
-                await context.send_activity(apology(error_id))
+                await context.send_activity(apology(error_id, error))
             except Exception as exc:  # the apology is a courtesy; the error is logged already
                 report_unexpected("apology", exc)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import html
 import logging
 import re
-import secrets
-import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +27,7 @@ from adapters.teams.refs import REQUESTER, VERSION, RequesterRef
 from bot.bootstrap import Runtime
 from bot.domain import commands as cmd
 from bot.domain import wording
-from bot.domain.errors import InputError, JitpassError, NotFound
+from bot.domain.errors import InfrastructureError, InputError, JitpassError, NotFound, log_incident
 from bot.domain.model import AccessRequest, Identity
 from bot.domain.request_text import RequestDraft, parse_window
 from bot.domain.syntax import TEAMS
@@ -45,17 +43,16 @@ _MENTION = re.compile(r"<at\b[^>]*>.*?</at>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]+>")
 
 def report_unexpected(what: str, exc: BaseException) -> str:
-    """Log an unexpected failure without its message (which might quote a secret); return an error id."""
-    error_id = "E-" + secrets.token_hex(3).upper()
-    log.error("event=teams_error error_id=%s where=%s error=%s", error_id, what, type(exc).__name__)
-    log.debug("event=teams_error_trace error_id=%s frames=%r", error_id,
-              "".join(traceback.format_tb(exc.__traceback__)))
-    return error_id
+    """Log an infrastructure or unexpected failure under an error id (bot.domain.errors); return the id."""
+    return log_incident(log, what, exc)
 
 
-def apology(error_id: str) -> str:
-    return f"Sorry, something went wrong on my side (error {error_id}). Try again; if it keeps happening, " \
-           "give the error id to an admin."
+def apology(error_id: str, exc: BaseException | None = None) -> str:
+    return wording.apology(error_id, infrastructure=isinstance(exc, InfrastructureError))
+
+
+def _sorry(what: str, exc: BaseException) -> str:
+    return apology(report_unexpected(what, exc), exc)
 
 
 def clean_text(text: str) -> str:
@@ -178,10 +175,12 @@ class TeamsAgent:
                          inbound.requester.conversation_type, inbound.requester.tenant_id or "-")
             parsed = cmd.parse_command(text, now=self.runtime.clock.now(), tz=self.policy.timezone, syntax=TEAMS)
             await self._run(context, inbound, parsed)
+        except InfrastructureError as exc:  # the store or the key ring: an apology, never their detail
+            await self._say(context, _sorry("message", exc))
         except JitpassError as exc:
             await self._say(context, exc.user_message(TEAMS))
         except Exception as exc:  # answered with an apology and an error id
-            await self._say(context, apology(report_unexpected("message", exc)))
+            await self._say(context, _sorry("message", exc))
 
     async def _run(self, context: TurnContext, inbound: Inbound, parsed: cmd.Command) -> None:
         match parsed:
@@ -274,10 +273,12 @@ class TeamsAgent:
     async def on_card_action(self, context: TurnContext, state: TurnState) -> None:
         try:
             body = await self._card_action(context)
+        except InfrastructureError as exc:
+            body = error_response("Unavailable", _sorry("card action", exc), 503)
         except JitpassError as exc:
             body = error_response(type(exc).__name__, exc.user_message(TEAMS))
         except Exception as exc:  # answered with an error id
-            body = error_response("InternalError", apology(report_unexpected("card action", exc)), 500)
+            body = error_response("InternalError", _sorry("card action", exc), 500)
         await self._answer(context, body)
 
     async def _card_action(self, context: TurnContext) -> dict[str, Any]:
@@ -324,6 +325,8 @@ class TeamsAgent:
             draft = RequestDraft(item, reason, parse_window(window, now=self.runtime.clock.now(),
                                                                 tz=self.policy.timezone, item=item))
             request = await self.service.request_access(inbound.identity, draft, refs=inbound.refs())
+        except InfrastructureError:
+            raise  # on_card_action apologises
         except JitpassError as exc:
             return card_response(await self._form(error=exc.user_message(TEAMS), item=item,
                                                   reason=reason, window=window))

@@ -6,12 +6,11 @@ import argparse
 import asyncio
 import logging
 import sys
-import uuid
 from collections.abc import Sequence
 
 from bot.cli import audit, items, keys, policy, reports, retention, serve
 from bot.cli.common import Handler
-from bot.domain.errors import JitpassError
+from bot.domain.errors import JitpassError, new_error_id
 
 __all__ = ["build_parser", "main"]
 
@@ -53,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception:  # an unexpected error: log it for us, show the user an id, never a trace
-        error_id = uuid.uuid4().hex[:8]
+        error_id = new_error_id()  # the one error-id format of the CLI, Slack and Teams
         log.error("event=unexpected_error error_id=%s", error_id, exc_info=args.verbose)
-        print(f"jitpass: something went wrong (error id {error_id}); run with -v for details", file=sys.stderr)
+        print(f"jitpass: something went wrong (error {error_id}); run with -v for details", file=sys.stderr)
         return 1

@@ -16,8 +16,9 @@ from bot.domain.model import AccessRequest, Identity, Status
 from bot.domain.request_text import format_duration
 
 __all__ = [
-    "EMOJI", "PLAIN", "Markup", "already_decided", "cancelled", "clock", "ended", "extension_asked", "moment",
-    "status_line", "window_line",
+    "EMOJI", "PLAIN", "Markup", "already_decided", "apology", "cancelled", "clock", "ended", "extension_asked",
+    "moment", "status_line", "told_approved", "told_declined", "told_ended", "told_extended", "told_queued",
+    "told_timed_out", "window_line",
 ]
 
 EMOJI: dict[Status, str] = {
@@ -170,3 +171,14 @@ def told_ended(request: AccessRequest, to: Status) -> str:
 
 def told_extended(grant: AccessRequest, new_end: datetime, tz: tzinfo) -> str:
     return f"⏩ {grant.id} for {grant.item} now ends {moment(new_end, tz)}."
+
+
+# -- when it is not the user's fault ----------------------------------------------------------------
+
+
+def apology(error_id: str, *, infrastructure: bool) -> str:
+    """What a chat user sees for an infrastructure or unexpected error: never its detail, always its id."""
+    if infrastructure:
+        return f"jitpass is temporarily unavailable; nothing was changed (error {error_id})."
+    return (f"Sorry, something went wrong on jitpass's side (error {error_id}). Try again; if it keeps "
+            "happening, give the error id to an admin.")

@@ -20,6 +20,10 @@ from typing import Any
 
 from bot.domain import wording
 from bot.domain.errors import (
+    FIELD_DURATION,
+    FIELD_ITEM,
+    FIELD_REASON,
+    FIELD_START,
     ClaimTaken,
     Conflict,
     InputError,
@@ -125,7 +129,7 @@ class AccessService:
         else:
             draft = parse_request(text, now=now, tz=self.policy.timezone, default_duration=timedelta(0))
         if not draft.item:
-            raise InputError("Say which item you need, why, and for how long.", hint=EXAMPLE)
+            raise InputError("Say which item you need, why, and for how long.", hint=EXAMPLE, field=FIELD_ITEM)
         item = await self.get_item(draft.item)
         vault = self.policy.for_vault(item.vault)
         limits = vault.limits
@@ -134,14 +138,15 @@ class AccessService:
             what = "is missing" if not reason else f"is too short ({len(reason)} characters)"
             raise InputError(
                 f"The reason {what}: say why you need {item.name} in at least {limits.min_reason_length} characters.",
-                hint=example("", f"{item.name} fix broken trigger for 1h"),
+                hint=example("", f"{item.name} fix broken trigger for 1h"), field=FIELD_REASON,
             )
         window = draft.window if draft.window and draft.window.duration else None
         window = Window(duration=limits.default_duration, start=draft.window.start if draft.window else None) \
             if window is None else window
         self._check_duration(vault, window.duration, item.name)
         if window.start is not None and window.start + window.duration <= now:
-            raise InputError("That window is already over.", hint=example("", f"{item.name} {reason} for 1h"))
+            raise InputError("That window is already over.", hint=example("", f"{item.name} {reason} for 1h"),
+                             field=FIELD_START)
         if vault.approvers.is_empty():
             raise NotAllowed(f"Nobody is set up to approve requests for vault '{item.vault}'; ask an admin.")
         await self._refuse_second_open(requester, item.name)
@@ -688,13 +693,13 @@ class AccessService:
             raise InputError(
                 f"{format_duration(duration)} is longer than vault '{vault.name}' allows "
                 f"(at most {format_duration(limits.max_duration)}).",
-                hint=example("", f"{item} <why> for {format_duration(limits.max_duration)}"),
+                hint=example("", f"{item} <why> for {format_duration(limits.max_duration)}"), field=FIELD_DURATION,
             )
         if duration < limits.min_duration:
             raise InputError(
                 f"{format_duration(duration)} is shorter than vault '{vault.name}' allows "
                 f"(at least {format_duration(limits.min_duration)}).",
-                hint=example("", f"{item} <why> for {format_duration(limits.min_duration)}"),
+                hint=example("", f"{item} <why> for {format_duration(limits.min_duration)}"), field=FIELD_DURATION,
             )
 
     def _state_words(self, request: AccessRequest) -> str:

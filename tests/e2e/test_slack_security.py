@@ -261,7 +261,7 @@ async def test_unexpected_failure_gets_an_apology_with_an_error_id(slack: SlackH
     reply = await slack.users.command("", "UREQ")
     answer = await slack.fake.wait_for(lambda c: c.key == reply.response_url)
 
-    match = re.search(r"error id ([0-9a-f]{8})", answer.text())
+    match = re.search(r"\(error (E-[0-9A-F]{6})\)", answer.text())
     assert match, answer.text()
     assert f"error_id={match.group(1)}" in caplog.text
 
@@ -279,3 +279,19 @@ async def test_unknown_payload_type_is_not_a_server_error(slack: SlackHarness) -
                                            "trigger_id": "t"})
 
     assert reply.status < 500
+
+
+async def test_a_store_outage_reaches_the_user_as_an_apology_not_its_detail(slack: SlackHarness,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    await slack.runtime.store.close()  # the store is gone (as in a shutdown or a lost database server)
+    try:
+        reply = await slack.users.command("list", "UREQ")
+    finally:
+        await slack.runtime.store.open()
+
+    text = reply.json()["text"]
+    match = re.fullmatch(r"jitpass is temporarily unavailable; nothing was changed \(error (E-[0-9A-F]{6})\)\.", text)
+    assert match, text
+    assert "SQLite" not in text
+    logged = [r.getMessage() for r in caplog.records if match.group(1) in r.getMessage()]
+    assert logged and "event=infrastructure_error" in logged[0] and "the SQLite store is not open" in logged[0]

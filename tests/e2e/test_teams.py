@@ -706,3 +706,20 @@ async def test_when_teams_throttles_the_bot_retries(teams: Teams, connector: Fak
     assert [c.status for c in connector.calls_to(REQUESTER.personal_chat) if c.kind == "send"][:2] == [503, 201]
     assert len([c for c in teams.deliveries() if c.status == 200]) == 1
     assert "event=teams_connector_retry status=429" in caplog.text
+
+
+async def test_a_store_outage_reaches_the_teams_user_as_an_apology_not_its_detail(
+        teams: Teams, connector: FakeConnector, caplog: pytest.LogCaptureFixture) -> None:
+    calls = len(connector.calls)
+    await teams.running.runtime.store.close()
+    try:
+        status, _ = await post_activity(teams.running.base_url, message_activity(connector.url, REQUESTER, "list"))
+        answer = await connector.wait_for(lambda c: bool(c.text), after=calls)
+    finally:
+        await teams.running.runtime.store.open()
+
+    assert status == 202
+    assert answer.text.startswith("jitpass is temporarily unavailable; nothing was changed (error E-")
+    assert "SQLite" not in answer.text
+    error_id = answer.text.rsplit("error ", 1)[1].rstrip(").")
+    assert any(error_id in r.getMessage() and "the SQLite store is not open" in r.getMessage() for r in caplog.records)
