@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from bot.cli import audit, items, keys, policy, reports, retention, serve
 from bot.cli.common import Handler
+from bot.cli.logs import configure_logging
 from bot.domain.errors import JitpassError, new_error_id
 
 __all__ = ["build_parser", "main"]
@@ -26,23 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-    )
-    # aiosqlite logs every SQL parameter at DEBUG, refs (response_urls) included.
-    # The Agents SDK's connection manager logs a multi-line (redacted) config dump at INFO.
-    for noisy in ("apscheduler", "aiohttp.access", "msal", "urllib3", "aiosqlite",
-                  "microsoft_agents.hosting.core.authorization.connection_manager"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `jitpass` and `python -m bot`."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    configure_logging(args.verbose)
     handler: Handler = args.handler
     try:
         return asyncio.run(handler(args))

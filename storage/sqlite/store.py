@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -422,6 +423,18 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
     )
 
 
+def _create_private(path: Path) -> None:
+    """Create the database file with mode 0600 (whatever the umask) unless it exists."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise sqlite3.OperationalError(str(exc)) from None
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+
+
 class SqliteStore:
     """Store on one SQLite file; safe to share between processes on one host."""
 
@@ -447,6 +460,9 @@ class SqliteStore:
         if not self.path.parent.is_dir():
             raise StoreError(f"cannot create the database file {self.path}: its directory does not exist")
         try:
+            # The file holds names, usernames, URLs, reasons and the whole trail: owner-only. SQLite
+            # gives the -wal and -shm files the main file's mode, so creating it 0600 covers all three.
+            _create_private(self.path)
             # isolation_level=None: the sqlite3 module opens no transactions; `_write` does, explicitly.
             conn = await aiosqlite.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:

@@ -181,3 +181,19 @@ async def test_a_closed_store_says_so(store: SqliteStore) -> None:
     await store.close()
     with pytest.raises(StoreError, match="not open"):
         await store.append_event(draft())
+
+
+async def test_the_store_file_and_its_wal_and_shm_are_created_owner_only(tmp_path: Path) -> None:
+    old = os.umask(0o022)  # the common default, under which a plain create gives 0644
+    try:
+        store = SqliteStore(tmp_path / "private.db", FakeClock())
+        await store.open()
+        try:
+            await store.append_event(draft(details={"i": 1}))
+            modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.name.startswith("private.db")}
+        finally:
+            await store.close()
+    finally:
+        os.umask(old)
+    assert set(modes) == {"private.db", "private.db-wal", "private.db-shm"}
+    assert modes == {name: 0o600 for name in modes}
