@@ -21,8 +21,8 @@ from aiohttp import web
 from adapters.slack import SlackAdapter
 from adapters.teams import TeamsAdapter
 from bot.bootstrap import ChatAdapter, Runtime, open_runtime
-from bot.demo import seed_demo
-from bot.domain.config import Settings
+from bot.demo import DEMO_POLICY, seed_demo
+from bot.domain.config import Settings, parse_policy
 from bot.domain.errors import JitpassError, StartupError, StoreError
 from bot.domain.policy import Policy
 from bot.ports import Clock
@@ -121,11 +121,18 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
         app.router.add_post("/slack/events", not_configured)
 
     async def start(app: web.Application) -> None:
-        runtime = await open_runtime(settings, clock=clock, policy=policy)
+        runtime = await open_runtime(settings, clock=clock, policy=policy, mark_demo=demo,
+                                     demo_policy=parse_policy(DEMO_POLICY, "built-in demo policy"))
         app[RUNTIME] = runtime
+        log.info("event=home path=\"%s\" store=%s demo_store=%s", settings.home, runtime.store.kind,
+                 str(runtime.demo).lower())
         try:
-            if demo:
+            if runtime.demo:
                 await seed_demo(runtime)
+            elif demo:
+                log.warning("event=demo_ignored note=\"--demo applies only to a store it creates; this store was "
+                            "not created with --demo, so no demo item and no demo policy (set JITPASS_HOME to "
+                            "another directory for a demo)\"")
             for adapter in chat:
                 await adapter.start(runtime)
             runtime.effects.start()

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from adapters.onepassword import ConnectClient, ConnectSource, EventsClient, EventsFeed
 from bot.domain.config import Settings, load_policy
+from bot.domain.errors import StoreError, VaultError
 from bot.domain.policy import Policy
 from bot.domain.vault import Vault, load_key_ring
 from bot.ports import Clock, Store, SystemClock, Witness
@@ -46,6 +47,8 @@ class Runtime:
     # Set when OP_CONNECT_HOST / OP_CONNECT_TOKEN (and OP_EVENTS_TOKEN) are configured.
     onepassword_sync: OnePasswordSync | None = None
     shadow: ShadowWatch | None = None
+    # The store was created by `serve --demo` (its meta says so): demo item and, without a policy file, demo policy.
+    demo: bool = False
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -76,29 +79,71 @@ class ChatAdapter(Protocol):
         ...
 
 
+def _make_home(settings: Settings, store: Store) -> None:
+    """Create the home directory (0700) when the store or the key file lives in it."""
+    inside = [p for p in (getattr(store, "path", None), None if settings.master_key else settings.master_key_file)
+              if isinstance(p, Path)]
+    if any(p.parent == settings.home for p in inside) and not settings.home.is_dir():
+        settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log.info("event=home_created path=%s", settings.home)
+
+
+def _require_existing(settings: Settings, store: Store) -> None:
+    """Commands that need an existing store never create one: the file must be there."""
+    path = getattr(store, "path", None)
+    if isinstance(path, Path) and not path.is_file():
+        raise StoreError(f"no jitpass store at {path}; nothing was created. Looked in: {settings.where()}")
+
+
 async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None,
-                       create_key: bool = True, audit_key_check: bool = True) -> Runtime:
+                       create_key: bool = True, audit_key_check: bool = True, must_exist: bool = False,
+                       demo_policy: Policy | None = None, mark_demo: bool = False) -> Runtime:
     """Open the store, check the master key and audit signing key against it, and build the core.
 
-    `audit_key_check=False` (audit verify only) opens even when the signing key is wrong or verify-only."""
+    `audit_key_check=False` (audit verify only) opens even when the signing key is wrong or verify-only.
+    `must_exist`: every command but the ones that add items or serve: no store, key or home is created; a missing
+    or never-written store is refused, saying where it was looked for.
+    `demo_policy`: used when no policy file is configured AND the store was created by `serve --demo`
+    (`mark_demo` marks a new store so), so the CLI and the server agree on the policy.
+    """
     clock = clock or SystemClock()
-    policy = policy or load_policy(settings.policy_path)
-    ring, created = load_key_ring(env_value=settings.master_key, file_path=settings.master_key_file,
-                                  create_if_missing=create_key)
-    if created:
-        log.warning("event=master_key_created path=%s note=\"a new local master key was created; in production "
-                    "set JITPASS_MASTER_KEY or JITPASS_MASTER_KEY_FILE from your secret manager and back it up\"",
-                    settings.master_key_file)
     store: Store = open_store(settings.store_url, clock)
+    if must_exist:
+        _require_existing(settings, store)
+    else:
+        _make_home(settings, store)
+    # The store first: a corrupt or foreign file is named before a missing key.
     await store.open()
-    vault = Vault(ring)
     try:
+        try:
+            ring, created = load_key_ring(env_value=settings.master_key, file_path=settings.master_key_file,
+                                          create_if_missing=create_key and not must_exist)
+        except VaultError as exc:
+            raise VaultError(f"{exc.message}; nothing was created. Looked in: {settings.where()}") from None
+        if created:
+            log.warning("event=master_key_created path=%s note=\"a new local master key was created; in production "
+                        "set JITPASS_MASTER_KEY or JITPASS_MASTER_KEY_FILE from your secret manager and back it up\"",
+                        settings.master_key_file)
+        vault = Vault(ring)
         token = await store.get_meta("key_check")
         if token is None:
+            if must_exist and await store.count_events() == 0:
+                raise StoreError(f"the {settings.store_url.split('://', 1)[0]} store holds no jitpass data "
+                                 f"(never written); nothing was created. Looked in: {settings.where()}")
             await store.set_meta("key_check", vault.key_check())
+            if mark_demo:
+                await store.set_meta("demo", "true")
         else:
             vault.verify_key_check(token)
-        checkpointer = await open_checkpointer(settings, store, clock, policy, create_key=create_key,
+        is_demo = await store.get_meta("demo") == "true"
+        if policy is None:
+            if settings.policy_path is None and is_demo and demo_policy is not None:
+                policy = demo_policy
+                log.info("event=demo_policy note=\"this store was created with --demo and no policy file is set: "
+                         "the built-in demo policy applies\"")
+            else:
+                policy = load_policy(settings.policy_path)
+        checkpointer = await open_checkpointer(settings, store, clock, policy, create_key=create_key and not must_exist,
                                                require_signer=audit_key_check)
     except BaseException:
         # Any failure (wrong key, a corrupt page met on the first read): an open connection would keep
@@ -111,7 +156,7 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
                                                 retry_after_max=settings.retry_after_max))
     runtime = Runtime(settings=settings, store=store, vault=vault, policy=policy, clock=clock, service=service,
                       catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(service), effects=effects,
-                      checkpointer=checkpointer)
+                      checkpointer=checkpointer, demo=is_demo)
     if settings.op_connect_host and settings.op_connect_token:
         # The secret sources (no chat SDK): 1Password Connect for items, the Events API for direct use.
         connect = ConnectSource(ConnectClient(settings.op_connect_host, settings.op_connect_token), vault.fingerprint)

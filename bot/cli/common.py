@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
 from bot.bootstrap import Runtime, open_runtime
-from bot.domain.config import Settings
+from bot.domain.config import Settings, parse_policy
 from bot.domain.errors import InputError, JitpassError
 from bot.domain.model import Identity
 from bot.domain.request_text import MAX_LOOKBACK, parse_duration
@@ -25,10 +25,15 @@ def actor() -> Identity:
 
 
 @asynccontextmanager
-async def opened_runtime(settings: Settings | None = None, *, create_key: bool = True,
+async def opened_runtime(settings: Settings | None = None, *, creates: bool = False,
                          audit_key_check: bool = True) -> AsyncIterator[Runtime]:
-    runtime = await open_runtime(settings or Settings.from_env(), create_key=create_key,
-                                 audit_key_check=audit_key_check)
+    """The runtime on the configured home. Only `creates=True` commands (adding items) may create a
+    store or a key; every other command refuses a missing store and says where it looked."""
+    from bot.demo import DEMO_POLICY  # the CLI applies it exactly when the server does: a `--demo` store
+
+    runtime = await open_runtime(settings or Settings.from_env(), create_key=creates, must_exist=not creates,
+                                 audit_key_check=audit_key_check,
+                                 demo_policy=parse_policy(DEMO_POLICY, "built-in demo policy"))
     try:
         yield runtime
     finally:

@@ -55,7 +55,7 @@ def _print_items(items: Sequence[Item], out: TextIO, as_json: bool) -> None:
 
 async def cmd_items_import(args: argparse.Namespace) -> int:
     result = read_import(Path(args.file), default_vault=args.vault, skip_bad=args.skip_bad)
-    async with opened_runtime(create_key=True) as rt:
+    async with opened_runtime(creates=True) as rt:
         with progress() as tracker:
             added = await rt.catalog.add(result.items, actor(), source=f"import:{Path(args.file).name}",
                                          tracker=tracker)
@@ -73,7 +73,7 @@ async def cmd_items_add(args: argparse.Namespace) -> int:
         notes=args.notes or "", tags=tuple(t.strip() for t in (args.tags or "").split(",") if t.strip()),
         password=Secret(password) if password else None, totp=parse_totp(seed) if seed else None,
     )
-    async with opened_runtime(create_key=True) as rt:
+    async with opened_runtime(creates=True) as rt:
         await rt.catalog.add([entry], actor())
     print(f"added {entry.name} to vault {entry.vault}")
     return 0
@@ -116,7 +116,7 @@ async def cmd_items_rotate(args: argparse.Namespace) -> int:
 
 
 async def cmd_items_sync(args: argparse.Namespace) -> int:
-    async with opened_runtime() as rt:
+    async with opened_runtime(creates=True) as rt:
         if rt.onepassword_sync is None:
             raise InputError("1Password Connect is not configured: set OP_CONNECT_HOST and OP_CONNECT_TOKEN "
                              "(and map vaults under [onepassword.vaults] in the policy).")

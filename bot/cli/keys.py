@@ -21,7 +21,7 @@ async def cmd_keys_rotate(args: argparse.Namespace) -> int:
                  "restart, then run `jitpass keys rotate` again; or use JITPASS_MASTER_KEY_FILE.")
     path = settings.master_key_file
     if not path.exists():
-        raise InputError(f"master key file {path} does not exist: nothing to rotate.")
+        raise InputError(f"master key file {path} does not exist: nothing to rotate. Looked in: {settings.where()}")
     # Open with the current ring first: a wrong key fails here, before anything changes.
     async with opened_runtime(settings):
         pass

@@ -26,7 +26,12 @@ from bot.domain.policy import (
 )
 from bot.domain.request_text import parse_duration
 
-__all__ = ["Settings", "load_dotenv", "load_policy", "parse_bool", "parse_policy"]
+__all__ = ["HOME_POLICY", "Settings", "default_home", "load_dotenv", "load_policy", "parse_bool", "parse_policy"]
+
+# In the home directory: the store, the key ring and (when present) the policy. Each has its own variable too.
+HOME_STORE = "jitpass.db"
+HOME_KEY = "jitpass.key"
+HOME_POLICY = "policy.toml"
 
 PLATFORMS = ("slack", "teams")
 _TRUE = {"1", "true", "yes", "on"}
@@ -43,6 +48,12 @@ def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
     if text in _FALSE:
         return False
     raise InputError(f"{name}={value!r} is not a boolean; use true or false")
+
+
+def default_home(environ: Mapping[str, str]) -> Path:
+    """$XDG_DATA_HOME/jitpass, else ~/.local/share/jitpass: the same wherever a command runs."""
+    base = environ.get("XDG_DATA_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(base).expanduser().absolute() / "jitpass"
 
 
 def load_dotenv(path: Path, environ: dict[str, str]) -> None:
@@ -92,6 +103,18 @@ class Settings:
     # Seconds /healthz waits for a store write before it answers `degraded` (JITPASS_HEALTH_TIMEOUT).
     health_timeout: float = 2.0
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Where jitpass lives (JITPASS_HOME, default ~/.local/share/jitpass): one answer for `serve` and
+    # every CLI command, whatever the working directory. `home_source` says how it was chosen.
+    home: Path = Path("jitpass-home")
+    home_source: str = "built-in default"
+
+    def where(self) -> str:
+        """One line saying where the store, key and policy were looked for, and why there."""
+        store = self.store_url if self.store_url.startswith("sqlite") or "://" not in self.store_url \
+            else self.store_url.split("://", 1)[0] + "://…"
+        key = "JITPASS_MASTER_KEY" if self.master_key else str(self.master_key_file)
+        policy = str(self.policy_path) if self.policy_path else "none (built-in defaults)"
+        return f"jitpass home {self.home} ({self.home_source}); store {store}; key {key}; policy {policy}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -121,11 +144,19 @@ class Settings:
         for name, url in (("OP_CONNECT_HOST", op_host), ("OP_EVENTS_URL", events_url)):
             if url and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", url):
                 raise InputError(f"{name}={url!r} is not an http(s) URL such as http://op-connect:8080")
+        if env.get("JITPASS_HOME"):
+            home, home_source = Path(env["JITPASS_HOME"]).expanduser().absolute(), "JITPASS_HOME"
+        else:
+            home, home_source = default_home(env), "default; set JITPASS_HOME to choose"
+        home_policy = home / HOME_POLICY
         return cls(
-            store_url=env.get("JITPASS_STORE") or "sqlite:///jitpass.db",
+            store_url=env.get("JITPASS_STORE") or f"sqlite:///{home / HOME_STORE}",
             master_key=env.get("JITPASS_MASTER_KEY") or None,
-            master_key_file=Path(env.get("JITPASS_MASTER_KEY_FILE") or "jitpass.key"),
-            policy_path=Path(env["JITPASS_POLICY"]) if env.get("JITPASS_POLICY") else None,
+            master_key_file=Path(env.get("JITPASS_MASTER_KEY_FILE") or home / HOME_KEY),
+            policy_path=Path(env["JITPASS_POLICY"]) if env.get("JITPASS_POLICY") else (
+                home_policy if home_policy.is_file() else None),
+            home=home,
+            home_source=home_source,
             host=env.get("JITPASS_HOST") or ("0.0.0.0" if "DYNO" in env else "127.0.0.1"),
             port=int(port_text),
             slack_bot_token=env.get("SLACK_BOT_TOKEN") or None,

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
@@ -424,11 +425,21 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
 
 
 def _create_private(path: Path) -> None:
-    """Create the database file with mode 0600 (whatever the umask) unless it exists."""
+    """Create the database file with mode 0600 (whatever the umask) unless it exists.
+
+    An existing zero-length file is refused, not taken for a new store (a truncated copy or a stray
+    `touch` must not silently become an empty trail); another process that created it an instant
+    ago gets a moment to write its header.
+    """
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
-        return
+        for _ in range(40):
+            if path.stat().st_size > 0:
+                return
+            time.sleep(0.025)
+        raise StoreError(f"the database file {path} is empty (zero bytes), not a jitpass store: restore it from "
+                         "a backup, or remove it to start a new store") from None
     except OSError as exc:
         raise sqlite3.OperationalError(str(exc)) from None
     os.fchmod(fd, 0o600)
