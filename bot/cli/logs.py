@@ -16,7 +16,7 @@ import traceback
 from datetime import UTC, datetime
 from typing import IO, Any
 
-__all__ = ["LOG_FORMATS", "configure_logging", "parse_pairs"]
+__all__ = ["LOG_FORMATS", "LogFormatter", "configure_logging", "parse_pairs"]
 
 LOG_FORMATS = ("kv", "json")
 _PAIR = re.compile(r'([A-Za-z_][\w.]*)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -42,7 +42,9 @@ def _quote(value: str) -> str:
     return value if value and _BARE.match(value) else json.dumps(value, ensure_ascii=False)
 
 
-class _Formatter(logging.Formatter):
+class LogFormatter(logging.Formatter):
+    """One line per record: key=value pairs (`kv`) or a JSON object (`json`)."""
+
     def __init__(self, style: str) -> None:
         super().__init__()
         self.style = style
@@ -76,10 +78,11 @@ def configure_logging(verbose: bool, *, stream: IO[str] | None = None, style: st
               file=sys.stderr)
         style = "kv"
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(_Formatter(style))
+    handler.setFormatter(LogFormatter(style))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in list(root.handlers):  # ours from an earlier call, or a default stderr handler; others stay
+        if isinstance(old.formatter, LogFormatter) or type(old) is logging.StreamHandler:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in _NOISY:

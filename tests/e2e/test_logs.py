@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.cli.logs import configure_logging, parse_pairs
+from bot.cli.logs import LogFormatter, parse_pairs
 from tests.e2e.test_cli import Cli, _free_port
 
 KV_LINE = r'^(?:[A-Za-z_][\w.]*=(?:"(?:[^"\\]|\\.)*"|[^\s"=\\]+)(?: |$))+$'
@@ -67,16 +67,23 @@ async def test_every_server_log_line_has_one_format_sdk_lines_included(tmp_path:
 
 def test_free_text_and_tracebacks_stay_on_one_line_and_parse_back() -> None:
     out = StringIO()
-    configure_logging(False, stream=out, style="kv")
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(LogFormatter("kv"))  # the formatter configure_logging installs, on loggers of its own
+    loggers = [logging.getLogger(name) for name in ("jitpass.test_logs", "some.sdk")]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
     try:
-        logging.getLogger("jitpass.test").info('event=thing item=acme-zendesk note="two words"')
-        logging.getLogger("some.sdk").warning('Config:\n  host = "x"\n  id=3')
+        loggers[0].warning('event=thing item=acme-zendesk note="two words"')
+        loggers[1].warning('Config:\n  host = "x"\n  id=3')
         try:
             raise ValueError("bad\nvalue")
         except ValueError:
-            logging.getLogger("jitpass.test").exception("event=failed")
+            loggers[0].exception("event=failed")
     finally:
-        configure_logging(False)
+        for logger in loggers:
+            logger.removeHandler(handler)
+            logger.propagate = True
     lines = out.getvalue().splitlines()
     assert len(lines) == 3
     ours, sdk, failed = (parse_pairs(line) for line in lines)
