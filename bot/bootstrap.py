@@ -143,7 +143,8 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
                          "the built-in demo policy applies\"")
             else:
                 policy = load_policy(settings.policy_path)
-        checkpointer = await open_checkpointer(settings, store, clock, policy, create_key=create_key and not must_exist,
+        # The audit signing key may be created for an existing store (as before); the master key may not.
+        checkpointer = await open_checkpointer(settings, store, clock, policy, create_key=create_key,
                                                require_signer=audit_key_check)
     except BaseException:
         # Any failure (wrong key, a corrupt page met on the first read): an open connection would keep

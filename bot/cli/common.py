@@ -31,7 +31,7 @@ async def opened_runtime(settings: Settings | None = None, *, creates: bool = Fa
     store or a key; every other command refuses a missing store and says where it looked."""
     from bot.demo import DEMO_POLICY  # the CLI applies it exactly when the server does: a `--demo` store
 
-    runtime = await open_runtime(settings or Settings.from_env(), create_key=creates, must_exist=not creates,
+    runtime = await open_runtime(settings or Settings.from_env(), create_key=True, must_exist=not creates,
                                  audit_key_check=audit_key_check,
                                  demo_policy=parse_policy(DEMO_POLICY, "built-in demo policy"))
     try:
