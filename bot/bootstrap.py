@@ -107,7 +107,7 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
     (`mark_demo` marks a new store so), so the CLI and the server agree on the policy.
     """
     clock = clock or SystemClock()
-    store: Store = open_store(settings.store_url, clock)
+    store: Store = open_store(settings.store_url, clock, allow_standalone=settings.mongodb_allow_standalone)
     if must_exist:
         _require_existing(settings, store)
     else:

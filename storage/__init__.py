@@ -20,13 +20,16 @@ ACCEPTED_FORMS = (
 )
 
 
-def open_store(url: str, clock: Clock) -> Store:
-    """The store a URL names, not yet connected: the caller awaits `store.open()`."""
+def open_store(url: str, clock: Clock, *, allow_standalone: bool = False) -> Store:
+    """The store a URL names, not yet connected: the caller awaits `store.open()`.
+
+    `allow_standalone`: a MongoDB server without transactions is accepted (development only).
+    """
     text = url.strip()
     if text.startswith(("mongodb://", "mongodb+srv://")):
         from .mongo import MongoStore  # only deployments on MongoDB need the driver loaded
 
-        return MongoStore(text, clock)
+        return MongoStore(text, clock, allow_standalone=allow_standalone)
     if text.startswith("sqlite:"):
         # sqlite:///x.db is relative, sqlite:////x.db absolute (the SQLAlchemy convention).
         if not text.startswith("sqlite:///") or len(text) == len("sqlite:///"):

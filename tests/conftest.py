@@ -24,10 +24,30 @@ def mongo_server() -> Iterator[MongoServer | MongoUnavailable]:
         yield exc  # each MongoDB test then skips (locally) or fails (CI) with this reason
 
 
+@pytest.fixture(scope="session")
+def mongo_standalone_server() -> Iterator[MongoServer | MongoUnavailable]:
+    """mongoeco refusing transactions as a standalone mongod does (always local: a stand-in, not a given server)."""
+    try:
+        with mongoeco_server(standalone=True) as server:
+            yield server
+    except MongoUnavailable as exc:
+        yield exc
+
+
+def _uri(server: MongoServer | MongoUnavailable) -> str:
+    if isinstance(server, MongoUnavailable):
+        mongodb_unavailable(str(server))
+        raise AssertionError("unreachable")
+    return server.uri
+
+
 @pytest.fixture
 def mongodb_uri(mongo_server: MongoServer | MongoUnavailable) -> str:
     """The URI of the MongoDB server for this test."""
-    if isinstance(mongo_server, MongoUnavailable):
-        mongodb_unavailable(str(mongo_server))
-        raise AssertionError("unreachable")
-    return mongo_server.uri
+    return _uri(mongo_server)
+
+
+@pytest.fixture
+def mongodb_standalone_uri(mongo_standalone_server: MongoServer | MongoUnavailable) -> str:
+    """The URI of a MongoDB server without transactions (development only in jitpass)."""
+    return _uri(mongo_standalone_server)

@@ -76,6 +76,7 @@ class Settings:
     """Everything the process reads from its environment. Secrets here are tokens, never shown."""
 
     store_url: str = "sqlite:///jitpass.db"
+    mongodb_allow_standalone: bool = False  # development only: MongoDB without transactions
     master_key: str | None = field(default=None, repr=False)
     master_key_file: Path = Path("jitpass.key")
     policy_path: Path | None = None
@@ -151,6 +152,9 @@ class Settings:
         home_policy = home / HOME_POLICY
         return cls(
             store_url=env.get("JITPASS_STORE") or f"sqlite:///{home / HOME_STORE}",
+            mongodb_allow_standalone=parse_bool(
+                "JITPASS_MONGODB_ALLOW_STANDALONE", env.get("JITPASS_MONGODB_ALLOW_STANDALONE"), False
+            ),
             master_key=env.get("JITPASS_MASTER_KEY") or None,
             master_key_file=Path(env.get("JITPASS_MASTER_KEY_FILE") or home / HOME_KEY),
             policy_path=Path(env["JITPASS_POLICY"]) if env.get("JITPASS_POLICY") else (

@@ -10,11 +10,11 @@ MongoDB's own time-zone support (`$isoDayOfWeek`/`$hour` with the policy's zone)
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, IndexModel, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from bot.domain.audit import format_time, parse_time
@@ -47,6 +47,8 @@ Doc = dict[str, Any]
 
 # What reports add to the events collection (idempotent: create_indexes skips existing ones).
 REPORT_INDEXES = (IndexModel([("type", ASCENDING), ("at", ASCENDING)], name="type_at"),)
+# Requests looked up per aggregation when the scanned window misses their first event.
+LOOKUP_BATCH = 1_000
 
 _REQUEST_TYPES = [
     "request.created", "request.approval_added", "request.approved", "request.declined", "request.cancelled",
@@ -56,7 +58,7 @@ _WHO: Doc = {"$concat": ["$actor.platform", ":", "$actor.user_id"]}
 
 
 async def ensure_report_indexes(db: AsyncDatabase[Doc]) -> None:
-    """Create the report index on events if it is missing."""
+    """Create the report index on events if it is missing (the store does at open)."""
     await db["events"].create_indexes(list(REPORT_INDEXES))
 
 
@@ -154,18 +156,9 @@ async def _build_requests(db: AsyncDatabase[Doc], f: _Filters, scratch: str) -> 
     await _aggregate(db["events"], [{"$match": match}, {"$group": group}, into])
     rq = db[scratch]
     # Requests created, or grants started, before the scanned window: look their start up.
-    async for doc in rq.find({"created_seq": None}, {"_id": 1}):
-        created = await db["events"].find_one({"request_id": doc["_id"], "type": "request.created"}, sort=[("_id", 1)])
-        if created is not None:
-            actor = created.get("actor") or {}
-            await rq.update_one({"_id": doc["_id"]}, {"$set": {
-                "created_seq": created["_id"], "created_at": created["at"],
-                "requester": f"{actor.get('platform')}:{actor.get('user_id')}",
-                "requester_display": actor.get("display")}})
-    async for doc in rq.find({"activated_at": None, "ended_at": {"$ne": None}}, {"_id": 1}):
-        started = await db["events"].find_one({"request_id": doc["_id"], "type": "grant.activated"}, sort=[("_id", 1)])
-        if started is not None:
-            await rq.update_one({"_id": doc["_id"]}, {"$set": {"activated_at": started["at"]}})
+    await _fill_from_first(db, rq, {"created_seq": None}, "request.created", _created_fields)
+    await _fill_from_first(db, rq, {"activated_at": None, "ended_at": {"$ne": None}}, "grant.activated",
+                           lambda first: {"activated_at": first["at"]})
     end = {"$min": [{"$ifNull": ["$ended_at", f.open_end]}, f.until]}
     start = {"$max": ["$activated_at", f.since]}
     await rq.update_many({}, [{"$set": {"granted": {"$cond": [
@@ -284,6 +277,28 @@ async def _timeline(db: AsyncDatabase[Doc], rq: Any, f: _Filters) -> tuple[Timel
         "reveals": _count(_is(types[2])), "codes": _count(_is(types[3]))}}, {"$sort": {"_id": 1}}])
     return tuple(TimelinePoint(date.fromisoformat(d["_id"]), int(d["requests"]), int(d["approved"]),
                                int(d["reveals"]), int(d["codes"])) for d in docs)
+
+
+def _created_fields(first: Doc) -> Doc:
+    actor = first.get("actor") or {}
+    return {"created_seq": first["seq"], "created_at": first["at"],
+            "requester": f"{actor.get('platform')}:{actor.get('user_id')}", "requester_display": actor.get("display")}
+
+
+async def _fill_from_first(db: AsyncDatabase[Doc], rq: Any, missing: Doc, kind: str,
+                           fields: Callable[[Doc], Doc]) -> None:
+    """Set `fields(first event of kind)` on the scratch rows matching `missing`: per batch of requests, one
+    aggregation and one bulk write (not a query and an update per request)."""
+    ids = [d["_id"] async for d in rq.find(missing, {"_id": 1})]
+    for start in range(0, len(ids), LOOKUP_BATCH):
+        firsts = await _aggregate(db["events"], [
+            {"$match": {"request_id": {"$in": ids[start:start + LOOKUP_BATCH]}, "type": kind}},
+            {"$sort": {"_id": 1}},
+            {"$group": {"_id": "$request_id", "seq": {"$first": "$_id"}, "at": {"$first": "$at"},
+                        "actor": {"$first": "$actor"}}},
+        ])
+        if firsts:
+            await rq.bulk_write([UpdateOne({"_id": f["_id"]}, {"$set": fields(f)}) for f in firsts], ordered=False)
 
 
 async def _unrevealed(rq: Any, f: _Filters) -> Doc:
@@ -407,7 +422,6 @@ async def report_data(db: AsyncDatabase[Doc], query: ReportQuery,
         if progress is not None:
             progress(name)
 
-    await ensure_report_indexes(db)
     newest = await db["events"].find_one({}, {"_id": 1}, sort=[("_id", -1)])
     f = _Filters(query, int(newest["_id"]) if newest else 0)
     scratch = f"report_scratch_{uuid.uuid4().hex[:12]}"

@@ -5,9 +5,22 @@ sort and range-compare correctly as strings. Audit events use the sequence numbe
 writers can never both take the same place in the chain: the loser gets a duplicate key, reads the
 new tail and tries again.
 
-On a replica set (or sharded cluster) a unit of work (request change + its event) runs in a
-transaction. On a standalone server it runs as compare-and-set, then append, and undoes the change
-if the append fails, so the request never moves without its audit event.
+Production needs transactions (a replica set, even of one member, a sharded cluster, or Atlas): a
+unit of work (request change + its event) runs in one multi-document transaction. `open` asks the
+server by running a transaction, and refuses a server that has none (a standalone mongod) unless
+`allow_standalone` (JITPASS_MONGODB_ALLOW_STANDALONE=true) says this is development. There a unit runs
+as compare-and-set, then append, and undoes the change if the append fails: a crash in between
+leaves a change without its event, and another writer's event can land between the two, so the
+trail's order may differ from the order of changes. That is why production refuses it.
+
+Reads and transactions go to the primary whatever the URL's readPreference says (a secondary may
+lag, and transactions need the primary); writes use w=majority unless the URL gives `w`. Options
+the URL gives win over jitpass's defaults (server selection timeout, appname).
+
+A purge writes the new checkpoint and its `retention.purged` event in one transaction, then deletes
+the events below the checkpoint in bounded batches outside it (a transaction has a time and size
+limit; a purge does not). Events at or below the checkpoint are purged as far as every reader is
+concerned from the moment it is written; batches left by a crash are finished at the next open or purge.
 """
 
 from __future__ import annotations
@@ -21,12 +34,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iter
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from bson.errors import InvalidDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReadPreference, ReturnDocument, WriteConcern
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
@@ -76,11 +91,12 @@ from storage.common import (
     settled_changes,
     supersedes,
 )
+from storage.mongo.reports import REPORT_INDEXES
 
 if TYPE_CHECKING:
     from bot.domain.report_data import ProgressCallback, ReportData, ReportQuery
 
-__all__ = ["SCHEMA_VERSION", "MongoStore", "mongo_location"]
+__all__ = ["ALLOW_STANDALONE_VAR", "SCHEMA_VERSION", "MongoStore", "client_options", "mongo_location"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +106,16 @@ SERVER_SELECTION_TIMEOUT = 5.0
 # Bounds on optimistic retries: appends racing other writers, and CAS racing other changes.
 APPEND_ATTEMPTS = 50
 CAS_ATTEMPTS = 10
+# Events deleted per batch when a purge removes what lies below its checkpoint.
+PURGE_BATCH = 5_000
+ALLOW_STANDALONE_VAR = "JITPASS_MONGODB_ALLOW_STANDALONE"
+_COLLECTIONS = ("items", "requests", "events", "meta")
+_ILLEGAL_OPERATION = 20  # what a standalone mongod answers a transaction
+_WRITE_CONFLICT = 112
+_DUPLICATE_KEY = 11000
+# The driver's own errors, and BSON's: a value BSON cannot hold (an int >= 2**63, a key with NUL,
+# a document over 16 MB) raises these, which are not PyMongoError.
+_DRIVER_ERRORS = (PyMongoError, InvalidDocument, OverflowError)
 
 Doc = dict[str, Any]
 T = TypeVar("T")
@@ -123,6 +149,28 @@ class _SeqTaken(Exception):
     """Another writer took the next seq inside our transaction: run the whole unit again."""
 
 
+def _url_options(url: str) -> set[str]:
+    """The option names a MongoDB URL sets, lower-cased (MongoDB option names are case-insensitive)."""
+    query = url.partition("?")[2]
+    return {key.lower() for key, _ in parse_qsl(query, keep_blank_values=True)}
+
+
+def client_options(url: str, server_selection_timeout: float | None = None) -> dict[str, Any]:
+    """The driver options jitpass adds: its defaults where the URL is silent; an explicit timeout wins."""
+    given = _url_options(url)
+    options: dict[str, Any] = {}
+    if server_selection_timeout is not None or "serverselectiontimeoutms" not in given:
+        options["serverSelectionTimeoutMS"] = int((server_selection_timeout or SERVER_SELECTION_TIMEOUT) * 1000)
+    if "appname" not in given:
+        options["appname"] = "jitpass"
+    return options
+
+
+def _is_write_conflict(exc: OperationFailure) -> bool:
+    """A transaction lost to a concurrent one (WriteConflict, or labelled transient): run it again."""
+    return exc.code == _WRITE_CONFLICT or exc.has_error_label("TransientTransactionError")
+
+
 def mongo_location(url: str) -> tuple[str, str | None]:
     """(hosts, database) from a MongoDB URL, leaving out user name and password."""
     rest = url.split("://", 1)[1] if "://" in url else url
@@ -149,15 +197,20 @@ class MongoStore:
 
     def __init__(
         self, url: str, clock: Clock, db_name: str | None = None, *,
-        server_selection_timeout: float = SERVER_SELECTION_TIMEOUT,
+        server_selection_timeout: float | None = None, allow_standalone: bool = False,
+        purge_batch: int = PURGE_BATCH,
     ) -> None:
         self._url = url
         self._clock = clock
         self.hosts, url_db = mongo_location(url)
         self.db_name = db_name or url_db or DEFAULT_DB
         self._timeout = server_selection_timeout
+        self._allow_standalone = allow_standalone
+        self._purge_batch = max(1, purge_batch)
         self._client: AsyncMongoClient[Doc] | None = None
+        self._db: AsyncDatabase[Doc] | None = None
         self._transactions = False
+
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -165,23 +218,67 @@ class MongoStore:
         if self._client is not None:
             return
         try:
-            client: AsyncMongoClient[Doc] = AsyncMongoClient(
-                self._url, serverSelectionTimeoutMS=int(self._timeout * 1000), appname="jitpass"
-            )
+            client: AsyncMongoClient[Doc] = AsyncMongoClient(self._url, **client_options(self._url, self._timeout))
         except (PyMongoError, ValueError, TypeError) as exc:  # the driver raises ValueError for a bad port
             raise StoreError(f"the MongoDB URL for {self.hosts} is not valid: {self._scrub(exc)}") from None
+        given = _url_options(self._url)
         self._client = client
+        # Every read on the primary (secondaries lag; transactions need it), w=majority unless the URL says.
+        self._db = client.get_database(
+            self.db_name, read_preference=ReadPreference.PRIMARY,
+            write_concern=None if "w" in given else WriteConcern("majority"),
+        )
         try:
             with self._errors("open"):
-                hello = await client[self.db_name].command("hello")
-                # Multi-document transactions need a replica set member or a mongos router.
-                self._transactions = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
+                await self._db.command("ping")
+                await self._create_collections()
                 await self._check_schema()
                 await self._create_indexes()
+                self._transactions = await self._server_has_transactions(client)
+                if not self._transactions and not self._allow_standalone:
+                    raise StoreError(
+                        f"MongoDB at {self.hosts} has no transactions (a standalone server): jitpass needs a "
+                        "replica set, a sharded cluster or Atlas, so that a change and its audit event are "
+                        "written together. A one-member replica set will do (mongod --replSet rs0, then "
+                        f"rs.initiate()). For development only, set {ALLOW_STANDALONE_VAR}=true."
+                    )
+                if not self._transactions:
+                    log.warning("event=mongodb_standalone hosts=%s note=\"no transactions: development only; a crash "
+                                "between a change and its audit event leaves the change without its event\"",
+                                self.hosts)
+                await self._delete_purged()  # finish a purge a crash interrupted
         except BaseException:
-            self._client = None
+            self._client = self._db = None
             await client.close()
             raise
+
+    async def _create_collections(self) -> None:
+        """Create the collections up front: never for the first time inside a transaction."""
+        assert self._db is not None
+        existing = set(await self._db.list_collection_names())
+        for name in _COLLECTIONS:
+            if name not in existing:
+                try:
+                    await self._db.create_collection(name)
+                except OperationFailure as exc:
+                    if exc.code != 48:  # NamespaceExists: another replica created it first
+                        raise
+
+    async def _server_has_transactions(self, client: AsyncMongoClient[Doc]) -> bool:
+        """Run a one-read transaction: a standalone mongod refuses it with IllegalOperation."""
+        meta = self._collection("meta")
+
+        async def read(session: AsyncClientSession) -> object:
+            return await meta.find_one({"_id": "schema_version"}, session=session)
+
+        async with client.start_session() as session:
+            try:
+                await session.with_transaction(read, read_preference=ReadPreference.PRIMARY)
+            except OperationFailure as exc:
+                if exc.code == _ILLEGAL_OPERATION:
+                    return False
+                raise
+        return True
 
     async def _check_schema(self) -> None:
         meta = self._collection("meta")
@@ -218,6 +315,7 @@ class MongoStore:
             IndexModel([("item", ASCENDING), ("_id", ASCENDING)], name="item"),
             IndexModel([("request_id", ASCENDING), ("_id", ASCENDING)], name="request_id"),
             IndexModel([("actor.user_id", ASCENDING), ("_id", ASCENDING)], name="actor_user_id"),
+            *REPORT_INDEXES,
         ])
         await self._collection("requests").create_indexes([
             IndexModel([("status", ASCENDING), ("timeout_at", ASCENDING)], name="status_timeout"),
@@ -239,7 +337,7 @@ class MongoStore:
 
     async def close(self) -> None:
         """Close the client; safe to call twice."""
-        client, self._client = self._client, None
+        client, self._client, self._db = self._client, None, None
         if client is not None:
             await client.close()
 
@@ -263,9 +361,9 @@ class MongoStore:
 
     # -- plumbing -----------------------------------------------------------------------------
     def _collection(self, name: str) -> AsyncCollection[Doc]:
-        if self._client is None:
+        if self._db is None:
             raise StoreError("the MongoDB store is not open")
-        return self._client[self.db_name][name]
+        return self._db[name]
 
     def _scrub(self, exc: BaseException) -> str:
         text = str(exc)
@@ -291,6 +389,9 @@ class MongoStore:
             raise StoreError(f"MongoDB at {self.hosts} refused {what}: {self._scrub(exc)}") from None
         except PyMongoError as exc:
             raise StoreError(f"MongoDB at {self.hosts} failed during {what}: {self._scrub(exc)}") from None
+        except (InvalidDocument, OverflowError) as exc:
+            raise StoreError(f"MongoDB cannot store a value in {what} ({type(exc).__name__}): nothing was changed") \
+                from None
 
     async def _unit(self, what: str, body: Callable[[Session], Awaitable[T]]) -> T:
         """Run `body` in a transaction where the server has them, else directly (it compensates)."""
@@ -298,12 +399,27 @@ class MongoStore:
             if not self._transactions or self._client is None:
                 return await body(None)
             async with self._client.start_session() as session:
-                for _ in range(APPEND_ATTEMPTS):
+                for attempt in range(APPEND_ATTEMPTS):
                     try:
-                        return await session.with_transaction(body)
+                        return await session.with_transaction(body, read_preference=ReadPreference.PRIMARY)
                     except _SeqTaken:
-                        await asyncio.sleep(random.uniform(0, 0.005))
+                        pass
+                    except OperationFailure as exc:
+                        if not _is_write_conflict(exc):
+                            raise
+                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
         raise AuditWriteError(f"the audit trail is too busy to record {what}; nothing was changed")
+
+    async def _compensate(self, what: str, undo: Awaitable[object]) -> None:
+        """Undo a standalone write whose event failed; if the undo fails too, say so instead of hiding it."""
+        try:
+            await undo
+        except _DRIVER_ERRORS as exc:
+            log.error("event=mongodb_undo_failed what=%r error=%s", what, type(exc).__name__)
+            raise AuditWriteError(
+                f"the audit event could not be written, and undoing {what} failed too: the change stays "
+                "without its event (see the log)"
+            ) from None
 
     async def _tail(self, session: Session) -> tuple[int, str]:
         last = await self._collection("events").find_one({}, sort=[("_id", DESCENDING)], session=session)
@@ -331,9 +447,12 @@ class MongoStore:
                     raise _SeqTaken from None  # the server aborted our transaction: redo the unit
                 if attempt > 2:
                     await asyncio.sleep(random.uniform(0, 0.002 * attempt))
-            except PyMongoError as exc:
-                if session is not None and exc.has_error_label("TransientTransactionError"):
-                    raise  # with_transaction runs the unit again
+            except _DRIVER_ERRORS as exc:
+                if session is not None and isinstance(exc, OperationFailure) and _is_write_conflict(exc):
+                    raise  # the unit runs again (with_transaction or _unit)
+                if session is not None and isinstance(exc, PyMongoError) and exc.has_error_label(
+                        "TransientTransactionError"):
+                    raise
                 raise AuditWriteError(
                     f"the audit event {draft.type} could not be written to MongoDB at {self.hosts} "
                     f"({type(exc).__name__}); nothing was changed"
@@ -377,18 +496,24 @@ class MongoStore:
                     await items.insert_many(docs, ordered=True, session=session)
                     inserted = len(docs)
                 except BulkWriteError as exc:
-                    # Another writer added one of the names since we looked: take back ours.
+                    # Take back what went in; only a duplicate name is someone else's conflicting add.
                     inserted = int(exc.details.get("nInserted", 0))
                     if session is None:
-                        await items.delete_many({"_id": {"$in": names[:inserted]}})
-                    raise Conflict("an item with one of these names was just added by someone else") from None
+                        await self._compensate("adding items", take_back(inserted))
+                    codes = {e.get("code") for e in exc.details.get("writeErrors", [])}
+                    if codes == {_DUPLICATE_KEY}:
+                        raise Conflict("an item with one of these names was just added by someone else") from None
+                    raise
             try:
                 for draft in events:
                     await self._append(draft, session)
             except AuditWriteError:
                 if session is None:
-                    await items.delete_many({"_id": {"$in": names[:inserted]}})
+                    await self._compensate("adding items", take_back(inserted))
                 raise
+
+        async def take_back(inserted: int) -> None:
+            await items.delete_many({"_id": {"$in": names[:inserted]}})
 
         await self._unit("adding items", body)
 
@@ -408,7 +533,7 @@ class MongoStore:
                     await self._append(event, session)
                 except AuditWriteError:
                     if session is None:
-                        await items.replace_one({"_id": name}, old)
+                        await self._compensate("replacing an item", items.replace_one({"_id": name}, old))
                     raise
 
         await self._unit("replacing an item", body)
@@ -432,9 +557,12 @@ class MongoStore:
                 await self._append(event, session)
             except BaseException:
                 if session is None:
-                    for old in olds:  # put the previous key material back
-                        await items.update_one({"_id": old["_id"]}, {"$set": {k: old[k] for k in KEY_FIELDS}})
+                    await self._compensate("re-wrapping items", put_back(olds))
                 raise
+
+        async def put_back(olds: list[Doc]) -> None:
+            for old in olds:  # the previous key material
+                await items.update_one({"_id": old["_id"]}, {"$set": {k: old[k] for k in KEY_FIELDS}})
 
         await self._unit("re-wrapping items", body)
 
@@ -450,7 +578,7 @@ class MongoStore:
                 await self._append(event, session)
             except AuditWriteError:
                 if session is None:
-                    await items.insert_one(old)
+                    await self._compensate("removing an item", items.insert_one(old))
                 raise
 
         await self._unit("removing an item", body)
@@ -490,7 +618,8 @@ class MongoStore:
                 recorded = await self._append(event, session)
             except AuditWriteError:
                 if session is None:
-                    await requests.delete_one({"_id": request.id, "version": request.version})
+                    await self._compensate("creating a request",
+                                           requests.delete_one({"_id": request.id, "version": request.version}))
                 raise
             # The creating event's seq orders requests created in the same microsecond.
             await requests.update_one(
@@ -584,7 +713,8 @@ class MongoStore:
                         await self._append(event, session)
                     except AuditWriteError:
                         if session is None:
-                            await self._undo(request_id, updated.version, old)
+                            await self._compensate("changing a request",
+                                                   self._undo(request_id, updated.version, old))
                         raise
                 result = request_from_doc(moved)
                 await self._add_effects(result, effects, session)
@@ -774,8 +904,11 @@ class MongoStore:
             query["at"] = at
         if types is not None:
             query["type"] = {"$in": list(types)}
-        last = after_seq
         events = self._collection("events")
+        with self._errors("reading the audit checkpoint"):
+            checkpoint = await self._checkpoint()
+        # Below the checkpoint is purged, even where a batch delete has not reached yet.
+        last = max(after_seq, checkpoint.seq if checkpoint else 0)
         while True:
             with self._errors("reading audit events"):
                 page_query = {**query, "_id": {"$gt": last}}
@@ -797,6 +930,9 @@ class MongoStore:
         """How many events there are (older than `before`, when given)."""
         query: Doc = {} if before is None else {"at": {"$lt": format_time(before)}}
         with self._errors("counting audit events"):
+            checkpoint = await self._checkpoint()
+            if checkpoint is not None:
+                query["_id"] = {"$gt": checkpoint.seq}
             return int(await self._collection("events").count_documents(query))
 
     async def checkpoint(self) -> Checkpoint | None:
@@ -808,42 +944,70 @@ class MongoStore:
         """Report aggregates through aggregation pipelines on the server."""
         from .reports import report_data
 
-        if self._client is None:
+        if self._db is None:
             raise StoreError("the MongoDB store is not open")
-        return await report_data(self._client[self.db_name], query, progress)
+        return await report_data(self._db, query, progress)
 
     async def purge_events(self, before: datetime, event: EventDraft) -> PurgeResult:
-        """Delete the oldest events up to `before` (never the newest), checkpoint, and record the purge."""
+        """Move the checkpoint up to `before` (never past the newest event) with its event; then delete below it."""
         events = self._collection("events")
         meta = self._collection("meta")
 
-        async def body(session: Session) -> PurgeResult:
-            checkpoint = await self._checkpoint(session)
-            purged = 0
+        async def mark(session: Session) -> PurgeResult:
+            old = await self._checkpoint(session)
+            floor = old.seq if old else 0
+            checkpoint, purged = old, 0
             newest = await events.find_one({}, {"_id": 1}, sort=[("_id", DESCENDING)], session=session)
             if newest is not None:
                 # Only a prefix of the chain goes, so the rest verifies from one checkpoint.
                 first_kept = await events.find_one(
-                    {"at": {"$gte": format_time(before)}}, {"_id": 1}, sort=[("_id", ASCENDING)],
-                    session=session,
+                    {"_id": {"$gt": floor}, "at": {"$gte": format_time(before)}}, {"_id": 1},
+                    sort=[("_id", ASCENDING)], session=session,
                 )
                 cutoff = int(newest["_id"]) - 1
                 if first_kept is not None:
                     cutoff = min(cutoff, int(first_kept["_id"]) - 1)
                 last = await events.find_one(
-                    {"_id": {"$lte": cutoff}}, sort=[("_id", DESCENDING)], session=session
-                )
+                    {"_id": {"$gt": floor, "$lte": cutoff}}, sort=[("_id", DESCENDING)], session=session
+                ) if cutoff > floor else None
                 if last is not None:
                     checkpoint = Checkpoint(seq=int(last["_id"]), hash=str(last["hash"]),
                                             at=event_from_dict(last).at)
-                    # Checkpoint first: should we stop halfway, the trail still verifies from it.
+                    purged = int(await events.count_documents(
+                        {"_id": {"$gt": floor, "$lte": checkpoint.seq}}, session=session))
                     await meta.update_one(
                         {"_id": CHECKPOINT_KEY}, {"$set": {"value": checkpoint_to_json(checkpoint)}},
                         upsert=True, session=session,
                     )
-                    result = await events.delete_many({"_id": {"$lte": cutoff}}, session=session)
-                    purged = int(result.deleted_count)
-            await self._append(purge_draft(event, purged, checkpoint.seq if checkpoint else 0), session)
+            try:
+                await self._append(purge_draft(event, purged, checkpoint.seq if checkpoint else 0), session)
+            except AuditWriteError:
+                if session is None and checkpoint is not old:
+                    await self._compensate("moving the audit checkpoint", put_back(old))
+                raise
             return PurgeResult(purged=purged, checkpoint=checkpoint)
 
-        return await self._unit("purging audit events", body)
+        async def put_back(old: Checkpoint | None) -> None:
+            if old is None:
+                await meta.delete_one({"_id": CHECKPOINT_KEY})
+            else:
+                await meta.update_one({"_id": CHECKPOINT_KEY}, {"$set": {"value": checkpoint_to_json(old)}})
+
+        result = await self._unit("purging audit events", mark)
+        with self._errors("deleting purged audit events"):
+            await self._delete_purged()
+        return result
+
+    async def _delete_purged(self) -> None:
+        """Delete what lies at or below the checkpoint, a bounded batch at a time (each its own write)."""
+        checkpoint = await self._checkpoint()
+        if checkpoint is None:
+            return
+        events = self._collection("events")
+        below = {"_id": {"$lte": checkpoint.seq}}
+        while True:
+            batch = [d["_id"] async for d in events.find(below, {"_id": 1}, sort=[("_id", ASCENDING)],
+                                                          limit=self._purge_batch)]
+            if not batch:
+                return
+            await events.delete_many({"_id": {"$gte": batch[0], "$lte": batch[-1]}})

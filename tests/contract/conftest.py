@@ -60,52 +60,66 @@ async def _sqlite_harness(tmp_path: Path) -> AsyncIterator[Harness]:
         await store.close()
 
 
-async def _refuse_audit_inserts_mongo(db: Any) -> None:
-    """Recreate `events` (same documents, same indexes) with a validator no event passes.
+async def refuse_inserts_mongo(db: Any, name: str) -> None:
+    """Recreate collection `name` (same documents, same indexes) with a validator no document passes.
 
     Works on every server (`create` with a validator, inserts that bypass it), where `collMod`
-    is missing from some (mongoeco); the store's next event insert fails inside the server.
+    is missing from some (mongoeco); the store's next insert there fails inside the server.
     """
-    events = db["events"]
-    docs = [d async for d in events.find({})]
-    indexes = [i async for i in await events.list_indexes() if i["name"] != "_id_"]
-    await events.drop()
-    await db.create_collection("events", validator={"$expr": {"$eq": [1, 0]}})
+    collection = db[name]
+    docs = [d async for d in collection.find({})]
+    indexes = [i async for i in await collection.list_indexes() if i["name"] != "_id_"]
+    await collection.drop()
+    await db.create_collection(name, validator={"$expr": {"$eq": [1, 0]}})
     if docs:
-        await events.insert_many(docs, bypass_document_validation=True)
+        await collection.insert_many(docs, bypass_document_validation=True)
     for index in indexes:
         options = {k: v for k, v in index.items() if k not in ("key", "v", "ns")}
-        await events.create_index(list(index["key"].items()), **options)
+        await collection.create_index(list(index["key"].items()), **options)
 
 
-async def _mongo_harness(uri: str) -> AsyncIterator[Harness]:
+async def _mongo_harness(uri: str, *, kind: str = "mongodb") -> AsyncIterator[Harness]:
     from pymongo import AsyncMongoClient
 
     from storage.mongo.store import MongoStore
 
     clock = FakeClock()
     db_name = new_db_name()
-    store = MongoStore(uri, clock, db_name=db_name)
+    store = MongoStore(uri, clock, db_name=db_name, allow_standalone=kind == "mongodb-standalone")
     await store.open()
     admin: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, serverSelectionTimeoutMS=5000)
 
     async def break_audit() -> None:
-        await _refuse_audit_inserts_mongo(admin[db_name])
+        await refuse_inserts_mongo(admin[db_name], "events")
 
     try:
-        yield Harness("mongodb", store, clock, break_audit, url=uri, db_name=db_name)
+        yield Harness(kind, store, clock, break_audit, url=uri, db_name=db_name)
     finally:
         await store.close()
         await admin.drop_database(db_name)
         await admin.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("mongodb", marks=pytest.mark.mongodb)])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every contract test on every store: sqlite, mongodb (transactions: a replica set; mongoeco has
+    them) and mongodb-standalone (no transactions: the development-only path that undoes a change whose
+    event failed), except a test marked `same_without_transactions`, whose store calls never use one."""
+    if "harness" not in metafunc.fixturenames:
+        return
+    kinds = ["sqlite", pytest.param("mongodb", marks=pytest.mark.mongodb)]
+    if metafunc.definition.get_closest_marker("same_without_transactions") is None:
+        kinds.append(pytest.param("mongodb-standalone", marks=pytest.mark.mongodb))
+    metafunc.parametrize("harness", kinds, indirect=True)
+
+
+@pytest.fixture
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
     if request.param == "sqlite":
         factory = _sqlite_harness(tmp_path)
-    else:
+    elif request.param == "mongodb":
         factory = _mongo_harness(request.getfixturevalue("mongodb_uri"))
+    else:
+        factory = _mongo_harness(request.getfixturevalue("mongodb_standalone_uri"), kind="mongodb-standalone")
     async for ready in factory:
         yield ready
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
+
 from bot.domain.audit import GENESIS_HASH, verify_chain
+from bot.domain.errors import AuditWriteError
 from bot.ports import Store
+from tests.contract.conftest import Harness
 from tests.support.stores import ANN, START, FakeClock, draft
 
 
+@pytest.mark.same_without_transactions  # append_event never runs in a transaction
 async def test_many_appends_form_one_chain_that_verifies(store: Store, clock: FakeClock) -> None:
     for i in range(1_201):  # more than two pages of the streamed read
         clock.advance(seconds=1)
@@ -129,4 +134,19 @@ async def test_concurrent_appends_in_one_process_take_distinct_places_in_the_cha
     recorded = await asyncio.gather(*(store.append_event(draft(details={"i": i})) for i in range(40)))
 
     assert sorted(e.seq for e in recorded) == list(range(1, 41))
+    assert (await verify_chain(store.events())).ok
+
+
+async def test_a_purge_whose_event_cannot_be_written_changes_nothing(harness: Harness) -> None:
+    store, clock = harness.store, harness.clock
+    for _ in range(4):
+        clock.advance(days=1)
+        await store.append_event(draft())
+    await harness.break_audit()
+
+    with pytest.raises(AuditWriteError, match="nothing was changed"):
+        await store.purge_events(clock.now(), draft("retention.purged", None))
+
+    assert await store.checkpoint() is None
+    assert await store.count_events() == 4
     assert (await verify_chain(store.events())).ok

@@ -43,10 +43,6 @@ class MongoServer:
         self.uri = uri
         self.started_by_us = started_by_us
 
-    @property
-    def label(self) -> str:
-        return "mongoeco 4.11 (local wire server)" if self.started_by_us else "the server in " + MONGODB_URI_VAR
-
 
 def new_db_name(prefix: str = "jitpass_test") -> str:
     """A database name no other test (or other engineer's run on the same server) uses."""
@@ -89,13 +85,16 @@ def _read_ready_line(proc: subprocess.Popen[str], timeout: float) -> str:
 
 
 @contextmanager
-def mongoeco_server(python: Path = SERVER_PYTHON) -> Iterator[MongoServer]:
-    """Start mongoeco's wire server (memory engine) on 127.0.0.1:<free port>; stop it on exit."""
+def mongoeco_server(python: Path = SERVER_PYTHON, *, standalone: bool = False) -> Iterator[MongoServer]:
+    """Start mongoeco's wire server (memory engine) on 127.0.0.1:<free port>; stop it on exit.
+
+    `standalone`: it refuses transactions, as a standalone mongod does.
+    """
     if not python.exists():
         raise MongoUnavailable(f"{python.relative_to(ROOT)} is missing: run ./dev setup (needs Python >= 3.13)")
     # stderr to a file, not a pipe: a chatty server can never block on it.
     with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
-        [str(python), str(SERVER_SCRIPT)], cwd=ROOT, text=True,
+        [str(python), str(SERVER_SCRIPT), *(["--standalone"] if standalone else [])], cwd=ROOT, text=True,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
     ) as proc:
         try:

@@ -103,7 +103,8 @@ def _store_at(kind: str, where: str, db_name: str) -> Any:
         return SqliteStore(Path(where), _SystemClock())
     from storage.mongo import MongoStore
 
-    return MongoStore(where, _SystemClock(), db_name=db_name)
+    # mongodb-standalone: the development-only mode the parent test chose on purpose.
+    return MongoStore(where, _SystemClock(), db_name=db_name, allow_standalone=kind == "mongodb-standalone")
 
 
 async def _claims_worker(command: str, kind: str, where: str, db_name: str, who: str, items: list[str]) -> None:
