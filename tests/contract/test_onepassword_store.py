@@ -31,7 +31,7 @@ async def _everything_stored(harness: Harness, request: pytest.FixtureRequest) -
     from bson import BSON
     from pymongo import AsyncMongoClient
 
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(request.getfixturevalue("mongodb_uri"))
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(harness.url)
     try:
         db = client[harness.store.db_name]  # type: ignore[attr-defined]
         dumped = b""
