@@ -109,7 +109,7 @@ CAS_ATTEMPTS = 10
 # Events deleted per batch when a purge removes what lies below its checkpoint.
 PURGE_BATCH = 5_000
 ALLOW_STANDALONE_VAR = "JITPASS_MONGODB_ALLOW_STANDALONE"
-_COLLECTIONS = ("items", "requests", "events", "meta")
+_COLLECTIONS = ("items", "requests", "events", "meta", "effects")
 _ILLEGAL_OPERATION = 20  # what a standalone mongod answers a transaction
 _WRITE_CONFLICT = 112
 _DUPLICATE_KEY = 11000

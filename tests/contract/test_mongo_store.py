@@ -208,7 +208,7 @@ async def test_a_purge_a_crash_interrupted_is_invisible_and_finished_at_the_next
 
 async def test_every_collection_and_index_exists_once_open(mongo: _Opened) -> None:
     # Never created for the first time inside a transaction; the report index is not left to the first report.
-    assert {"items", "requests", "events", "meta"} <= set(await mongo.db.list_collection_names())
+    assert {"items", "requests", "events", "meta", "effects"} <= set(await mongo.db.list_collection_names())
     assert "type_at" in await mongo.db["events"].index_information()
 
 
