@@ -81,7 +81,8 @@ async def test_an_event_bson_cannot_hold_is_refused_and_nothing_changes(mongo: _
         await store.transition("R1", {Status.PENDING}, {"status": Status.DECLINED, "decided_by": BOB},
                                draft("request.declined", BOB, request_id="R1", details=details))
     with pytest.raises(AuditWriteError, match=r"request\.created"):
-        await store.create_request(make_request("R2"), draft("request.created", request_id="R2", details=details))
+        await store.create_request(make_request("R2", item="db-ro"),
+                                   draft("request.created", request_id="R2", details=details))
     with pytest.raises(AuditWriteError):
         await store.append_event(draft(details=details))
 
