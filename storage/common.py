@@ -10,24 +10,46 @@ from typing import Any
 
 from bot.domain.audit import format_time, parse_time
 from bot.domain.model import AccessRequest, EffectDraft, EffectKind, EffectOutcome, Event, EventDraft, Identity
+from bot.domain.report_data import AccessRow
 from bot.ports import Checkpoint
 
 from .codec import REQUEST_FIELDS
 
 __all__ = [
     "CHECKPOINT_KEY",
+    "DUE_RULES",
     "EVENTS_PAGE",
     "apply_changes",
     "as_recorded",
     "checkpoint_from_json",
     "checkpoint_to_json",
+    "display_label",
     "effect_docs",
+    "order_access_rows",
     "purge_draft",
     "settled_changes",
     "supersedes",
 ]
 
 CHECKPOINT_KEY = "audit_checkpoint"
+
+# What makes an open request due: (status, the time field that is due, other fields that must match).
+# An approved extension is not due by itself: it waits for its grant (the scheduler applies it).
+DUE_RULES: tuple[tuple[str, str, Mapping[str, str]], ...] = (
+    ("pending", "timeout_at", {}),
+    ("approved", "starts_at", {"kind": "access"}),
+    ("active", "ends_at", {}),
+)
+
+
+def display_label(display: Any, key: str | None) -> str:
+    """A person's name in a report: their display name, else the id part of `platform:id`."""
+    return str(display) if display else (key or "").partition(":")[2] or (key or "")
+
+
+def order_access_rows(rows: list[AccessRow]) -> tuple[AccessRow, ...]:
+    """Report rows busiest first: requests, reveals, granted time, then key."""
+    return tuple(sorted(rows, key=lambda r: (-r.requests, -r.reveals, -r.granted_seconds, r.key)))
 # Events are streamed in pages of this many so reading the trail never loads it whole.
 EVENTS_PAGE = 500
 # The store owns these: a caller setting them would break compare-and-set.

@@ -40,6 +40,7 @@ from bot.domain.report_data import (
     UnrevealedGrant,
     VaultBurst,
 )
+from storage.common import display_label, order_access_rows
 
 __all__ = ["REPORT_INDEXES", "ensure_report_indexes", "report_data"]
 
@@ -82,9 +83,6 @@ def _date(field: Any) -> Doc:
 def _seconds_between(later: Any, earlier: Any) -> Doc:
     return {"$divide": [{"$subtract": [{"$toLong": _date(later)}, {"$toLong": _date(earlier)}]}, 1000]}
 
-
-def _label(display: Any, key: str | None) -> str:
-    return str(display) if display else (key or "").partition(":")[2] or (key or "")
 
 
 class _Filters:
@@ -189,9 +187,6 @@ def _row(dimension: str, doc: Doc, key: str, label: str = "", vault: str = "") -
                      granted_seconds=round(float(doc["granted"]), 3))
 
 
-def _order(rows: list[AccessRow]) -> tuple[AccessRow, ...]:
-    return tuple(sorted(rows, key=lambda r: (-r.requests, -r.reveals, -r.granted_seconds, r.key)))
-
 
 async def _summaries(rq: Any) -> Doc:
     totals = await _aggregate(rq, [{"$group": {"_id": None, **_SUMS}}])
@@ -204,12 +199,12 @@ async def _summaries(rq: Any) -> Doc:
         docs = await _aggregate(rq, [{"$match": {column: {"$ne": None}}}, {"$sort": {f"{column}_display": 1}},
                                      {"$group": {"_id": f"${column}", "display": {"$last": f"${column}_display"},
                                                  **_SUMS}}])
-        people[dimension] = [_row(dimension, d, d["_id"], _label(d.get("display"), d["_id"])) for d in docs]
+        people[dimension] = [_row(dimension, d, d["_id"], display_label(d.get("display"), d["_id"])) for d in docs]
     return {
         "totals": _row("total", totals[0] if totals else zero, "all"),
-        "by_item": _order([_row("item", d, d["_id"], vault=d.get("vault") or "") for d in by_item]),
-        "by_vault": _order([_row("vault", d, d["_id"]) for d in by_vault]),
-        "by_requester": _order(people["requester"]), "by_approver": _order(people["approver"]),
+        "by_item": order_access_rows([_row("item", d, d["_id"], vault=d.get("vault") or "") for d in by_item]),
+        "by_vault": order_access_rows([_row("vault", d, d["_id"]) for d in by_vault]),
+        "by_requester": order_access_rows(people["requester"]), "by_approver": order_access_rows(people["approver"]),
     }
 
 
@@ -250,7 +245,7 @@ async def _latency(db: AsyncDatabase[Doc], rq: Any, f: _Filters) -> Doc:
         "_id": _WHO, "approvals": _count(_is(["request.approval_added", "request.approved"])),
         "declines": _count(_is("request.declined")), "display": {"$last": "$actor.display"}}}])
     approver_load = tuple(sorted((ApproverLoad(
-        key=d["_id"], label=_label(d.get("display"), d["_id"]), approvals=int(d["approvals"]),
+        key=d["_id"], label=display_label(d.get("display"), d["_id"]), approvals=int(d["approvals"]),
         declines=int(d["declines"]), median_seconds=_maybe(per.get(d["_id"], {}).get("p50")),
         p95_seconds=_maybe(per.get(d["_id"], {}).get("p95"))) for d in loads),
         key=lambda a: (-(a.approvals + a.declines), a.key)))
@@ -307,7 +302,7 @@ async def _unrevealed(rq: Any, f: _Filters) -> Doc:
     docs = [d async for d in rq.find(match).sort([("activated_at", -1), ("_id", 1)]).limit(LIST_LIMIT)]
     return {"unrevealed_total": total, "unrevealed": tuple(UnrevealedGrant(
         d["_id"], d.get("item") or "", d.get("vault") or "", d.get("requester") or "",
-        _label(d.get("requester_display"), d.get("requester")), parse_time(d["activated_at"]),
+        display_label(d.get("requester_display"), d.get("requester")), parse_time(d["activated_at"]),
         parse_time(d["ended_at"]) if d.get("ended_at") else None) for d in docs)}
 
 
@@ -331,7 +326,7 @@ async def _off_hours(db: AsyncDatabase[Doc], rq: Any, f: _Filters) -> Doc:
         "rows": [{"$sort": {"at": -1, "_id": -1}}, {"$limit": LIST_LIMIT},
                  {"$project": {"at": 1, "request_id": 1, "item": 1, "vault": 1, "who": _WHO}}]}}])
     found = facets[0] if facets else {"total": [], "people": [], "rows": []}
-    labels = {p["_id"]: _label(p.get("display"), p["_id"]) for p in found["people"]}
+    labels = {p["_id"]: display_label(p.get("display"), p["_id"]) for p in found["people"]}
     return {
         "off_hours_total": int(found["total"][0]["n"]) if found["total"] else 0,
         "off_hours_by_person": tuple(PersonCount(p["_id"], labels[p["_id"]], int(p["n"])) for p in found["people"]),
@@ -361,7 +356,7 @@ async def _bursts(db: AsyncDatabase[Doc], f: _Filters) -> tuple[VaultBurst, ...]
                     "flagged": {"$sum": 1}, "display": {"$first": "$actor.display"}}},
         {"$sort": {"n": -1, "flagged": -1, "_id": 1}},
     ])
-    bursts = (VaultBurst(d["_id"], _label(d.get("display"), d["_id"]), int(d["n"]), parse_time(d["at"]),
+    bursts = (VaultBurst(d["_id"], display_label(d.get("display"), d["_id"]), int(d["n"]), parse_time(d["at"]),
                          tuple(sorted(d["vaults"])), int(d["flagged"])) for d in docs)
     return tuple(b for b in bursts if f.q.vault is None or f.q.vault in b.vaults)
 
@@ -373,7 +368,7 @@ async def _refusals(db: AsyncDatabase[Doc], f: _Filters) -> tuple[Refusal, ...]:
     docs = await _aggregate(db["events"], [{"$match": match}, {"$sort": {"_id": 1}}, {"$group": {
         "_id": {"who": _WHO, "reason": "$reason"}, "n": {"$sum": 1}, "first": {"$min": "$at"},
         "last": {"$max": "$at"}, "display": {"$last": "$actor.display"}}}])
-    rows = [Refusal(d["_id"]["who"], _label(d.get("display"), d["_id"]["who"]), d["_id"]["reason"], int(d["n"]),
+    rows = [Refusal(d["_id"]["who"], display_label(d.get("display"), d["_id"]["who"]), d["_id"]["reason"], int(d["n"]),
                     parse_time(d["first"]), parse_time(d["last"])) for d in docs]
     return tuple(sorted(rows, key=lambda r: (not r.self_approval, -r.count, r.actor, r.reason)))
 
@@ -409,7 +404,7 @@ async def _exposure(db: AsyncDatabase[Doc], query: ReportQuery) -> tuple[Exposur
         {"$sort": {"_id": 1}},
         {"$group": {"_id": {"request_id": "$request_id", "who": _WHO}, "first": {"$min": "$at"},
                     "last": {"$max": "$at"}, "display": {"$last": "$actor.display"}}}])
-    found = [ExposureReveal(d["_id"]["request_id"], d["_id"]["who"], _label(d.get("display"), d["_id"]["who"]),
+    found = [ExposureReveal(d["_id"]["request_id"], d["_id"]["who"], display_label(d.get("display"), d["_id"]["who"]),
                             parse_time(d["first"]), parse_time(d["last"])) for d in docs]
     return tuple(sorted(found, key=lambda r: (r.first_at, r.request_id)))
 

@@ -81,6 +81,7 @@ from storage.codec import (
 )
 from storage.common import (
     CHECKPOINT_KEY,
+    DUE_RULES,
     EVENTS_PAGE,
     apply_changes,
     as_recorded,
@@ -124,10 +125,10 @@ Session = AsyncClientSession | None
 _ITEM_META_PROJECTION = {k: 0 for k in KEY_FIELDS}
 # The store owns these; a transition only writes them when `refs` is among the changes.
 _REFS_FIELDS = ("refs", "refs_version")
-# Which time makes a request due in each open status.
-_DUE_FIELDS = (("pending", "timeout_at"), ("approved", "starts_at"), ("active", "ends_at"))
+# Which time makes a request due in each open status, and what else must match (storage.common.DUE_RULES).
+_DUE_FIELDS = tuple((status, field) for status, field, _ in DUE_RULES)
 # An approved extension is never due: approving it moved its grant's end.
-_DUE_ONLY = {"approved": {"kind": "access"}}
+_DUE_ONLY = {status: dict(extra) for status, _, extra in DUE_RULES if extra}
 
 
 _EFFECT_ORDER = itertools.count()

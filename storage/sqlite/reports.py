@@ -49,6 +49,7 @@ from bot.domain.report_data import (
     UnrevealedGrant,
     VaultBurst,
 )
+from storage.common import display_label, order_access_rows
 
 __all__ = [
     "REPORT_INDEXES",
@@ -96,11 +97,6 @@ def ensure_report_indexes(conn: sqlite3.Connection) -> None:
 def _in(values: Sequence[str]) -> str:
     return ", ".join(f"'{v}'" for v in values)  # only our own constant type names go through here
 
-
-def _label(display: Any, key: str | None) -> str:
-    if display:
-        return str(display)
-    return (key or "").partition(":")[2] or (key or "")
 
 
 def _time(value: Any) -> datetime:
@@ -258,9 +254,6 @@ def _row(dimension: str, key: str, label: str, vault: str, sums: Sequence[Any]) 
                      cancelled=n[4], reveals=n[5], code_views=n[6], granted_seconds=round(float(sums[7] or 0.0), 3))
 
 
-def _order(rows: list[AccessRow]) -> tuple[AccessRow, ...]:
-    return tuple(sorted(rows, key=lambda r: (-r.requests, -r.reveals, -r.granted_seconds, r.key)))
-
 
 def _summaries(conn: sqlite3.Connection) -> dict[str, Any]:
     # Two passes over rq (per item and vault, per requester and decider); every breakdown is a sum of
@@ -292,11 +285,11 @@ def _summaries(conn: sqlite3.Connection) -> dict[str, Any]:
             SELECT g.*, p.display FROM (SELECT {column} AS k, {again} FROM by_rd WHERE {column} IS NOT NULL
                                         GROUP BY {column}) g
             LEFT JOIN people p ON p.k = g.k""").fetchall()
-        people[dimension] = [_row(dimension, r[0], _label(r[-1], r[0]), "", r[1:-1]) for r in rows]
+        people[dimension] = [_row(dimension, r[0], display_label(r[-1], r[0]), "", r[1:-1]) for r in rows]
     return {
         "totals": _row("total", "all", "", "", totals),
-        "by_item": _order(by_item), "by_vault": _order(by_vault),
-        "by_requester": _order(people["requester"]), "by_approver": _order(people["approver"]),
+        "by_item": order_access_rows(by_item), "by_vault": order_access_rows(by_vault),
+        "by_requester": order_access_rows(people["requester"]), "by_approver": order_access_rows(people["approver"]),
     }
 
 
@@ -353,7 +346,7 @@ def _approver_loads(conn: sqlite3.Connection, q: _Sql) -> list[tuple[Any, ...]]:
 
 def _approver_load(loads: Sequence[tuple[Any, ...]], per_approver: dict[Any, Any]) -> tuple[ApproverLoad, ...]:
     return tuple(sorted((ApproverLoad(
-        key=k, label=_label(display, k), approvals=int(approvals), declines=int(declines),
+        key=k, label=display_label(display, k), approvals=int(approvals), declines=int(declines),
         median_seconds=_seconds(per_approver[k][2]) if k in per_approver else None,
         p95_seconds=_seconds(per_approver[k][3]) if k in per_approver else None,
     ) for k, approvals, declines, display in loads), key=lambda a: (-(a.approvals + a.declines), a.key)))
@@ -379,7 +372,7 @@ def _unrevealed(conn: sqlite3.Connection, q: _Sql) -> dict[str, Any]:
         ORDER BY rq.activated_at DESC, rq.request_id LIMIT :limit""", q.params).fetchall()
     return {
         "unrevealed_total": int(rows[0][7]) if rows else 0,
-        "unrevealed": tuple(UnrevealedGrant(r[0], r[1] or "", r[2] or "", r[3] or "", _label(r[4], r[3]),
+        "unrevealed": tuple(UnrevealedGrant(r[0], r[1] or "", r[2] or "", r[3] or "", display_label(r[4], r[3]),
                                             _time(r[5]), _maybe_time(r[6])) for r in rows),
     }
 
@@ -401,7 +394,7 @@ def _off_hours(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> dict[st
         SELECT g.who, g.n, json_extract(e.actor, '$.display')
         FROM (SELECT who, count(*) AS n, max(seq) AS s FROM offh GROUP BY who) g JOIN events e ON e.seq = g.s
         ORDER BY g.n DESC, g.who""").fetchall()
-    labels = {who: _label(display, who) for who, _, display in by_person}
+    labels = {who: display_label(display, who) for who, _, display in by_person}
     rows = conn.execute("SELECT at, request_id, item, vault, who FROM offh ORDER BY at DESC, seq DESC LIMIT :limit",
                         q.params).fetchall()
     return {
@@ -442,7 +435,7 @@ def _bursts(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> tuple[Vaul
         SELECT r.who, r.n, r.at, r.vaults, r.flagged, json_extract(e.actor, '$.display')
         FROM ranked r JOIN events e ON e.seq = r.seq WHERE r.rk = 1
         ORDER BY r.n DESC, r.flagged DESC, r.who""").fetchall()
-    bursts = (VaultBurst(who, _label(display, who), int(n), _time(at), tuple(sorted(str(vaults).split(","))),
+    bursts = (VaultBurst(who, display_label(display, who), int(n), _time(at), tuple(sorted(str(vaults).split(","))),
                          int(flagged)) for who, n, at, vaults, flagged, display in rows)
     return tuple(b for b in bursts if query.vault is None or query.vault in b.vaults)
 
@@ -456,7 +449,7 @@ def _refusals(conn: sqlite3.Connection, q: _Sql) -> tuple[Refusal, ...]:
               GROUP BY k, reason) g
         JOIN events e ON e.seq = g.s
         ORDER BY g.reason NOT LIKE 'self-%', g.n DESC, g.k, g.reason""", q.params).fetchall()
-    return tuple(Refusal(k, _label(display, k), reason, int(n), _time(a), _time(b))
+    return tuple(Refusal(k, display_label(display, k), reason, int(n), _time(a), _time(b))
                  for k, reason, n, a, b, display in rows)
 
 
@@ -470,11 +463,11 @@ def _shared_use(conn: sqlite3.Connection, q: _Sql) -> tuple[SharedUse, ...]:
     # look-back at the previous grant are one streamed pass here (a window pass with a lead() over the
     # same rows cost SQLite 2.5x as much). Only one item's tallies are held at a time.
     # Each item's requesters become their sorted labels as soon as its grants are counted.
-    labels = {str(k): _label(display, str(k)) for k, display in conn.execute("SELECT k, display FROM people")}
+    labels = {str(k): display_label(display, str(k)) for k, display in conn.execute("SELECT k, display FROM people")}
 
     def named(who: set[Any]) -> tuple[str, ...]:
         keys = {k for w in who if w is not None for k in str(w).split(",") if k}
-        return tuple(sorted({labels.get(k, _label(None, k)) for k in keys}))
+        return tuple(sorted({labels.get(k, display_label(None, k)) for k in keys}))
 
     rows = conn.execute("""
         SELECT item, vault, requester, max(activated_at, :since) AS s, min(coalesce(ended_at, :open_end), :until) AS e
@@ -520,7 +513,8 @@ def _exposure(conn: sqlite3.Connection, query: ReportQuery) -> tuple[ExposureRev
                   FROM events WHERE type = 'grant.revealed' AND request_id IN ({", ".join("?" * len(chunk))})
                   GROUP BY request_id, k) g
             JOIN events e ON e.seq = g.s""", chunk).fetchall()
-        found += [ExposureReveal(rid, k, _label(display, k), _time(a), _time(b)) for rid, k, a, b, display in rows]
+        found += [ExposureReveal(rid, k, display_label(display, k), _time(a), _time(b))
+                  for rid, k, a, b, display in rows]
     return tuple(sorted(found, key=lambda r: (r.first_at, r.request_id)))
 
 
