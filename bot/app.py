@@ -18,7 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
+from adapters.siem import sinks_from_env
 from adapters.slack import SlackAdapter
+from adapters.slack.witness import SlackWitness
 from adapters.teams import TeamsAdapter
 from bot.bootstrap import ChatAdapter, Runtime, open_runtime
 from bot.demo import DEMO_POLICY, seed_demo
@@ -27,12 +29,14 @@ from bot.domain.errors import JitpassError, StartupError, StoreError
 from bot.domain.policy import Policy
 from bot.ports import Clock
 from bot.services.retention import install_retention
+from bot.services.siem import SiemStreamer
 
 __all__ = ["RUNTIME", "bind", "create_app", "serve", "store_health"]
 
 log = logging.getLogger("jitpass.app")
 
 RUNTIME = web.AppKey("runtime", Runtime)
+SIEM = web.AppKey("siem", SiemStreamer)
 VERSION = "0.1.0"
 
 
@@ -88,6 +92,19 @@ async def store_health(runtime: Runtime, chat: Sequence[ChatAdapter], timeout: f
     return body, 200 if store["writable"] else 503
 
 
+def add_chat_witnesses(runtime: Runtime, chat: Sequence[ChatAdapter]) -> None:
+    """`[audit.witness_channel]`: post each checkpoint to Slack (Teams: not yet, said at start)."""
+    checkpointer, channels = runtime.checkpointer, runtime.policy.audit.witness_channels
+    if checkpointer is None:
+        return
+    for adapter in chat:
+        if isinstance(adapter, SlackAdapter) and adapter.api is not None and channels.get("slack"):
+            checkpointer.witnesses = [*checkpointer.witnesses, SlackWitness(adapter.api, channels["slack"])]
+    if channels.get("teams"):
+        log.warning("event=audit_witness_unsupported platform=teams note=\"audit.witness_channel.teams is not "
+                    "supported yet: use JITPASS_AUDIT_WITNESS_FILE or a SIEM sink\"")
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None,
                demo: bool = False, adapters: Sequence[ChatAdapter] | None = None) -> web.Application:
     """The aiohttp application; the runtime is opened at start-up and closed at clean-up."""
@@ -105,6 +122,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
             if counts["failed_wipes"]:
                 body["alerts"] = [f"{counts['failed_wipes']} delivered secret(s) could not be wiped from chat; "
                                   "see alert.wipe_exhausted in the audit trail"]
+        if SIEM in request.app:
+            body["siem"] = request.app[SIEM].describe()
         if runtime.onepassword_sync is not None:
             body["onepassword"] = {"connect": runtime.settings.op_connect_host, **runtime.onepassword_sync.describe(),
                                    "events": runtime.shadow is not None}
@@ -141,7 +160,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
             install_retention(runtime.scheduler, runtime.store, runtime.policy, runtime.clock, runtime.checkpointer)
             install_onepassword(runtime)
             if runtime.checkpointer:
+                add_chat_witnesses(runtime, chat)
                 runtime.checkpointer.start()
+                sinks = sinks_from_env(settings.environ, runtime.checkpointer.deployment)
+                if sinks:
+                    streamer = SiemStreamer(runtime.store, sinks, runtime.clock)
+                    await streamer.load()
+                    streamer.start()
+                    app[SIEM] = streamer
         except BaseException:
             # aiohttp runs no on_cleanup after a failed start-up: close what was opened here.
             await stop(app)
@@ -158,6 +184,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
             await adapter.stop()
         if runtime.checkpointer:
             await runtime.checkpointer.stop()  # the shutdown checkpoint, once nothing else appends
+        if SIEM in app:
+            await app[SIEM].stop()  # a few seconds to stream what is left, the shutdown checkpoint included
         await runtime.close()
 
     app.on_startup.append(start)

@@ -42,6 +42,9 @@ __all__ = [
     "SecretRead",
     "SecretSource",
     "Sent",
+    "SiemRecord",
+    "SiemSink",
+    "SinkError",
     "SourceItem",
     "SourceSummary",
     "SourceVault",
@@ -272,6 +275,40 @@ class Failed:
 
 
 type NotifyResult = Sent | Failed
+
+
+@dataclass(frozen=True)
+class SiemRecord:
+    """One record for a SIEM: an exported audit event or a signed checkpoint (`body`, the exact JSON)."""
+
+    seq: int
+    kind: str  # "event" | "checkpoint"
+    body: Mapping[str, Any]
+
+
+class SinkError(Exception):
+    """A SIEM sink did not acknowledge a batch; it is sent again after a backoff.
+
+    `permanent`: the sink said the request itself is wrong (bad token, bad signature); it is still
+    retried (nothing may be skipped) but shown as a configuration problem."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+class SiemSink(Protocol):
+    """Where the audit trail streams to (webhook, Splunk HEC, syslog)."""
+
+    name: str
+    batch_size: int
+
+    async def send(self, records: Sequence[SiemRecord]) -> None:
+        """Return only once the sink acknowledged every record; raise SinkError otherwise."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class Witness(Protocol):
