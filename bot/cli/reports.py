@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,6 +17,7 @@ from bot.domain.report_data import DEFAULT_PERIOD, FORMATS, Report
 from bot.ports import ReportSource
 from bot.reports.build import build_report, parse_period, record_report
 from bot.reports.render import render
+from bot.services.checkpoints import audit_trust
 
 __all__ = ["add_commands", "cmd_report", "run_report"]
 
@@ -32,6 +34,10 @@ async def run_report(runtime: Runtime, args: argparse.Namespace, out: TextIO, *,
         report = await build_report(source or runtime.store, runtime.policy, now, since, until,
                                     vault=args.vault, item=args.item, user=args.user, verify=not args.no_verify,
                                     tracker=tracker)
+    if not args.no_verify and runtime.checkpointer is not None:
+        witness = runtime.settings.environ.get("JITPASS_AUDIT_WITNESS_FILE")
+        report = replace(report, trust=await audit_trust(runtime.store, runtime.checkpointer,
+                                                         Path(witness) if witness else None))
     await record_report(runtime.store, actor, report, args.format)  # before the report leaves the process
     if args.out:
         _write(report, args.format, Path(args.out))

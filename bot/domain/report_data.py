@@ -303,6 +303,16 @@ class ChainStatus:
 
 
 @dataclass(frozen=True)
+class AuditTrust:
+    """What vouches for the chain beyond itself: its latest signed checkpoint, a witness, the SIEM sinks."""
+
+    checkpoint: str  # e.g. "seq 120 signed 2026-12-02T16:40:01.123456Z (interval), key b68a…", or "none yet"
+    witness: str  # what the witness file says about the trail
+    witness_ok: bool | None = None  # None: no witness configured
+    siem: tuple[str, ...] = ()  # one line per sink: cursor, lag, failures
+
+
+@dataclass(frozen=True)
 class RetentionSummary:
     total_events: int
     buckets: tuple[AgeBucket, ...]
@@ -332,6 +342,7 @@ class Report:
     exposure: tuple[ExposureRow, ...]
     retention: RetentionSummary
     shadow_access: tuple[ShadowUse, ...] = ()  # from access.shadow events (1Password Events API)
+    trust: AuditTrust | None = None  # signed checkpoint, witness and SIEM state (CLI reports)
 
     @property
     def filters(self) -> dict[str, str]:

@@ -153,6 +153,18 @@ def _access_rows(rows: Sequence[AccessRow], *, vault_col: bool = False) -> list[
 _ACCESS_HEAD = ("requests", "approved", "declined", "timed out", "cancelled", "reveals", "codes", "granted")
 
 
+def _trust_html(report: Report) -> str:
+    """The chain section's signed checkpoint, witness verdict and SIEM sinks (when the CLI looked)."""
+    trust = report.trust
+    if trust is None:
+        return ""
+    witness_class = "muted" if trust.witness_ok is None else ("ok" if trust.witness_ok else "bad")
+    siem = "".join(f"<li>{_e(line)}</li>" for line in trust.siem)
+    return (f'<p>Latest signed checkpoint: {_e(trust.checkpoint)}</p>'
+            f'<p>Witness: <span class="{witness_class}">{_e(trust.witness)}</span></p>'
+            + (f"<p>SIEM streaming:</p><ul>{siem}</ul>" if siem else ""))
+
+
 def render_html(report: Report) -> str:
     """One self-contained HTML file: inline CSS and SVG, no script, no external request (CSP enforced)."""
     tz = ZoneInfo(report.timezone)
@@ -231,5 +243,6 @@ def render_html(report: Report) -> str:
         "<h2>Exposure: revealed and not rotated since</h2>", exposure,
         "<h2>Retention</h2>", retention,
         f'<p>Hash chain: <span class="{chain_class}">{_e(_chain_line(ret.chain))}</span></p>',
+        _trust_html(report),
         "</body></html>\n",
     ])

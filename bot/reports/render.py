@@ -302,6 +302,11 @@ def render_table(report: Report, out: TextIO, *, width: int | None = None) -> No
         _add_row(retention, "last purge",
                           f"checkpoint after event {ret.checkpoint_seq} ({_local(ret.checkpoint_at, tz)})")
     _add_row(retention, "hash chain", _chain_line(ret.chain))
+    if report.trust is not None:
+        _add_row(retention, "signed checkpoint", report.trust.checkpoint)
+        _add_row(retention, "witness", report.trust.witness)
+        for line in report.trust.siem:
+            _add_row(retention, "SIEM", line)
     console.print(retention)
 
 

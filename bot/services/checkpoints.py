@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -25,12 +26,23 @@ from bot.domain.audit_signing import (
     SignedCheckpoint,
     load_audit_keys,
     parse_checkpoint_line,
+    parse_witness,
 )
+from bot.domain.audit_verify import verify_trail
 from bot.domain.policy import AuditPolicy
+from bot.domain.report_data import AuditTrust
 from bot.ports import Clock, Store, Witness
 
-__all__ = ["DEPLOYMENT_KEY", "SIGNED_CHECKPOINT_KEY", "Checkpointer", "audit_key_settings", "deployment_id",
-           "load_checked_ring", "stored_checkpoint"]
+__all__ = [
+    "DEPLOYMENT_KEY",
+    "SIGNED_CHECKPOINT_KEY",
+    "Checkpointer",
+    "audit_key_settings",
+    "audit_trust",
+    "deployment_id",
+    "load_checked_ring",
+    "stored_checkpoint",
+]
 
 log = logging.getLogger("jitpass.audit")
 
@@ -214,3 +226,37 @@ class Checkpointer:
                                                    "reason": latest.reason},
             "witnesses": {w.name: vars(self.health.get(w.name, WitnessHealth())) for w in self.witnesses},
         }
+
+
+async def audit_trust(store: Store, checkpointer: Checkpointer, witness_path: Path | None) -> AuditTrust:
+    """The report's view of the signed head, the witness file's verdict, and the SIEM sinks' state."""
+    latest = await stored_checkpoint(store)
+    if isinstance(latest, SignedCheckpoint):
+        problem = latest.signature_problem(checkpointer.ring)
+        head = (f"seq {latest.seq} signed {format_time(latest.at)} ({latest.reason}), key {latest.key_id}"
+                + (f" — INVALID ({problem.replace('_', ' ')})" if problem else ""))
+    else:
+        head = "none yet" if latest is None else f"UNREADABLE ({latest})"
+    witness, witness_ok = "no witness file configured (JITPASS_AUDIT_WITNESS_FILE)", None
+    if witness_path is not None:
+        try:
+            lines = witness_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            witness, witness_ok = f"the witness file cannot be read ({exc.__class__.__name__})", False
+        else:
+            purge = await store.checkpoint()
+            verdict = await verify_trail(store.events(), purge=(purge.seq, purge.hash) if purge else None,
+                                         stored=latest, ring=checkpointer.ring, deployment=checkpointer.deployment,
+                                         witness=parse_witness(lines))
+            bad = [f for f in verdict.findings if f.where != "the store"]
+            witness_ok = not bad
+            witness = (f"matches the witness file ({verdict.witness_checked} checkpoint(s) agree)" if not bad else
+                       "does NOT match the witness file: " + "; ".join(f"{f.kind} ({f.where})" for f in bad[:3]))
+    siem: tuple[str, ...] = ()
+    status = await store.get_meta("siem_status")
+    if status:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            siem = tuple(f"{name}: cursor {s['cursor']}, lag {s['lag']}, {s['total_failures']} failure(s)"
+                         + (f", last error {s['last_error']}" if s.get("last_error") else "")
+                         for name, s in sorted(json.loads(status).items()))
+    return AuditTrust(checkpoint=head, witness=witness, witness_ok=witness_ok, siem=siem)

@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,23 +254,30 @@ def test_rotation_keeps_old_checkpoints_verifiable(trail: Trail, tmp_path: Path)
     assert len(keys) == 2  # checkpoints by the old and the new key, all verified
 
 
+async def poll_healthz(port: int, ready: Callable[[dict[str, Any]], bool], *, tries: int = 300) -> dict[str, Any]:
+    """/healthz of a starting server, until `ready` says so (bounded: `tries` x 0.1 s)."""
+    body: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(tries):
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    body = await response.json()
+                if ready(body):
+                    break
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+    return body
+
+
 async def test_the_server_signs_at_shutdown_and_shows_the_checkpoint_in_healthz(tmp_path: Path) -> None:
     server = Trail(tmp_path)
     server.env["PORT"] = str(_free_port())
     proc = subprocess.Popen([str(Path(sys.executable).parent / "jitpass"), "serve", "--demo"], cwd=tmp_path,
                             env=server.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        body: dict[str, Any] = {}
-        async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                try:
-                    async with http.get(f"http://127.0.0.1:{server.env['PORT']}/healthz") as response:
-                        body = await response.json()
-                    if body["audit"]["latest"] is not None:  # the demo item's event, signed within a second
-                        break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
+        # The demo item's event, signed within a second.
+        body = await poll_healthz(int(server.env["PORT"]), lambda b: b["audit"]["latest"] is not None)
         assert body["audit"]["latest"]["seq"] >= 1 and body["audit"]["witnesses"]["file"]["failures"] == 0
         assert len(body["audit"]["key"]) == 16
     finally:
@@ -331,3 +339,19 @@ def test_the_standalone_verifier_agrees_with_jitpass(trail: Trail, tmp_path: Pat
     expected = {"none": 0, "edit": 3, "delete_middle": 3, "reorder": 3, "delete_tail": 5, "rechain": 5,
                 "key_swap": 5, "garbage": 6}[tamper]
     assert ours.returncode == expected
+
+
+def test_the_html_report_shows_the_latest_checkpoint_and_whether_the_witness_matches(trail: Trail) -> None:
+    page = trail.tmp / "report.html"
+    done = trail("report", "--since", "30d", "--format", "html", "--out", str(page))
+    assert done.returncode == 0, done.stderr
+    html = page.read_text(encoding="utf-8")
+    assert "Latest signed checkpoint: seq 6 signed" in html
+    assert '<span class="ok">matches the witness file (2 checkpoint(s) agree)</span>' in html
+
+    trail.rechain(edit_seq=2)
+    trail.forget_signed_checkpoint()
+    assert trail("report", "--since", "30d", "--format", "html", "--out", str(page)).returncode == 0
+    html = page.read_text(encoding="utf-8")
+    assert "Latest signed checkpoint: none yet" in html
+    assert '<span class="bad">does NOT match the witness file: rechained (witness line 1)' in html

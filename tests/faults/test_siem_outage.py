@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -263,7 +262,7 @@ async def test_syslog_messages_are_rfc5424_with_octet_counting(tmp_path: Path) -
 
 
 async def test_a_served_jitpass_streams_to_the_webhook_and_reports_it_in_healthz(tmp_path: Path) -> None:
-    from tests.e2e.test_audit_witness import Trail
+    from tests.e2e.test_audit_witness import Trail, poll_healthz
     from tests.e2e.test_cli import _free_port
 
     async with WebhookReceiver(SECRET) as receiver:
@@ -274,17 +273,8 @@ async def test_a_served_jitpass_streams_to_the_webhook_and_reports_it_in_healthz
             str(Path(sys.executable).parent / "jitpass"), "serve", "--demo", cwd=tmp_path, env=server.env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
-            body: dict[str, Any] = {}
-            async with aiohttp.ClientSession() as http:
-                for _ in range(300):
-                    try:
-                        async with http.get(f"http://127.0.0.1:{server.env['PORT']}/healthz") as response:
-                            body = await response.json()
-                        if body.get("siem", {}).get("webhook", {}).get("cursor", 0) >= 1:
-                            break
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    await asyncio.sleep(0.1)
+            body = await poll_healthz(int(server.env["PORT"]),
+                                      lambda b: b.get("siem", {}).get("webhook", {}).get("cursor", 0) >= 1)
             state = body["siem"]["webhook"]
             assert state["cursor"] >= 1 and state["lag"] == 0 and state["failures"] == 0
             assert "whsec" not in json.dumps(body)  # the secret never shows

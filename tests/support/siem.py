@@ -20,7 +20,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -37,7 +37,7 @@ class _HttpStandIn:
     def app(self) -> web.Application:
         raise NotImplementedError
 
-    async def __aenter__(self) -> _HttpStandIn:
+    async def __aenter__(self) -> Self:
         self._runner = web.AppRunner(self.app())
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
