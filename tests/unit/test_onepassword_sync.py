@@ -454,3 +454,22 @@ async def test_an_item_moved_between_vaults_of_the_same_customer_keeps_its_grant
     assert (await _events(runtime, "item.updated"))[-1].details["changed"] == ["moved"]
     code = await runtime.service.new_code(grant_id, REQUESTER)
     assert code.password == Secret(OP_CANARY_PASSWORD)
+
+
+async def test_a_vault_the_token_lost_and_an_item_connect_cannot_read_are_left_as_they_were(
+        runtime: Runtime, account: OnePasswordAccount) -> None:
+    await _sync(runtime)
+    fake = account.fake
+    fake.scope.discard(account.initech)
+    new_id = fake.add_login(account.acme, "Reports", password="r")
+    fake.fail(f"/items/{new_id}", 500, times=100)
+    fake.add_login(account.acme, "Payroll", password="p")
+
+    problems = await _sync(runtime)
+
+    names = {i.name for i in await runtime.store.list_items()}
+    assert "initech-portal-admin" in names, "a vault out of scope is not a reason to delete its items"
+    assert any("'Initech', which the Connect token cannot see; its items are left as they were" in p
+               for p in problems)
+    assert any("'Reports' in vault 'Acme (1Password)' could not be read (server_error)" in p for p in problems)
+    assert "acme-op-payroll" in names and "acme-op-reports" not in names
