@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import signal
 import socket
+import uuid
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from adapters.siem import sinks_from_env
 from adapters.slack import SlackAdapter
@@ -26,12 +29,13 @@ from bot.bootstrap import ChatAdapter, Runtime, open_runtime
 from bot.demo import DEMO_POLICY, seed_demo
 from bot.domain.config import Settings, parse_policy
 from bot.domain.errors import JitpassError, StartupError, StoreError
+from bot.domain.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth
 from bot.domain.policy import Policy
 from bot.ports import Clock
 from bot.services.retention import install_retention
 from bot.services.siem import SiemStreamer
 
-__all__ = ["RUNTIME", "bind", "create_app", "serve", "store_health"]
+__all__ = ["RUNTIME", "bind", "check_safe_start", "create_app", "is_loopback", "serve", "store_health"]
 
 log = logging.getLogger("jitpass.app")
 
@@ -70,7 +74,8 @@ def chat_adapters(settings: Settings) -> list[ChatAdapter]:
     adapters: list[ChatAdapter] = []
     if settings.slack_bot_token or settings.slack_signing_secret or settings.slack_app_token:
         adapters.append(SlackAdapter(settings))
-    adapters.append(TeamsAdapter(settings))
+    if settings.teams_enabled:
+        adapters.append(TeamsAdapter(settings))
     return adapters
 
 
@@ -105,10 +110,44 @@ def add_chat_witnesses(runtime: Runtime, chat: Sequence[ChatAdapter]) -> None:
                     "supported yet: use JITPASS_AUDIT_WITNESS_FILE or a SIEM sink\"")
 
 
+CHAT_PATHS = frozenset({"/slack/events", "/api/messages"})
+
+
+def _refused(request: web.Request, status: int, reason: str) -> web.Response:
+    log.warning("event=chat_request_refused path=%s status=%d reason=%r", request.path, status, reason)
+    return web.json_response({"error": f"malformed request: {reason}"}, status=status)
+
+
+@web.middleware
+async def guard_chat_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Both chat endpoints: a size and a JSON depth limit before any parser runs, and an unexpected
+    failure as one log line (the traceback only at debug level), never a stack trace to the caller."""
+    if request.method != "POST" or request.path not in CHAT_PATHS:
+        return await handler(request)
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return _refused(request, 413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        raw = await request.read()  # aiohttp keeps it: the handler's own read() gets the same bytes
+    except web.HTTPRequestEntityTooLarge:
+        return _refused(request, 413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    if raw.lstrip()[:1] in (b"{", b"[") and json_depth(raw) > MAX_JSON_DEPTH:
+        return _refused(request, 400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        error_id = uuid.uuid4().hex[:8]
+        log.error("event=chat_request_failed path=%s error_id=%s error=%s", request.path, error_id,
+                  type(exc).__name__)
+        log.debug("event=chat_request_failed_detail error_id=%s", error_id, exc_info=exc)
+        return web.json_response({"error": "internal error", "error_id": error_id}, status=500)
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None,
                demo: bool = False, adapters: Sequence[ChatAdapter] | None = None) -> web.Application:
     """The aiohttp application; the runtime is opened at start-up and closed at clean-up."""
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guard_chat_bodies])
     chat = list(adapters) if adapters is not None else chat_adapters(settings)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -138,6 +177,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
         adapter.add_routes(app)
     if not any(a.platform == "slack" for a in chat):
         app.router.add_post("/slack/events", not_configured)
+    if not any(a.platform == "teams" for a in chat):
+        async def teams_off(request: web.Request) -> web.Response:
+            return web.json_response({"error": "Teams is turned off (JITPASS_TEAMS_ENABLED=false)"}, status=501)
+
+        app.router.add_post("/api/messages", teams_off)
 
     async def start(app: web.Application) -> None:
         runtime = await open_runtime(settings, clock=clock, policy=policy, mark_demo=demo,
@@ -193,6 +237,37 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
     return app
 
 
+def is_loopback(host: str) -> bool:
+    """True when only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_safe_start(settings: Settings, host: str) -> None:
+    """Refuse a configuration that would accept unauthenticated chat requests on a reachable address."""
+    if is_loopback(host):
+        return
+    teams_anonymous = settings.teams_enabled and not settings.teams_app_id
+    if teams_anonymous and not settings.teams_anonymous_allowed:
+        raise StartupError(
+            f"refusing to start: Teams has no credentials, so /api/messages would accept anyone's activities on "
+            f"{host}. Set CONNECTIONS__SERVICE_CONNECTION__SETTINGS__CLIENTID, __CLIENTSECRET and __TENANTID "
+            "(or MICROSOFT_APP_ID / MICROSOFT_APP_PASSWORD / MICROSOFT_APP_TENANT_ID); or JITPASS_TEAMS_ENABLED=false "
+            "for a Slack-only server; or bind 127.0.0.1 (JITPASS_HOST) for local development")
+    if teams_anonymous:
+        log.warning("event=insecure_teams_anonymous host=%s note=\"INSECURE: JITPASS_TEAMS_ANONYMOUS=insecure-allow: "
+                    "anyone who reaches %s can act as any Teams user\"", host, host)
+    slack_http = bool(settings.slack_bot_token) and not settings.slack_app_token
+    if slack_http and not settings.slack_signing_secret:
+        raise StartupError(
+            f"refusing to start: SLACK_BOT_TOKEN is set but SLACK_SIGNING_SECRET is not, so Slack's requests on {host} "
+            "could not be verified. Set SLACK_SIGNING_SECRET (HTTP mode) or SLACK_APP_TOKEN (Socket Mode)")
+
+
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, taken before any start-up work: a busy port must change nothing."""
     try:
@@ -206,6 +281,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 async def serve(settings: Settings, *, host: str, port: int, policy: Policy | None = None, demo: bool = False) -> None:
     """Run the server until cancelled (Ctrl-C / SIGTERM)."""
+    check_safe_start(settings, host)
     sock = bind(host, port)
     runner = web.AppRunner(create_app(settings, policy=policy, demo=demo))
     stop = asyncio.Event()

@@ -6,8 +6,16 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.mongo import MONGODB_URI_VAR, MongoServer, MongoUnavailable, mongodb_unavailable, mongoeco_server
+
+# Property tests: 2,000 examples per test in every run; HYPOTHESIS_PROFILE=long for a deeper search.
+settings.register_profile("ci", max_examples=2_000, deadline=None, derandomize=True, database=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("long", max_examples=50_000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

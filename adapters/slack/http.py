@@ -22,6 +22,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 
 from adapters.slack.app import apology
+from bot.domain.limits import TooDeep, loads_bounded
 
 __all__ = [
     "MAX_TIMESTAMP_SKEW_SECONDS", "MalformedRequest", "SlackEventsEndpoint", "expected_signature", "parse_slack_body",
@@ -42,7 +43,9 @@ class MalformedRequest(ValueError):
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(text)
+        data = loads_bounded(text)
+    except TooDeep as exc:
+        raise MalformedRequest(f"{what} is {exc}") from None
     except ValueError:
         raise MalformedRequest(f"{what} is not valid JSON") from None
     if not isinstance(data, dict):
@@ -73,19 +76,32 @@ def parse_slack_body(raw: str, content_type: str) -> dict[str, Any]:
     raise MalformedRequest("expected an Events API JSON body, an interaction `payload` or a slash command")
 
 
+# Top-level fields bolt reads as objects whenever they are present (a null or a string there crashes it).
+_OBJECT_FIELDS = ("user", "team", "channel", "view", "message", "container", "enterprise", "event", "state")
+
+
+def _check_objects(body: Mapping[str, Any]) -> None:
+    for name in _OBJECT_FIELDS:
+        if name in body and not isinstance(body[name], Mapping):
+            raise MalformedRequest(f"`{name}` must be an object")
+
+
 def _check_event(body: Mapping[str, Any]) -> None:
+    _check_objects(body)
     kind = body.get("type")
     if not isinstance(kind, str):
         raise MalformedRequest("an Events API body needs a string `type`")
     if kind == "url_verification" and not isinstance(body.get("challenge"), str):
         raise MalformedRequest("url_verification needs a string `challenge`")
-    if kind == "event_callback":
+    if kind == "event_callback" or "event" in body:
+        # bolt reads `event.type` of any body that has an `event` (and fails on a string there).
         event = body.get("event")
         if not isinstance(event, Mapping) or not isinstance(event.get("type"), str):
-            raise MalformedRequest("event_callback needs an `event` object with a `type`")
+            raise MalformedRequest("`event` must be an object with a string `type`")
 
 
 def _check_interaction(body: Mapping[str, Any]) -> None:
+    _check_objects(body)
     kind = body.get("type")
     if not isinstance(kind, str):
         raise MalformedRequest("the payload needs a string `type`")

@@ -20,6 +20,8 @@ from bot.domain.policy import (
     OnePasswordPolicy,
     OnePasswordVault,
     Policy,
+    RateLimit,
+    RateLimits,
     Retention,
     VaultPolicy,
     WorkingHours,
@@ -101,6 +103,10 @@ class Settings:
     call_timeout: float = 10.0
     # A Retry-After longer than this is cut to it (JITPASS_RETRY_AFTER_MAX); it delays only that effect.
     retry_after_max: float = 30.0
+    # JITPASS_TEAMS_ANONYMOUS=insecure-allow: an anonymous /api/messages even on a non-loopback bind.
+    teams_anonymous_allowed: bool = False
+    # JITPASS_TEAMS_ENABLED=false: no Teams endpoint at all (a Slack-only deployment).
+    teams_enabled: bool = True
     # Seconds /healthz waits for a store write before it answers `degraded` (JITPASS_HEALTH_TIMEOUT).
     health_timeout: float = 2.0
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -180,9 +186,23 @@ class Settings:
             op_events_token=(env.get("OP_EVENTS_TOKEN") or "").strip() or None,
             call_timeout=_seconds(env, "JITPASS_CALL_TIMEOUT", 10.0),
             retry_after_max=_seconds(env, "JITPASS_RETRY_AFTER_MAX", 30.0),
+            teams_anonymous_allowed=_insecure_allow("JITPASS_TEAMS_ANONYMOUS", env.get("JITPASS_TEAMS_ANONYMOUS")),
+            teams_enabled=parse_bool("JITPASS_TEAMS_ENABLED", env.get("JITPASS_TEAMS_ENABLED"), True),
             health_timeout=_seconds(env, "JITPASS_HEALTH_TIMEOUT", 2.0),
             environ=env,
         )
+
+
+INSECURE_ALLOW = "insecure-allow"
+
+
+def _insecure_allow(name: str, value: str | None) -> bool:
+    """An unsafe mode is allowed only by its one explicit word: `true`, `1` or a typo are errors."""
+    if value is None or not value.strip():
+        return False
+    if value.strip() == INSECURE_ALLOW:
+        return True
+    raise InputError(f"{name}={value!r} is not understood: the only value is {INSECURE_ALLOW} (or leave it unset)")
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -333,7 +353,7 @@ _VAULT_KEYS = {
     "max_duration", "request_timeout", "approvals_required", "min_reason_length", "exclusive",
 }
 _TOP_KEYS = {"timezone", "defaults", "working_hours", "admins", "approvers", "leads_channel", "retention", "vaults",
-             "onepassword", "audit"}
+             "onepassword", "audit", "people", "rate_limits"}
 _AUDIT_KEYS = {"checkpoint_every_events", "checkpoint_every", "witness_channel"}
 _ONEPASSWORD_KEYS = {"vaults", "sync_every", "events_every", "people", "notify_leads"}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -467,6 +487,7 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         witness_channels=reader.channels(reader.table(audit_data, "audit", "witness_channel"),
                                          "audit.witness_channel"),
     )
+    onepassword = _parse_onepassword(reader, data)
     return Policy(
         audit=audit,
         timezone=tz,
@@ -475,8 +496,63 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         admins=reader.members(reader.table(data, "", "admins"), "admins"),
         working_hours=hours,
         retention=retention,
-        onepassword=_parse_onepassword(reader, data),
+        onepassword=onepassword,
+        people=_parse_people(reader, data, onepassword),
+        rate_limits=_parse_rate_limits(reader, data),
     )
+
+
+def _parse_rate_limits(reader: _PolicyReader, data: Mapping[str, Any]) -> RateLimits:
+    """`[rate_limits] requests = "10/1h"`, `codes = "30/10m"`, `reports = "10/1h"` (per person)."""
+    table = reader.table(data, "", "rate_limits")
+    defaults = RateLimits()
+    values: dict[str, RateLimit] = {}
+    for key, value in table.items():
+        if key not in {"requests", "codes", "reports"}:
+            raise reader.fail("rate_limits", key, "unknown key; expected codes, reports or requests")
+        count, _, per = str(value).partition("/")
+        try:
+            limit = RateLimit(int(count), parse_duration(per))
+        except (ValueError, InputError):
+            limit = RateLimit(0, timedelta(0))
+        if not isinstance(value, str) or limit.count < 1 or limit.per <= timedelta(0):
+            raise reader.fail("rate_limits", key, f'must be "<count>/<duration>" like "10/1h", not {value!r}')
+        values[key] = limit
+    return RateLimits(**{k: values.get(k, defaults.of(k)) for k in ("requests", "codes", "reports")})
+
+
+def _parse_people(reader: _PolicyReader, data: Mapping[str, Any], onepassword: OnePasswordPolicy) -> dict[str, str]:
+    """`[people.<name>]` links a person's accounts: `slack = "U…"`, `teams = "<Entra object id>"`, `email`.
+
+    Accounts listed under one e-mail in `[onepassword] people` are one person too: the `[people]` entry
+    with that `email`, else a person named by the e-mail."""
+    links: dict[str, str] = {}
+
+    def link(key: str, name: str, table: str, field: str) -> None:
+        if links.setdefault(key, name) != name:
+            raise reader.fail(table, field, f"{key} is linked to two people ({links[key]} and {name})")
+
+    by_email: dict[str, str] = {}
+    for name, entry in reader.table(data, "", "people").items():
+        table = f"people.{name}"
+        if not isinstance(entry, dict):
+            raise reader.fail("people", name, "must be a table with slack / teams / email")
+        for key in entry:
+            if key not in {*PLATFORMS, "email"}:
+                raise reader.fail(table, key, f"unknown key; expected one of {', '.join((*PLATFORMS, 'email'))}")
+        for platform in sorted(PLATFORMS):
+            for user_id in sorted(reader.strings(entry, table, platform)):
+                link(f"{platform}:{user_id}", name, table, platform)
+        email = entry.get("email")
+        if email is not None:
+            if not isinstance(email, str) or "@" not in email:
+                raise reader.fail(table, "email", "must be an e-mail address")
+            by_email[email.lower()] = name
+    for email, accounts in sorted(onepassword.people.items()):
+        name = by_email.get(email, email)
+        for key in sorted(accounts):
+            link(key, name, "onepassword.people", email)
+    return links
 
 
 def load_policy(path: Path | None) -> Policy:

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 from bot.domain.model import Identity
 
-__all__ = ["AuditPolicy", "Limits", "Members", "OnePasswordPolicy", "OnePasswordVault", "Policy", "Retention",
-           "VaultPolicy", "WorkingHours"]
+__all__ = ["AuditPolicy", "Limits", "Members", "OnePasswordPolicy", "OnePasswordVault", "Policy", "RateLimit",
+           "RateLimits", "Retention", "VaultPolicy", "WorkingHours"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,31 @@ class Limits:
     approvals_required: int = 1
     min_reason_length: int = 8
     exclusive: bool = False
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `count` in any `per`."""
+
+    count: int
+    per: timedelta
+
+    def __str__(self) -> str:
+        minutes = int(self.per.total_seconds() // 60)
+        return f"{self.count} per {minutes // 60}h" if minutes % 60 == 0 else f"{self.count} per {minutes}m"
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Per person (all their linked accounts together), `[rate_limits]` in the policy."""
+
+    requests: RateLimit = RateLimit(10, timedelta(hours=1))  # access requests and extensions: approval cards
+    codes: RateLimit = RateLimit(30, timedelta(minutes=10))  # New code presses and live-code views
+    reports: RateLimit = RateLimit(10, timedelta(hours=1))  # chat reports
+
+    def of(self, action: str) -> RateLimit:
+        limit: RateLimit = getattr(self, action)
+        return limit
 
 
 @dataclass(frozen=True)
@@ -130,6 +155,26 @@ class Policy:
     retention: Retention = field(default_factory=Retention)
     onepassword: OnePasswordPolicy = field(default_factory=OnePasswordPolicy)
     audit: AuditPolicy = field(default_factory=AuditPolicy)
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    # Platform account ("slack:U123", "teams:<Entra object id>") -> the person's name ([people], e-mail links).
+    people: Mapping[str, str] = field(default_factory=dict)
+
+    def person_of(self, who: Identity) -> str:
+        """The person behind an account: `person:<name>` when the policy links it, else the account key."""
+        name = self.people.get(who.key)
+        return f"person:{name}" if name else who.key
+
+    def same_person(self, one: Identity, other: Identity) -> bool:
+        """One person, whichever platform each account is on."""
+        return one.same_person(other) or self.person_of(one) == self.person_of(other)
+
+    def accounts_of(self, who: Identity) -> tuple[Identity, ...]:
+        """`who` and the person's linked accounts on other platforms (without their groups)."""
+        name = self.people.get(who.key)
+        if name is None:
+            return (who,)
+        linked = (k for k, n in self.people.items() if n == name and k != who.key)
+        return (who, *(Identity(k.partition(":")[0], k.partition(":")[2]) for k in sorted(linked)))
 
     def for_vault(self, vault: str) -> VaultPolicy:
         """The vault's own policy, or the defaults for a vault the file does not name."""
@@ -141,10 +186,12 @@ class Policy:
         )
 
     def is_approver(self, vault: str, who: Identity) -> bool:
-        return self.for_vault(vault).approvers.includes(who)
+        """An approver through any of the person's linked accounts."""
+        approvers = self.for_vault(vault).approvers
+        return any(approvers.includes(account) for account in self.accounts_of(who))
 
     def is_admin(self, who: Identity) -> bool:
-        return self.admins.includes(who)
+        return any(self.admins.includes(account) for account in self.accounts_of(who))
 
     def leads_channel(self, vault: str, platform: str) -> str | None:
         return self.for_vault(vault).leads_channels.get(platform) or self.defaults.leads_channels.get(platform)

@@ -60,6 +60,7 @@ async def chat_report(service: AccessService, actor: Identity, args_text: str, *
     if not service.policy.is_admin(actor):
         await service.record_refusal(actor, "report without being an admin")
         raise NotAllowed("Only jitpass admins can produce access reports.")
+    await service.check_rate(actor, "reports")
     args = parse_chat_args(args_text)
     now = service.clock.now()
     since, until = parse_period(now, service.policy.timezone, since=args.get("since"), start=args.get("from"),

@@ -58,6 +58,7 @@ from bot.domain.request_text import RequestDraft, format_duration, parse_duratio
 from bot.domain.syntax import Hint, Typed, example
 from bot.domain.vault import Vault
 from bot.ports import Clock, Failed, Notifier, SecretRead, Store
+from bot.services.rate_limits import RateLimiter
 from bot.services.rotation import note_password_read
 from bot.services.secrets import BuiltinSource, SecretSources
 
@@ -86,6 +87,7 @@ class AccessService:
         self.policy = policy
         self.clock = clock
         self.notifiers: dict[str, Notifier] = {}
+        self.rate_limiter = RateLimiter(clock)
         # Called after every state change: the scheduler re-plans from the store.
         self.on_change: list[Callable[[AccessRequest], None]] = []
 
@@ -163,17 +165,19 @@ class AccessService:
             window=window, status=Status.PENDING, created_at=now, updated_at=now,
             required_approvals=limits.approvals_required, timeout_at=now + limits.request_timeout,
             starts_at=window.start, notes=tuple(notes), platform=requester.platform, refs=dict(refs or {}),
-            person=requester.key, exclusive=vault.is_exclusive(item.name),
+            person=self.policy.person_of(requester), exclusive=vault.is_exclusive(item.name),
         )
+        await self.check_rate(requester, "requests")  # after validation: only what would post a card counts
         try:
             await self.store.create_request(request, self._draft("request.created", requester, request, reason, {
                 "duration": format_duration(window.duration),
                 "start": window.start.isoformat() if window.start else None,
                 "notes": notes,
             }), self._effects(request, EffectKind.POST_CARD))
-        except ClaimTaken:  # a request of this person's won the race since the check above
+        except ClaimTaken:  # a request of this person's won the race, or came from their other account
             await self._refuse_second_open(requester, item.name)
-            raise
+            raise Conflict(f"You already have an open request for {item.name} (from another chat account).",
+                           hint="Cancel it there first.") from None
         log.info("request created request_id=%s item=%s requester=%s", request.id, item.name, requester.key)
         self._changed(request)
         return await self._get(request.id)
@@ -182,7 +186,7 @@ class AccessService:
                                 refs: Mapping[str, Any] | None = None) -> AccessRequest:
         """Ask the leads for more time on an active grant; the end moves only when approved."""
         grant = await self._get(request_id)
-        if not grant.requester.same_person(requester):
+        if not self.policy.same_person(grant.requester, requester):
             await self._refuse(grant, requester, "extend someone else's grant")
             raise NotAllowed(f"{request_id} is not your request.")
         if grant.status is not Status.ACTIVE:
@@ -201,6 +205,7 @@ class AccessService:
         pending = await self.store.find_requests(parent_id=grant.id, statuses={Status.PENDING})
         if pending:
             raise Conflict(f"Extension {pending[0].id} for {request_id} is already waiting for a lead.")
+        await self.check_rate(requester, "requests", request=grant)
         now = self.clock.now()
         request = AccessRequest(
             id=new_request_id(), item=grant.item, vault=grant.vault, requester=requester,
@@ -223,7 +228,7 @@ class AccessService:
             await self._authorise_decider(request, approver, "approve")
             if request.status is not Status.PENDING:
                 raise Conflict(wording.already_decided(request))
-            if any(a.approver.same_person(approver) for a in request.approvals):
+            if any(self.policy.same_person(a.approver, approver) for a in request.approvals):
                 raise Conflict(f"You already approved {request.id}; it needs "
                                f"{request.required_approvals - len(request.approvals)} more approval(s).")
             now = self.clock.now()
@@ -276,7 +281,7 @@ class AccessService:
     async def cancel(self, request_id: str, requester: Identity) -> AccessRequest:
         """The requester withdraws a request that is not active yet."""
         request = await self._get(request_id)
-        if not request.requester.same_person(requester):
+        if not self.policy.same_person(request.requester, requester):
             await self._refuse(request, requester, "cancel someone else's request")
             raise NotAllowed(f"{request_id} is not your request.")
         updated = await self.store.transition(
@@ -297,7 +302,7 @@ class AccessService:
         request = await self._get(request_id)
         if request.status in {Status.PENDING, Status.APPROVED}:
             return await self.cancel(request_id, holder)
-        if not request.requester.same_person(holder):
+        if not self.policy.same_person(request.requester, holder):
             await self._refuse(request, holder, "end someone else's grant")
             raise NotAllowed(f"{request_id} is not your grant.")
         return await self._end_grant(request, Status.REVOKED, holder, "ended by the holder")
@@ -306,7 +311,7 @@ class AccessService:
         """An approver or admin ends someone's grant early."""
         request = await self._get(request_id)
         if not (self.policy.is_admin(actor) or self.policy.is_approver(request.vault, actor)
-                or request.requester.same_person(actor)):
+                or self.policy.same_person(request.requester, actor)):
             await self._refuse(request, actor, "revoke")
             raise NotAllowed(f"You may not revoke grants in vault '{request.vault}'.")
         return await self._end_grant(request, Status.REVOKED, actor, reason or f"revoked by {actor.label}")
@@ -319,6 +324,7 @@ class AccessService:
 
     async def new_code(self, request_id: str, holder: Identity) -> Reveal:
         """Audit, then return the then-current TOTP code (with the password already revealed)."""
+        await self.check_rate(holder, "codes", request=await self._get(request_id))
         return await self._reveal(request_id, holder, "grant.code_shown")
 
     async def live_code(self, request_id: str, holder: Identity, *, via: str, audit: bool) -> CodeView | None:
@@ -326,6 +332,8 @@ class AccessService:
 
         `audit` is True when a person starts looking (a view opens); the periodic refreshes of that
         view are not separate code views. None when the item has no TOTP seed."""
+        if audit:  # a view opening counts; its periodic refreshes do not
+            await self.check_rate(holder, "codes", request=await self._get(request_id))
         request, _, read = await self._open_grant(request_id, holder)
         code = read.code
         if code is None:
@@ -342,7 +350,7 @@ class AccessService:
         source failures are audited (and nothing is shown)."""
         request = await self._get(request_id)
         now = self.clock.now()
-        if not request.requester.same_person(holder):
+        if not self.policy.same_person(request.requester, holder):
             await self._refuse(request, holder, "see someone else's secret")
             raise NotAllowed(f"{request_id} is not your grant.")
         if request.status is not Status.ACTIVE or (request.ends_at is not None and request.ends_at <= now):
@@ -539,6 +547,26 @@ class AccessService:
             return None
         return email if isinstance(email, str) else None
 
+    async def check_rate(self, actor: Identity, action: str, *, request: AccessRequest | None = None) -> None:
+        """Count one `action` ("requests", "codes", "reports") by the actor's person; NotAllowed over the limit.
+
+        The first refusal of a burst is audited as `access.refused`; the rest of it only logged."""
+        limit = self.policy.rate_limits.of(action)
+        refused = self.rate_limiter.take(self.policy.person_of(actor), action, limit)
+        if refused is None:
+            return
+        wait = max(int(refused.retry_after.total_seconds() // 60), 1)
+        reason = f"rate limit: {action} ({limit})"
+        if refused.first:
+            try:
+                await self.store.append_event(EventDraft(
+                    "access.refused", actor, request.id if request else None, request.item if request else None,
+                    request.vault if request else None, reason, {"limit": str(limit)}))
+            except StoreError as exc:
+                log.error("refusal not audited actor=%s what=%s error=%s", actor.key, reason, exc.message)
+        log.warning("event=rate_limited actor=%s action=%s limit=%r", actor.key, action, str(limit))
+        raise NotAllowed(f"Too many {action} ({limit} allowed); try again in {wait} min.")
+
     async def record_refusal(self, actor: Identity, what: str, *, request_id: str | None = None,
                              vault: str | None = None) -> None:
         """Audit an attempt that was refused (non-admin report request, foreign button press, ...)."""
@@ -657,7 +685,7 @@ class AccessService:
         await self.store.replace_item(replace(sealed, item=item), None)
 
     async def _authorise_decider(self, request: AccessRequest, who: Identity, verb: str) -> None:
-        if request.requester.same_person(who):
+        if self.policy.same_person(request.requester, who):
             await self._refuse(request, who, f"self-{verb}")
             raise NotAllowed(f"You cannot {verb} your own request.")
         if not self.policy.is_approver(request.vault, who):
@@ -708,8 +736,11 @@ class AccessService:
 
     def _draft(self, event_type: str, actor: Identity | None, request: AccessRequest, reason: str = "",
                details: dict[str, Any] | None = None) -> EventDraft:
+        extra = dict(details or {})
+        if actor is not None and self.policy.person_of(actor) != actor.key:
+            extra["person"] = self.policy.person_of(actor)  # the person, next to the account in `actor`
         return EventDraft(type=event_type, actor=actor, request_id=request.id, item=request.item,
-                          vault=request.vault, reason=reason, details=dict(details or {}))
+                          vault=request.vault, reason=reason, details=extra)
 
     async def _get(self, request_id: str) -> AccessRequest:
         request = await self.store.get_request(request_id.strip().upper())

@@ -1,0 +1,92 @@
+"""Rate limits per person: requests (approval cards), New code, reports; the first refusal of a burst audited."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.bootstrap import Runtime, open_runtime
+from bot.domain.config import parse_policy
+from bot.domain.errors import NotAllowed, PolicyError
+from bot.domain.model import SYSTEM, Identity
+from bot.domain.policy import RateLimit, RateLimits
+from bot.reports.chat import chat_report
+from tests.support.app import TEST_POLICY, FakeClock, canary_items, test_settings
+
+LIMITS = """
+[rate_limits]
+requests = "3/1h"
+codes = "5/10m"
+reports = "2/1h"
+
+[people.alice]
+slack = "UALICE"
+teams = "alice-oid"
+"""
+ALICE = Identity("slack", "UALICE", "alice")
+ALICE_TEAMS = Identity("teams", "alice-oid", "alice")
+LEAD = Identity("slack", "ULEAD1", "lead")
+ADMIN = Identity("slack", "UADMIN", "admin")
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
+    clock = FakeClock()
+    rt = await open_runtime(test_settings(tmp_path), clock=clock, policy=parse_policy(TEST_POLICY + LIMITS))
+    await rt.catalog.add(canary_items(), SYSTEM, source="test")
+    try:
+        yield rt
+    finally:
+        await rt.store.close()
+
+
+async def refusals(runtime: Runtime) -> list[str]:
+    return [e.reason async for e in runtime.store.events() if e.type == "access.refused"]
+
+
+async def test_a_burst_of_requests_posts_at_most_the_limit_of_cards(runtime: Runtime) -> None:
+    for _ in range(3):  # request, cancel, request again: each one is a card for the leads
+        request = await runtime.service.request_access(ALICE, "acme-zendesk fix broken trigger for 1h")
+        await runtime.service.cancel(request.id, ALICE)
+    for who in (ALICE, ALICE_TEAMS, ALICE):  # the person's other account shares the budget
+        with pytest.raises(NotAllowed, match=r"Too many requests \(3 per 1h allowed\)"):
+            await runtime.service.request_access(who, "acme-zendesk fix broken trigger for 1h")
+    created = [e async for e in runtime.store.events() if e.type == "request.created"]
+    assert len(created) == 3
+    assert await refusals(runtime) == ["rate limit: requests (3 per 1h)"]  # audited once per burst
+    # Someone else is not affected; and after the window the person may ask again.
+    await runtime.service.request_access(Identity("slack", "UBOB", "bob"), "acme-zendesk fix broken trigger for 1h")
+    runtime.clock.advance(timedelta(hours=1))  # type: ignore[attr-defined]
+    await runtime.service.request_access(ALICE, "acme-zendesk fix broken trigger for 1h")
+
+
+async def test_new_code_presses_are_limited_and_the_refusal_audited(runtime: Runtime) -> None:
+    request = await runtime.service.request_access(ALICE, "acme-zendesk fix broken trigger for 1h")
+    await runtime.service.approve(request.id, LEAD)
+    for _ in range(5):
+        await runtime.service.new_code(request.id, ALICE)
+    for _ in range(20):
+        with pytest.raises(NotAllowed, match="Too many codes"):
+            await runtime.service.new_code(request.id, ALICE)
+    shown = [e async for e in runtime.store.events() if e.type == "grant.code_shown"]
+    assert len(shown) == 5
+    assert await refusals(runtime) == ["rate limit: codes (5 per 10m)"]
+
+
+async def test_chat_reports_are_limited(runtime: Runtime) -> None:
+    for _ in range(2):
+        await chat_report(runtime.service, ADMIN, "7d")
+    with pytest.raises(NotAllowed, match="Too many reports"):
+        await chat_report(runtime.service, ADMIN, "7d")
+    assert await refusals(runtime) == ["rate limit: reports (2 per 1h)"]
+
+
+def test_rate_limits_have_defaults_and_are_checked_in_the_policy() -> None:
+    assert parse_policy(TEST_POLICY).rate_limits == RateLimits()
+    assert RateLimits().requests == RateLimit(10, timedelta(hours=1))
+    for bad in ('requests = "lots"', 'codes = "0/1m"', "reports = 5", 'pages = "1/1h"'):
+        with pytest.raises(PolicyError, match="rate_limits"):
+            parse_policy(TEST_POLICY + f"\n[rate_limits]\n{bad}\n")
