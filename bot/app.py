@@ -114,7 +114,8 @@ CHAT_PATHS = frozenset({"/slack/events", "/api/messages"})
 
 
 def _refused(request: web.Request, status: int, reason: str) -> web.Response:
-    log.warning("event=chat_request_refused path=%s status=%d reason=%r", request.path, status, reason)
+    # INFO: the sender's problem, not ours (like the adapters' own refusals); one line per refused body.
+    log.info("event=chat_request_refused path=%s status=%d reason=%r", request.path, status, reason)
     return web.json_response({"error": f"malformed request: {reason}"}, status=status)
 
 
