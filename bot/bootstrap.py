@@ -154,7 +154,8 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
     secrets = SecretSources(BuiltinSource(vault))
     service = AccessService(store, vault, policy, clock, secrets)
     effects = EffectRunner(service, RetryPolicy(call_timeout=settings.call_timeout,
-                                                retry_after_max=settings.retry_after_max))
+                                                retry_after_max=settings.retry_after_max,
+                                                lease_seconds=settings.effect_lease))
     runtime = Runtime(settings=settings, store=store, vault=vault, policy=policy, clock=clock, service=service,
                       catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(service), effects=effects,
                       checkpointer=checkpointer, demo=is_demo)

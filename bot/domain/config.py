@@ -109,6 +109,8 @@ class Settings:
     teams_enabled: bool = True
     # Seconds /healthz waits for a store write before it answers `degraded` (JITPASS_HEALTH_TIMEOUT).
     health_timeout: float = 2.0
+    # A dead replica's effects are taken over this many seconds after its last lease renewal (JITPASS_EFFECT_LEASE).
+    effect_lease: float = 10.0
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Where jitpass lives (JITPASS_HOME, default ~/.local/share/jitpass): one answer for `serve` and
     # every CLI command, whatever the working directory. `home_source` says how it was chosen.
@@ -189,6 +191,7 @@ class Settings:
             teams_anonymous_allowed=_insecure_allow("JITPASS_TEAMS_ANONYMOUS", env.get("JITPASS_TEAMS_ANONYMOUS")),
             teams_enabled=parse_bool("JITPASS_TEAMS_ENABLED", env.get("JITPASS_TEAMS_ENABLED"), True),
             health_timeout=_seconds(env, "JITPASS_HEALTH_TIMEOUT", 2.0),
+            effect_lease=_seconds(env, "JITPASS_EFFECT_LEASE", 10.0),
             environ=env,
         )
 

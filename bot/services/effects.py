@@ -318,7 +318,9 @@ class EffectRunner:
             reveal = await self.service.open_for_delivery(request.id, attempt=effect.attempts)
         except SecretSourceError as exc:
             # The item's source (1Password) cannot answer: nothing left; the requester hears why at once.
-            outcome = self._failure(effect, request, Failed(f"secret_source:{exc.reason}"))
+            # Only an outage is worth retrying; a refused token, a vault out of scope or a bad item is not.
+            transient = exc.reason in {"unreachable", "server_error", "rate_limited"}
+            outcome = self._failure(effect, request, Failed(f"secret_source:{exc.reason}", permanent=not transient))
             if effect.attempts == 1:
                 why = EffectDraft(EffectKind.TELL, {"message": f"⚠️ {request.id} for {request.item}: {exc.message}"})
                 outcome = dataclasses.replace(outcome, follow_ups=(*outcome.follow_ups, why))
@@ -354,7 +356,8 @@ class EffectRunner:
         follow_ups: tuple[EffectDraft, ...] = ()
         if effect.kind is EffectKind.DELIVER:
             event = self._event("grant.delivery_failed", request, details)
-            if effect.attempts == 2 or final:  # a first failure is often retried by another route at once
+            secret_source = failed.error.startswith("secret_source:")  # the requester was told why already
+            if (effect.attempts == 2 or final) and not (secret_source and effect.attempts == 1):
                 follow_ups = (EffectDraft(EffectKind.TELL, {"message": _failed_words(request, final)}),)
         elif effect.kind is EffectKind.WIPE:
             event = self._event("alert.wipe_exhausted" if final else "grant.wipe_failed", request, details)

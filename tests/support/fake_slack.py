@@ -9,6 +9,7 @@ Everything is real HTTP on 127.0.0.1 with ephemeral ports. Tests wait with `awai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -189,6 +190,25 @@ def validate_view(view: Any) -> None:
 
 
 @dataclass
+class Hold:
+    """A call Slack received and keeps open without answering (a stall, or a crash of the caller mid-call).
+
+    With `after_effect` the call takes effect first (the message is stored, as when Slack accepted it and
+    the answer was lost); otherwise nothing happens until `release()`.
+    """
+
+    method: str
+    when: Callable[[dict[str, Any]], bool]
+    after_effect: bool
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    call: Call | None = None
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@dataclass
 class SlackFile:
     """A file announced with files.getUploadURLExternal; `data` once uploaded, `channels` once shared."""
 
@@ -222,6 +242,9 @@ class FakeSlack:
         self.emails: dict[str, str] = {}  # user id -> profile e-mail (users.info with users:read.email)
         self.files: dict[str, SlackFile] = {}
         self._rate_limited: dict[str, list[int]] = {}
+        self._statuses: dict[str, list[tuple[Callable[[dict[str, Any]], bool], int]]] = {}
+        self._holds: list[Hold] = []
+        self.hold_limit = 60.0  # seconds a held call stays open at most
         self._failing: dict[str, list[tuple[Callable[[dict[str, Any]], bool], str]]] = {}
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
@@ -248,6 +271,8 @@ class FakeSlack:
         self.root = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
+        for hold in self._holds:
+            hold.release()
         for ws in list(self.sockets):
             await ws.close()
         if self._runner is not None:
@@ -270,6 +295,30 @@ class FakeSlack:
     def fail_next(self, method: str, error: str, *, when: Callable[[dict[str, Any]], bool] | None = None) -> None:
         """The next call of `method` (whose arguments match `when`, if given) gets {"ok": false, "error": error}."""
         self._failing.setdefault(method, []).append((when or (lambda args: True), error))
+
+    def status_next(self, method: str, status: int, *, when: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        """The next call of `method` (matching `when`) gets a bare HTTP `status` (500, 502, 503 ...)."""
+        self._statuses.setdefault(method, []).append((when or (lambda args: True), status))
+
+    def hold_next(self, method: str, *, when: Callable[[dict[str, Any]], bool] | None = None,
+                  after_effect: bool = False) -> Hold:
+        """Keep the next call of `method` (matching `when`) open without an answer until released."""
+        hold = Hold(method, when or (lambda args: True), after_effect)
+        self._holds.append(hold)
+        return hold
+
+    def _hold_for(self, method: str, args: dict[str, Any]) -> Hold | None:
+        hold = next((h for h in self._holds if h.method == method and not h.arrived.is_set() and h.when(args)), None)
+        if hold is not None:
+            hold.arrived.set()
+        return hold
+
+    async def _stall(self, hold: Hold, call: Call) -> None:
+        hold.call = call
+        call.status, call.error = 0, "held"
+        await self._record(call)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hold.released.wait(), self.hold_limit)
 
     async def wait_for(self, predicate: Callable[[Call], bool], *, after: int = 0, timeout: float = 5.0) -> Call:
         """The first recorded call (from index `after`) matching `predicate`, waiting up to `timeout`."""
@@ -334,6 +383,17 @@ class FakeSlack:
             await self._record(call)
             return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
                                      headers={"Retry-After": str(retry.pop(0))})
+        statuses = self._statuses.get(method, [])
+        bare = next((f for f in statuses if f[0](args)), None)
+        if bare is not None:
+            statuses.remove(bare)
+            call.status, call.error = bare[1], f"http {bare[1]}"
+            await self._record(call)
+            return web.Response(status=bare[1], text="upstream trouble")
+        hold = self._hold_for(method, args)
+        if hold is not None and not hold.after_effect:
+            await self._stall(hold, call)
+            return web.json_response({"ok": False, "error": "fatal_error"}, status=503)
         expected = self.app_token if method == "apps.connections.open" else self.bot_token
         try:
             if token != expected:
@@ -351,11 +411,16 @@ class FakeSlack:
             call.error = exc.error
             await self._record(call)
             return web.json_response({"ok": False, "error": exc.error})
-        await self._record(call)
+        if hold is not None:  # it took effect; the answer never comes (or comes late)
+            await self._stall(hold, call)
+            call.status, call.error = 200, None
+        else:
+            await self._record(call)
         return web.json_response({"ok": True, **data})
 
     def _next_ts(self) -> str:
-        return f"1773133200.{next(self._ts):06d}"
+        # Like Slack: the posting time in epoch seconds, made unique by a counter.
+        return f"{int(time.time())}.{next(self._ts):06d}"
 
     def _m_auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"url": "https://test.slack.example/", "team": "Test", "user": "jitpass", "team_id": TEAM_ID,
@@ -503,6 +568,17 @@ class FakeSlack:
             call.status, call.error = 429, "ratelimited"
             await self._record(call)
             return web.Response(status=429, text="rate_limited", headers={"Retry-After": str(retry.pop(0))})
+        statuses = self._statuses.get("response_url", [])
+        bare = next((f for f in statuses if f[0](body)), None)
+        if bare is not None:
+            statuses.remove(bare)
+            call.status, call.error = bare[1], f"http {bare[1]}"
+            await self._record(call)
+            return web.Response(status=bare[1], text="upstream trouble")
+        hold = self._hold_for("response_url", body)
+        if hold is not None and not hold.after_effect:
+            await self._stall(hold, call)
+            return web.Response(status=504, text="timeout")
         uses = self.response_uses.get(key, 0)
         if uses >= RESPONSE_URL_MAX_USES:
             call.status, call.error = 404, "used_url"

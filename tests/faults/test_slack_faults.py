@@ -1,0 +1,149 @@
+"""Delivery and revocation survive kill -9, failing Slack calls, two replicas and a store outage.
+
+Real `jitpass serve` processes on a real SQLite file; faults come from the Slack stand-in (held calls,
+HTTP 429/500, stalls past the call timeout) and from SIGKILL. A 1-hour grant is delivered by DM (a
+response_url would not outlive it) and ended early with `/access done`; short grants end by the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from adapters.slack.blocks import Actions
+from tests.faults.world import World, is_delivery, world
+from tests.support.app import CANARY_PASSWORD
+from tests.support.fake_slack import Call
+
+LONG = "acme-zendesk fault drill for 1h"
+
+
+async def _approved_and_delivered(w: World, server: object) -> str:
+    request_id = await w.request(server, LONG)  # type: ignore[arg-type]
+    await w.users(server).press(Actions.APPROVE, request_id, "ULEAD1")  # type: ignore[arg-type]
+    await w.fake.wait_for(lambda c: is_delivery(c) and c.ok, timeout=15)
+    return request_id
+
+
+def _wiped(w: World) -> bool:
+    return not w.secret_messages() and any(c.method == "chat.update" and c.ok and c.args.get("channel") == "DUREQ"
+                                           for c in w.fake.calls)
+
+
+async def test_kill_9_after_slack_took_the_delivery_but_before_its_ts_was_saved(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        # Slack stores the DM, then the answer never comes: jitpass dies not knowing the message's ts.
+        held = w.fake.hold_next("chat.postMessage", when=lambda a: a.get("channel") == "DUREQ" and "metadata" in a,
+                                after_effect=True)
+        async with w.server() as first:
+            request_id = await w.request(first, LONG)
+            await w.users(first).press(Actions.APPROVE, request_id, "ULEAD1")
+            await asyncio.wait_for(held.arrived.wait(), 15)
+            first.kill9()
+        assert len(w.secret_messages()) == 1  # it reached chat
+        async with w.server() as second:
+            # The retry finds that message by its metadata and edits it: still exactly one copy.
+            await w.until(lambda: "grant.revealed" in w.types(request_id), "delivery recorded after restart")
+            assert len(w.secret_messages()) == 1
+            assert [c for c in w.fake.calls if c.method == "conversations.history" and c.ok]
+            assert len([c for c in w.fake.calls if is_delivery(c)]) == 1, "never posted twice"
+            reply = await w.users(second).command(f"done {request_id}", "UREQ")
+            assert reply.status == 200
+            await w.until(lambda: "grant.wiped" in w.types(request_id), "wipe after done")
+        assert _wiped(w)
+        assert "ended" in str(w.card()["blocks"]).lower()
+        types = w.types(request_id)
+        assert types.count("grant.delivery_started") == 2 and types.count("grant.revealed") == 1
+
+
+async def test_kill_9_while_the_wipe_is_in_flight_then_the_restart_wipes(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        async with w.server() as first:
+            request_id = await _approved_and_delivered(w, first)
+            await w.until(lambda: "grant.revealed" in w.types(request_id), "delivered")
+            held = w.fake.hold_next("chat.update", when=lambda a: a.get("channel") == "DUREQ")
+            await w.users(first).command(f"done {request_id}", "UREQ")
+            await asyncio.wait_for(held.arrived.wait(), 15)
+            assert w.status(request_id) == "revoked"  # access ended in the store before any chat call
+            first.kill9()
+        assert len(w.secret_messages()) == 1  # the wipe never happened
+        async with w.server():
+            await w.until(lambda: "grant.wiped" in w.types(request_id), "wipe after restart")
+        assert _wiped(w)
+        assert "ended" in str(w.card()["blocks"]).lower()
+        assert w.types(request_id).count("grant.revoked") == 1
+
+
+async def test_429_500_and_timeouts_on_every_kind_of_call_are_retried_and_audited(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        cards = w.fake.hold_next("chat.update", when=lambda a: a.get("channel") == "CLEADS")  # stalls past 1 s
+        w.fake.rate_limit_next("chat.postMessage", retry_after=1)  # the card post
+        w.fake.status_next("chat.postMessage", 500, when=lambda a: "metadata" in a)  # the delivery
+        w.fake.status_next("conversations.open", 502)  # the first DM channel lookup
+        async with w.server() as server:
+            request_id = await w.request(server, LONG)
+            await w.fake.wait_for(lambda c: c.method == "chat.postMessage" and c.ok and c.args["channel"] == "CLEADS",
+                                  timeout=15)
+            await w.users(server).press(Actions.APPROVE, request_id, "ULEAD1")
+            await w.until(lambda: "grant.revealed" in w.types(request_id), "delivered despite failures")
+            assert cards.arrived.is_set()
+            w.fake.status_next("chat.update", 500, when=lambda a: a.get("channel") == "DUREQ")  # the wipe
+            await w.users(server).command(f"done {request_id}", "UREQ")
+            await w.until(lambda: "grant.wiped" in w.types(request_id), "wiped despite a 500")
+            await w.until(lambda: "ended" in str(w.card()["blocks"]).lower(), "card shows the end")
+        assert _wiped(w) and len([c for c in w.fake.calls if is_delivery(c) and c.ok]) == 1
+        events = w.events(request_id)
+        failed = [d for t, d in events if t == "grant.delivery_failed"]
+        assert failed and failed[0]["attempt"] == 1 and "retry_at" in failed[0]
+        wipe_failed = [d for t, d in events if t == "grant.wipe_failed"]
+        assert wipe_failed and wipe_failed[0]["error"].startswith("chat.update")
+        assert [d["attempt"] for t, d in events if t == "grant.wiped"] == [2]
+        posts = [c.status for c in w.fake.calls if c.method == "chat.postMessage" and c.args["channel"] == "CLEADS"]
+        assert posts[:2] == [429, 200]
+        cards.release()
+
+
+async def test_two_replicas_on_one_store_carry_out_each_effect_once(tmp_path: Path) -> None:
+    async with world(tmp_path) as w, w.server() as one, w.server() as two:
+        request_id = await w.request(one, LONG)
+        await w.users(two).press(Actions.APPROVE, request_id, "ULEAD1")
+        await w.until(lambda: "grant.revealed" in w.types(request_id), "delivered")
+        await w.users(two).command(f"done {request_id}", "UREQ")
+        await w.until(lambda: "grant.wiped" in w.types(request_id), "wiped")
+        await asyncio.sleep(1.0)  # room for a duplicate to show up, were there one
+        calls: list[Call] = list(w.fake.calls)
+        assert len([c for c in calls if c.method == "chat.postMessage" and c.args["channel"] == "CLEADS"]) == 1
+        assert len([c for c in calls if is_delivery(c)]) == 1
+        assert len([c for c in calls if c.method == "chat.update" and c.args.get("channel") == "DUREQ"]) == 1
+        types = w.types(request_id)
+        assert types.count("grant.revealed") == 1 and types.count("grant.wiped") == 1
+
+
+async def test_a_store_outage_across_the_window_end_shows_nothing_after_it_and_catches_up(tmp_path: Path) -> None:
+    async with world(tmp_path) as w, w.server() as server:
+        request_id = await w.request(server, "acme-zendesk outage drill for 3s")
+        await w.users(server).press(Actions.APPROVE, request_id, "ULEAD1")
+        await w.until(lambda: "grant.revealed" in w.types(request_id), "delivered")
+        # The store refuses writes (another writer holds the lock) from before the end until after it.
+        with closing(sqlite3.connect(w.db, timeout=1, isolation_level=None)) as blocker:
+            blocker.execute("BEGIN EXCLUSIVE")
+            await asyncio.sleep(4)  # the window ends meanwhile
+            press = await w.users(server).press(Actions.NEW_CODE, request_id, "UREQ", channel_id="DUREQ")
+            assert press.status == 200
+            blocker.execute("ROLLBACK")
+        await w.until(lambda: w.status(request_id) == "expired", "expired once the store is back")
+        await w.until(lambda: not _ephemeral_secrets(w), "wiped once the store is back")
+        events = w.events(request_id)
+        expired = next(d for t, d in events if t == "grant.expired")
+        assert expired["late_seconds"] > 0  # the lateness is recorded, the end is the window end
+        after_end = events[[t for t, _ in events].index("grant.expired"):]
+        assert not [t for t, _ in after_end if t in {"grant.revealed", "grant.code_shown"}], "nothing after the end"
+        assert CANARY_PASSWORD not in w.log.read_text()
+
+
+def _ephemeral_secrets(w: World) -> list[str]:
+    """response_urls whose message on screen now shows the password."""
+    return [name for name, shown in w.fake.ephemeral.items() if shown and CANARY_PASSWORD in json.dumps(shown[-1])]
