@@ -70,6 +70,11 @@ class HomeTab:
 
     async def _publish_while_dirty(self, user_id: str) -> None:
         try:
+            # Grants are being ended right now (a burst of expiries): the store's time goes to that first.
+            for _ in range(200):
+                if not self.service.ending:
+                    break
+                await asyncio.sleep(0.05)
             while user_id in self._dirty:
                 self._dirty.discard(user_id)
                 opened = user_id in self._looking

@@ -88,6 +88,8 @@ class AccessService:
         self.clock = clock
         self.notifiers: dict[str, Notifier] = {}
         self.rate_limiter = RateLimiter(clock)
+        # Due transitions running now: the effects worker holds back meanwhile (access ends first).
+        self.ending = 0
         # Called after every state change: the scheduler re-plans from the store.
         self.on_change: list[Callable[[AccessRequest], None]] = []
 
@@ -431,9 +433,9 @@ class AccessService:
             self._changed(queued)
         return queued or request
 
-    async def expire(self, request_id: str) -> AccessRequest:
-        """End a grant whose window is over."""
-        request = await self._get(request_id)
+    async def expire(self, request_id: str, *, known: AccessRequest | None = None) -> AccessRequest:
+        """End a grant whose window is over (`known`: the request as just read; the end is a CAS anyway)."""
+        request = known if known is not None and known.id == request_id else await self._get(request_id)
         if request.status is not Status.ACTIVE or request.ends_at is None or request.ends_at > self.clock.now():
             return request
         return await self._end_grant(request, Status.EXPIRED, SYSTEM, "window ended")
@@ -461,6 +463,7 @@ class AccessService:
         another grant's end."""
         due = await self.store.due_requests(self.clock.now())
         slots = asyncio.Semaphore(concurrency)
+        self.ending += len(due)
 
         async def one(request: AccessRequest) -> int:
             async with slots:
@@ -470,11 +473,13 @@ class AccessService:
                     elif request.status is Status.APPROVED:
                         await self.activate(request.id)
                     elif request.status is Status.ACTIVE:
-                        await self.expire(request.id)
+                        await self.expire(request.id, known=request)
                     return 1
                 except JitpassError as exc:
                     log.warning("due work failed request_id=%s error=%s", request.id, exc.message)
                     return 0
+                finally:
+                    self.ending -= 1
 
         return sum(await asyncio.gather(*(one(r) for r in due)))
 

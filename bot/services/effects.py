@@ -172,6 +172,10 @@ class EffectRunner:
                     await asyncio.wait_for(self._wake.wait(), timeout=min(wait, 30.0))
 
     async def _claim_and_start(self) -> int:
+        if self.service.ending:
+            # Expiries first: chat work waits a moment while the store is ending grants.
+            await asyncio.sleep(0.05)
+            return 1
         free = self._free_slots()
         if free <= 0:
             await self._wait_for_a_slot()

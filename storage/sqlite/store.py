@@ -635,9 +635,9 @@ class SqliteStore:
                 "UPDATE effects SET status = 'dropped', error = 'superseded', updated_at = ? WHERE request_id = ? "
                 "AND kind = 'update_card' AND status = 'pending' AND (lease_until IS NULL OR lease_until <= ?)",
                 (format_time(now), request.id, format_time(now)))
-        for doc in effect_docs(request.id, request.platform, effects, now):
-            doc["payload"] = json.dumps(doc["payload"])
-            await conn.execute(_INSERT_EFFECT, tuple(doc[c] for c in _EFFECT_COLUMNS))
+        rows = [tuple(json.dumps(doc[c]) if c == "payload" else doc[c] for c in _EFFECT_COLUMNS)
+                for doc in effect_docs(request.id, request.platform, effects, now)]
+        await conn.executemany(_INSERT_EFFECT, rows)
 
     # -- durable chat effects -----------------------------------------------------------------
     async def claim_effects(self, now: datetime, owner: str, lease_until: datetime, *, platforms: Collection[str],
