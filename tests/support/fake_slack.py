@@ -313,6 +313,17 @@ class FakeSlack:
             hold.arrived.set()
         return hold
 
+    async def _bare_status(self, method: str, args: dict[str, Any], call: Call) -> web.Response | None:
+        """The HTTP error `status_next` asked for, if this call matches one."""
+        statuses = self._statuses.get(method, [])
+        bare = next((f for f in statuses if f[0](args)), None)
+        if bare is None:
+            return None
+        statuses.remove(bare)
+        call.status, call.error = bare[1], f"http {bare[1]}"
+        await self._record(call)
+        return web.Response(status=bare[1], text="upstream trouble")
+
     async def _stall(self, hold: Hold, call: Call) -> None:
         hold.call = call
         call.status, call.error = 0, "held"
@@ -383,13 +394,9 @@ class FakeSlack:
             await self._record(call)
             return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
                                      headers={"Retry-After": str(retry.pop(0))})
-        statuses = self._statuses.get(method, [])
-        bare = next((f for f in statuses if f[0](args)), None)
+        bare = await self._bare_status(method, args, call)
         if bare is not None:
-            statuses.remove(bare)
-            call.status, call.error = bare[1], f"http {bare[1]}"
-            await self._record(call)
-            return web.Response(status=bare[1], text="upstream trouble")
+            return bare
         hold = self._hold_for(method, args)
         if hold is not None and not hold.after_effect:
             await self._stall(hold, call)
@@ -568,13 +575,9 @@ class FakeSlack:
             call.status, call.error = 429, "ratelimited"
             await self._record(call)
             return web.Response(status=429, text="rate_limited", headers={"Retry-After": str(retry.pop(0))})
-        statuses = self._statuses.get("response_url", [])
-        bare = next((f for f in statuses if f[0](body)), None)
+        bare = await self._bare_status("response_url", body, call)
         if bare is not None:
-            statuses.remove(bare)
-            call.status, call.error = bare[1], f"http {bare[1]}"
-            await self._record(call)
-            return web.Response(status=bare[1], text="upstream trouble")
+            return bare
         hold = self._hold_for("response_url", body)
         if hold is not None and not hold.after_effect:
             await self._stall(hold, call)
