@@ -58,6 +58,7 @@ from bot.domain.request_text import RequestDraft, format_duration, parse_duratio
 from bot.domain.syntax import Hint, Typed, example
 from bot.domain.vault import Vault
 from bot.ports import Clock, Failed, Notifier, SecretRead, Store
+from bot.services.cas import changing_too_quickly, retry_cas
 from bot.services.rate_limits import RateLimiter
 from bot.services.rotation import note_password_read
 from bot.services.secrets import BuiltinSource, SecretSources
@@ -225,7 +226,8 @@ class AccessService:
 
     async def approve(self, request_id: str, approver: Identity) -> AccessRequest:
         """Add an approval; with enough of them the request is approved (and activated when due)."""
-        for _ in range(5):  # retry when another approver's vote bumped the version first
+        # Retried from a fresh read when another approver's vote bumped the version first.
+        async def attempt() -> AccessRequest | None:
             request = await self._get(request_id)
             await self._authorise_decider(request, approver, "approve")
             if request.status is not Status.PENDING:
@@ -250,7 +252,7 @@ class AccessService:
             updated = await self.store.transition(request.id, {Status.PENDING}, changes, event,
                                                   expected_version=request.version, effects=effects)
             if updated is None:
-                continue
+                return None
             log.info("approval request_id=%s approver=%s done=%s", updated.id, approver.key, done)
             self._changed(updated)
             if not done:
@@ -260,7 +262,7 @@ class AccessService:
             if updated.starts_at is not None and updated.starts_at <= now:
                 return await self.activate(updated.id)
             return await self._get(updated.id)
-        raise Conflict(f"{request_id} is changing too quickly; try again.")
+        return await retry_cas(attempt, exhausted=lambda: changing_too_quickly(request_id))
 
     async def decline(self, request_id: str, approver: Identity, reason: str = "") -> AccessRequest:
         """Decline a pending request, with an optional reason told to the requester."""
@@ -498,14 +500,16 @@ class AccessService:
 
     async def save_refs(self, request_id: str, update: Mapping[str, Any]) -> AccessRequest:
         """Merge adapter refs into the request (compare-and-set on refs_version, retried)."""
-        for _ in range(10):
+        async def attempt() -> AccessRequest | None:
             current = await self._get(request_id)
             merged = {**current.refs, **update}
             if merged == current.refs:
                 return current
             if await self.store.save_refs(request_id, merged, current.refs_version):
                 return replace(current, refs=merged, refs_version=current.refs_version + 1)
-        raise Conflict(f"could not save message references for {request_id}")
+            return None
+        return await retry_cas(attempt, attempts=10, exhausted=lambda: Conflict(
+            f"could not save message references for {request_id}"))
 
     async def end_item_access(self, item: str, reason: str) -> list[str]:
         """End every open request for an item leaving the catalogue: active grants are revoked, pending and
@@ -629,7 +633,8 @@ class AccessService:
 
     async def _apply_extension(self, extension: AccessRequest) -> AccessRequest:
         parent_id = extension.parent_id or ""
-        for _ in range(5):
+
+        async def attempt() -> AccessRequest | None:
             grant = await self._get(parent_id)
             if grant.status is not Status.ACTIVE or grant.ends_at is None:
                 await self.store.transition(
@@ -649,14 +654,14 @@ class AccessService:
                     grant, wording.told_extended(grant, new_end, self.policy.timezone)),
             )
             if updated is None:
-                continue
+                return None
             # No start of its own: an approved extension with a start would be due for activation.
             await self.store.transition(extension.id, {Status.APPROVED},
                                         {"ends_at": new_end}, None,
                                         effects=self._effects(extension, EffectKind.UPDATE_CARD))
             self._changed(updated)
             return await self._get(extension.id)
-        raise Conflict(f"{parent_id} is changing too quickly; try again.")
+        return await retry_cas(attempt, exhausted=lambda: changing_too_quickly(parent_id))
 
     async def open_for_delivery(self, request_id: str, *, attempt: int) -> Reveal:
         """The secret for the effects worker to deliver; `grant.delivery_started` is written first (fail
