@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,11 +21,13 @@ __all__ = [
     "EVENTS_PAGE",
     "apply_changes",
     "as_recorded",
+    "cas_allows",
     "checkpoint_from_json",
     "checkpoint_to_json",
     "display_label",
     "effect_docs",
     "order_access_rows",
+    "purge_cutoff",
     "purge_draft",
     "settled_changes",
     "supersedes",
@@ -54,6 +56,19 @@ def order_access_rows(rows: list[AccessRow]) -> tuple[AccessRow, ...]:
 EVENTS_PAGE = 500
 # The store owns these: a caller setting them would break compare-and-set.
 _STORE_OWNED = frozenset({"id", "version", "refs_version"})
+
+
+def cas_allows(current: AccessRequest, statuses: Collection[str], expected_version: int | None) -> bool:
+    """The compare-and-set guard of `Store.transition`: the request is in one of the from-statuses
+    (their values) and, when the caller pinned one, still at `expected_version`."""
+    return current.status.value in statuses and (expected_version is None or current.version == expected_version)
+
+
+def purge_cutoff(newest: int, first_kept: int | None) -> int:
+    """The last sequence number a purge may delete: only a prefix of the chain goes (everything before
+    the first event not older than the cutoff time, `first_kept`), and never the newest event."""
+    cutoff = newest - 1
+    return cutoff if first_kept is None else min(cutoff, first_kept - 1)
 
 
 def apply_changes(current: AccessRequest, changes: Mapping[str, Any], now: datetime) -> AccessRequest:

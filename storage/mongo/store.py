@@ -85,9 +85,11 @@ from storage.common import (
     EVENTS_PAGE,
     apply_changes,
     as_recorded,
+    cas_allows,
     checkpoint_from_json,
     checkpoint_to_json,
     effect_docs,
+    purge_cutoff,
     purge_draft,
     settled_changes,
     supersedes,
@@ -688,9 +690,7 @@ class MongoStore:
                 if found is None:
                     return None
                 current = request_from_doc(found)
-                if current.status.value not in statuses or (
-                    expected_version is not None and current.version != expected_version
-                ):
+                if not cas_allows(current, statuses, expected_version):
                     return None
                 updated = apply_changes(current, changes, self._clock.now())
                 kept = () if "refs" in changes else _REFS_FIELDS  # save_refs may be writing those
@@ -965,9 +965,7 @@ class MongoStore:
                     {"_id": {"$gt": floor}, "at": {"$gte": format_time(before)}}, {"_id": 1},
                     sort=[("_id", ASCENDING)], session=session,
                 )
-                cutoff = int(newest["_id"]) - 1
-                if first_kept is not None:
-                    cutoff = min(cutoff, int(first_kept["_id"]) - 1)
+                cutoff = purge_cutoff(int(newest["_id"]), None if first_kept is None else int(first_kept["_id"]))
                 last = await events.find_one(
                     {"_id": {"$gt": floor, "$lte": cutoff}}, sort=[("_id", DESCENDING)], session=session
                 ) if cutoff > floor else None

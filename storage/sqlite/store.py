@@ -51,9 +51,11 @@ from storage.common import (
     EVENTS_PAGE,
     apply_changes,
     as_recorded,
+    cas_allows,
     checkpoint_from_json,
     checkpoint_to_json,
     effect_docs,
+    purge_cutoff,
     purge_draft,
     settled_changes,
     supersedes,
@@ -603,9 +605,7 @@ class SqliteStore:
             if not rows:
                 return None
             current = _request_from_row(rows[0])
-            if current.status.value not in statuses or (
-                expected_version is not None and current.version != expected_version
-            ):
+            if not cas_allows(current, statuses, expected_version):
                 return None
             updated = apply_changes(current, changes, self._clock.now())
             row = _request_row(updated, 0)
@@ -833,7 +833,7 @@ class SqliteStore:
             checkpoint = checkpoint_from_json(await self._meta(conn, CHECKPOINT_KEY))
             purged = 0
             if newest is not None:
-                cutoff = min(int(first_kept) - 1 if first_kept is not None else int(newest), int(newest) - 1)
+                cutoff = purge_cutoff(int(newest), None if first_kept is None else int(first_kept))
                 last_rows = list(await conn.execute_fetchall(
                     "SELECT seq, hash, at FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (cutoff,)
                 ))
