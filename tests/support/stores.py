@@ -67,10 +67,8 @@ class _SystemClock:
         return datetime.now(UTC)
 
 
-async def _append_worker(path: Path, count: int, who: str) -> None:
-    from storage.sqlite.store import SqliteStore
-
-    store = SqliteStore(path, _SystemClock())
+async def _append_worker(kind: str, where: str, db_name: str, count: int, who: str) -> None:
+    store = _store_at(kind, where, db_name)
     await store.open()
     print("ready", flush=True)
     sys.stdin.readline()  # start together with the other process
@@ -81,10 +79,8 @@ async def _append_worker(path: Path, count: int, who: str) -> None:
     print("done", flush=True)
 
 
-async def _approve_worker(path: Path, request_id: str, who: str) -> None:
-    from storage.sqlite.store import SqliteStore
-
-    store = SqliteStore(path, _SystemClock())
+async def _approve_worker(kind: str, where: str, db_name: str, request_id: str, who: str) -> None:
+    store = _store_at(kind, where, db_name)
     await store.open()
     print("ready", flush=True)
     sys.stdin.readline()
@@ -139,11 +135,11 @@ async def _claims_worker(command: str, kind: str, where: str, db_name: str, who:
 
 
 def main(argv: list[str]) -> None:
-    command, path = argv[0], Path(argv[1])
-    if command == "append":
-        asyncio.run(_append_worker(path, int(argv[2]), argv[3]))
-    elif command == "approve":
-        asyncio.run(_approve_worker(path, argv[2], argv[3]))
+    command = argv[0]
+    if command == "append":  # append KIND WHERE DB COUNT WHO
+        asyncio.run(_append_worker(argv[1], argv[2], argv[3], int(argv[4]), argv[5]))
+    elif command == "approve":  # approve KIND WHERE DB REQUEST_ID WHO
+        asyncio.run(_approve_worker(argv[1], argv[2], argv[3], argv[4], argv[5]))
     elif command in {"open-requests", "activate"}:
         asyncio.run(_claims_worker(command, argv[1], argv[2], argv[3], argv[4], argv[5:]))
     else:
