@@ -31,7 +31,7 @@ from tests.support.fake_connector import card_elements, find_element
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = ROOT / "tests" / "support" / "playground"
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-RUN_TIMEOUT = 150  # seconds, for the whole run: starts, 10 steps, stops
+RUN_TIMEOUT = 110  # seconds, for the whole run (netns.py bounds its own parts: 15 + 15 + 75 s, then stops)
 
 
 def _why_not() -> str:
@@ -56,8 +56,19 @@ pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT or "-")
 
 
 def _run(workdir: Path) -> dict[str, Any]:
-    done = subprocess.run(["unshare", "--net", sys.executable, str(HARNESS / "netns.py"), str(workdir)],
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    harness = subprocess.Popen(["unshare", "--net", sys.executable, str(HARNESS / "netns.py"), str(workdir)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = harness.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        harness.terminate()  # netns.py stops what it started on SIGTERM
+        try:
+            out, err = harness.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            harness.kill()
+            out, err = harness.communicate()
+        pytest.fail(f"the Playground run took more than {RUN_TIMEOUT} s: {err[-3000:]}")
+    done = subprocess.CompletedProcess(harness.args, harness.returncode, out, err)
     transcript_file = workdir / "transcript.json"
     assert transcript_file.exists(), f"the harness wrote no transcript: {done.stderr[-3000:]}"
     transcript: dict[str, Any] = json.loads(transcript_file.read_text())

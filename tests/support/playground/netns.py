@@ -25,8 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PLAYGROUND_CLI = HERE / "node_modules" / "@microsoft" / "m365agentsplayground" / "cli.js"
-START_TIMEOUT = 30.0
-DRIVE_TIMEOUT = 90.0
+START_TIMEOUT = 15.0  # each of jitpass and the Playground
+DRIVE_TIMEOUT = 75.0  # drive.js, for every step (each step waits 15 s at most)
 
 
 def free_port() -> int:
@@ -64,7 +64,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so that `finally` stops every process started
+
+
 def main(workdir: Path) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     bin_dir = workdir / "bin"
     bin_dir.mkdir(exist_ok=True)
