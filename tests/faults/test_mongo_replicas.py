@@ -9,6 +9,7 @@ Each expiry, each delivery and each wipe must happen once, and the one trail bot
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections import Counter
 from pathlib import Path
@@ -35,6 +36,14 @@ def with_database(uri: str, name: str) -> str:
     return f"{scheme}://{hosts}/{name}" + (f"?{options}" if options else "")
 
 
+def _is_expired(w: World, request_id: str) -> bool:
+    return w.status(request_id) == "expired"
+
+
+def _is_wiped(w: World, request_id: str) -> bool:
+    return "grant.wiped" in w.types(request_id)
+
+
 def _secret_posts(w: World) -> int:
     """Slack calls that carried the password (deliveries: by DM or to a response_url)."""
     return sum(1 for c in w.fake.calls if c.ok and CANARY_PASSWORD in json.dumps(c.args, default=str))
@@ -53,8 +62,8 @@ async def test_two_replicas_on_one_mongodb_expire_deliver_and_wipe_each_grant_on
                 press = await w.users(two).press(Actions.APPROVE, request_id, "ULEAD1")
                 assert press.status == 200, press.text
             for request_id in request_ids:
-                await w.until(lambda r=request_id: w.status(r) == "expired", f"{request_id} expired", timeout=40)
-                await w.until(lambda r=request_id: "grant.wiped" in w.types(r), f"{request_id} wiped", timeout=40)
+                await w.until(functools.partial(_is_expired, w, request_id), f"{request_id} expired", timeout=40)
+                await w.until(functools.partial(_is_wiped, w, request_id), f"{request_id} wiped", timeout=40)
             await asyncio.sleep(1.5)  # room for a duplicate (a second replica's expiry or effect) to show up
             for request_id in request_ids:
                 counts = Counter(w.types(request_id))
