@@ -47,6 +47,11 @@ def sinks_from_env(env: Mapping[str, str], deployment: str) -> list[SiemSink]:
             raise InputError(f"JITPASS_SYSLOG_ADDRESS={address!r} is not host:port (e.g. siem.example.com:6514)")
         tls = None
         if parse_bool("JITPASS_SYSLOG_TLS", env.get("JITPASS_SYSLOG_TLS")):
-            tls = ssl.create_default_context(cafile=env.get("JITPASS_SYSLOG_CA_FILE") or None)
+            ca_file = env.get("JITPASS_SYSLOG_CA_FILE") or None
+            try:
+                tls = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:  # missing, unreadable, or not PEM certificates
+                raise InputError(f"JITPASS_SYSLOG_CA_FILE={ca_file!r} cannot be used as CA certificates "
+                                 f"({exc.__class__.__name__})") from None
         sinks.append(SyslogSink(host.strip("[]"), int(port), tls=tls, batch_size=batch))
     return sinks

@@ -70,6 +70,9 @@ class SyslogSink:
             return await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port, ssl=self.tls,
                                         server_hostname=self.host if self.tls else None), self.timeout)
+        except ssl.SSLCertVerificationError as exc:  # before OSError: it is one
+            raise SinkError(f"syslog at {self.host}:{self.port}: its TLS certificate was refused "
+                            f"({exc.verify_message or exc.__class__.__name__})") from None
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise SinkError(f"syslog at {self.host}:{self.port} is unreachable ({exc.__class__.__name__})") from None
 

@@ -19,14 +19,16 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from adapters.siem import SplunkHecSink, SyslogSink, WebhookSink
+from adapters.siem import SplunkHecSink, SyslogSink, WebhookSink, sinks_from_env
 from bot.domain.audit_signing import format_private_line, parse_audit_keys, parse_checkpoint_line
+from bot.domain.errors import InputError
 from bot.ports import SiemSink, SinkError
 from bot.services.checkpoints import Checkpointer, deployment_id
 from bot.services.siem import SiemStreamer, cursor_key
 from storage.sqlite import SqliteStore
 from tests.support.siem import SplunkHec, SyslogReceiver, WebhookReceiver
 from tests.support.stores import FakeClock, draft
+from tests.support.tls import Authority
 
 SECRET = "whsec-test-secret"
 TOKEN = "11111111-2222-3333-4444-555555555555"
@@ -259,6 +261,63 @@ async def test_syslog_messages_are_rfc5424_with_octet_counting(tmp_path: Path) -
     finally:
         await receiver.go_down()
         await store.close()
+
+
+def _syslog_tls_env(port: int, ca_file: Path) -> dict[str, str]:
+    return {"JITPASS_SYSLOG_ADDRESS": f"127.0.0.1:{port}", "JITPASS_SYSLOG_TLS": "true",
+            "JITPASS_SYSLOG_CA_FILE": str(ca_file)}
+
+
+async def test_syslog_over_tls_checks_the_certificate_and_a_refused_one_keeps_the_cursor(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = SqliteStore(tmp_path / "jitpass.db", clock)
+    await store.open()
+    ours, other = Authority(tmp_path, "ours"), Authority(tmp_path, "other")
+    receiver = SyslogReceiver(tls=ours.issue(hosts=("127.0.0.1",)).server_context())
+    await receiver.start()
+    misnamed = SyslogReceiver(tls=ours.issue(hosts=("siem.example.com",), name="misnamed").server_context())
+    await misnamed.start()
+    try:
+        for i in range(3):
+            await store.append_event(draft(details={"i": i}))
+        # A server whose certificate another CA signed, and one of ours issued for another name: both refused,
+        # nothing reaches them, and the cursor stays where it was (the batch comes again).
+        for port, ca_file, why in ((receiver.port, other.ca_file, "unable to get local issuer certificate"),
+                                   (misnamed.port, ours.ca_file, "IP address mismatch")):
+            (sink,) = sinks_from_env(_syslog_tls_env(port, ca_file), "dep")
+            streamer = _streamer(store, sink, clock)
+            await streamer.load()
+            with pytest.raises(SinkError, match=f"TLS certificate was refused .*{why}"):
+                await streamer.pump(sink)
+            assert streamer.states["syslog"].cursor == 0
+            await sink.close()
+        assert receiver.messages == [] and misnamed.messages == []
+        assert await store.get_meta(cursor_key("syslog")) is None
+
+        (sink,) = sinks_from_env(_syslog_tls_env(receiver.port, ours.ca_file), "dep")
+        streamer = _streamer(store, sink, clock)
+        await streamer.load()
+        assert await streamer.pump(sink) == 3
+        await _until(lambda: len(receiver.messages) == 3, "three messages over TLS")
+        # Inside TLS: octet-counted RFC 5424 frames (the receiver drops anything else), in order.
+        assert receiver.refused == 0
+        assert [(m[0], m[2]) for m in receiver.messages] == [
+            (110, f'[jitpass@32473 seq="{n}" kind="event"]') for n in (1, 2, 3)]
+        assert [m[3]["details"]["i"] for m in receiver.messages] == [0, 1, 2]
+        assert await store.get_meta(cursor_key("syslog")) == "3"
+        await sink.close()
+    finally:
+        await receiver.go_down()
+        await misnamed.go_down()
+        await store.close()
+
+
+def test_an_unusable_syslog_ca_file_is_named_at_start(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n", encoding="utf-8")
+    for ca_file in (tmp_path / "missing.pem", garbage):
+        with pytest.raises(InputError, match=f"JITPASS_SYSLOG_CA_FILE='{ca_file}' cannot be used"):
+            sinks_from_env(_syslog_tls_env(6514, ca_file), "dep")
 
 
 async def test_a_served_jitpass_streams_to_the_webhook_and_reports_it_in_healthz(tmp_path: Path) -> None:

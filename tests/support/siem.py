@@ -5,8 +5,8 @@
   no `Authorization: Splunk` header 401 code 2, malformed 401 code 3, wrong token 403 code 4, no data
   400 code 5, invalid JSON 400 code 6, no `event` 400 code 12, blank event 400 code 13, ack on and no
   channel 400 code 10, busy 503 code 9.
-- `SyslogReceiver`: TCP, octet-counting frames (RFC 6587) holding RFC 5424 messages; anything else
-  makes it drop the connection.
+- `SyslogReceiver`: TCP (or TLS, RFC 5425, with the certificate it is given), octet-counting frames
+  (RFC 6587) holding RFC 5424 messages; anything else makes it drop the connection.
 
 Each can be "down": the HTTP ones answer 503 (HEC: code 9), the syslog one stops listening.
 """
@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import re
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -185,8 +186,9 @@ _RFC5424 = re.compile(rb"^<(\d{1,3})>1 (\S+) (\S{1,255}) (\S{1,48}) (\S{1,128}) 
 class SyslogReceiver:
     """Octet-counted RFC 5424 over TCP; `messages` holds (PRI, MSGID, structured data, JSON body) tuples."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
         self.messages: list[tuple[int, str, str, dict[str, Any]]] = []
+        self.tls = tls  # RFC 5425: the same frames inside TLS
         self.port = 0
         self.refused = 0
         self.received = asyncio.Event()
@@ -194,7 +196,7 @@ class SyslogReceiver:
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def go_down(self) -> None:
