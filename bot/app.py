@@ -25,13 +25,14 @@ from adapters.siem import sinks_from_env
 from adapters.slack import SlackAdapter
 from adapters.slack.witness import SlackWitness
 from adapters.teams import TeamsAdapter
+from adapters.teams.witness import TeamsWitness
 from bot.bootstrap import ChatAdapter, Runtime, open_runtime
 from bot.demo import DEMO_POLICY, seed_demo
 from bot.domain.config import Settings, parse_policy
 from bot.domain.errors import JitpassError, StartupError, StoreError
 from bot.domain.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth
 from bot.domain.policy import Policy
-from bot.ports import Clock
+from bot.ports import Clock, Witness
 from bot.services.retention import install_retention
 from bot.services.siem import SiemStreamer
 
@@ -98,16 +99,22 @@ async def store_health(runtime: Runtime, chat: Sequence[ChatAdapter], timeout: f
 
 
 def add_chat_witnesses(runtime: Runtime, chat: Sequence[ChatAdapter]) -> None:
-    """`[audit.witness_channel]`: post each checkpoint to Slack (Teams: not yet, said at start)."""
+    """`[audit.witness_channel]`: post each checkpoint to the Slack and the Teams channel named there."""
     checkpointer, channels = runtime.checkpointer, runtime.policy.audit.witness_channels
     if checkpointer is None:
         return
+    witnesses: list[Witness] = []
     for adapter in chat:
         if isinstance(adapter, SlackAdapter) and adapter.api is not None and channels.get("slack"):
-            checkpointer.witnesses = [*checkpointer.witnesses, SlackWitness(adapter.api, channels["slack"])]
-    if channels.get("teams"):
-        log.warning("event=audit_witness_unsupported platform=teams note=\"audit.witness_channel.teams is not "
-                    "supported yet: use JITPASS_AUDIT_WITNESS_FILE or a SIEM sink\"")
+            witnesses.append(SlackWitness(adapter.api, channels["slack"]))
+        if isinstance(adapter, TeamsAdapter) and adapter.service_urls is not None and channels.get("teams"):
+            witnesses.append(TeamsWitness(adapter.connector, adapter.service_urls, channels["teams"],
+                                          timeout=runtime.settings.call_timeout))
+    for platform in sorted(set(channels) - {w.name for w in witnesses}):
+        log.warning("event=audit_witness_channel_unused platform=%s note=\"audit.witness_channel.%s is set but "
+                    "%s is not configured on this server: no checkpoint is posted there\"", platform, platform,
+                    platform)
+    checkpointer.witnesses = [*checkpointer.witnesses, *witnesses]
 
 
 CHAT_PATHS = frozenset({"/slack/events", "/api/messages"})
