@@ -15,11 +15,18 @@ from adapters.onepassword import ConnectClient, ConnectSource, EventsClient, Eve
 from bot.domain.config import Settings, load_policy
 from bot.domain.errors import StoreError, VaultError
 from bot.domain.policy import Policy
+from bot.domain.report_data import AuditTrust
 from bot.domain.vault import Vault, load_key_ring
 from bot.ports import Clock, Store, SystemClock, Witness
 from bot.services.access import AccessService
 from bot.services.catalog import Catalog
-from bot.services.checkpoints import Checkpointer, audit_key_settings, deployment_id, load_checked_ring
+from bot.services.checkpoints import (
+    Checkpointer,
+    audit_key_settings,
+    audit_trust,
+    deployment_id,
+    load_checked_ring,
+)
 from bot.services.effects import EffectRunner, RetryPolicy
 from bot.services.onepassword_sync import OnePasswordSync
 from bot.services.schedule import GrantScheduler
@@ -57,6 +64,13 @@ class Runtime:
             await close()
         await self.store.close()
     checkpointer: Checkpointer | None = None  # signs the audit chain head (bot/services/checkpoints.py)
+
+    async def audit_trust(self) -> AuditTrust | None:
+        """For reports (CLI and chat): the latest signed checkpoint, the witness file's verdict, the SIEM sinks."""
+        if self.checkpointer is None:
+            return None
+        witness = self.settings.environ.get("JITPASS_AUDIT_WITNESS_FILE")
+        return await audit_trust(self.store, self.checkpointer, Path(witness) if witness else None)
 
 
 class ChatAdapter(Protocol):

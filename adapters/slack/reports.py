@@ -25,7 +25,7 @@ log = logging.getLogger("jitpass.slack")
 async def handle_report(runtime: Runtime, api: SlackApi, dm_channel: Callable[[str], Awaitable[str]],
                         who: Identity, text: str) -> str:
     """Build the report (admins only), share its files in the admin's DM; return the ephemeral reply."""
-    report = await chat_report(runtime.service, who, text)
+    report = await chat_report(runtime.service, who, text, trust=runtime.audit_trust)
     files = [SharedFile(report.csv_filename, "Access report (CSV)", report.csv),
              SharedFile(report.html_filename, "Access report (HTML, open in a browser)", report.html)]
     first_line = report.summary.strip().splitlines()[0] if report.summary.strip() else "Access report"

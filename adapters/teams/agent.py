@@ -230,7 +230,7 @@ class TeamsAgent:
         if not inbound.in_personal_chat:
             await self._say(context, "Ask for reports in a 1:1 chat with me: they name people and credentials.")
             return
-        report = await chat_report(self.runtime.service, inbound.identity, rest)
+        report = await chat_report(self.runtime.service, inbound.identity, rest, trust=self.runtime.audit_trust)
         csv_url, expires_at = self.report_links.link(self.public_url, report.csv_filename, report.csv, CSV_TYPE)
         html_url, _ = self.report_links.link(self.public_url, report.html_filename, report.html, HTML_TYPE)
         lines = [line for line in report.summary.splitlines() if line.strip()]

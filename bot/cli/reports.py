@@ -17,7 +17,6 @@ from bot.domain.report_data import DEFAULT_PERIOD, FORMATS, Report
 from bot.ports import ReportSource
 from bot.reports.build import build_report, parse_period, record_report
 from bot.reports.render import render
-from bot.services.checkpoints import audit_trust
 
 __all__ = ["add_commands", "cmd_report", "run_report"]
 
@@ -34,10 +33,8 @@ async def run_report(runtime: Runtime, args: argparse.Namespace, out: TextIO, *,
         report = await build_report(source or runtime.store, runtime.policy, now, since, until,
                                     vault=args.vault, item=args.item, user=args.user, verify=not args.no_verify,
                                     tracker=tracker)
-    if not args.no_verify and runtime.checkpointer is not None:
-        witness = runtime.settings.environ.get("JITPASS_AUDIT_WITNESS_FILE")
-        report = replace(report, trust=await audit_trust(runtime.store, runtime.checkpointer,
-                                                         Path(witness) if witness else None))
+    if not args.no_verify:
+        report = replace(report, trust=await runtime.audit_trust())
     await record_report(runtime.store, actor, report, args.format)  # before the report leaves the process
     if args.out:
         _write(report, args.format, Path(args.out))

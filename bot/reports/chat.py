@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from bot.domain.errors import InputError, NotAllowed
 from bot.domain.model import Identity
+from bot.domain.report_data import AuditTrust
 from bot.domain.request_text import MAX_LOOKBACK, parse_duration
 from bot.ports import ReportSource
 from bot.reports.build import build_report, parse_period, record_report
@@ -55,8 +57,11 @@ def parse_chat_args(text: str) -> dict[str, str]:
 
 
 async def chat_report(service: AccessService, actor: Identity, args_text: str, *,
-                      source: ReportSource | None = None) -> ChatReport:
-    """`/access report 30d`: admins only; refusals are audited. Records `report.generated`."""
+                      source: ReportSource | None = None,
+                      trust: Callable[[], Awaitable[AuditTrust | None]] | None = None) -> ChatReport:
+    """`/access report 30d`: admins only; refusals are audited. Records `report.generated`.
+
+    `trust` (Runtime.audit_trust) adds the signed checkpoint and the witness verdict, as in `jitpass report`."""
     if not service.policy.is_admin(actor):
         await service.record_refusal(actor, "report without being an admin")
         raise NotAllowed("Only jitpass admins can produce access reports.")
@@ -67,6 +72,8 @@ async def chat_report(service: AccessService, actor: Identity, args_text: str, *
                                 end=args.get("to"))
     report = await build_report(source or service.store, service.policy, now, since, until,
                                 vault=args.get("vault"), item=args.get("item"), user=args.get("user"))
+    if trust is not None:
+        report = replace(report, trust=await trust())
     await record_report(service.store, actor, report, "chat")
     stem = f"jitpass-report-{report.since:%Y%m%d}-{report.until:%Y%m%d}"
     return ChatReport(summary=render_summary(report), csv=render_csv(report).encode(),

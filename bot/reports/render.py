@@ -205,7 +205,16 @@ def render_summary(report: Report) -> str:
         f"Anomalies: {anomalies}",
         f"Rotation due: {len(report.exposure)} item(s) revealed and not rotated since",
         f"Retention: {_purge_line(report.retention, tz)}; chain {_chain_line(report.retention.chain)}",
+        *_trust_lines(report),
     ]) + "\n"
+
+
+def _trust_lines(report: Report) -> list[str]:
+    """The signed checkpoint and the witness verdict (when the report carries them)."""
+    trust = report.trust
+    if trust is None:
+        return []
+    return [f"Signed checkpoint: {trust.checkpoint}", f"Witness: {trust.witness}"]
 
 
 def _add_row(table: Any, *cells: str) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -176,3 +179,25 @@ async def test_length_mismatch_at_the_upload_url_is_an_error(slack: SlackHarness
                                 data={"files": f'[{{"id": "{announced["file_id"]}"}}]', "channel_id": "DX"},
                                 headers={"Authorization": f"Bearer {BOT_TOKEN}"}) as response:
             assert (await response.json())["error"] == "file_not_found"
+
+
+async def test_the_summary_shows_the_signed_checkpoint_and_the_witness_verdict(tmp_path: Path) -> None:
+    witness = tmp_path / "witness.jsonl"
+    async with slack_harness(tmp_path, environ={"JITPASS_AUDIT_WITNESS_FILE": str(witness)}) as slack:
+        await _one_approved_request(slack)
+        checkpointer = slack.running.runtime.checkpointer
+        assert checkpointer is not None
+        signed = await checkpointer.checkpoint("manual")
+        assert signed is not None
+        text = await _answer(slack, await slack.users.command("report 30d", ADMIN))
+        assert f"Signed checkpoint: seq {signed.seq} signed " in text and f"(manual), key {signed.key_id}" in text
+        assert re.search(r"Witness: matches the witness file \(\d+ checkpoint\(s\) agree\)", text), text
+
+        # The newest event and its checkpoint in the store go; the witness file still has the checkpoint.
+        signed = await checkpointer.checkpoint("manual")
+        assert signed is not None
+        with closing(sqlite3.connect(tmp_path / "jitpass.db")) as conn:
+            conn.execute("DELETE FROM events WHERE seq = ?", (signed.seq,))
+            conn.commit()
+        text = await _answer(slack, await slack.users.command("report 30d", ADMIN))
+        assert re.search(r"Witness: does NOT match the witness file: truncated \(witness line \d+\)", text), text

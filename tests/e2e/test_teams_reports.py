@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -172,3 +175,28 @@ def test_links_point_at_jitpass_public_url_or_localhost_and_the_port(tmp_path: P
     assert TeamsAdapter(configured).public_url == "https://jitpass.example.com"
     with pytest.raises(InputError, match="JITPASS_PUBLIC_URL"):
         Settings.from_env(env | {"JITPASS_PUBLIC_URL": "jitpass.example.com"})
+
+
+async def test_the_summary_shows_the_signed_checkpoint_and_the_witness_verdict(
+        tmp_path: Path, connector: FakeConnector, clock: FakeClock) -> None:
+    witness = tmp_path / "witness.jsonl"
+    settings = test_settings(tmp_path, environ={"JITPASS_AUDIT_WITNESS_FILE": str(witness)})
+    async with running_app(tmp_path, settings=settings, clock=clock) as running:
+        teams = Teams(running, connector)
+        await _one_approved_request(teams, clock)
+        checkpointer = running.runtime.checkpointer
+        assert checkpointer is not None
+        signed = await checkpointer.checkpoint("manual")
+        assert signed is not None
+        answer = await _report(teams)
+        assert f"Signed checkpoint: seq {signed.seq} signed " in answer.text
+        assert re.search(r"Witness: matches the witness file \(\d+ checkpoint\(s\) agree\)", answer.text), answer.text
+
+        # The newest event goes from the store; the witness file still holds its checkpoint.
+        signed = await checkpointer.checkpoint("manual")
+        assert signed is not None
+        with closing(sqlite3.connect(tmp_path / "jitpass.db")) as conn:
+            conn.execute("DELETE FROM events WHERE seq = ?", (signed.seq,))
+            conn.commit()
+        answer = await _report(teams)
+        assert re.search(r"Witness: does NOT match the witness file: truncated \(witness line \d+\)", answer.text)
