@@ -26,13 +26,16 @@ from adapters.slack import SlackAdapter
 from adapters.slack.witness import SlackWitness
 from adapters.teams import TeamsAdapter
 from adapters.teams.witness import TeamsWitness
-from bot.bootstrap import ChatAdapter, Runtime, open_runtime
+from bot.bootstrap import Runtime, open_runtime
 from bot.demo import DEMO_POLICY, seed_demo
 from bot.domain.config import Settings, parse_policy
 from bot.domain.errors import JitpassError, StartupError, StoreError
 from bot.domain.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth
+from bot.domain.model import Identity
 from bot.domain.policy import Policy
-from bot.ports import Clock, Witness
+from bot.domain.report_data import ChatReport
+from bot.ports import ChatAdapter, ChatCore, Clock, Witness
+from bot.reports.chat import chat_report
 from bot.services.retention import install_retention
 from bot.services.siem import SiemStreamer
 
@@ -68,6 +71,17 @@ def install_onepassword(runtime: Runtime) -> None:
                 log.exception("event=onepassword_events_failed")
 
         runtime.scheduler.add_interval("onepassword-events", events_job, config.events_every)
+
+
+def chat_core(runtime: Runtime) -> ChatCore:
+    """What the chat adapters get from the runtime: the use cases through ports, never the runtime."""
+    service = runtime.service
+
+    async def reports(actor: Identity, args_text: str) -> ChatReport:
+        return await chat_report(service, actor, args_text, trust=runtime.audit_trust)
+
+    return ChatCore(access=service, reports=reports, policy=runtime.policy, clock=runtime.clock,
+                    store=runtime.store)
 
 
 def chat_adapters(settings: Settings) -> list[ChatAdapter]:
@@ -204,8 +218,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
                 log.warning("event=demo_ignored note=\"--demo applies only to a store it creates; this store was "
                             "not created with --demo, so no demo item and no demo policy (set JITPASS_HOME to "
                             "another directory for a demo)\"")
+            core = chat_core(runtime)
             for adapter in chat:
-                await adapter.start(runtime)
+                await adapter.start(core)
             runtime.effects.start()
             # Returns at once: overdue work runs in the background, so the port opens without waiting for it.
             await runtime.scheduler.start()

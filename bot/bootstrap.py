@@ -9,7 +9,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 from adapters.onepassword import ConnectClient, ConnectSource, EventsClient, EventsFeed
 from bot.domain.config import Settings, load_policy
@@ -35,7 +34,7 @@ from bot.services.shadow import ShadowWatch
 from storage import open_store
 from storage.witness import FileWitness
 
-__all__ = ["ChatAdapter", "Runtime", "open_runtime"]
+__all__ = ["Runtime", "open_runtime"]
 
 log = logging.getLogger("jitpass.app")
 
@@ -71,26 +70,6 @@ class Runtime:
             return None
         witness = self.settings.environ.get("JITPASS_AUDIT_WITNESS_FILE")
         return await audit_trust(self.store, self.checkpointer, Path(witness) if witness else None)
-
-
-class ChatAdapter(Protocol):
-    """A chat platform: mounts its HTTP routes before start, registers its notifier at start."""
-
-    platform: str
-
-    def add_routes(self, app: Any) -> None:
-        """Add the platform's endpoint(s) to the aiohttp application (routes freeze at start)."""
-        ...
-
-    async def start(self, runtime: Runtime) -> None:
-        """Connect to the core: register the notifier, start socket connections, etc."""
-        ...
-
-    async def stop(self) -> None: ...
-
-    def describe(self) -> dict[str, Any]:
-        """Mode and state for /healthz (never a token)."""
-        ...
 
 
 def _make_home(settings: Settings, store: Store) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bot.domain.model import (
@@ -23,6 +23,9 @@ from bot.domain.model import (
     Secret,
     Status,
 )
+from bot.domain.policy import Policy
+from bot.domain.report_data import ChatReport
+from bot.domain.request_text import RequestDraft
 
 if TYPE_CHECKING:
     from bot.domain.audit_signing import SignedCheckpoint
@@ -30,6 +33,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "QUIET",
+    "ChatAccess",
+    "ChatAdapter",
+    "ChatCore",
+    "ChatReports",
     "Checkpoint",
     "Clock",
     "Failed",
@@ -353,6 +360,88 @@ class Notifier(Protocol):
 
     async def leads_told(self, vault: str, message: str) -> NotifyResult:
         """Post a notice to the vault's leads channel (`Sent(done=False)`: not on this platform)."""
+        ...
+
+
+class ChatAccess(Protocol):
+    """The use cases chat adapters call (`bot.services.access.AccessService` is the implementation);
+    adapters are handed this, never the service itself or the runtime around it."""
+
+    # Called after every state change of a request (the Slack App Home republishes from it).
+    on_change: list[Callable[[AccessRequest], None]]
+
+    @property
+    def ending(self) -> int:
+        """Due transitions running now: views hold back their reads meanwhile (access ends first)."""
+        ...
+
+    def register_notifier(self, notifier: Notifier) -> None: ...
+
+    async def list_items(self, query: str = "") -> list[Item]: ...
+
+    async def request_access(self, requester: Identity, text: str | RequestDraft, *,
+                             refs: Mapping[str, Any] | None = None) -> AccessRequest: ...
+
+    async def request_extension(self, request_id: str, requester: Identity, duration: str | timedelta, *,
+                                refs: Mapping[str, Any] | None = None) -> AccessRequest: ...
+
+    async def approve(self, request_id: str, approver: Identity) -> AccessRequest: ...
+
+    async def decline(self, request_id: str, approver: Identity, reason: str = "") -> AccessRequest: ...
+
+    async def cancel(self, request_id: str, requester: Identity) -> AccessRequest: ...
+
+    async def done(self, request_id: str, holder: Identity) -> AccessRequest: ...
+
+    async def new_code(self, request_id: str, holder: Identity) -> Reveal: ...
+
+    async def live_code(self, request_id: str, holder: Identity, *, via: str, audit: bool) -> CodeView | None: ...
+
+    async def get_request(self, request_id: str) -> AccessRequest: ...
+
+    async def my_requests(self, requester: Identity, *, open_only: bool = True,
+                          limit: int = 20) -> list[AccessRequest]: ...
+
+    async def item_of(self, request: AccessRequest) -> Item: ...
+
+    async def save_refs(self, request_id: str, update: Mapping[str, Any]) -> AccessRequest: ...
+
+
+class ChatReports(Protocol):
+    """`report …` from chat: admins only (refusals audited), `report.generated` recorded."""
+
+    async def __call__(self, actor: Identity, args_text: str) -> ChatReport: ...
+
+
+@dataclass(frozen=True)
+class ChatCore:
+    """Everything a chat adapter gets from the core at start (bot/app.py wires it)."""
+
+    access: ChatAccess
+    reports: ChatReports
+    policy: Policy
+    clock: Clock
+    # For the adapter's own small records in the store's meta (Teams: service URLs per tenant).
+    store: Store
+
+
+class ChatAdapter(Protocol):
+    """A chat platform: mounts its HTTP routes before start, connects to the core at start."""
+
+    platform: str
+
+    def add_routes(self, app: Any) -> None:
+        """Add the platform's endpoint(s) to the aiohttp application (routes freeze at start)."""
+        ...
+
+    async def start(self, core: ChatCore) -> None:
+        """Connect to the core: register the notifier, start socket connections, etc."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Mode and state for /healthz (never a token)."""
         ...
 
 

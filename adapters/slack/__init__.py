@@ -22,8 +22,8 @@ from adapters.slack.groups import GroupDirectory
 from adapters.slack.home import HomeTab
 from adapters.slack.http import SlackEventsEndpoint
 from adapters.slack.notifier import SlackNotifier
-from bot.bootstrap import Runtime
 from bot.domain.config import Settings
+from bot.ports import ChatCore
 
 __all__ = ["SlackAdapter"]
 
@@ -52,7 +52,7 @@ class SlackAdapter:
         """Mount `POST /slack/events` (events, interactivity and the slash command share it)."""
         app.router.add_post("/slack/events", self.endpoint.handle)
 
-    async def start(self, runtime: Runtime) -> None:
+    async def start(self, core: ChatCore) -> None:
         """Register the notifier and listeners; in Socket Mode, connect in the background."""
         if not self.settings.slack_bot_token:
             self.endpoint.unavailable = "SLACK_BOT_TOKEN is not set: the Slack adapter cannot call Slack"
@@ -63,14 +63,14 @@ class SlackAdapter:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
         self.api = SlackApi(self.settings.slack_bot_token, self.settings.slack_api_url, self._session,
                             timeout=timeout)
-        home = self.home = HomeTab(self.api, runtime.service, runtime.policy.timezone, self.background)
-        self.notifier = SlackNotifier(self.api, runtime.policy, runtime.clock)
+        home = self.home = HomeTab(self.api, core.access, core.policy.timezone, self.background)
+        self.notifier = SlackNotifier(self.api, core.policy, core.clock)
         # One App Home publish per change of a user's request (HomeTab coalesces bursts per user).
-        runtime.service.on_change.append(lambda request: home.refresh(request.requester))
-        directory = GroupDirectory(self.api, runtime.policy.approver_group_ids("slack"))
-        runtime.service.register_notifier(self.notifier)
+        core.access.on_change.append(lambda request: home.refresh(request.requester))
+        directory = GroupDirectory(self.api, core.policy.approver_group_ids("slack"))
+        core.access.register_notifier(self.notifier)
         bolt = build_bolt_app(self.api.client, self.settings.slack_signing_secret or "")
-        SlackInteractions(runtime, self.api, directory, self.notifier, home, self.background,
+        SlackInteractions(core, self.api, directory, self.notifier, home, self.background,
                           ack_budget=self.ack_budget).register(bolt)
         self.endpoint.bolt = bolt
         if self.mode == "socket":

@@ -39,12 +39,12 @@ from adapters.slack.inputs import (
 )
 from adapters.slack.notifier import ResponseUrl, SlackNotifier
 from adapters.slack.reports import handle_report
-from bot.bootstrap import Runtime
 from bot.domain import commands as cmd
 from bot.domain import wording
 from bot.domain.errors import Conflict, InfrastructureError, JitpassError, ParseError, log_incident
 from bot.domain.model import AccessRequest, Identity, Status, Window
 from bot.domain.request_text import RequestDraft, parse_duration
+from bot.ports import ChatCore
 
 __all__ = ["ACK_BUDGET_SECONDS", "SlackInteractions", "build_bolt_app"]
 
@@ -73,12 +73,13 @@ class Outcome[T]:
 class SlackInteractions:
     """The listeners; each one acknowledges fast and does the work in `background`."""
 
-    def __init__(self, runtime: Runtime, api: SlackApi, directory: GroupDirectory, notifier: SlackNotifier,
+    def __init__(self, core: ChatCore, api: SlackApi, directory: GroupDirectory, notifier: SlackNotifier,
                  home: HomeTab, background: Background, *, ack_budget: float = ACK_BUDGET_SECONDS) -> None:
-        self.runtime = runtime
         self.ack_budget = ack_budget
-        self.service = runtime.service
-        self.policy = runtime.policy
+        self.service = core.access
+        self.reports = core.reports
+        self.policy = core.policy
+        self.clock = core.clock
         self.api = api
         self.directory = directory
         self.notifier = notifier
@@ -165,7 +166,7 @@ class SlackInteractions:
             await ack(text="That command came without a user; please try again.", response_type="ephemeral")
             return
         try:
-            parsed = cmd.parse_command(command.text, now=self.runtime.clock.now(), tz=self.tz)
+            parsed = cmd.parse_command(command.text, now=self.clock.now(), tz=self.tz)
         except JitpassError as exc:
             await ack(text=self._words(Outcome(error=exc)), response_type="ephemeral")
             return
@@ -206,7 +207,7 @@ class SlackInteractions:
             case cmd.Report(args=args):
                 # Admins may be named by user group, so this one needs the groups resolved.
                 who = await self._identity(command.user_id, command.user_name, groups=True)
-                return await handle_report(self.runtime, self.api, self.notifier.dm_channel, who, args)
+                return await handle_report(self.reports, self.api, self.notifier.dm_channel, who, args)
         raise AssertionError(f"unhandled command {parsed!r}")
 
     async def _answer(self, ack: AsyncAck, command: CommandInput, work: Coroutine[Any, Any, str],
@@ -230,7 +231,7 @@ class SlackInteractions:
         if channel_id:
             refs["origin_channel"] = channel_id
         if response_url:
-            refs["command"] = ResponseUrl(response_url, issued_at or self.runtime.clock.now()).to_refs()
+            refs["command"] = ResponseUrl(response_url, issued_at or self.clock.now()).to_refs()
         return refs
 
     def _sent_text(self, request: AccessRequest) -> str:
@@ -256,7 +257,7 @@ class SlackInteractions:
         metadata: dict[str, Any] = {"channel": command.channel_id}
         if command.response_url:
             metadata["response_url"] = command.response_url
-            metadata["issued_at"] = self.runtime.clock.now().isoformat()
+            metadata["issued_at"] = self.clock.now().isoformat()
         await self._open_form(command.trigger_id, command.user_id, command.response_url, metadata,
                               item=item, problem=problem, duration=duration)
 
@@ -446,7 +447,7 @@ class SlackInteractions:
         """A press gives a fresh response_url for the very message pressed: wipe with that one later."""
         delivery = request.refs.get("delivery")
         if isinstance(delivery, Mapping) and delivery.get("via") == "response_url" and not delivery.get("ended"):
-            fresh = ResponseUrl(response_url, self.runtime.clock.now(), uses=1)
+            fresh = ResponseUrl(response_url, self.clock.now(), uses=1)
             await self.service.save_refs(request.id, {"delivery": {**delivery, **fresh.to_refs()}})
 
     async def _wipe_if_ended(self, request_id: str, response_url: str) -> None:

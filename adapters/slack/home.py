@@ -26,7 +26,7 @@ from adapters.slack.api import SlackApi, SlackCallError
 from adapters.slack.background import Background
 from bot.domain.errors import JitpassError
 from bot.domain.model import AccessRequest, CodeView, Identity, Status
-from bot.services.access import AccessService
+from bot.ports import ChatAccess
 
 __all__ = ["VIA", "HomeTab"]
 
@@ -38,7 +38,7 @@ VIA = "app_home"  # the `via` of the tab's grant.code_shown events
 class HomeTab:
     """Publishes a user's Home tab; a burst of changes for one user becomes one or two publishes."""
 
-    def __init__(self, api: SlackApi, service: AccessService, tz: tzinfo, background: Background) -> None:
+    def __init__(self, api: SlackApi, service: ChatAccess, tz: tzinfo, background: Background) -> None:
         self.api = api
         self.service = service
         self.tz = tz

@@ -13,19 +13,18 @@ from collections.abc import Awaitable, Callable
 
 from adapters.slack import blocks
 from adapters.slack.api import SharedFile, SlackApi, SlackCallError
-from bot.bootstrap import Runtime
 from bot.domain.model import Identity
-from bot.reports.chat import chat_report
+from bot.ports import ChatReports
 
 __all__ = ["handle_report"]
 
 log = logging.getLogger("jitpass.slack")
 
 
-async def handle_report(runtime: Runtime, api: SlackApi, dm_channel: Callable[[str], Awaitable[str]],
+async def handle_report(reports: ChatReports, api: SlackApi, dm_channel: Callable[[str], Awaitable[str]],
                         who: Identity, text: str) -> str:
     """Build the report (admins only), share its files in the admin's DM; return the ephemeral reply."""
-    report = await chat_report(runtime.service, who, text, trust=runtime.audit_trust)
+    report = await reports(who, text)
     files = [SharedFile(report.csv_filename, "Access report (CSV)", report.csv),
              SharedFile(report.html_filename, "Access report (HTML, open in a browser)", report.html)]
     first_line = report.summary.strip().splitlines()[0] if report.summary.strip() else "Access report"

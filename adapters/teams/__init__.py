@@ -1,7 +1,7 @@
 """Teams adapter: `POST /api/messages` through the Microsoft 365 Agents SDK, and the one-time report
 downloads (`GET /reports/{token}/{filename}`) its `report` command links to.
 
-`TeamsAdapter(settings)` is a `bot.bootstrap.ChatAdapter`. With app credentials
+`TeamsAdapter(settings)` is a `bot.ports.ChatAdapter`. With app credentials
 (`CONNECTIONS__SERVICE_CONNECTION__SETTINGS__CLIENTID` / `CLIENTSECRET` / `TENANTID`) every
 request must carry a Bot Framework JWT; without them the endpoint is anonymous, for local
 development with Microsoft 365 Agents Playground only, and says so loudly at start.
@@ -29,8 +29,8 @@ from adapters.teams.agent import TeamsAgent, apology, report_unexpected
 from adapters.teams.auth import CONNECTION, InboundAuth, auth_configuration
 from adapters.teams.connector import Connector, ServiceUrlBook, ServiceUrlValidator
 from adapters.teams.notifier import TeamsNotifier
-from bot.bootstrap import Runtime
 from bot.domain.config import Settings
+from bot.ports import ChatCore
 
 __all__ = ["TeamsAdapter"]
 
@@ -110,14 +110,14 @@ class TeamsAdapter:
         # GET only: a HEAD (link checkers, previews) must not use up a one-time link.
         app.router.add_get(DOWNLOAD_ROUTE, self.download, allow_head=False)
 
-    async def start(self, runtime: Runtime) -> None:
-        self.service_urls = ServiceUrlBook(runtime.store)
+    async def start(self, core: ChatCore) -> None:
+        self.service_urls = ServiceUrlBook(core.store)
         await self.service_urls.load()
-        notifier = TeamsNotifier(runtime.policy, self.connector, self.service_urls, runtime.service.get_request,
-                                 runtime.service.save_refs, timeout=self.settings.call_timeout)
-        runtime.service.register_notifier(notifier)
-        self.report_links = ReportLinks(runtime.clock)
-        self.agent = TeamsAgent(runtime, self.service_urls, self.connections, report_links=self.report_links,
+        notifier = TeamsNotifier(core.policy, self.connector, self.service_urls, core.access.get_request,
+                                 core.access.save_refs, timeout=self.settings.call_timeout)
+        core.access.register_notifier(notifier)
+        self.report_links = ReportLinks(core.clock)
+        self.agent = TeamsAgent(core, self.service_urls, self.connections, report_links=self.report_links,
                                 public_url=self.public_url)
         validation = "on" if self.validator.enabled else "OFF"
         if self.app_id:
@@ -130,8 +130,8 @@ class TeamsAdapter:
         if not self.validator.enabled:
             log.warning("event=teams_service_url_validation_off note=\"JITPASS_TEAMS_VALIDATE_SERVICE_URL=false: "
                         "the bot will post to any serviceUrl an activity names\"")
-        for vault in ("*", *runtime.policy.vaults):
-            if not runtime.policy.leads_channel(vault, self.platform):
+        for vault in ("*", *core.policy.vaults):
+            if not core.policy.leads_channel(vault, self.platform):
                 log.warning("event=teams_no_leads_channel vault=%s note=\"approval cards for this vault cannot be "
                             "posted in Teams: set [leads_channel] teams\"", vault)
 

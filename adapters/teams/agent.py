@@ -24,14 +24,13 @@ from adapters.downloads import CSV_TYPE, HTML_TYPE, ReportLinks
 from adapters.teams import cards
 from adapters.teams.connector import ServiceUrlBook, card_activity
 from adapters.teams.refs import REQUESTER, VERSION, RequesterRef
-from bot.bootstrap import Runtime
 from bot.domain import commands as cmd
 from bot.domain import wording
 from bot.domain.errors import InfrastructureError, InputError, JitpassError, NotFound, log_incident
 from bot.domain.model import AccessRequest, Identity
 from bot.domain.request_text import RequestDraft, parse_window
 from bot.domain.syntax import TEAMS
-from bot.reports.chat import chat_report
+from bot.ports import ChatCore
 
 __all__ = ["Inbound", "TeamsAgent", "clean_text", "identity_of", "report_unexpected"]
 
@@ -129,13 +128,14 @@ def error_response(code: str, message: str, status: int = 400) -> dict[str, Any]
 class TeamsAgent:
     """The AgentApplication and its handlers."""
 
-    def __init__(self, runtime: Runtime, service_urls: ServiceUrlBook, connection_manager: Connections, *,
+    def __init__(self, core: ChatCore, service_urls: ServiceUrlBook, connection_manager: Connections, *,
                  report_links: ReportLinks, public_url: str) -> None:
-        self.runtime = runtime
         self.report_links = report_links
         self.public_url = public_url
-        self.service = runtime.service
-        self.policy = runtime.policy
+        self.service = core.access
+        self.reports = core.reports
+        self.policy = core.policy
+        self.clock = core.clock
         self.service_urls = service_urls
         # jitpass keeps no conversation state in the SDK; the storage only satisfies its turn state.
         options = ApplicationOptions(storage=MemoryStorage(), start_typing_timer=False,
@@ -173,7 +173,7 @@ class TeamsAgent:
             if not inbound.in_personal_chat:
                 log.info("event=teams_mention conversation_id=%s type=%s tenant=%s", inbound.conversation_id,
                          inbound.requester.conversation_type, inbound.requester.tenant_id or "-")
-            parsed = cmd.parse_command(text, now=self.runtime.clock.now(), tz=self.policy.timezone, syntax=TEAMS)
+            parsed = cmd.parse_command(text, now=self.clock.now(), tz=self.policy.timezone, syntax=TEAMS)
             await self._run(context, inbound, parsed)
         except InfrastructureError as exc:  # the store or the key ring: an apology, never their detail
             await self._say(context, _sorry("message", exc))
@@ -230,7 +230,7 @@ class TeamsAgent:
         if not inbound.in_personal_chat:
             await self._say(context, "Ask for reports in a 1:1 chat with me: they name people and credentials.")
             return
-        report = await chat_report(self.runtime.service, inbound.identity, rest, trust=self.runtime.audit_trust)
+        report = await self.reports(inbound.identity, rest)
         csv_url, expires_at = self.report_links.link(self.public_url, report.csv_filename, report.csv, CSV_TYPE)
         html_url, _ = self.report_links.link(self.public_url, report.html_filename, report.html, HTML_TYPE)
         lines = [line for line in report.summary.splitlines() if line.strip()]
@@ -322,7 +322,7 @@ class TeamsAgent:
         try:
             if not item or not reason:
                 raise InputError("Pick an item and say why you need it.")
-            draft = RequestDraft(item, reason, parse_window(window, now=self.runtime.clock.now(),
+            draft = RequestDraft(item, reason, parse_window(window, now=self.clock.now(),
                                                                 tz=self.policy.timezone, item=item))
             request = await self.service.request_access(inbound.identity, draft, refs=inbound.refs())
         except InfrastructureError:

@@ -38,6 +38,17 @@ FORMATS = ("table", "csv", "json", "html")
 ProgressCallback = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class ChatReport:
+    """What a chat adapter posts for `report …`: a short summary plus two files to attach."""
+
+    summary: str
+    csv: bytes
+    html: bytes
+    csv_filename: str
+    html_filename: str
+
+
 # -- what a report is asked for ----------------------------------------------------------------
 
 

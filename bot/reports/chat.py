@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from bot.domain.errors import InputError, NotAllowed
 from bot.domain.model import Identity
-from bot.domain.report_data import AuditTrust
+from bot.domain.report_data import AuditTrust, ChatReport
 from bot.domain.request_text import MAX_LOOKBACK, parse_duration
 from bot.ports import ReportSource
 from bot.reports.build import build_report, parse_period, record_report
@@ -20,17 +20,6 @@ if TYPE_CHECKING:
 
 
 # -- chat ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChatReport:
-    """What a chat adapter posts: a short summary plus two files to attach."""
-
-    summary: str
-    csv: bytes
-    html: bytes
-    csv_filename: str
-    html_filename: str
 
 
 CHAT_EXAMPLE = "Example: report 30d vault:acme"

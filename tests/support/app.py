@@ -14,9 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from bot.app import RUNTIME, create_app
-from bot.bootstrap import ChatAdapter, Runtime
+from bot.bootstrap import Runtime
 from bot.domain.config import Settings, parse_policy
 from bot.domain.model import SYSTEM, Secret
+from bot.ports import ChatAdapter
 from bot.services.importers import ItemInput
 
 
