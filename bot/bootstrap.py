@@ -146,11 +146,14 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
         raise
     secrets = SecretSources(BuiltinSource(vault))
     service = AccessService(store, vault, policy, clock, secrets)
-    effects = EffectRunner(service, RetryPolicy(call_timeout=settings.call_timeout,
+    # The scheduler and effects worker write on a connection of their own (SQLite), so ending grants and
+    # carrying out chat effects never wait behind request handling; same notifiers and callbacks.
+    worker = service.using(store.background())
+    effects = EffectRunner(worker, RetryPolicy(call_timeout=settings.call_timeout,
                                                 retry_after_max=settings.retry_after_max,
                                                 lease_seconds=settings.effect_lease))
     runtime = Runtime(settings=settings, store=store, vault=vault, policy=policy, clock=clock, service=service,
-                      catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(service), effects=effects,
+                      catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(worker), effects=effects,
                       checkpointer=checkpointer, demo=is_demo)
     if settings.op_connect_host and settings.op_connect_token:
         # The secret sources (no chat SDK): 1Password Connect for items, the Events API for direct use.

@@ -22,6 +22,7 @@ from bot.domain.model import (
     SealedItem,
     Secret,
     Status,
+    TransitionDraft,
 )
 from bot.domain.policy import Policy
 from bot.domain.report_data import ChatReport
@@ -183,6 +184,12 @@ class Store(Protocol):
         updated request, or None when the compare failed (nothing written)."""
         ...
 
+    async def transition_many(self, drafts: Sequence[TransitionDraft]) -> list[AccessRequest | None]:
+        """`transition` for each draft, all in ONE unit of work (their events appended in order): the
+        scheduler ends a burst of grants in one write. One result per draft, None where its compare
+        failed. For changes that take no claim (ends of grants, timeouts): a ClaimTaken aborts the batch."""
+        ...
+
     async def save_refs(self, request_id: str, refs: Mapping[str, Any], expected_version: int) -> bool:
         """Replace the adapter's refs if `refs_version` is still `expected_version`."""
         ...
@@ -206,6 +213,16 @@ class Store(Protocol):
     async def settle_effect(self, effect: Effect, owner: str, outcome: EffectOutcome) -> bool:
         """Record an attempt's outcome if `owner` still holds the lease: the effect row, the outcome's
         event, refs merged into the request (and `revealed`), follow-up effects, in one unit of work."""
+        ...
+
+    async def settle_effects(self, settled: Sequence[tuple[Effect, EffectOutcome]], owner: str) -> list[bool]:
+        """`settle_effect` for each pair, all in one unit of work; False where the lease was lost."""
+        ...
+
+    def background(self) -> Store:
+        """This store for the scheduler and effects worker, on a connection of its own where that matters
+        (SQLite: a second connection, so due work never queues behind request handling; MongoDB: itself,
+        its client already pools connections). Opened and closed with this store."""
         ...
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:

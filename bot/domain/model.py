@@ -35,6 +35,7 @@ __all__ = [
     "SealedItem",
     "Secret",
     "Status",
+    "TransitionDraft",
     "Window",
 ]
 
@@ -366,3 +367,15 @@ class EffectOutcome:
     refs: dict[str, Any] | None = None  # merged key by key into the request's refs
     revealed: bool = False  # the secret reached the requester (grant.delivered)
     follow_ups: tuple[EffectDraft, ...] = ()
+
+
+@dataclass(frozen=True)
+class TransitionDraft:
+    """One compare-and-set of a batch (`Store.transition_many`): the same fields as `Store.transition`."""
+
+    request_id: str
+    from_statuses: frozenset[Status]
+    changes: dict[str, Any]
+    event: EventDraft | None
+    effects: tuple[EffectDraft, ...] = ()
+    expected_version: int | None = None

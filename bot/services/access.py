@@ -10,6 +10,7 @@ happens inline, so no chat outage can delay or undo a state change.
 from __future__ import annotations
 
 import asyncio
+import copy
 import difflib
 import logging
 import secrets
@@ -51,6 +52,7 @@ from bot.domain.model import (
     RotationDue,
     SealedItem,
     Status,
+    TransitionDraft,
     Window,
 )
 from bot.domain.policy import Policy, VaultPolicy
@@ -68,6 +70,8 @@ __all__ = ["AccessService", "new_request_id"]
 log = logging.getLogger("jitpass.service")
 
 _ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+# Grants ended in one store transaction: a burst of 10,000 ends is 50 commits, not 10,000.
+EXPIRY_BATCH = 200
 EXAMPLE = example("", "acme-zendesk fix broken trigger for 1h")
 
 
@@ -89,10 +93,23 @@ class AccessService:
         self.clock = clock
         self.notifiers: dict[str, Notifier] = {}
         self.rate_limiter = RateLimiter(clock)
-        # Due transitions running now: the effects worker holds back meanwhile (access ends first).
-        self.ending = 0
+        # Due transitions running now: the effects worker holds back meanwhile (access ends first). A list
+        # of one so that `using` twins share it.
+        self._ending = [0]
         # Called after every state change: the scheduler re-plans from the store.
         self.on_change: list[Callable[[AccessRequest], None]] = []
+
+    @property
+    def ending(self) -> int:
+        """How many due transitions are being applied right now (by this service or a `using` twin)."""
+        return self._ending[0]
+
+    def using(self, store: Store) -> AccessService:
+        """This service on another handle of the same store (the scheduler's and effects worker's
+        connection): the same notifiers, callbacks, rate limits and `ending` count."""
+        twin = copy.copy(self)
+        twin.store = store
+        return twin
 
     def register_notifier(self, notifier: Notifier) -> None:
         self.notifiers[notifier.platform] = notifier
@@ -460,30 +477,57 @@ class AccessService:
         return updated
 
     async def run_due(self, *, concurrency: int = 8) -> int:
-        """Apply every timeout, activation and expiry that is due now, `concurrency` at a time; returns
-        how many ran. No chat call happens here (effects run later), so one slow chat API cannot delay
+        """Apply every timeout, activation and expiry that is due now; returns how many ran. Expiries
+        first, `EXPIRY_BATCH` grants per store transaction; then timeouts and activations, `concurrency`
+        at a time. No chat call happens here (effects run later), so one slow chat API cannot delay
         another grant's end."""
         due = await self.store.due_requests(self.clock.now())
-        slots = asyncio.Semaphore(concurrency)
-        self.ending += len(due)
-
-        async def one(request: AccessRequest) -> int:
-            async with slots:
+        expiring = [r for r in due if r.status is Status.ACTIVE]
+        others = [r for r in due if r.status is not Status.ACTIVE]
+        self._ending[0] += len(due)
+        ran = 0
+        try:
+            for start in range(0, len(expiring), EXPIRY_BATCH):
+                chunk = expiring[start:start + EXPIRY_BATCH]
                 try:
-                    if request.status is Status.PENDING:
-                        await self.time_out(request.id)
-                    elif request.status is Status.APPROVED:
-                        await self.activate(request.id)
-                    elif request.status is Status.ACTIVE:
-                        await self.expire(request.id, known=request)
-                    return 1
-                except JitpassError as exc:
-                    log.warning("due work failed request_id=%s error=%s", request.id, exc.message)
-                    return 0
+                    ran += len(await self.expire_many(chunk))
+                except JitpassError as exc:  # the store refused the batch: the next tick tries again
+                    log.warning("due expiries failed count=%d first=%s error=%s", len(chunk), chunk[0].id,
+                                exc.message)
                 finally:
-                    self.ending -= 1
+                    self._ending[0] -= len(chunk)
+            slots = asyncio.Semaphore(concurrency)
 
-        return sum(await asyncio.gather(*(one(r) for r in due)))
+            async def one(request: AccessRequest) -> int:
+                async with slots:
+                    try:
+                        if request.status is Status.PENDING:
+                            await self.time_out(request.id)
+                        elif request.status is Status.APPROVED:
+                            await self.activate(request.id)
+                        return 1
+                    except JitpassError as exc:
+                        log.warning("due work failed request_id=%s error=%s", request.id, exc.message)
+                        return 0
+                    finally:
+                        self._ending[0] -= 1
+
+            ran += sum(await asyncio.gather(*(one(r) for r in others)))
+        finally:
+            self._ending[0] = max(0, self._ending[0])
+        return ran
+
+    async def expire_many(self, requests: Collection[AccessRequest]) -> list[AccessRequest]:
+        """End every grant here whose window is over, in one store transaction; returns those ended now."""
+        now = self.clock.now()
+        live = [r for r in requests if r.status is Status.ACTIVE and r.ends_at is not None and r.ends_at <= now]
+        drafts = [self._end_draft(r, Status.EXPIRED, SYSTEM, "window ended", "", now) for r in live]
+        results = await self.store.transition_many(drafts)
+        ended = [(before, after) for before, after in zip(live, results, strict=True) if after is not None]
+        for _, after in ended:
+            self._changed(after)
+        await self._after_ends(ended, now)
+        return [after for _, after in ended]
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -586,6 +630,21 @@ class AccessService:
     async def _end_grant(self, request: AccessRequest, to: Status, actor: Identity, reason: str, *,
                          told: str = "") -> AccessRequest:
         now = self.clock.now()
+        draft = self._end_draft(request, to, actor, reason, told, now)
+        updated = await self.store.transition(draft.request_id, draft.from_statuses, draft.changes, draft.event,
+                                              effects=draft.effects)
+        if updated is None:
+            current = await self._get(request.id)
+            if current.status in {Status.EXPIRED, Status.REVOKED}:
+                return current
+            raise Conflict(f"{request.id} is {current.status.value}; there is no active grant to end.")
+        self._changed(updated)
+        await self._after_ends([(request, updated)], now)
+        return updated
+
+    def _end_draft(self, request: AccessRequest, to: Status, actor: Identity, reason: str, told: str,
+                   now: datetime) -> TransitionDraft:
+        """The end of an active grant: status, its audit event, and the wipe, card update and message."""
         event_type = "grant.expired" if to is Status.EXPIRED else "grant.revoked"
         details: dict[str, Any] = {"revealed": request.revealed}
         ended_at = now
@@ -593,24 +652,27 @@ class AccessService:
             # Access ended at the window end (reveals check ends_at), however late this runs.
             ended_at = min(now, request.ends_at)
             details |= {"ended_at": ended_at.isoformat(), "late_seconds": round((now - ended_at).total_seconds(), 3)}
-        updated = await self.store.transition(
-            request.id, {Status.ACTIVE},
+        return TransitionDraft(
+            request.id, frozenset({Status.ACTIVE}),
             {"status": to, "ended_at": ended_at, "ended_by": None if actor == SYSTEM else actor},
             self._draft(event_type, actor, request, reason, details),
-            effects=self._effects(request, EffectKind.WIPE, EffectKind.UPDATE_CARD) + self._tell_effect(
-                request, told or wording.told_ended(request, to)),
-        )
-        if updated is None:
-            current = await self._get(request.id)
-            if current.status in {Status.EXPIRED, Status.REVOKED}:
-                return current
-            raise Conflict(f"{request.id} is {current.status.value}; there is no active grant to end.")
-        self._changed(updated)
-        if updated.revealed:
-            await self._mark_rotation_due(updated, now)
-        await self._close_extensions(updated, now)
-        await self._start_queued(request)
-        return updated
+            self._effects(request, EffectKind.WIPE, EffectKind.UPDATE_CARD) + self._tell_effect(
+                request, told or wording.told_ended(request, to)))
+
+    async def _after_ends(self, ended: Collection[tuple[AccessRequest, AccessRequest]], now: datetime) -> None:
+        """What follows ended grants: passwords seen are due for rotation, their extensions close, a grant
+        queued behind an exclusive one starts. One store read per batch where nothing follows."""
+        if not ended:
+            return
+        seen: dict[str, list[AccessRequest]] = {}
+        for _, after in ended:
+            if after.revealed:
+                seen.setdefault(after.item, []).append(after)
+        for grants in seen.values():
+            await self._mark_rotation_due(grants, now)
+        await self._close_extensions([after for _, after in ended], now)
+        for before, _ in ended:
+            await self._start_queued(before)
 
     async def _start_queued(self, ended: AccessRequest) -> None:
         """A grant queued behind this holder (planned to start at its end) may start now."""
@@ -623,8 +685,16 @@ class AccessService:
                 await self.activate(request.id)
                 return
 
-    async def _close_extensions(self, grant: AccessRequest, now: datetime) -> None:
-        for ext in await self.store.find_requests(parent_id=grant.id, statuses=OPEN_STATUSES):
+    async def _close_extensions(self, grants: Collection[AccessRequest], now: datetime) -> None:
+        by_id = {g.id: g for g in grants}
+        if len(by_id) == 1:
+            (only,) = by_id
+            extensions = await self.store.find_requests(parent_id=only, statuses=OPEN_STATUSES)
+        else:  # a batch: the open extensions of all grants are few, one read
+            extensions = [e for e in await self.store.find_requests(statuses=OPEN_STATUSES, kind=RequestKind.EXTENSION)
+                          if e.parent_id in by_id]
+        for ext in extensions:
+            grant = by_id[ext.parent_id or ""]
             to = Status.CANCELLED if ext.status is Status.PENDING else grant.status
             event = self._draft("request.cancelled", SYSTEM, ext, "the grant it extends has ended") \
                 if to is Status.CANCELLED else None
@@ -681,15 +751,17 @@ class AccessService:
             sealed = await self.store.get_item(request.item)
             due = sealed.item.rotation_due if sealed else None
             if due is None or request.id not in due.request_ids:
-                await self._mark_rotation_due(request, request.ended_at or self.clock.now())
+                await self._mark_rotation_due([request], request.ended_at or self.clock.now())
 
-    async def _mark_rotation_due(self, grant: AccessRequest, now: datetime) -> None:
-        sealed = await self.store.get_item(grant.item)
+    async def _mark_rotation_due(self, grants: Collection[AccessRequest], now: datetime) -> None:
+        """The item these grants (all of one item) revealed is due for rotation; one read and one write."""
+        first = next(iter(grants))
+        sealed = await self.store.get_item(first.item)
         if sealed is None:
             return
         due = sealed.item.rotation_due
-        seen_by = tuple(dict.fromkeys([*(due.seen_by if due else ()), grant.requester]))
-        request_ids = tuple(dict.fromkeys([*(due.request_ids if due else ()), grant.id]))
+        seen_by = tuple(dict.fromkeys([*(due.seen_by if due else ()), *(g.requester for g in grants)]))
+        request_ids = tuple(dict.fromkeys([*(due.request_ids if due else ()), *(g.id for g in grants)]))
         item = replace(sealed.item, rotation_due=RotationDue(since=due.since if due else now, seen_by=seen_by,
                                                              request_ids=request_ids))
         await self.store.replace_item(replace(sealed, item=item), None)

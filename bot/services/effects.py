@@ -115,6 +115,9 @@ class EffectRunner:
         self._idle = asyncio.Event()
         self._idle.set()
         self._renewer: asyncio.Task[None] | None = None
+        # Outcomes waiting to be recorded: effects finishing together are settled in one store transaction.
+        self._to_settle: list[tuple[Effect, EffectOutcome, asyncio.Future[bool]]] = []
+        self._settler: asyncio.Task[None] | None = None
         service.on_change.append(lambda _request: self.wake())
 
     @property
@@ -150,6 +153,10 @@ class EffectRunner:
         for running in list(self._running):
             running.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
+        settler, self._settler = self._settler, None
+        if settler is not None:
+            settler.cancel()
+            await asyncio.gather(settler, return_exceptions=True)
 
     def wake(self) -> None:
         """Something new may be due (called after every state change)."""
@@ -264,13 +271,47 @@ class EffectRunner:
             await self.service.after_late_delivery(request.id)
 
     async def _settle(self, effect: Effect, outcome: EffectOutcome) -> None:
-        if not await self.store.settle_effect(effect, self.owner, outcome):
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._to_settle.append((effect, outcome, done))
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.get_running_loop().create_task(self._settle_queued(), name="jitpass-settle")
+        if not await done:
             log.warning("event=effect_lease_lost effect=%s kind=%s request_id=%s", effect.id, effect.kind,
                         effect.request_id)
             return
         log.info("event=effect_%s effect=%s kind=%s request_id=%s attempt=%d%s", outcome.status.value, effect.id,
                  effect.kind, effect.request_id, effect.attempts,
                  f" error={outcome.error}" if outcome.error else "")
+
+    async def _settle_queued(self, batch: int = 64) -> None:
+        """Record queued outcomes, many per transaction: what finishes while one batch is written goes
+        in the next. A batch the store refuses is recorded one by one, so one bad row fails only itself
+        (an unrecorded effect's lease runs out and it is tried again, as after a crash)."""
+        await asyncio.sleep(0)  # effects finishing in this same moment join the first batch
+        while self._to_settle:
+            chunk, self._to_settle = self._to_settle[:batch], self._to_settle[batch:]
+            if len(chunk) == 1:
+                await self._settle_alone(*chunk[0])
+                continue
+            try:
+                kept = await self.store.settle_effects([(e, o) for e, o, _ in chunk], self.owner)
+            except Exception:
+                for one in chunk:
+                    await self._settle_alone(*one)
+                continue
+            for (_, _, done), ok in zip(chunk, kept, strict=True):
+                if not done.done():
+                    done.set_result(ok)
+
+    async def _settle_alone(self, effect: Effect, outcome: EffectOutcome, done: asyncio.Future[bool]) -> None:
+        try:
+            ok = await self.store.settle_effects([(effect, outcome)], self.owner)
+        except Exception as exc:
+            if not done.done():
+                done.set_exception(exc)
+            return
+        if not done.done():
+            done.set_result(ok[0])
 
     async def _attempt(self, effect: Effect, notifier: Notifier, request: AccessRequest) -> EffectOutcome:
         kind = effect.kind

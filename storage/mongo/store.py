@@ -65,6 +65,7 @@ from bot.domain.model import (
     RequestKind,
     SealedItem,
     Status,
+    TransitionDraft,
 )
 from bot.ports import Checkpoint, Clock, PurgeResult
 from storage.codec import (
@@ -681,48 +682,65 @@ class MongoStore:
         effects: Sequence[EffectDraft] = (),
     ) -> AccessRequest | None:
         """Compare-and-set on status (and version), with its event and effects in the same unit of work."""
-        statuses = [Status(s).value for s in from_statuses]
-        requests = self._collection("requests")
-
         async def body(session: Session) -> AccessRequest | None:
-            for _ in range(CAS_ATTEMPTS):
-                found = await requests.find_one({"_id": request_id}, session=session)
-                if found is None:
-                    return None
-                current = request_from_doc(found)
-                if not cas_allows(current, statuses, expected_version):
-                    return None
-                updated = apply_changes(current, changes, self._clock.now())
-                kept = () if "refs" in changes else _REFS_FIELDS  # save_refs may be writing those
-                new = {k: v for k, v in request_to_doc(updated).items() if k != "id" and k not in kept}
-                old = {k: v for k, v in request_to_doc(current).items() if k in new}
-                try:
-                    moved = await requests.find_one_and_update(
-                        {"_id": request_id, "version": current.version, "status": {"$in": statuses}},
-                        {"$set": new}, session=session, return_document=ReturnDocument.AFTER,
-                    )
-                except DuplicateKeyError as exc:
-                    raise _claim_taken(exc, updated) or exc from None
-                if moved is None:
-                    # Changed under us. Like SQLite, apply to the current request when the caller did
-                    # not pin a version and its status still qualifies.
-                    if expected_version is not None:
-                        return None
-                    continue
-                if event is not None:
-                    try:
-                        await self._append(event, session)
-                    except AuditWriteError:
-                        if session is None:
-                            await self._compensate("changing a request",
-                                                   self._undo(request_id, updated.version, old))
-                        raise
-                result = request_from_doc(moved)
-                await self._add_effects(result, effects, session)
-                return result
-            return None
+            return await self._transition_in(session, request_id, from_statuses, changes, event,
+                                             expected_version, effects)
 
         return await self._unit("changing a request", body)
+
+    async def transition_many(self, drafts: Sequence[TransitionDraft]) -> list[AccessRequest | None]:
+        """Every draft's compare-and-set in one transaction (in order). Without transactions (standalone,
+        development) each is its own compare-and-set + append, as `transition`."""
+        if not drafts:
+            return []
+
+        async def body(session: Session) -> list[AccessRequest | None]:
+            return [await self._transition_in(session, d.request_id, d.from_statuses, d.changes, d.event,
+                                              d.expected_version, d.effects) for d in drafts]
+
+        return await self._unit("changing requests", body)
+
+    async def _transition_in(self, session: Session, request_id: str, from_statuses: Collection[Status],
+                             changes: Mapping[str, Any], event: EventDraft | None, expected_version: int | None,
+                             effects: Sequence[EffectDraft]) -> AccessRequest | None:
+        statuses = [Status(s).value for s in from_statuses]
+        requests = self._collection("requests")
+        for _ in range(CAS_ATTEMPTS):
+            found = await requests.find_one({"_id": request_id}, session=session)
+            if found is None:
+                return None
+            current = request_from_doc(found)
+            if not cas_allows(current, statuses, expected_version):
+                return None
+            updated = apply_changes(current, changes, self._clock.now())
+            kept = () if "refs" in changes else _REFS_FIELDS  # save_refs may be writing those
+            new = {k: v for k, v in request_to_doc(updated).items() if k != "id" and k not in kept}
+            old = {k: v for k, v in request_to_doc(current).items() if k in new}
+            try:
+                moved = await requests.find_one_and_update(
+                    {"_id": request_id, "version": current.version, "status": {"$in": statuses}},
+                    {"$set": new}, session=session, return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError as exc:
+                raise _claim_taken(exc, updated) or exc from None
+            if moved is None:
+                # Changed under us. Like SQLite, apply to the current request when the caller did
+                # not pin a version and its status still qualifies.
+                if expected_version is not None:
+                    return None
+                continue
+            if event is not None:
+                try:
+                    await self._append(event, session)
+                except AuditWriteError:
+                    if session is None:
+                        await self._compensate("changing a request",
+                                               self._undo(request_id, updated.version, old))
+                    raise
+            result = request_from_doc(moved)
+            await self._add_effects(result, effects, session)
+            return result
+        return None
 
     async def _add_effects(self, request: AccessRequest, effects: Sequence[EffectDraft], session: Session) -> None:
         if not effects:
@@ -768,8 +786,32 @@ class MongoStore:
                     claimed.append(effect_from_doc({**won, "id": won["_id"]}))
         return claimed
 
+    def background(self) -> MongoStore:
+        """Itself: the client's connection pool already runs the worker's calls beside the requests'."""
+        return self
+
     async def settle_effect(self, effect: Effect, owner: str, outcome: EffectOutcome) -> bool:
         """Record an attempt's outcome while `owner` holds the lease, with its event, refs and follow-ups."""
+        return (await self.settle_effects([(effect, outcome)], owner))[0]
+
+    async def settle_effects(self, settled: Sequence[tuple[Effect, EffectOutcome]], owner: str) -> list[bool]:
+        """Record outcomes while `owner` holds their leases, in one transaction (each alone when standalone)."""
+        if not settled:
+            return []
+        if not self._transactions:  # standalone: each settles alone, as `settle_effect` always did
+            kept: list[bool] = []
+            for effect, outcome in settled:
+                async def one(session: Session, effect: Effect = effect, outcome: EffectOutcome = outcome) -> bool:
+                    return await self._settle_in(session, effect, outcome, owner)
+                kept.append(await self._unit("recording an effect", one))
+            return kept
+
+        async def body(session: Session) -> list[bool]:
+            return [await self._settle_in(session, e, o, owner) for e, o in settled]
+
+        return await self._unit("recording effects", body)
+
+    async def _settle_in(self, session: Session, effect: Effect, outcome: EffectOutcome, owner: str) -> bool:
         effects = self._collection("effects")
         requests = self._collection("requests")
         at = format_time(self._clock.now())
@@ -777,32 +819,28 @@ class MongoStore:
                        "lease_until": None, "updated_at": at}
         if outcome.status is EffectStatus.PENDING and outcome.retry_at is not None:
             update["due_at"] = format_time(outcome.retry_at)
-
-        async def body(session: Session) -> bool:
-            moved = await effects.update_one({"_id": effect.id, "lease_owner": owner, "status": "pending"},
-                                             {"$set": update}, session=session)
-            if moved.matched_count != 1:
-                return False
-            for _ in range(CAS_ATTEMPTS):
-                found = await requests.find_one({"_id": effect.request_id}, session=session)
-                if found is None:
-                    break
-                current = request_from_doc(found)
-                changes = settled_changes(current, outcome)
-                if changes:
-                    updated = apply_changes(current, changes, self._clock.now())
-                    new = {k: v for k, v in request_to_doc(updated).items() if k != "id"}
-                    done = await requests.update_one({"_id": current.id, "version": current.version},
-                                                     {"$set": new}, session=session)
-                    if done.matched_count != 1:
-                        continue
-                await self._add_effects(current, outcome.follow_ups, session)
+        moved = await effects.update_one({"_id": effect.id, "lease_owner": owner, "status": "pending"},
+                                         {"$set": update}, session=session)
+        if moved.matched_count != 1:
+            return False
+        for _ in range(CAS_ATTEMPTS):
+            found = await requests.find_one({"_id": effect.request_id}, session=session)
+            if found is None:
                 break
-            if outcome.event is not None:
-                await self._append(outcome.event, session)
-            return True
-
-        return await self._unit("recording an effect", body)
+            current = request_from_doc(found)
+            changes = settled_changes(current, outcome)
+            if changes:
+                updated = apply_changes(current, changes, self._clock.now())
+                new = {k: v for k, v in request_to_doc(updated).items() if k != "id"}
+                done = await requests.update_one({"_id": current.id, "version": current.version},
+                                                 {"$set": new}, session=session)
+                if done.matched_count != 1:
+                    continue
+            await self._add_effects(current, outcome.follow_ups, session)
+            break
+        if outcome.event is not None:
+            await self._append(outcome.event, session)
+        return True
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
         """Extend every lease `owner` holds on a pending effect."""

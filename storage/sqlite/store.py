@@ -35,6 +35,7 @@ from bot.domain.model import (
     RequestKind,
     SealedItem,
     Status,
+    TransitionDraft,
 )
 from bot.ports import Checkpoint, Clock, PurgeResult
 from storage.codec import (
@@ -253,6 +254,10 @@ class SqliteStore:
         # (seq, hash) of the last event this process committed: a guess, checked by the seq key.
         self._tail: tuple[int, str] | None = None
         self._pending_tail: tuple[int, str] | None = None
+        # The scheduler's and effects worker's store: the same file on a second connection (`background`).
+        self._background: SqliteStore | None = None
+        self._is_background = False
+        self._opens_lazily = False  # a background store until it is closed
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -284,6 +289,8 @@ class SqliteStore:
                 raise self._open_error(exc) from None
             raise
         self._conn = conn
+        if self._background is not None:  # re-opened after a close: the background store may open again
+            self._background._opens_lazily = True
 
     def _open_error(self, exc: sqlite3.Error) -> StoreError:
         if _is_corruption(exc):
@@ -329,8 +336,27 @@ class SqliteStore:
         await conn.execute("COMMIT")
         return max(current, SCHEMA_VERSION)
 
+    def background(self) -> SqliteStore:
+        """The same file on a second connection (opened on first use, closed with this store): due work and
+        chat effects then never wait behind request handling in this process's one-connection queue."""
+        if self._is_background:
+            return self
+        if self._background is None:
+            self._background = SqliteStore(self.path, self._clock)
+            self._background._is_background = self._background._opens_lazily = True
+        return self._background
+
+    async def _open_if_lazy(self) -> None:
+        if self._conn is None and self._opens_lazily:
+            async with self._lock:
+                if self._conn is None:
+                    await self.open()
+
     async def close(self) -> None:
-        """Close the connection; safe to call twice."""
+        """Close the connection (and the background one); safe to call twice."""
+        self._opens_lazily = False  # closed for good: no lazy re-open by a late worker
+        if self._background is not None:
+            await self._background.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             async with self._lock:
@@ -378,6 +404,7 @@ class SqliteStore:
 
         `begin=False` is for a block of one statement, which SQLite runs as its own transaction.
         """
+        await self._open_if_lazy()
         async with self._lock:
             conn = self._connection()
             if begin:
@@ -403,6 +430,7 @@ class SqliteStore:
                 self._tail, self._pending_tail = self._pending_tail, None
 
     async def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
+        await self._open_if_lazy()
         async with self._lock:
             try:
                 return list(await self._connection().execute_fetchall(sql, params))
@@ -625,6 +653,72 @@ class SqliteStore:
             await self._add_effects(conn, updated, effects)
         return updated
 
+    async def transition_many(self, drafts: Sequence[TransitionDraft]) -> list[AccessRequest | None]:
+        """Every draft's compare-and-set in one IMMEDIATE transaction, in a handful of statements: one read
+        of the requests, one UPDATE per row (executemany), the events chained in order (executemany), the
+        effects (executemany). A burst of 200 expiries is one commit instead of 200."""
+        if not drafts:
+            return []
+        now = self._clock.now()
+        results: list[AccessRequest | None] = []
+        async with self._write() as conn:
+            ids = sorted({d.request_id for d in drafts})
+            current: dict[str, AccessRequest] = {}
+            for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+                chunk = ids[start:start + 500]
+                rows = await conn.execute_fetchall(
+                    f"SELECT * FROM requests WHERE id IN ({_placeholders(len(chunk))})", chunk)
+                current |= {str(r["id"]): _request_from_row(r) for r in rows}
+            updates: list[tuple[Any, ...]] = []
+            events: list[EventDraft] = []
+            effects: list[tuple[AccessRequest, Sequence[EffectDraft]]] = []
+            for draft in drafts:
+                before = current.get(draft.request_id)
+                statuses = [Status(x).value for x in draft.from_statuses]
+                if before is None or not statuses or not cas_allows(before, statuses, draft.expected_version):
+                    results.append(None)
+                    continue
+                updated = apply_changes(before, draft.changes, now)
+                current[draft.request_id] = updated  # a second draft for the same request sees this one
+                row = _request_row(updated, 0)
+                updates.append((*row[1 : len(_REQUEST_COLUMNS)], row[-1], before.id, before.version,
+                                before.status.value))
+                if draft.event is not None:
+                    events.append(draft.event)
+                if draft.effects:
+                    effects.append((updated, draft.effects))
+                results.append(updated)
+            if updates:
+                try:
+                    cursor = await conn.executemany(_UPDATE_REQUEST.format(statuses="?"), updates)
+                except sqlite3.IntegrityError as exc:
+                    raise self._error(exc) from None
+                # Under the write lock nothing can move a row between the read and the UPDATE.
+                if cursor.rowcount != len(updates):
+                    raise StoreError(f"the SQLite store at {self.path} changed under a batch of transitions")
+            await self._append_many(conn, events)
+            for request, drafted in effects:
+                await self._add_effects(conn, request, drafted)
+        return results
+
+    async def _append_many(self, conn: aiosqlite.Connection, drafts: Sequence[EventDraft]) -> None:
+        """Chain `drafts` after the true tail (the caller holds the write lock) in one statement."""
+        if not drafts:
+            return
+        try:
+            seq, prev_hash = await self._read_tail(conn)
+            sealed: list[Event] = []
+            for draft in drafts:
+                event = seal_event(draft, seq=seq + 1, prev_hash=prev_hash, at=self._clock.now())
+                sealed.append(event)
+                seq, prev_hash = event.seq, event.hash
+            await conn.executemany(_INSERT_EVENT, [event_row(e) for e in sealed])
+        except sqlite3.Error as exc:
+            raise AuditWriteError(
+                f"{len(drafts)} audit events ({drafts[0].type}, ...) could not be written ({exc}); nothing was changed"
+            ) from None
+        self._pending_tail = (seq, prev_hash)
+
     async def _add_effects(self, conn: aiosqlite.Connection, request: AccessRequest,
                            effects: Sequence[EffectDraft]) -> None:
         if not effects:
@@ -655,31 +749,45 @@ class SqliteStore:
 
     async def settle_effect(self, effect: Effect, owner: str, outcome: EffectOutcome) -> bool:
         """Record an attempt's outcome while `owner` holds the lease, with its event, refs and follow-ups."""
+        return (await self.settle_effects([(effect, outcome)], owner))[0]
+
+    async def settle_effects(self, settled: Sequence[tuple[Effect, EffectOutcome]], owner: str) -> list[bool]:
+        """Record outcomes while `owner` holds their leases, with events, refs and follow-ups: one transaction."""
+        if not settled:
+            return []
         now = self._clock.now()
-        retry_at = outcome.retry_at if outcome.status is EffectStatus.PENDING else None
+        kept: list[bool] = []
+        events: list[EventDraft] = []
         async with self._write() as conn:
-            cursor = await conn.execute(
-                "UPDATE effects SET status = ?, error = ?, due_at = coalesce(?, due_at), lease_owner = NULL, "
-                "lease_until = NULL, updated_at = ? WHERE seq = ? AND lease_owner = ? AND status = 'pending'",
-                (outcome.status.value, outcome.error[:500], format_time(retry_at) if retry_at else None,
-                 format_time(now), int(effect.id), owner))
-            if cursor.rowcount != 1:
-                return False  # the lease ran out and another worker took it over
-            rows = list(await conn.execute_fetchall("SELECT * FROM requests WHERE id = ?", (effect.request_id,)))
-            current = _request_from_row(rows[0]) if rows else None
-            if current is not None:
-                changes = settled_changes(current, outcome)
-                if changes:
-                    updated = apply_changes(current, changes, now)
-                    row = _request_row(updated, 0)
-                    await conn.execute(
-                        _UPDATE_REQUEST.format(statuses="?"),
-                        (*row[1 : len(_REQUEST_COLUMNS)], row[-1], current.id, current.version, current.status.value))
-                if outcome.follow_ups:
-                    await self._add_effects(conn, current, outcome.follow_ups)
-            if outcome.event is not None:
-                await self._append(conn, outcome.event)
-        return True
+            for effect, outcome in settled:
+                retry_at = outcome.retry_at if outcome.status is EffectStatus.PENDING else None
+                cursor = await conn.execute(
+                    "UPDATE effects SET status = ?, error = ?, due_at = coalesce(?, due_at), lease_owner = NULL, "
+                    "lease_until = NULL, updated_at = ? WHERE seq = ? AND lease_owner = ? AND status = 'pending'",
+                    (outcome.status.value, outcome.error[:500], format_time(retry_at) if retry_at else None,
+                     format_time(now), int(effect.id), owner))
+                kept.append(cursor.rowcount == 1)
+                if cursor.rowcount != 1:
+                    continue  # the lease ran out and another worker took it over
+                if outcome.refs or outcome.revealed or outcome.follow_ups:
+                    rows = list(await conn.execute_fetchall("SELECT * FROM requests WHERE id = ?",
+                                                            (effect.request_id,)))
+                    current = _request_from_row(rows[0]) if rows else None
+                    if current is not None:
+                        changes = settled_changes(current, outcome)
+                        if changes:
+                            updated = apply_changes(current, changes, now)
+                            row = _request_row(updated, 0)
+                            await conn.execute(
+                                _UPDATE_REQUEST.format(statuses="?"),
+                                (*row[1 : len(_REQUEST_COLUMNS)], row[-1], current.id, current.version,
+                                 current.status.value))
+                        if outcome.follow_ups:
+                            await self._add_effects(conn, current, outcome.follow_ups)
+                if outcome.event is not None:
+                    events.append(outcome.event)
+            await self._append_many(conn, events)
+        return kept
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
         """Extend every lease `owner` holds on a pending effect."""

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from bot.domain.errors import AuditWriteError
-from bot.domain.model import EffectDraft, EffectKind, EffectOutcome, EffectStatus, Status
+from bot.domain.model import EffectDraft, EffectKind, EffectOutcome, EffectStatus, Status, TransitionDraft
 from bot.ports import Store
 from tests.contract.conftest import Harness
 from tests.support.stores import FakeClock, draft, make_request
@@ -169,3 +169,80 @@ async def test_only_effects_of_platforms_this_worker_serves_are_claimed(store: S
     now = clock.now()
     claimed = await store.claim_effects(now, "w1", now + LEASE, platforms={"teams"}, limit=5)
     assert [e.kind for e in claimed] == [EffectKind.POST_CARD]
+
+
+async def test_a_batch_of_transitions_is_one_unit_in_order_and_a_failed_compare_skips_only_itself(
+        store: Store) -> None:
+    for n in range(5):
+        await _pending_request(store, f"R{n}")
+    await store.transition("R2", {Status.PENDING}, {"status": Status.CANCELLED}, None)
+    drafts = [TransitionDraft(f"R{n}", frozenset({Status.PENDING}), {"status": Status.TIMED_OUT},
+                              draft("request.timed_out", request_id=f"R{n}"),
+                              (EffectDraft(EffectKind.UPDATE_CARD),)) for n in range(5)]
+    results = await store.transition_many(drafts)
+    assert [r.status if r else None for r in results] == [Status.TIMED_OUT] * 2 + [None] + [Status.TIMED_OUT] * 2
+    # Their events are chained in the order given; R2 (already cancelled) got neither an event nor an effect.
+    timed_out = [e async for e in store.events(types={"request.timed_out"})]
+    assert [e.request_id for e in timed_out] == ["R0", "R1", "R3", "R4"]
+    assert [e.seq for e in timed_out] == sorted(e.seq for e in timed_out)
+    assert [e.kind for e in await store.effects_of("R2")] == []
+    assert [e.kind for e in await store.effects_of("R3")] == [EffectKind.UPDATE_CARD]
+    assert await store.transition_many([]) == []
+
+
+async def test_an_audit_failure_in_a_batch_writes_none_of_it(harness: Harness) -> None:
+    store = harness.store
+    for n in range(3):
+        await _pending_request(store, f"R{n}")
+    await harness.break_audit()
+    with pytest.raises(AuditWriteError):
+        await store.transition_many([TransitionDraft(f"R{n}", frozenset({Status.PENDING}),
+                                                     {"status": Status.CANCELLED},
+                                                     draft("request.cancelled", request_id=f"R{n}"),
+                                                     (EffectDraft(EffectKind.UPDATE_CARD),)) for n in range(3)])
+    if harness.kind == "sqlite":  # one transaction (a standalone MongoDB undoes only the failed one)
+        assert [(await store.get_request(f"R{n}")).status for n in range(3)] == [Status.PENDING] * 3  # type: ignore[union-attr]
+        assert [await store.effects_of(f"R{n}") for n in range(3)] == [[], [], []]
+
+
+async def test_outcomes_settled_together_each_keep_their_lease_check_event_and_refs(store: Store,
+                                                                                    clock: FakeClock) -> None:
+    for n in range(3):
+        await store.create_request(make_request(f"R{n}", item=f"item-{n}", status=Status.ACTIVE),
+                                   draft("request.created", request_id=f"R{n}"), [EffectDraft(EffectKind.DELIVER)])
+    await _claim(store, clock)
+    effects = [(await store.effects_of(f"R{n}"))[0] for n in range(3)]
+    stolen = effects[1]
+    clock.advance(seconds=LEASE.total_seconds())
+    assert await _claim(store, clock, owner="w2") == ["R0:deliver", "R1:deliver", "R2:deliver"]
+    # w1's lease on all three ran out; w2 settles two of its three in one batch, and w1's late one is refused.
+    fresh = [(await store.effects_of(f"R{n}"))[0] for n in range(3)]
+    kept = await store.settle_effects([
+        (fresh[0], EffectOutcome(EffectStatus.DONE, event=draft("grant.revealed", request_id="R0"),
+                                 refs={"delivery": {"ts": "1.0"}}, revealed=True)),
+        (fresh[2], EffectOutcome(EffectStatus.PENDING, error="http 500", retry_at=clock.now() + LEASE,
+                                 event=draft("grant.delivery_failed", request_id="R2"))),
+    ], "w2")
+    assert kept == [True, True]
+    assert await store.settle_effects([(stolen, EffectOutcome(EffectStatus.DONE))], "w1") == [False]
+    assert [e.request_id async for e in store.events(types={"grant.revealed", "grant.delivery_failed"})] == [
+        "R0", "R2"]
+    first = await store.get_request("R0")
+    assert first is not None and first.revealed and first.refs == {"delivery": {"ts": "1.0"}}
+    assert [(await store.effects_of(f"R{n}"))[0].status for n in range(3)] == [EffectStatus.DONE] + [
+        EffectStatus.PENDING] * 2
+    assert await store.settle_effects([], "w2") == []
+
+
+async def test_the_background_handle_sees_and_writes_the_same_store(store: Store, clock: FakeClock) -> None:
+    background = store.background()
+    assert background.background() is background
+    await _pending_request(store, "R1", EffectKind.TELL)
+    assert [e.kind for e in await background.effects_of("R1")] == [EffectKind.TELL]
+    assert await background.transition("R1", {Status.PENDING}, {"status": Status.CANCELLED},
+                                       draft("request.cancelled", request_id="R1")) is not None
+    # Events written on either handle form one chain.
+    await store.append_event(draft("report.generated"))
+    seqs = [e.seq async for e in store.events()]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert (await store.get_request("R1")).status is Status.CANCELLED  # type: ignore[union-attr]
