@@ -157,6 +157,32 @@ async def test_window_end_expires_grant_marks_rotation_and_stops_codes(runtime: 
     assert (await types(runtime))[-4:] == ["grant.expired", "grant.wiped", "access.refused", "item.rotated"]
 
 
+async def test_grants_ending_together_end_in_one_batch_with_rotation_and_extensions_closed(
+        runtime: Runtime, notifier: RecordingNotifier, clock: FakeClock) -> None:
+    first = await runtime.service.approve((await runtime.service.request_access(
+        ALICE, "acme-zendesk rotate api key for 30m")).id, LEAD1)
+    second = await runtime.service.approve((await runtime.service.request_access(
+        BOB, "acme-zendesk check the trigger log for 30m")).id, LEAD1)
+    await runtime.effects.run_due()  # both delivered: the password was seen by both
+    clock.advance(timedelta(minutes=10))
+    waiting = await runtime.service.request_extension(second.id, BOB, "15m")  # still pending at the end
+    clock.advance(timedelta(minutes=20))
+    assert await runtime.service.run_due() == 2
+
+    for grant in (first, second):
+        ended = await runtime.service.get_request(grant.id)
+        assert ended.status is Status.EXPIRED and ended.ended_at == grant.ends_at
+    assert (await runtime.service.get_request(waiting.id)).status is Status.CANCELLED
+    item = await runtime.service.get_item("acme-zendesk")
+    assert item.rotation_due is not None and set(item.rotation_due.seen_by) == {ALICE, BOB}
+    assert set(item.rotation_due.request_ids) == {first.id, second.id}
+    trail = [e async for e in runtime.store.events(types={"grant.expired"})]
+    assert [e.request_id for e in trail] == [first.id, second.id]  # chained in due order
+    assert [e.seq for e in trail] == [trail[0].seq, trail[0].seq + 1]  # one batch, nothing between
+    await runtime.effects.run_due()
+    assert sorted(r for _, r, _ in await notifier.of("revoked")) == sorted([first.id, second.id])
+
+
 async def test_pending_request_times_out_and_requester_is_told(runtime: Runtime, notifier: RecordingNotifier,
                                                                 clock: FakeClock) -> None:
     request = await runtime.service.request_access(ALICE, "acme-zendesk look at ticket 42")
