@@ -235,14 +235,9 @@ class SlackInteractions:
         return refs
 
     def _sent_text(self, request: AccessRequest) -> str:
-        channel = self.policy.leads_channel(request.vault, "slack")
-        what = "Extension" if request.is_extension else "Request"
         # The card is durable work (retried until Slack takes it; the requester hears if it never does).
-        if channel:
-            return (f"📨 {what} *{request.id}* for `{blocks.escape(request.item)}` sent to <#{channel}>. "
-                    "I'll message you when a lead decides.")
-        return (f"⚠️ {what} *{request.id}* is recorded, but I could not post it to the leads channel: "
-                "please tell a lead.")
+        return wording.request_sent(request, self.tz, blocks.MARKUP,
+                                    leads_channel=self.policy.leads_channel(request.vault, "slack"))
 
     async def _request(self, command: CommandInput, draft: RequestDraft) -> str:
         who = await self._identity(command.user_id, command.user_name)

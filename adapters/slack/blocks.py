@@ -155,13 +155,18 @@ def mention(who: Identity | None) -> str:
 
 
 class SlackMarkup:
-    """wording.Markup for Slack: people as mentions, typed text escaped for mrkdwn."""
+    """wording.Markup for Slack: people as mentions, channels as links, typed text escaped for mrkdwn."""
+
+    platform = "Slack"
 
     def person(self, who: Identity | None) -> str:
         return mention(who)
 
     def text(self, value: str, limit: int) -> str:
         return fit(value, limit)
+
+    def channel(self, channel_id: str) -> str:
+        return f"<#{channel_id}>"
 
 
 MARKUP = SlackMarkup()

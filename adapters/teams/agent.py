@@ -197,7 +197,7 @@ class TeamsAgent:
                                                            window=window if missing_reason else ""))
             case cmd.Request(draft=draft):
                 request = await self.service.request_access(inbound.identity, draft, refs=inbound.refs())
-                await self._say(context, self._sent_text(request, inbound))
+                await self._say(context, self._sent_text(request))
             case cmd.ListItems(query=query):
                 await self._show(context, cards.items_card(await self.service.list_items(query), query))
             case cmd.Status():
@@ -212,7 +212,7 @@ class TeamsAgent:
             case cmd.Extend(request_id=request_id, duration=duration):
                 extension = await self.service.request_extension(request_id, inbound.identity, duration,
                                                                  refs=inbound.refs())
-                await self._say(context, wording.extension_asked(extension, cards.MARKUP))
+                await self._say(context, self._sent_text(extension))
             case cmd.Report(args=args):
                 await self.cmd_report(context, inbound, args)
             case cmd.WhereAmI():
@@ -330,7 +330,7 @@ class TeamsAgent:
         except JitpassError as exc:
             return card_response(await self._form(error=exc.user_message(TEAMS), item=item,
                                                   reason=reason, window=window))
-        return card_response(cards.request_sent_card(request, self.policy.timezone, self._sent_note(request, inbound)))
+        return card_response(cards.request_sent_card(request, self.policy.timezone, self._sent_note(request)))
 
     async def on_other_invoke(self, context: TurnContext, state: TurnState) -> None:
         name = context.activity.name or ""
@@ -354,16 +354,12 @@ class TeamsAgent:
         return cards.request_form_card(await self.service.list_items(), error=error, item=item, reason=reason,
                                        window=window)
 
-    def _sent_note(self, request: AccessRequest, inbound: Inbound) -> str:
-        where = "here" if inbound.in_personal_chat else "in a private chat"
-        note = f"I'll tell you {where} when a lead decides."
-        if not self.policy.leads_channel(request.vault, "teams"):
-            note += f" ⚠️ No Teams leads channel is set for vault '{request.vault}': ask an admin."
-        return note
+    def _sent_note(self, request: AccessRequest) -> str:
+        return wording.sent_next(request, cards.MARKUP, leads_channel=self.policy.leads_channel(request.vault, "teams"))
 
-    def _sent_text(self, request: AccessRequest, inbound: Inbound) -> str:
-        return (f"📨 {request.id} for {request.item} ({cards.window_text(request, self.policy.timezone)}) is "
-                f"waiting for a lead. {self._sent_note(request, inbound)}")
+    def _sent_text(self, request: AccessRequest) -> str:
+        return wording.request_sent(request, self.policy.timezone, cards.MARKUP,
+                                    leads_channel=self.policy.leads_channel(request.vault, "teams"))
 
     @staticmethod
     async def _say(context: TurnContext, text: str) -> None:

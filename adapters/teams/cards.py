@@ -117,11 +117,16 @@ def user_text(text: str, limit: int = MAX_TEXT) -> str:
 class TeamsMarkup:
     """wording.Markup for Teams: people by display name, typed text with link syntax broken."""
 
+    platform = "Teams"
+
     def person(self, who: Identity | None) -> str:
         return user_text(who.label, 80) if who is not None else "jitpass"
 
     def text(self, value: str, limit: int) -> str:
         return user_text(value, limit)
+
+    def channel(self, channel_id: str) -> str:
+        return "the leads' channel"  # a Teams channel id (19:…@thread.tacv2) means nothing to a person
 
 
 MARKUP = TeamsMarkup()

@@ -16,9 +16,9 @@ from bot.domain.model import AccessRequest, Identity, Status
 from bot.domain.request_text import format_duration
 
 __all__ = [
-    "EMOJI", "PLAIN", "Markup", "already_decided", "apology", "cancelled", "clock", "ended", "extension_asked",
-    "moment", "status_line", "told_approved", "told_declined", "told_ended", "told_extended", "told_queued",
-    "told_timed_out", "window_line",
+    "EMOJI", "PLAIN", "Markup", "already_decided", "apology", "cancelled", "clock", "ended", "moment",
+    "request_sent", "sent_next", "status_line", "told_approved", "told_declined", "told_ended", "told_extended",
+    "told_queued", "told_timed_out", "window_line",
 ]
 
 EMOJI: dict[Status, str] = {
@@ -36,7 +36,9 @@ REASON_LIMIT = 500  # a decline reason quoted on a card
 
 
 class Markup(Protocol):
-    """How a platform names people and shows what they typed."""
+    """How a platform names people, its channels and shows what they typed."""
+
+    platform: str  # the platform's name as users know it: "Slack", "Teams"
 
     def person(self, who: Identity | None) -> str:
         """A person (None: jitpass itself)."""
@@ -46,9 +48,15 @@ class Markup(Protocol):
         """Text a person typed, safe for the platform and at most `limit` characters."""
         ...
 
+    def channel(self, channel_id: str) -> str:
+        """A channel the reader can find (a Slack link; Teams ids mean nothing to people)."""
+        ...
+
 
 class _Plain:
     """Display names and text as they are (CLI, logs, tests)."""
+
+    platform = "chat"
 
     def person(self, who: Identity | None) -> str:
         return who.label if who is not None else "jitpass"
@@ -56,6 +64,9 @@ class _Plain:
     def text(self, value: str, limit: int) -> str:
         flat = " ".join(value.split())
         return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+    def channel(self, channel_id: str) -> str:
+        return "the leads' channel"
 
 
 PLAIN: Markup = _Plain()
@@ -137,10 +148,24 @@ def ended(request: AccessRequest, markup: Markup = PLAIN) -> str:
     return f"{EMOJI[Status.REVOKED]} Your access to {markup.text(request.item, 200)} through {request.id} has ended."
 
 
-def extension_asked(extension: AccessRequest, markup: Markup = PLAIN) -> str:
-    """The answer to `extend`: how much more time the leads are asked for."""
-    return (f"⏩ Extension {extension.id} asks the leads for {format_duration(extension.window.duration)} more on "
-            f"{extension.parent_id}.")
+def sent_next(request: AccessRequest, markup: Markup = PLAIN, *, leads_channel: str | None) -> str:
+    """What happens after a request or extension is recorded (a card's note; the end of `request_sent`)."""
+    if not leads_channel:
+        # The card cannot be posted on this platform: say so now rather than let it time out unseen.
+        return (f"⚠️ No {markup.platform} leads channel is set for vault '{markup.text(request.vault, 100)}', so no "
+                "lead sees it here: ask an admin to set [leads_channel], and tell a lead.")
+    return "I'll message you privately when a lead decides."
+
+
+def request_sent(request: AccessRequest, tz: tzinfo, markup: Markup = PLAIN, *, leads_channel: str | None) -> str:
+    """The answer to a request or an extension once it is recorded: what was asked, where it went, what next."""
+    after = sent_next(request, markup, leads_channel=leads_channel)
+    where = f" in {markup.channel(leads_channel)}" if leads_channel else ""
+    if request.is_extension:
+        return (f"⏩ Extension {request.id} asks the leads{where} for {format_duration(request.window.duration)} "
+                f"more on {request.parent_id}. {after}")
+    return (f"📨 Request {request.id} for {markup.text(request.item, 200)} ({window_line(request, tz)}) is waiting "
+            f"for a lead{where}. {after}")
 
 
 # -- what the requester is told when their request moves on ------------------------------------------

@@ -48,7 +48,7 @@ async def test_request_posts_card_to_leads_channel_with_buttons_and_no_secret(sl
     reply, request_id = await slack.request("acme-zendesk fix broken trigger for 1h")
 
     assert reply.elapsed < 3
-    assert reply.json()["text"].startswith(f"📨 Request *{request_id}*")
+    assert reply.json()["text"].startswith(f"📨 Request {request_id} for acme-zendesk (1h, starting when approved)")
     assert "<#CLEADS>" in reply.json()["text"]
     card = await slack.fake.wait_for(lambda c: c.method == "chat.postMessage" and c.args["channel"] == "CLEADS")
     text = card.text()

@@ -395,7 +395,7 @@ async def test_a_request_in_a_channel_is_delivered_in_a_private_chat(
     assert posted.card is not None
     request_id = request_id_on(posted.card)
     reply = await connector.wait_for(lambda c: c.conversation_id == thread)
-    assert reply.kind == "reply" and "in a private chat" in reply.text
+    assert reply.kind == "reply" and "message you privately" in reply.text
     assert f"conversation_id={TEAM_CHANNEL}" in caplog.text
 
     await teams.press(LEAD, "approve", request_id)

@@ -11,7 +11,7 @@ import pytest
 from adapters.slack import blocks
 from adapters.teams import cards
 from bot.domain import wording
-from bot.domain.model import AccessRequest, Approval, Identity, Status, Window
+from bot.domain.model import AccessRequest, Approval, Identity, RequestKind, Status, Window
 
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 TZ = ZoneInfo("Europe/Amsterdam")
@@ -93,3 +93,31 @@ def test_replies_to_commands_and_what_the_requester_is_told() -> None:
     assert wording.told_timed_out(PENDING) == "⌛ R-ABCDEFGH for acme-zendesk timed out: no lead decided in time."
     assert wording.told_declined(PENDING, LEAD, "") == "❌ R-ABCDEFGH for acme-zendesk was declined by Lead One."
     assert wording.told_extended(PENDING, NOW, TZ) == "⏩ R-ABCDEFGH for acme-zendesk now ends 2026-03-10 10:00 CET."
+
+
+def test_both_platforms_confirm_a_request_with_the_same_sentence_and_their_own_markup() -> None:
+    assert wording.request_sent(PENDING, TZ, blocks.MARKUP, leads_channel="C0LEADS") == (
+        "📨 Request R-ABCDEFGH for acme-zendesk (1h, starting when approved) is waiting for a lead in <#C0LEADS>. "
+        "I'll message you privately when a lead decides.")
+    assert wording.request_sent(PENDING, TZ, cards.MARKUP, leads_channel="19:abc@thread.tacv2") == (
+        "📨 Request R-ABCDEFGH for acme-zendesk (1h, starting when approved) is waiting for a lead in the leads' "
+        "channel. I'll message you privately when a lead decides.")
+
+
+def test_a_request_no_lead_can_see_on_this_platform_says_so_and_names_the_platform() -> None:
+    for markup, platform in ((blocks.MARKUP, "Slack"), (cards.MARKUP, "Teams")):
+        sent = wording.request_sent(PENDING, TZ, markup, leads_channel=None)
+        assert sent == (
+            "📨 Request R-ABCDEFGH for acme-zendesk (1h, starting when approved) is waiting for a lead. "
+            f"⚠️ No {platform} leads channel is set for vault 'acme', so no lead sees it here: ask an admin to set "
+            "[leads_channel], and tell a lead.")
+        assert sent.endswith(wording.sent_next(PENDING, markup, leads_channel=None))
+
+
+def test_an_extension_is_confirmed_with_the_time_it_asks_for() -> None:
+    extension = replace(PENDING, id="R-EXTENDED", kind=RequestKind.EXTENSION, parent_id="R-ABCDEFGH",
+                        window=Window(timedelta(minutes=30)))
+    assert extension.is_extension
+    assert wording.request_sent(extension, TZ, blocks.MARKUP, leads_channel="C0LEADS") == (
+        "⏩ Extension R-EXTENDED asks the leads in <#C0LEADS> for 30m more on R-ABCDEFGH. "
+        "I'll message you privately when a lead decides.")
