@@ -13,7 +13,6 @@ import ipaddress
 import logging
 import signal
 import socket
-import uuid
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
@@ -29,7 +28,7 @@ from adapters.teams.witness import TeamsWitness
 from bot.bootstrap import Runtime, open_runtime
 from bot.demo import DEMO_POLICY, seed_demo
 from bot.domain.config import Settings, parse_policy
-from bot.domain.errors import JitpassError, StartupError, StoreError
+from bot.domain.errors import JitpassError, StartupError, StoreError, new_error_id
 from bot.domain.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth
 from bot.domain.model import Identity
 from bot.domain.policy import Policy
@@ -159,7 +158,7 @@ async def guard_chat_bodies(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException:
         raise
     except Exception as exc:
-        error_id = uuid.uuid4().hex[:8]
+        error_id = new_error_id()  # the one error-id format (E-xxxxxx) of the CLI, Slack and Teams
         log.error("event=chat_request_failed path=%s error_id=%s error=%s", request.path, error_id,
                   type(exc).__name__)
         log.debug("event=chat_request_failed_detail error_id=%s", error_id, exc_info=exc)
@@ -213,7 +212,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
                  str(runtime.demo).lower())
         try:
             if runtime.demo:
-                await seed_demo(runtime)
+                await seed_demo(runtime.store, runtime.catalog)
             elif demo:
                 log.warning("event=demo_ignored note=\"--demo applies only to a store it creates; this store was "
                             "not created with --demo, so no demo item and no demo policy (set JITPASS_HOME to "

@@ -6,8 +6,9 @@ import base64
 import logging
 import secrets
 
-from bot.bootstrap import Runtime
 from bot.domain.model import SYSTEM, Secret
+from bot.ports import Store
+from bot.services.catalog import Catalog
 from bot.services.importers import ItemInput
 
 __all__ = ["DEMO_ITEM", "seed_demo"]
@@ -17,15 +18,15 @@ log = logging.getLogger("jitpass.demo")
 DEMO_ITEM = "demo-zendesk"
 
 
-async def seed_demo(runtime: Runtime) -> bool:
+async def seed_demo(store: Store, catalog: Catalog) -> bool:
     """Add the demo item once (random password and seed, so nothing real is ever shipped)."""
-    if await runtime.store.get_item(DEMO_ITEM) is not None:
+    if await store.get_item(DEMO_ITEM) is not None:
         return False
     seed = base64.b32encode(secrets.token_bytes(20)).decode()
     entry = ItemInput(name=DEMO_ITEM, vault="demo", username="support@demo.example",
                       url="https://demo.zendesk.example/agent", notes="Demo item created by `jitpass serve --demo`.",
                       tags=("demo",), password=Secret(secrets.token_urlsafe(18)), totp=Secret(seed), source_row=0)
-    await runtime.catalog.add([entry], SYSTEM, source="demo")
+    await catalog.add([entry], SYSTEM, source="demo")
     log.info("event=demo_seeded item=%s vault=demo", DEMO_ITEM)
     return True
 

@@ -92,14 +92,49 @@ class PurgeResult:
 
 
 @runtime_checkable
-class Store(Protocol):
+class ReportSource(Protocol):
+    """What a report reads: the store's aggregates, the catalogue and the trail (every Store is one)."""
+
+    kind: str  # "sqlite" | "mongodb"
+
+    async def report_data(self, query: ReportQuery, progress: ProgressCallback | None = None) -> ReportData:
+        """Every figure of an access report, aggregated inside the store (SQL / aggregation pipelines);
+        `progress(step)` after each of REPORT_STEPS."""
+        ...
+
+    async def check_report_tables(self) -> str:
+        """Summary tables kept for reports checked against the trail ("" when they agree or there are none)."""
+        ...
+
+    async def list_items(self) -> list[Item]:
+        """Every item's metadata, sorted by name."""
+        ...
+
+    def events(
+        self,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        types: Collection[str] | None = None,
+    ) -> AsyncIterator[Event]:
+        """Events in sequence order."""
+        ...
+
+    async def count_events(self, *, before: datetime | None = None) -> int: ...
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """The chain's starting point after a purge, or None if nothing was ever purged."""
+        ...
+
+
+@runtime_checkable
+class Store(ReportSource, Protocol):
     """Persistence for items, requests and the audit trail.
 
     Writes that change a request are compare-and-set on its status and record their audit
     event in the same unit of work: either both happen or neither does.
     """
-
-    kind: str  # "sqlite" | "mongodb"
 
     async def open(self) -> None:
         """Connect, create or migrate the schema / indexes. Raises StoreError on a corrupted store."""
@@ -140,10 +175,6 @@ class Store(Protocol):
         ...
 
     async def get_item(self, name: str) -> SealedItem | None: ...
-
-    async def list_items(self) -> list[Item]:
-        """Every item's metadata, sorted by name."""
-        ...
 
     async def list_sealed_items(self) -> list[SealedItem]: ...
 
@@ -247,34 +278,13 @@ class Store(Protocol):
         processes). Raises AuditWriteError when it cannot be written."""
         ...
 
-    def events(
-        self,
-        *,
-        after_seq: int = 0,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        types: Collection[str] | None = None,
-    ) -> AsyncIterator[Event]:
-        """Events in sequence order."""
-        ...
-
     async def last_event(self) -> Event | None: ...
-
-    async def count_events(self, *, before: datetime | None = None) -> int: ...
-
-    async def checkpoint(self) -> Checkpoint | None:
-        """The chain's starting point after a purge, or None if nothing was ever purged."""
-        ...
 
     async def purge_events(self, before: datetime, event: EventDraft) -> PurgeResult:
         """Delete events older than `before` (never the newest event), record a checkpoint and
         append `event` (details gain `purged` and `checkpoint_seq`)."""
         ...
 
-    # -- reports -------------------------------------------------------------------------------
-    async def report_data(self, query: ReportQuery, progress: ProgressCallback | None = None) -> ReportData:
-        """Every figure of an access report, aggregated inside the store (SQL / aggregation pipelines)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -460,36 +470,6 @@ class ChatAdapter(Protocol):
     def describe(self) -> dict[str, Any]:
         """Mode and state for /healthz (never a token)."""
         ...
-
-
-@runtime_checkable
-class ReportSource(Protocol):
-    """What a report reads: the store's aggregates plus four plain Store methods.
-
-    Both stores satisfy it once they delegate `report_data` to storage/sqlite/reports.py or
-    storage/mongo/reports.py.
-    """
-
-    kind: str
-
-    async def report_data(self, query: ReportQuery, progress: ProgressCallback | None = None) -> ReportData:
-        """Aggregate the trail for `query`; call `progress(step)` after each of REPORT_STEPS."""
-        ...
-
-    async def list_items(self) -> list[Item]: ...
-
-    async def count_events(self, *, before: datetime | None = None) -> int: ...
-
-    async def checkpoint(self) -> Checkpoint | None: ...
-
-    def events(
-        self,
-        *,
-        after_seq: int = 0,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        types: Collection[str] | None = None,
-    ) -> AsyncIterator[Event]: ...
 
 
 class Tracker:

@@ -199,9 +199,8 @@ async def _verify(source: ReportSource, checkpoint: Checkpoint | None, total: in
     ok, problem = result.ok, result.problem
     # A store that keeps summary tables for reports (SQLite's request_facts) checks them against the
     # events the chain just vouched for: the report's numbers come from those tables.
-    check = getattr(source, "check_report_tables", None)
-    if ok and check is not None:
-        problem = await check()
+    if ok:
+        problem = await source.check_report_tables()
         ok = not problem
     return ChainStatus(verified=True, ok=ok, checked=result.checked, last_seq=result.last_seq,
                        from_checkpoint=checkpoint.seq if checkpoint else None,

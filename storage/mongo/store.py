@@ -979,6 +979,10 @@ class MongoStore:
         with self._errors("reading the audit checkpoint"):
             return await self._checkpoint()
 
+    async def check_report_tables(self) -> str:
+        """'': reports aggregate the events themselves here; there is no summary table to check."""
+        return ""
+
     async def report_data(self, query: ReportQuery, progress: ProgressCallback | None = None) -> ReportData:
         """Report aggregates through aggregation pipelines on the server."""
         from .reports import report_data
