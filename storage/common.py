@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ __all__ = [
     "CHECKPOINT_KEY",
     "DUE_RULES",
     "EVENTS_PAGE",
+    "REQUEST_EVENT_TYPES",
     "apply_changes",
     "as_recorded",
     "cas_allows",
@@ -27,6 +28,7 @@ __all__ = [
     "display_label",
     "effect_docs",
     "order_access_rows",
+    "paged_events",
     "purge_cutoff",
     "purge_draft",
     "settled_changes",
@@ -54,6 +56,24 @@ def order_access_rows(rows: list[AccessRow]) -> tuple[AccessRow, ...]:
     return tuple(sorted(rows, key=lambda r: (-r.requests, -r.reveals, -r.granted_seconds, r.key)))
 # Events are streamed in pages of this many so reading the trail never loads it whole.
 EVENTS_PAGE = 500
+# The events a report folds into its per-request figures (both stores' report modules).
+REQUEST_EVENT_TYPES = (
+    "request.created", "request.approval_added", "request.approved", "request.declined", "request.cancelled",
+    "request.timed_out", "grant.activated", "grant.revealed", "grant.code_shown", "grant.expired", "grant.revoked",
+)
+
+
+async def paged_events(read_page: Callable[[int], Awaitable[Sequence[Event]]], after_seq: int) -> AsyncIterator[Event]:
+    """Events after `after_seq` in sequence order, EVENTS_PAGE at a time: `read_page(last_seq)` gives the
+    next page (at most EVENTS_PAGE events with seq > last_seq); a short page is the last one."""
+    last = after_seq
+    while True:
+        page = await read_page(last)
+        for event in page:
+            yield event
+        if len(page) < EVENTS_PAGE:
+            return
+        last = page[-1].seq
 # The store owns these: a caller setting them would break compare-and-set.
 _STORE_OWNED = frozenset({"id", "version", "refs_version"})
 

@@ -40,7 +40,7 @@ from bot.domain.report_data import (
     UnrevealedGrant,
     VaultBurst,
 )
-from storage.common import display_label, order_access_rows
+from storage.common import REQUEST_EVENT_TYPES, display_label, order_access_rows
 
 __all__ = ["REPORT_INDEXES", "ensure_report_indexes", "report_data"]
 
@@ -51,10 +51,6 @@ REPORT_INDEXES = (IndexModel([("type", ASCENDING), ("at", ASCENDING)], name="typ
 # Requests looked up per aggregation when the scanned window misses their first event.
 LOOKUP_BATCH = 1_000
 
-_REQUEST_TYPES = [
-    "request.created", "request.approval_added", "request.approved", "request.declined", "request.cancelled",
-    "request.timed_out", "grant.activated", "grant.revealed", "grant.code_shown", "grant.expired", "grant.revoked",
-]
 _WHO: Doc = {"$concat": ["$actor.platform", ":", "$actor.user_id"]}
 
 
@@ -148,7 +144,7 @@ async def _build_requests(db: AsyncDatabase[Doc], f: _Filters, scratch: str) -> 
         "n_codes": in_period("grant.code_shown"), "n_reveals_any": _count(_is("grant.revealed")),
         "involves_user": {"$max": {"$cond": [f.actor_expr(), 1, 0]}} if f.q.user else {"$max": 0},
     }
-    match = f.events(_REQUEST_TYPES, lo=f.lo)
+    match = f.events(REQUEST_EVENT_TYPES, lo=f.lo)
     match["request_id"] = {"$ne": None}
     into = {"$merge": {"into": scratch, "whenMatched": "fail"}}  # a fresh name: a match would be a bug
     await _aggregate(db["events"], [{"$match": match}, {"$group": group}, into])

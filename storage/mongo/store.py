@@ -90,6 +90,7 @@ from storage.common import (
     checkpoint_from_json,
     checkpoint_to_json,
     effect_docs,
+    paged_events,
     purge_cutoff,
     purge_draft,
     settled_changes,
@@ -947,17 +948,14 @@ class MongoStore:
         with self._errors("reading the audit checkpoint"):
             checkpoint = await self._checkpoint()
         # Below the checkpoint is purged, even where a batch delete has not reached yet.
-        last = max(after_seq, checkpoint.seq if checkpoint else 0)
-        while True:
+
+        async def page(last: int) -> list[Event]:
             with self._errors("reading audit events"):
-                page_query = {**query, "_id": {"$gt": last}}
-                cursor = events.find(page_query, sort=[("_id", ASCENDING)], limit=EVENTS_PAGE)
-                page = [d async for d in cursor]
-            for doc in page:
-                yield event_from_dict(doc)
-            if len(page) < EVENTS_PAGE:
-                return
-            last = int(page[-1]["_id"])
+                cursor = events.find({**query, "_id": {"$gt": last}}, sort=[("_id", ASCENDING)], limit=EVENTS_PAGE)
+                return [event_from_dict(doc) async for doc in cursor]
+
+        async for event in paged_events(page, max(after_seq, checkpoint.seq if checkpoint else 0)):
+            yield event
 
     async def last_event(self) -> Event | None:
         """The newest event, or None."""

@@ -49,7 +49,7 @@ from bot.domain.report_data import (
     UnrevealedGrant,
     VaultBurst,
 )
-from storage.common import display_label, order_access_rows
+from storage.common import REQUEST_EVENT_TYPES, display_label, order_access_rows
 
 __all__ = [
     "REPORT_INDEXES",
@@ -67,10 +67,7 @@ REPORT_INDEXES = (
     "ON events (type, at, request_id, vault, item, actor_platform, actor_user_id)",
 )
 
-_REQUEST_TYPES = (
-    "request.created", "request.approval_added", "request.approved", "request.declined", "request.cancelled",
-    "request.timed_out", "grant.activated", "grant.revealed", "grant.code_shown", "grant.expired", "grant.revoked",
-)
+
 def _seconds_between(later: str, earlier: str) -> str:
     """SQL for the seconds from `earlier` to `later`, rounded to the millisecond julianday resolves."""
     return f"round((julianday({later}) - julianday({earlier})) * 86400.0, 3)"
@@ -182,7 +179,7 @@ def _fold_from_events(conn: sqlite3.Connection, q: _Sql, source: str) -> None:
                      min(CASE WHEN type = 'grant.activated' THEN at END) AS activated_at,
                      sum({_PACK_C1}) AS c1, sum({_PACK_C2}) AS c2{involves}
               FROM {source}
-              WHERE type IN ({_in(_REQUEST_TYPES)}) AND at >= :lo AND at < :until AND request_id IS NOT NULL
+              WHERE type IN ({_in(REQUEST_EVENT_TYPES)}) AND at >= :lo AND at < :until AND request_id IS NOT NULL
                     AND seq <= :max_seq
               GROUP BY request_id)
 """, q.params)
@@ -211,7 +208,7 @@ def _build_requests(conn: sqlite3.Connection, q: _Sql, *, facts: bool = True) ->
     """
     inside = _inside("f") if facts else "0"
     involves = (f"request_id IN (SELECT request_id FROM events INDEXED BY events_report WHERE type IN "
-                f"({_in(_REQUEST_TYPES)}) AND at >= :lo AND at < :until AND {q.actor})") if q.user else "0"
+                f"({_in(REQUEST_EVENT_TYPES)}) AND at >= :lo AND at < :until AND {q.actor})") if q.user else "0"
     conn.execute(f"""
         CREATE TEMP TABLE rq AS
         SELECT request_id, item, vault, iif(n_created, first_seq, NULL) AS created_seq,

@@ -56,6 +56,7 @@ from storage.common import (
     checkpoint_from_json,
     checkpoint_to_json,
     effect_docs,
+    paged_events,
     purge_cutoff,
     purge_draft,
     settled_changes,
@@ -871,14 +872,12 @@ class SqliteStore:
             where.append(f"type IN ({_placeholders(len(types))})")
             filters.extend(types)
         sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT {EVENTS_PAGE}"
-        last = after_seq
-        while True:
-            rows = await self._read(sql, (last, *filters))
-            for row in rows:
-                yield _event_from_row(row)
-            if len(rows) < EVENTS_PAGE:
-                return
-            last = int(rows[-1]["seq"])
+
+        async def page(last: int) -> list[Event]:
+            return [_event_from_row(row) for row in await self._read(sql, (last, *filters))]
+
+        async for event in paged_events(page, after_seq):
+            yield event
 
     async def last_event(self) -> Event | None:
         """The newest event, or None."""
