@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta, tzinfo
 from typing import Any
 
 from bot.domain import wording
 from bot.domain.model import AccessRequest, CodeView, Identity, Item, Reveal, Status
 from bot.domain.request_text import format_duration
+from bot.domain.syntax import SLACK
 
 __all__ = [
     "ACTION_ID_MAX",
@@ -497,17 +498,10 @@ def home_view(requests: Sequence[AccessRequest], tz: tzinfo, *, codes: Mapping[s
 
 
 def help_text(command: str = "/access") -> str:
-    """What `/access help` answers."""
-    return "\n".join([
-        "*jitpass*: ask for a shared credential for a while; a lead approves it here in Slack.",
-        f"• `{command} <item> <why> for <how long>`, e.g. `{command} acme-zendesk fix broken trigger for 1h`",
-        f"• `{command}` alone opens a form",
-        f"• `{command} list [words]`: the catalogue (names only, never secrets)",
-        f"• `{command} status`: your waiting and active requests",
-        f"• `{command} cancel R-…` / `{command} done R-…`: withdraw a request or end access now",
-        f"• `{command} extend R-… 30m`: ask for more time",
-        f"• `{command} report 30d [vault:…] [item:…] [user:…]`: the access report (admins; files come in a DM)",
-    ])
+    """What `/access help` answers (the shared help list; Slack shows channel ids itself, so no whereami)."""
+    entries = wording.help_entries(replace(SLACK, prefix=command), whereami=False)
+    return "\n".join(["*jitpass*: ask for a shared credential for a while; a lead approves it here in Slack.",
+                      *(f"• `{typed}`: {meaning}" for typed, meaning in entries)])
 
 
 def items_text(items: Sequence[Item], query: str, limit: int = 40) -> str:
@@ -524,7 +518,7 @@ def items_text(items: Sequence[Item], query: str, limit: int = 40) -> str:
 def status_text(requests: Sequence[AccessRequest], tz: tzinfo) -> str:
     """The requester's open requests for `/access status`."""
     if not requests:
-        return "You have no waiting or active requests."
+        return wording.NO_OPEN_REQUESTS
     lines = [f"• *{r.id}* `{fit(r.item, 100)}`: {_status(r, tz)}" for r in requests]
     return truncate("\n".join(lines), MESSAGE_TEXT_MAX)
 

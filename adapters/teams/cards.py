@@ -34,6 +34,7 @@ from microsoft_teams.cards import (
 from bot.domain import wording
 from bot.domain.model import AccessRequest, Identity, Item, Reveal, Status
 from bot.domain.request_text import format_duration
+from bot.domain.syntax import TEAMS, Typed
 
 __all__ = [
     "CARD_CONTENT_TYPE",
@@ -304,27 +305,13 @@ def request_sent_card(request: AccessRequest, tz: tzinfo, note: str = "") -> dic
     return _card(body, fallback=f"Request {request.id} for {request.item} sent to the leads.")
 
 
-HELP_COMMANDS: tuple[tuple[str, str], ...] = (
-    ("access ITEM WHY WHEN", "ask for a credential, e.g. access acme-zendesk fix broken trigger for 1h"),
-    ("access", "open a form to pick an item"),
-    ("list [WORDS]", "search the catalogue (names, vaults, URLs; never secrets)"),
-    ("status", "your open requests and grants"),
-    ("cancel ID", "withdraw a request that has not started"),
-    ("done ID", "end your grant now"),
-    ("extend ID DURATION", "ask the leads for more time, e.g. extend R-ABCD2345 30m"),
-    ("whereami", "this conversation's id (to set it as a leads channel)"),
-    ("report [30d]", "admins, in a 1:1 chat: the access report, with CSV and HTML downloads"),
-    ("help", "this list"),
-)
-
-
 def help_card(note: str = "") -> dict[str, Any]:
     """What jitpass understands; in a channel, mention the bot first."""
     body: list[CardElement] = [_heading("jitpass: just-in-time access to shared credentials")]
     if note:
         body.append(_line(clip(note, 300), color="Warning", element_id=ID_STATUS))
     body += [
-        _facts(list(HELP_COMMANDS)),
+        _facts(wording.help_entries(TEAMS)),
         _line("In a channel, @mention jitpass first. Secrets are only ever sent to you in a 1:1 chat.",
               subtle=True),
     ]
@@ -344,7 +331,7 @@ def items_card(items: Sequence[Item], query: str = "") -> dict[str, Any]:
                         for i in shown]))
     if len(items) > len(shown):
         body.append(_line(f"…and {len(items) - len(shown)} more: add words to narrow the search.", subtle=True))
-    body.append(_line("Ask with: access ITEM WHY WHEN", subtle=True))
+    body.append(_line(f"Ask with: {TEAMS.spell(Typed('', '<item> <why> <when>'))}", subtle=True))
     return _card(body, fallback=f"{heading}: {len(items)} item(s).")
 
 
@@ -352,8 +339,8 @@ def status_card(requests: Sequence[AccessRequest], tz: tzinfo) -> dict[str, Any]
     """The requester's open requests and grants."""
     body: list[CardElement] = [_heading("Your requests")]
     if not requests:
-        body.append(_line("You have no open requests.", element_id=ID_STATUS))
-        return _card(body, fallback="You have no open requests.")
+        body.append(_line(wording.NO_OPEN_REQUESTS, element_id=ID_STATUS))
+        return _card(body, fallback=wording.NO_OPEN_REQUESTS)
     for request in requests[:MAX_STATUS_ROWS]:
         state, color = state_line(request, tz)
         body.append(Container(separator=True, items=[

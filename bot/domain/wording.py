@@ -14,11 +14,12 @@ from typing import Protocol
 
 from bot.domain.model import AccessRequest, Identity, Status
 from bot.domain.request_text import format_duration
+from bot.domain.syntax import Hint, Syntax, Typed
 
 __all__ = [
-    "EMOJI", "PLAIN", "Markup", "already_decided", "apology", "cancelled", "clock", "ended", "moment",
-    "request_sent", "sent_next", "status_line", "told_approved", "told_declined", "told_ended", "told_extended",
-    "told_queued", "told_timed_out", "window_line",
+    "EMOJI", "NO_OPEN_REQUESTS", "PLAIN", "Markup", "already_decided", "apology", "cancelled", "clock", "ended",
+    "help_entries", "moment", "request_sent", "sent_next", "status_line", "told_approved", "told_declined",
+    "told_ended", "told_extended", "told_queued", "told_timed_out", "window_line",
 ]
 
 EMOJI: dict[Status, str] = {
@@ -33,6 +34,30 @@ EMOJI: dict[Status, str] = {
 }
 
 REASON_LIMIT = 500  # a decline reason quoted on a card
+NO_OPEN_REQUESTS = "You have no waiting or active requests."
+
+# What `help` lists, in the platform's own spelling (`help_entries`).
+_HELP: tuple[tuple[Typed, Hint], ...] = (
+    (Typed("", "<item> <why> <when>"),
+     Hint("ask for a credential, e.g. {}", (Typed("", "acme-zendesk fix broken trigger for 1h"),))),
+    (Typed(""), Hint("open a form to pick an item")),
+    (Typed("list", "[words]"), Hint("search the catalogue (names, vaults, URLs; never secrets)")),
+    (Typed("status"), Hint("your waiting and active requests")),
+    (Typed("cancel", "<id>"), Hint("withdraw a request that has not started")),
+    (Typed("done", "<id>"), Hint("end your access now")),
+    (Typed("extend", "<id> <how long>"),
+     Hint("ask the leads for more time, e.g. {}", (Typed("extend", "R-ABCD2345 30m"),))),
+    (Typed("whereami"), Hint("this conversation's id (to set it as a leads channel)")),
+    (Typed("report", "[30d] [vault:…] [item:…] [user:…]"),
+     Hint("admins: the access report; its CSV and HTML files come to you privately")),
+    (Typed("help"), Hint("this list")),
+)
+
+
+def help_entries(syntax: Syntax, *, whereami: bool = True) -> list[tuple[str, str]]:
+    """(command as typed on this platform, what it does) for `help`; `whereami` where the platform has it."""
+    return [(syntax.spell(typed), hint.render(syntax)) for typed, hint in _HELP
+            if whereami or typed.verb != "whereami"]
 
 
 class Markup(Protocol):

@@ -12,6 +12,7 @@ from adapters.slack import blocks
 from adapters.teams import cards
 from bot.domain import wording
 from bot.domain.model import AccessRequest, Approval, Identity, RequestKind, Status, Window
+from bot.domain.syntax import SLACK, TEAMS
 
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 TZ = ZoneInfo("Europe/Amsterdam")
@@ -121,3 +122,19 @@ def test_an_extension_is_confirmed_with_the_time_it_asks_for() -> None:
     assert wording.request_sent(extension, TZ, blocks.MARKUP, leads_channel="C0LEADS") == (
         "⏩ Extension R-EXTENDED asks the leads in <#C0LEADS> for 30m more on R-ABCDEFGH. "
         "I'll message you privately when a lead decides.")
+
+
+def test_help_is_one_list_spelled_in_each_platforms_syntax() -> None:
+    slack = wording.help_entries(SLACK, whereami=False)
+    teams = wording.help_entries(TEAMS)
+    assert len(slack) == len(teams) - 1  # the same list; Slack shows channel ids itself (no whereami)
+    assert ("whereami", "this conversation's id (to set it as a leads channel)") in teams
+    assert slack[0] == ("/access <item> <why> <when>",
+                        "ask for a credential, e.g. /access acme-zendesk fix broken trigger for 1h")
+    assert teams[0] == ("access <item> <why> <when>",
+                        "ask for a credential, e.g. access acme-zendesk fix broken trigger for 1h")
+    assert ("extend <id> <how long>", "ask the leads for more time, e.g. extend R-ABCD2345 30m") in teams
+    assert "• `/access cancel <id>`: withdraw a request that has not started" in blocks.help_text()
+    assert ["cancel <id>", "withdraw a request that has not started"] in [
+        [fact["title"], fact["value"]] for element in cards.help_card()["body"] if element["type"] == "FactSet"
+        for fact in element["facts"]]
