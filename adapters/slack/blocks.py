@@ -317,8 +317,7 @@ def _secret_fields(reveal: Reveal) -> list[str | dict[str, Any]]:
 def secret_message(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> Message:
     """What only the requester sees: username, URL, password, current code; New code and Done."""
     blocks: list[dict[str, Any]] = [
-        _section(f"🔓 *{fit(reveal.item.name, 200)}*: your access through {request.id} lasts until "
-                 f"{wording.moment(reveal.ends_at, tz)}."),
+        _section(wording.access_ready(request, reveal.item.name, reveal.ends_at, tz, MARKUP)),
     ]
     fields = _secret_fields(reveal)
     if fields:
@@ -334,16 +333,13 @@ def secret_message(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> Messag
     blocks.append(_context(["Only you can see this. It is wiped when your access ends; "
                             "each new code is recorded in the audit trail."]))
     # Notification text must not carry the secret: it shows on lock screens and in previews.
-    text = f"Your access to {reveal.item.name} ({request.id}) is ready until {wording.moment(reveal.ends_at, tz)}."
-    return Message(text=escape(text), blocks=blocks)
+    return Message(text=wording.access_ready(request, reveal.item.name, reveal.ends_at, tz, MARKUP), blocks=blocks)
 
 
 def ended_message(request: AccessRequest, item: Item, tz: tzinfo) -> Message:
     """What replaces the delivered secret once the grant is over."""
-    verb = "expired" if request.status is Status.EXPIRED else "ended"
-    when = wording.moment(request.ended_at or request.ends_at, tz)
-    text = f"🔒 Access to {item.name} through {request.id} has {verb} ({when}). Nothing secret is shown here any more."
-    return Message(text=escape(text), blocks=[_section(fit(text, SECTION_TEXT_MAX))])
+    text = wording.access_closed(request, item.name, tz, MARKUP)
+    return Message(text=text, blocks=[_section(cut_mrkdwn(text, SECTION_TEXT_MAX))])
 
 
 # -- modals ----------------------------------------------------------------------------------------------

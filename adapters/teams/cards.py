@@ -220,8 +220,8 @@ def delivery_card(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> dict[st
     """
     item = reveal.item
     body: list[CardElement] = [
-        _heading(f"🔓 Your access to {item.name} is ready"),
-        _line(f"Until {when(reveal.ends_at, tz)} — this card is wiped when access ends.", element_id=ID_STATUS),
+        _line(wording.access_ready(request, item.name, reveal.ends_at, tz, MARKUP), element_id=ID_STATUS),
+        _line("This card is wiped when your access ends.", subtle=True),
         _facts([("Request", request.id), ("Username", item.username), ("URL", clip(item.url, 200))]),
     ]
     if reveal.password is not None:
@@ -242,15 +242,12 @@ def delivery_card(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> dict[st
 
 def grant_ended_card(request: AccessRequest, item: Item, tz: tzinfo) -> dict[str, Any]:
     """What replaces the delivery card when the grant ends: no secret left in the chat."""
-    verb = "expired" if request.status is Status.EXPIRED else "ended"
-    at = when(request.ended_at or request.ends_at, tz)
+    closed = wording.access_closed(request, item.name, tz, MARKUP)
     body: list[CardElement] = [
-        _heading(f"🔒 Access to {item.name} has {verb}"),
-        _line(f"{request.id} {verb} at {at}. The password and code were removed from this chat.",
-              element_id=ID_STATUS),
+        _line(closed, element_id=ID_STATUS),
         _line(f"Need it again? Send: access {item.name} WHY for HOW-LONG", subtle=True),
     ]
-    return _card(body, fallback=f"Access to {item.name} through {request.id} has {verb}.")
+    return _card(body, fallback=closed)
 
 
 def request_form_card(items: Sequence[Item], *, error: str = "", item: str = "", reason: str = "",

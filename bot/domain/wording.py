@@ -17,9 +17,9 @@ from bot.domain.request_text import format_duration
 from bot.domain.syntax import Hint, Syntax, Typed
 
 __all__ = [
-    "EMOJI", "NO_OPEN_REQUESTS", "PLAIN", "Markup", "already_decided", "apology", "cancelled", "clock", "ended",
-    "help_entries", "moment", "request_sent", "sent_next", "status_line", "told_approved", "told_declined",
-    "told_ended", "told_extended", "told_queued", "told_timed_out", "window_line",
+    "EMOJI", "NO_OPEN_REQUESTS", "PLAIN", "Markup", "access_closed", "access_ready", "already_decided", "apology",
+    "cancelled", "clock", "ended", "help_entries", "moment", "request_sent", "sent_next", "status_line",
+    "told_approved", "told_declined", "told_ended", "told_extended", "told_queued", "told_timed_out", "window_line",
 ]
 
 EMOJI: dict[Status, str] = {
@@ -191,6 +191,18 @@ def request_sent(request: AccessRequest, tz: tzinfo, markup: Markup = PLAIN, *, 
                 f"more on {request.parent_id}. {after}")
     return (f"📨 Request {request.id} for {markup.text(request.item, 200)} ({window_line(request, tz)}) is waiting "
             f"for a lead{where}. {after}")
+
+
+def access_ready(request: AccessRequest, item_name: str, ends_at: datetime, tz: tzinfo, markup: Markup = PLAIN) -> str:
+    """The first line of a private delivery (and its notification text): never the secret itself."""
+    return f"🔓 Your access to {markup.text(item_name, 200)} through {request.id} is ready until {moment(ends_at, tz)}."
+
+
+def access_closed(request: AccessRequest, item_name: str, tz: tzinfo, markup: Markup = PLAIN) -> str:
+    """What replaces a delivered secret once the grant is over."""
+    verb = "expired" if request.status is Status.EXPIRED else "ended"
+    return (f"{EMOJI[Status.REVOKED]} Access to {markup.text(item_name, 200)} through {request.id} has {verb} "
+            f"({moment(request.ended_at or request.ends_at, tz)}). The password and code were removed from this chat.")
 
 
 # -- what the requester is told when their request moves on ------------------------------------------

@@ -143,7 +143,8 @@ def test_the_documented_walkthrough_works_in_agents_playground(tmp_path: Path) -
 
     # Done: the answer and the message in Alex's chat are the "ended" card, with no secret left.
     done = steps["done"]["body"]
-    assert done["statusCode"] == 200 and "Access to demo-zendesk has ended" in json.dumps(done["value"])
+    assert done["statusCode"] == 200 and "Access to demo-zendesk through R-" in json.dumps(done["value"]) \
+        and "has ended" in json.dumps(done["value"])
     replaced = steps["delivery_replaced"]["text"]
     assert "has ended" in replaced and password not in replaced and "totp_code" not in replaced
 

@@ -138,3 +138,14 @@ def test_help_is_one_list_spelled_in_each_platforms_syntax() -> None:
     assert ["cancel <id>", "withdraw a request that has not started"] in [
         [fact["title"], fact["value"]] for element in cards.help_card()["body"] if element["type"] == "FactSet"
         for fact in element["facts"]]
+
+
+def test_a_delivery_and_its_wipe_read_the_same_on_both_platforms() -> None:
+    active = replace(PENDING, status=Status.ACTIVE, **DECIDED, **SPAN)
+    expired = replace(active, status=Status.EXPIRED)
+    for markup in (blocks.MARKUP, cards.MARKUP):
+        assert wording.access_ready(active, "acme-zendesk", NOW + timedelta(hours=1), TZ, markup) == (
+            "🔓 Your access to acme-zendesk through R-ABCDEFGH is ready until 2026-03-10 11:00 CET.")
+        assert wording.access_closed(expired, "acme-zendesk", TZ, markup) == (
+            "🔒 Access to acme-zendesk through R-ABCDEFGH has expired (2026-03-10 11:05 CET). "
+            "The password and code were removed from this chat.")
