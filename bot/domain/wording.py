@@ -16,7 +16,8 @@ from bot.domain.model import AccessRequest, Identity, Status
 from bot.domain.request_text import format_duration
 
 __all__ = [
-    "EMOJI", "PLAIN", "Markup", "already_decided", "apology", "cancelled", "clock", "ended", "moment",
+    "BUSY", "EMOJI", "PLAIN", "QUEUED", "WORKING", "Markup", "already_decided", "apology", "cancelled", "clock",
+    "ended", "moment",
     "request_sent", "sent_next", "status_line", "told_approved", "told_declined", "told_ended", "told_extended",
     "told_queued", "told_timed_out", "window_line",
 ]
@@ -31,6 +32,11 @@ EMOJI: dict[Status, str] = {
     Status.CANCELLED: "🚫",
     Status.TIMED_OUT: "⌛",  # time ran out before a lead decided
 }
+
+# Admission control (bot/domain/admission.py): what the acknowledgement says when the outcome is not ready.
+WORKING = "⏳ Working on it… I'll follow up here."
+QUEUED = "⏳ Queued: jitpass is busy right now. Your request will be handled shortly and I'll follow up here."
+BUSY = "⚠️ jitpass is busy, nothing was recorded, try again in a minute."
 
 REASON_LIMIT = 500  # a decline reason quoted on a card
 
