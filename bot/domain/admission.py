@@ -51,7 +51,11 @@ class Ticket:
             async with self.admission.turns:
                 return await work
         finally:
-            self.admission.admitted -= 1
+            self.give_back()
+
+    def give_back(self) -> None:
+        """Leave the bound without running (the work could not be started); `run` calls it too."""
+        self.admission.admitted -= 1
 
 
 class Admission:

@@ -10,15 +10,21 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
+from adapters.teams.agent import ERROR_CONTENT_TYPE, MESSAGE_CONTENT_TYPE
+from adapters.teams.cards import INPUT_ITEM, INPUT_REASON, INPUT_WINDOW, VERB_SUBMIT_REQUEST
 from bot.domain import wording
 from bot.domain.admission import SLACK_ACK_SECONDS, Admission, deadline
 from bot.domain.model import Identity
+from tests.support.app import running_app, test_settings
+from tests.support.fake_connector import FakeConnector, TeamsUser, invoke_activity, message_activity, post_activity
 from tests.support.fake_slack import RESPONSE_URL_LIFETIME, RESPONSE_URL_MAX_USES, fake_slack, slack_harness
 
 REQUEST = "acme-zendesk fix broken trigger for 1h"
@@ -107,3 +113,56 @@ async def test_the_slack_stand_in_refuses_a_response_url_used_5_times_or_older_t
         async with session.post(fake.response_url("never-issued").replace("never-issued", "made-up"),
                                 json={"text": "hi"}) as response:
             assert response.status == 404
+
+
+# -- Teams: Action.Execute invokes answered within the budget, messages told "queued" or "busy" ------------------
+
+
+async def test_a_flood_of_teams_requests_against_a_locked_store_is_answered_in_budget_or_refused(
+        tmp_path: Path, connector: FakeConnector) -> None:
+    settings = test_settings(tmp_path, max_running=2, max_queued=3, ack_budget=0.3)
+    async with running_app(tmp_path, settings=settings) as running:
+        people = [TeamsUser(f"flood-oid-{n:02d}", f"Flood {n}") for n in range(10)]
+        data = {INPUT_ITEM: "acme-zendesk", INPUT_REASON: "fix broken trigger", INPUT_WINDOW: "1h"}
+
+        async def press(person: TeamsUser) -> tuple[float, int, Any]:
+            started = time.monotonic()
+            activity = invoke_activity(connector.url, person, VERB_SUBMIT_REQUEST, data,
+                                       conversation_id=person.personal_chat)
+            status, body = await post_activity(running.base_url, activity)
+            return time.monotonic() - started, status, body
+
+        async with store_locked(tmp_path / "jitpass.db"):
+            answers = await asyncio.gather(*(press(person) for person in people))
+        assert all(elapsed < SLACK_ACK_SECONDS and status == 200 for elapsed, status, _ in answers), answers
+        kinds = sorted(body["value"] if body["type"] == MESSAGE_CONTENT_TYPE else body["value"]["code"]
+                       for _, _, body in answers)
+        assert kinds == sorted([wording.WORKING] * 2 + [wording.QUEUED] * 3 + ["Busy"] * 5)
+        for person, (_, _, body) in zip(people, answers, strict=True):
+            identity = Identity("teams", person.aad_object_id)
+            for _ in range(200):  # bounded: the admitted ones finish once the lock is gone
+                created = await running.runtime.service.my_requests(identity)
+                if created or body["type"] != MESSAGE_CONTENT_TYPE:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(created) == (0 if body["type"] == ERROR_CONTENT_TYPE else 1), person
+
+
+async def test_teams_messages_beyond_the_bound_are_told_busy_and_create_nothing(
+        tmp_path: Path, connector: FakeConnector) -> None:
+    settings = test_settings(tmp_path, max_running=1, max_queued=1, ack_budget=0.3)
+    async with running_app(tmp_path, settings=settings) as running:
+        people = [TeamsUser(f"msg-oid-{n}", f"Msg {n}") for n in range(4)]
+        async with store_locked(tmp_path / "jitpass.db"):
+            sends = [asyncio.ensure_future(post_activity(running.base_url, message_activity(
+                connector.url, person, "access acme-zendesk fix broken trigger for 1h"))) for person in people]
+            # One runs, one is told "queued", two are told "busy", all before the store takes a write.
+            said = await connector.wait_for(lambda c: wording.QUEUED in c.text)
+            await connector.wait_for(lambda c: sum(wording.BUSY in k.text for k in connector.calls) == 2)
+        assert all(status == 202 for status, _ in await asyncio.gather(*sends))
+        await running.runtime.effects.drain()
+        told_busy = {c.conversation_id for c in connector.calls if wording.BUSY in c.text}
+        assert len(told_busy) == 2 and said.conversation_id not in told_busy
+        for person in people:
+            created = await running.runtime.service.my_requests(Identity("teams", person.aad_object_id))
+            assert len(created) == (0 if person.personal_chat in told_busy else 1), person
