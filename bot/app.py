@@ -27,6 +27,7 @@ from adapters.teams import TeamsAdapter
 from adapters.teams.witness import TeamsWitness
 from bot.bootstrap import Runtime, open_runtime
 from bot.demo import DEMO_POLICY, seed_demo
+from bot.domain.admission import ARRIVED
 from bot.domain.config import Settings, parse_policy
 from bot.domain.errors import JitpassError, StartupError, StoreError, new_error_id
 from bot.domain.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth
@@ -145,6 +146,15 @@ async def guard_chat_bodies(request: web.Request, handler: Handler) -> web.Strea
     failure as one log line (the traceback only at debug level), never a stack trace to the caller."""
     if request.method != "POST" or request.path not in CHAT_PATHS:
         return await handler(request)
+    # The acknowledgement budget counts from here, before the body is read (admission control).
+    stamp = ARRIVED.set(asyncio.get_running_loop().time())
+    try:
+        return await _guarded(request, handler)
+    finally:
+        ARRIVED.reset(stamp)
+
+
+async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return _refused(request, 413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:

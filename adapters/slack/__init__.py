@@ -16,12 +16,13 @@ from aiohttp import web
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 
 from adapters.slack.api import SlackApi, normalise_api_url, quiet_logger
-from adapters.slack.app import ACK_BUDGET_SECONDS, SlackInteractions, build_bolt_app
+from adapters.slack.app import SlackInteractions, build_bolt_app
 from adapters.slack.background import Background
 from adapters.slack.groups import GroupDirectory
 from adapters.slack.home import HomeTab
 from adapters.slack.http import SlackEventsEndpoint
 from adapters.slack.notifier import SlackNotifier
+from bot.domain.admission import Admission
 from bot.domain.config import Settings
 from bot.ports import ChatCore
 
@@ -34,12 +35,14 @@ class SlackAdapter:
 
     platform = "slack"
 
-    def __init__(self, settings: Settings, *, ack_budget: float = ACK_BUDGET_SECONDS) -> None:
+    def __init__(self, settings: Settings, *, ack_budget: float | None = None) -> None:
         self.settings = settings
-        self.ack_budget = ack_budget
+        self.ack_budget = settings.ack_budget if ack_budget is None else ack_budget
+        # JITPASS_MAX_RUNNING / JITPASS_MAX_QUEUED: the bound on core work started from Slack.
+        self.admission = Admission(settings.max_running, settings.max_queued)
         self.mode = "socket" if settings.slack_app_token else "http"
         # In Socket Mode Slack sends nothing over HTTP, so no signing secret is needed there.
-        self.endpoint = SlackEventsEndpoint(settings.slack_signing_secret)
+        self.endpoint = SlackEventsEndpoint(settings.slack_signing_secret, ack_budget=self.ack_budget)
         self.background = Background()
         self.api: SlackApi | None = None
         self.notifier: SlackNotifier | None = None
@@ -71,7 +74,7 @@ class SlackAdapter:
         core.access.register_notifier(self.notifier)
         bolt = build_bolt_app(self.api.client, self.settings.slack_signing_secret or "")
         SlackInteractions(core, self.api, directory, self.notifier, home, self.background,
-                          ack_budget=self.ack_budget).register(bolt)
+                          ack_budget=self.ack_budget, admission=self.admission).register(bolt)
         self.endpoint.bolt = bolt
         if self.mode == "socket":
             self._socket = AsyncSocketModeHandler(bolt, self.settings.slack_app_token,
@@ -117,7 +120,8 @@ class SlackAdapter:
     def describe(self) -> dict[str, Any]:
         """Mode and state for /healthz; never a token."""
         state: dict[str, Any] = {"mode": self.mode, "started": self.endpoint.bolt is not None,
-                                 "api_url": normalise_api_url(self.settings.slack_api_url)}
+                                 "api_url": normalise_api_url(self.settings.slack_api_url),
+                                 "admission": self.admission.describe()}
         if self.mode == "http":
             state["signing_secret_set"] = bool(self.settings.slack_signing_secret)
         else:

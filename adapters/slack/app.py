@@ -2,8 +2,11 @@
 
 Slack wants every request acknowledged within 3 seconds. Listeners run with
 `process_before_response=True` (so the HTTP response is exactly what the listener acks), do the
-core call in a referenced background task, and wait for it at most `ACK_BUDGET_SECONDS`: a quick
-answer goes into the ack itself, a slow one follows through the `response_url` or `views.update`.
+core call in a referenced background task, and wait for it until the request's deadline (the ack budget
+counted from its arrival in the app): a quick answer goes into the ack itself, a slow one follows through
+the `response_url` or `views.update`. Admission control (bot/domain/admission.py) bounds that work: with
+no turn free the ack says "queued" at once, and beyond the queue it says "busy, nothing was recorded"
+without starting anything.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
@@ -41,24 +44,38 @@ from adapters.slack.notifier import ResponseUrl, SlackNotifier
 from adapters.slack.reports import handle_report
 from bot.domain import commands as cmd
 from bot.domain import wording
+from bot.domain.admission import ACK_BUDGET_SECONDS, Admission, arrived
 from bot.domain.errors import Conflict, InfrastructureError, JitpassError, ParseError, log_incident
 from bot.domain.model import AccessRequest, Identity, Status, Window
 from bot.domain.request_text import RequestDraft, parse_duration
 from bot.ports import ChatCore
 
-__all__ = ["ACK_BUDGET_SECONDS", "SlackInteractions", "build_bolt_app"]
+__all__ = ["ACK_BUDGET_SECONDS", "DEADLINE", "SlackInteractions", "build_bolt_app"]
 
 log = logging.getLogger("jitpass.slack")
 
-# Slack gives 3 s; keep the rest for the network and for bolt itself.
-ACK_BUDGET_SECONDS = 2.0
-WORKING = "⏳ Working on it… I'll follow up here."
+# The bolt context key carrying the request's ack deadline (event-loop time), set by adapters/slack/http.py.
+DEADLINE = "jitpass_deadline"
 
 
 def apology(where: str, exc: BaseException, request_id: str | None = None) -> str:
     """Log an infrastructure or unexpected error under an error id; return what the user sees."""
     error_id = log_incident(log, where, exc, request_id=request_id)
     return wording.apology(error_id, infrastructure=isinstance(exc, InfrastructureError))
+
+
+@dataclass(frozen=True)
+class Started[T]:
+    """Admitted work: its task, whether it finished before the deadline, whether it waited for a turn."""
+
+    task: asyncio.Task[Outcome[T]]
+    finished: bool
+    queued: bool
+
+    @property
+    def waiting(self) -> str:
+        """What the acknowledgement says while the outcome is not ready."""
+        return wording.QUEUED if self.queued else wording.WORKING
 
 
 @dataclass(frozen=True)
@@ -74,8 +91,10 @@ class SlackInteractions:
     """The listeners; each one acknowledges fast and does the work in `background`."""
 
     def __init__(self, core: ChatCore, api: SlackApi, directory: GroupDirectory, notifier: SlackNotifier,
-                 home: HomeTab, background: Background, *, ack_budget: float = ACK_BUDGET_SECONDS) -> None:
+                 home: HomeTab, background: Background, *, ack_budget: float = ACK_BUDGET_SECONDS,
+                 admission: Admission | None = None) -> None:
         self.ack_budget = ack_budget
+        self.admission = admission or Admission(16, 256)
         self.service = core.access
         self.reports = core.reports
         self.policy = core.policy
@@ -107,7 +126,8 @@ class SlackInteractions:
     def tz(self) -> tzinfo:
         return self.policy.timezone
 
-    async def _capture[T](self, work: Awaitable[T], where: str, request_id: str | None = None) -> Outcome[T]:
+    async def _capture[T](self, work: Coroutine[Any, Any, T], where: str,
+                          request_id: str | None = None) -> Outcome[T]:
         try:
             return Outcome(value=await work)
         except InfrastructureError as exc:  # the store or the key ring: an apology, never their detail
@@ -117,12 +137,26 @@ class SlackInteractions:
         except Exception as exc:
             return Outcome(apology=apology(where, exc, request_id))
 
-    async def _within_budget[T](self, work: Awaitable[T], where: str,
-                                request_id: str | None = None) -> tuple[asyncio.Task[Outcome[T]], bool]:
-        """Start the work; report whether it finished within the ack budget."""
-        task = self.background.spawn(self._capture(work, where, request_id), name=where)
-        done, _ = await asyncio.wait({task}, timeout=self.ack_budget)
-        return task, task in done
+    def _deadline(self, context: Mapping[str, Any] | None) -> float:
+        value = context.get(DEADLINE) if context is not None else None
+        return value if isinstance(value, float) else arrived() + self.ack_budget
+
+    def _busy(self, work: Coroutine[Any, Any, Any], where: str) -> None:
+        work.close()  # never started: nothing was recorded
+        log.info("event=chat_request_busy platform=slack where=%s admitted=%d", where, self.admission.admitted)
+
+    async def _within_budget[T](self, work: Coroutine[Any, Any, T], where: str, request_id: str | None = None, *,
+                                deadline: float) -> Started[T] | None:
+        """Admit and start the work, and wait for it until the deadline (not at all when it must wait for a
+        turn); None: refused, nothing started."""
+        ticket = self.admission.admit()
+        if ticket is None:
+            self._busy(work, where)
+            return None
+        task = self.background.spawn(ticket.run(self._capture(work, where, request_id)), name=where)
+        timeout = 0.0 if ticket.queued else max(0.0, deadline - asyncio.get_running_loop().time())
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        return Started(task, task in done, ticket.queued)
 
     async def _reply(self, text: str, *, response_url: str, user_id: str) -> None:
         """An ephemeral reply through the interaction's response_url, or a DM when there is none."""
@@ -159,7 +193,7 @@ class SlackInteractions:
 
     # -- /access ---------------------------------------------------------------------------------
 
-    async def on_command(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+    async def on_command(self, ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
         """`/access …`: subcommands, a request, or the request form."""
         command = CommandInput.from_body(body)
         if not command.user_id:
@@ -170,19 +204,28 @@ class SlackInteractions:
         except JitpassError as exc:
             await ack(text=self._words(Outcome(error=exc)), response_type="ephemeral")
             return
+        deadline = self._deadline(context)
         match parsed:
+            case cmd.Help() | cmd.Unknown() | cmd.WhereAmI():  # no core work: never queued nor refused
+                await ack(text=blocks.help_text(command.command), response_type="ephemeral")
             case cmd.Form(item=item, window=window, problem=problem):
                 # The form lets them fix it; a problem is shown at its top.
-                await ack()
                 duration = window.duration if window and window.duration and problem is None else None
-                self.background.spawn(self._open_request_modal(
-                    command, item=item, duration=duration,
-                    problem=problem.user_message() if problem else ""), name="modal")
+                modal = self._open_request_modal(command, item=item, duration=duration,
+                                                 problem=problem.user_message() if problem else "")
+                ticket = self.admission.admit()
+                if ticket is None:
+                    self._busy(modal, "command.form")
+                    await ack(text=wording.BUSY, response_type="ephemeral")
+                    return
+                await ack()
+                self.background.spawn(ticket.run(modal), name="modal")
             case cmd.Request(draft=draft):
-                await self._answer(ack, command, self._request(command, draft), where="command.request")
+                await self._answer(ack, command, self._request(command, draft), where="command.request",
+                                   deadline=deadline)
             case _:
                 where = f"command.{type(parsed).__name__.lower()}"
-                await self._answer(ack, command, self._run(command, parsed), where=where)
+                await self._answer(ack, command, self._run(command, parsed), where=where, deadline=deadline)
 
     async def _run(self, command: CommandInput, parsed: cmd.Command) -> str:
         """The answer to every command but a request and the form."""
@@ -211,13 +254,16 @@ class SlackInteractions:
         raise AssertionError(f"unhandled command {parsed!r}")
 
     async def _answer(self, ack: AsyncAck, command: CommandInput, work: Coroutine[Any, Any, str],
-                      where: str) -> None:
-        task, finished = await self._within_budget(work, where)
-        if finished:
-            await ack(text=self._text_of(task.result()), response_type="ephemeral")
+                      where: str, *, deadline: float) -> None:
+        started = await self._within_budget(work, where, deadline=deadline)
+        if started is None:
+            await ack(text=wording.BUSY, response_type="ephemeral")
             return
-        await ack(text=WORKING, response_type="ephemeral")
-        self.background.spawn(self._follow_up(task, command), name=f"{where}.follow-up")
+        if started.finished:
+            await ack(text=self._text_of(started.task.result()), response_type="ephemeral")
+            return
+        await ack(text=started.waiting, response_type="ephemeral")
+        self.background.spawn(self._follow_up(started.task, command), name=f"{where}.follow-up")
 
     def _text_of(self, outcome: Outcome[str]) -> str:
         return outcome.value if outcome.value is not None else self._words(outcome)
@@ -268,7 +314,8 @@ class SlackInteractions:
         except Exception as exc:
             await self._reply(apology("views.open", exc), response_url=response_url, user_id=user_id)
 
-    async def on_request_submitted(self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+    async def on_request_submitted(self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any],
+                                   context: dict[str, Any]) -> None:
         """The request form was sent: validate, then request_access; errors point at their input."""
         user = mapping(body.get("user"))
         user_id, display = str(user.get("id") or ""), str(user.get("username") or user.get("name") or "")
@@ -299,12 +346,16 @@ class SlackInteractions:
             who = await self._identity(user_id, display)
             return await self.service.request_access(who, draft, refs=refs)
 
-        task, finished = await self._within_budget(submit(), "view.request")
-        if not finished:
-            await ack(response_action="update", view=blocks.notice_modal("Request access", WORKING))
-            self.background.spawn(self._finish_form(task, str(view.get("id") or "")), name="view.request.follow-up")
+        started = await self._within_budget(submit(), "view.request", deadline=self._deadline(context))
+        if started is None:
+            await ack(response_action="update", view=blocks.notice_modal("Request access", wording.BUSY))
             return
-        outcome = task.result()
+        if not started.finished:
+            await ack(response_action="update", view=blocks.notice_modal("Request access", started.waiting))
+            self.background.spawn(self._finish_form(started.task, str(view.get("id") or "")),
+                                  name="view.request.follow-up")
+            return
+        outcome = started.task.result()
         if outcome.error is not None:
             await ack(response_action="errors",
                       errors={block_for(outcome.error): blocks.truncate(outcome.error.user_message(), 500)})
@@ -337,7 +388,13 @@ class SlackInteractions:
             if text:
                 await self._reply(text, response_url=action.response_url, user_id=action.user_id)
 
-        self.background.spawn(run(), name=where)
+        ticket = self.admission.admit()
+        if ticket is None:  # the press was acknowledged; say at once that nothing was done
+            self._busy(work, where)
+            self.background.spawn(self._reply(wording.BUSY, response_url=action.response_url,
+                                              user_id=action.user_id), name=f"{where}.busy")
+            return
+        self.background.spawn(ticket.run(run()), name=where)
 
     async def on_approve(self, ack: AsyncAck, body: dict[str, Any]) -> None:
         """Approve on the card; the card itself shows the result."""
@@ -369,7 +426,8 @@ class SlackInteractions:
 
         self._act(action, open_modal(), "action.decline")
 
-    async def on_decline_submitted(self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+    async def on_decline_submitted(self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any],
+                                   context: dict[str, Any]) -> None:
         """The decline form was sent: decline, or show why not on the form."""
         user = mapping(body.get("user"))
         user_id, display = str(user.get("id") or ""), str(user.get("username") or user.get("name") or "")
@@ -381,8 +439,12 @@ class SlackInteractions:
             who = await self._identity(user_id, display, groups=True)
             return await self.service.decline(request_id, who, reason)
 
-        task, finished = await self._within_budget(decline(), "view.decline", request_id)
-        if not finished:
+        started = await self._within_budget(decline(), "view.decline", request_id, deadline=self._deadline(context))
+        if started is None:
+            await ack(response_action="errors", errors={REASON_BLOCK: wording.BUSY})
+            return
+        task = started.task
+        if not started.finished:
             await ack()
             response_url = str(metadata.get("response_url") or "")
 

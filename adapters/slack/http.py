@@ -21,7 +21,8 @@ from aiohttp import web
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 
-from adapters.slack.app import apology
+from adapters.slack.app import DEADLINE, apology
+from bot.domain.admission import ACK_BUDGET_SECONDS, arrived, deadline
 from bot.domain.limits import TooDeep, loads_bounded
 
 __all__ = [
@@ -134,9 +135,11 @@ def _error(status: int, message: str) -> web.Response:
 class SlackEventsEndpoint:
     """The aiohttp handler; `bolt` is set once the adapter has started."""
 
-    def __init__(self, signing_secret: str | None, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, signing_secret: str | None, *, now: Callable[[], float] = time.time,
+                 ack_budget: float = ACK_BUDGET_SECONDS) -> None:
         self.signing_secret = signing_secret
         self.now = now
+        self.ack_budget = ack_budget
         self.bolt: AsyncApp | None = None
         self.unavailable = "the Slack adapter is starting"
 
@@ -156,6 +159,7 @@ class SlackEventsEndpoint:
         if not self.signing_secret:
             return _error(501, "SLACK_SIGNING_SECRET is not set: HTTP mode cannot verify Slack's requests "
                                "(set it, or use Socket Mode with SLACK_APP_TOKEN)")
+        came = arrived()
         raw = await request.read()
         problem = self._unauthorised(raw, request.headers)
         if problem:
@@ -174,9 +178,12 @@ class SlackEventsEndpoint:
         for name in _FORWARDED_HEADERS:
             if name in request.headers:
                 headers[name] = request.headers[name]
+        # The ack budget counts from arrival, and from Slack's own timestamp when that says it waited before.
+        due = deadline(came, self.ack_budget, sent_at=int(request.headers["X-Slack-Request-Timestamp"]),
+                       now_wall=self.now())
         try:
-            response = await self.bolt.async_dispatch(
-                AsyncBoltRequest(body=json.dumps(body), headers=headers, query=request.query_string))
+            response = await self.bolt.async_dispatch(AsyncBoltRequest(
+                body=json.dumps(body), headers=headers, query=request.query_string, context={DEADLINE: due}))
         except Exception as exc:
             return web.json_response({"response_type": "ephemeral", "text": apology("dispatch", exc)})
         out_headers = {name: values[0] for name, values in response.headers.items()

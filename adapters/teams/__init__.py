@@ -29,6 +29,7 @@ from adapters.teams.agent import TeamsAgent, apology, report_unexpected
 from adapters.teams.auth import CONNECTION, InboundAuth, auth_configuration
 from adapters.teams.connector import Connector, ServiceUrlBook, ServiceUrlValidator
 from adapters.teams.notifier import TeamsNotifier
+from bot.domain.admission import Admission
 from bot.domain.config import Settings
 from bot.ports import ChatCore
 
@@ -81,6 +82,8 @@ class TeamsAdapter:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # JITPASS_MAX_RUNNING / JITPASS_MAX_QUEUED: the bound on core work started from Teams.
+        self.admission = Admission(settings.max_running, settings.max_queued)
         self.auth_config = auth_configuration(settings)
         self.app_id = settings.teams_app_id or None
         self.inbound_auth = InboundAuth(self.auth_config) if self.app_id else None
@@ -118,7 +121,8 @@ class TeamsAdapter:
         core.access.register_notifier(notifier)
         self.report_links = ReportLinks(core.clock)
         self.agent = TeamsAgent(core, self.service_urls, self.connections, report_links=self.report_links,
-                                public_url=self.public_url)
+                                public_url=self.public_url, admission=self.admission,
+                                ack_budget=self.settings.ack_budget)
         validation = "on" if self.validator.enabled else "OFF"
         if self.app_id:
             log.info("event=teams_mode mode=jwt note=\"Teams: JWT validation on for app id %s\" "
@@ -136,6 +140,8 @@ class TeamsAdapter:
                             "posted in Teams: set [leads_channel] teams\"", vault)
 
     async def stop(self) -> None:
+        if self.agent is not None:
+            await self.agent.drain(timeout=5.0)  # card actions answered early, service URLs being saved
         self.agent = None
         self.report_links = None  # the files live in memory only: a restart forgets every link
 

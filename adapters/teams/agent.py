@@ -8,6 +8,7 @@ Teams client shows under the card. The core decides and audits; this module only
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import re
@@ -26,6 +27,7 @@ from adapters.teams.connector import ServiceUrlBook, card_activity
 from adapters.teams.refs import REQUESTER, VERSION, RequesterRef
 from bot.domain import commands as cmd
 from bot.domain import wording
+from bot.domain.admission import ACK_BUDGET_SECONDS, Admission, arrived
 from bot.domain.errors import InfrastructureError, InputError, JitpassError, NotFound, log_incident
 from bot.domain.model import AccessRequest, Identity
 from bot.domain.request_text import RequestDraft, parse_window
@@ -38,6 +40,7 @@ log = logging.getLogger("jitpass.teams")
 
 ADAPTIVE_CARD_ACTION = "adaptiveCard/action"
 ERROR_CONTENT_TYPE = "application/vnd.microsoft.error"
+MESSAGE_CONTENT_TYPE = "application/vnd.microsoft.activity.message"
 _MENTION = re.compile(r"<at\b[^>]*>.*?</at>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]+>")
 
@@ -120,6 +123,11 @@ def card_response(card: dict[str, Any]) -> dict[str, Any]:
     return {"statusCode": 200, "type": cards.CARD_CONTENT_TYPE, "value": card}
 
 
+def message_response(text: str) -> dict[str, Any]:
+    """The body of an `adaptiveCard/action` answer that Teams shows as a message (the card stays)."""
+    return {"statusCode": 200, "type": MESSAGE_CONTENT_TYPE, "value": text}
+
+
 def error_response(code: str, message: str, status: int = 400) -> dict[str, Any]:
     """The body of an `adaptiveCard/action` answer that Teams shows as an error under the card."""
     return {"statusCode": status, "type": ERROR_CONTENT_TYPE, "value": {"code": code, "message": message}}
@@ -129,7 +137,13 @@ class TeamsAgent:
     """The AgentApplication and its handlers."""
 
     def __init__(self, core: ChatCore, service_urls: ServiceUrlBook, connection_manager: Connections, *,
-                 report_links: ReportLinks, public_url: str) -> None:
+                 report_links: ReportLinks, public_url: str, admission: Admission | None = None,
+                 ack_budget: float = ACK_BUDGET_SECONDS) -> None:
+        # Admission control (bot/domain/admission.py): core work from Teams is bounded like Slack's.
+        self.admission = admission or Admission(16, 256)
+        self.ack_budget = ack_budget
+        self._late: set[asyncio.Task[dict[str, Any]]] = set()  # card actions answered before they finished
+        self._saving: set[asyncio.Task[None]] = set()
         self.report_links = report_links
         self.public_url = public_url
         self.service = core.access
@@ -160,8 +174,18 @@ class TeamsAgent:
     async def _remember_service_url(self, context: TurnContext, state: TurnState) -> bool:
         activity = context.activity
         if activity.service_url:
-            await self.service_urls.remember(tenant_of(activity), activity.service_url)
+            # Kept in memory at once; saved in the background, so no turn waits for a store write before
+            # admission control has answered (a failed save is logged; the next change saves again).
+            saving = asyncio.get_running_loop().create_task(
+                self.service_urls.remember(tenant_of(activity), activity.service_url), name="jitpass-teams-service-url")
+            self._saving.add(saving)
+            saving.add_done_callback(self._saved)
         return True
+
+    def _saved(self, task: asyncio.Task[None]) -> None:
+        self._saving.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("event=teams_service_url_save_failed error=%s", type(task.exception()).__name__)
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -174,7 +198,21 @@ class TeamsAgent:
                 log.info("event=teams_mention conversation_id=%s type=%s tenant=%s", inbound.conversation_id,
                          inbound.requester.conversation_type, inbound.requester.tenant_id or "-")
             parsed = cmd.parse_command(text, now=self.clock.now(), tz=self.policy.timezone, syntax=TEAMS)
-            await self._run(context, inbound, parsed)
+            if isinstance(parsed, cmd.Help | cmd.Unknown | cmd.WhereAmI):  # no core work: never queued nor refused
+                await self._run(context, inbound, parsed)
+                return
+            ticket = self.admission.admit()
+            if ticket is None:
+                log.info("event=chat_request_busy platform=teams where=message")
+                await self._say(context, wording.BUSY)
+                return
+            if ticket.queued:  # told at once; the outcome follows in this chat when its turn comes
+                try:
+                    await self._say(context, wording.QUEUED)
+                except BaseException:
+                    ticket.give_back()
+                    raise
+            await ticket.run(self._run(context, inbound, parsed))
         except InfrastructureError as exc:  # the store or the key ring: an apology, never their detail
             await self._say(context, _sorry("message", exc))
         except JitpassError as exc:
@@ -271,15 +309,39 @@ class TeamsAgent:
     # -- card buttons ------------------------------------------------------------------------
 
     async def on_card_action(self, context: TurnContext, state: TurnState) -> None:
+        """Answered within the ack budget (from arrival): the outcome, or "queued"/"working" while it runs on
+        (its effects, e.g. the leads' card update, are durable work), or "busy" with nothing started."""
+        deadline = arrived() + self.ack_budget
+        ticket = self.admission.admit()
+        if ticket is None:
+            log.info("event=chat_request_busy platform=teams where=card_action")
+            await self._answer(context, error_response("Busy", wording.BUSY, 503))
+            return
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(ticket.run(self._card_outcome(context)), name="jitpass-teams-card-action")
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+        timeout = 0.0 if ticket.queued else max(0.0, deadline - loop.time())
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if task in done:
+            await self._answer(context, task.result())
+        else:
+            await self._answer(context, message_response(wording.QUEUED if ticket.queued else wording.WORKING))
+
+    async def _card_outcome(self, context: TurnContext) -> dict[str, Any]:
         try:
-            body = await self._card_action(context)
+            return await self._card_action(context)
         except InfrastructureError as exc:
-            body = error_response("Unavailable", _sorry("card action", exc), 503)
+            return error_response("Unavailable", _sorry("card action", exc), 503)
         except JitpassError as exc:
-            body = error_response(type(exc).__name__, exc.user_message(TEAMS))
+            return error_response(type(exc).__name__, exc.user_message(TEAMS))
         except Exception as exc:  # answered with an error id
-            body = error_response("InternalError", _sorry("card action", exc), 500)
-        await self._answer(context, body)
+            return error_response("InternalError", _sorry("card action", exc), 500)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for card actions still running after their answer (tests; shutdown)."""
+        if self._late or self._saving:
+            await asyncio.wait({*self._late, *self._saving}, timeout=timeout)
 
     async def _card_action(self, context: TurnContext) -> dict[str, Any]:
         value = context.activity.value

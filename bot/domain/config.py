@@ -111,6 +111,12 @@ class Settings:
     health_timeout: float = 2.0
     # A dead replica's effects are taken over this many seconds after its last lease renewal (JITPASS_EFFECT_LEASE).
     effect_lease: float = 10.0
+    # Admission control per chat endpoint: requests doing core work at once (JITPASS_MAX_RUNNING), requests
+    # waiting for a turn (JITPASS_MAX_QUEUED; beyond both: "busy, nothing was recorded"), and the seconds an
+    # acknowledgement may wait for the outcome, counted from arrival (JITPASS_ACK_BUDGET).
+    max_running: int = 16
+    max_queued: int = 256
+    ack_budget: float = 2.0
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Where jitpass lives (JITPASS_HOME, default ~/.local/share/jitpass): one answer for `serve` and
     # every CLI command, whatever the working directory. `home_source` says how it was chosen.
@@ -192,6 +198,9 @@ class Settings:
             teams_enabled=parse_bool("JITPASS_TEAMS_ENABLED", env.get("JITPASS_TEAMS_ENABLED"), True),
             health_timeout=_seconds(env, "JITPASS_HEALTH_TIMEOUT", 2.0),
             effect_lease=_seconds(env, "JITPASS_EFFECT_LEASE", 10.0),
+            max_running=_count(env, "JITPASS_MAX_RUNNING", 16, low=1),
+            max_queued=_count(env, "JITPASS_MAX_QUEUED", 256, low=0),
+            ack_budget=_seconds(env, "JITPASS_ACK_BUDGET", 2.0, most=2.5, zero=True),
             environ=env,
         )
 
@@ -208,8 +217,8 @@ def _insecure_allow(name: str, value: str | None) -> bool:
     raise InputError(f"{name}={value!r} is not understood: the only value is {INSECURE_ALLOW} (or leave it unset)")
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    """A positive number of seconds from the environment, or `default` when unset."""
+def _seconds(env: Mapping[str, str], name: str, default: float, *, most: float = 3600, zero: bool = False) -> float:
+    """A positive number of seconds (up to `most`; 0 too when `zero`) from the environment, or `default`."""
     text = (env.get(name) or "").strip()
     if not text:
         return default
@@ -217,9 +226,20 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 < value <= 3600:
-        raise InputError(f"{name}={text!r} is not a number of seconds between 0 and 3600 (for example 10)")
+    if value < 0 or (value == 0 and not zero) or value > most:
+        raise InputError(f"{name}={text!r} is not a number of seconds between 0 and {most:g} (for example "
+                         f"{default:g})")
     return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int, *, low: int) -> int:
+    """A whole number from `low` to 100,000 from the environment, or `default` when unset."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or not low <= int(text) <= 100_000:
+        raise InputError(f"{name}={text!r} is not a whole number between {low} and 100000 (for example {default})")
+    return int(text)
 
 
 # -- policy file --------------------------------------------------------------------------------

@@ -17,9 +17,10 @@ from bot.domain.request_text import format_duration
 from bot.domain.syntax import Hint, Syntax, Typed
 
 __all__ = [
-    "EMOJI", "NO_OPEN_REQUESTS", "PLAIN", "Markup", "access_closed", "access_ready", "already_decided", "apology",
-    "cancelled", "clock", "ended", "help_entries", "moment", "request_sent", "sent_next", "status_line",
-    "told_approved", "told_declined", "told_ended", "told_extended", "told_queued", "told_timed_out", "window_line",
+    "BUSY", "EMOJI", "NO_OPEN_REQUESTS", "PLAIN", "QUEUED", "WORKING", "Markup", "access_closed", "access_ready",
+    "already_decided", "apology", "cancelled", "clock", "ended", "help_entries", "moment", "request_sent",
+    "sent_next", "status_line", "told_approved", "told_declined", "told_ended", "told_extended", "told_queued",
+    "told_timed_out", "window_line",
 ]
 
 EMOJI: dict[Status, str] = {
@@ -32,6 +33,11 @@ EMOJI: dict[Status, str] = {
     Status.CANCELLED: "🚫",
     Status.TIMED_OUT: "⌛",  # time ran out before a lead decided
 }
+
+# Admission control (bot/domain/admission.py): what the acknowledgement says when the outcome is not ready.
+WORKING = "⏳ Working on it… I'll follow up here."
+QUEUED = "⏳ Queued: jitpass is busy right now. Your request will be handled shortly and I'll follow up here."
+BUSY = "⚠️ jitpass is busy, nothing was recorded, try again in a minute."
 
 REASON_LIMIT = 500  # a decline reason quoted on a card
 NO_OPEN_REQUESTS = "You have no waiting or active requests."

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.slack.app import WORKING
 from adapters.slack.blocks import Actions
+from bot.domain.wording import WORKING
 from tests.support.app import CANARY_PASSWORD, CANARY_SEED
 from tests.support.fake_slack import BOT_TOKEN, Reply, SlackHarness, slack_harness
 

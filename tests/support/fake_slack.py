@@ -47,6 +47,7 @@ MAX_VIEW_TITLE = 24
 MAX_PRIVATE_METADATA = 3000
 MAX_MESSAGE_TEXT = 40000
 RESPONSE_URL_MAX_USES = 5
+RESPONSE_URL_LIFETIME = 30 * 60  # seconds: Slack refuses a response_url older than 30 minutes
 
 
 @dataclass
@@ -236,6 +237,8 @@ class FakeSlack:
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}
         self.ephemeral: dict[str, list[dict[str, Any]]] = {}  # response_url name -> messages shown
         self.response_uses: dict[str, int] = {}
+        self.response_issued: dict[str, float] = {}  # response_url name -> when Slack issued it (self.now)
+        self.now: Callable[[], float] = time.monotonic  # tests may replace it to age response_urls
         self.views: dict[str, dict[str, Any]] = {}
         self.homes: dict[str, dict[str, Any]] = {}
         self.usergroups: dict[str, list[str]] = {}
@@ -284,6 +287,7 @@ class FakeSlack:
         return f"{self.root}/api/"
 
     def response_url(self, name: str) -> str:
+        self.response_issued.setdefault(name, self.now())
         return f"{self.root}/response/{name}"
 
     # -- test controls ---------------------------------------------------------------------------
@@ -582,6 +586,11 @@ class FakeSlack:
         if hold is not None and not hold.after_effect:
             await self._stall(hold, call)
             return web.Response(status=504, text="timeout")
+        issued = self.response_issued.get(key)
+        if issued is None or self.now() - issued > RESPONSE_URL_LIFETIME:
+            call.status, call.error = 404, "expired_url"
+            await self._record(call)
+            return web.Response(status=404, text="expired_url")
         uses = self.response_uses.get(key, 0)
         if uses >= RESPONSE_URL_MAX_USES:
             call.status, call.error = 404, "used_url"

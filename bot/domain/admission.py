@@ -1,0 +1,85 @@
+"""Admission control for the chat endpoints: at most `running` requests do core work at once, at most
+`queued` more wait for a turn, and any request beyond that is refused before anything is started.
+
+The rule a user can rely on: a request is either admitted (it will run, and its outcome is told,
+in the acknowledgement or in a follow-up) or refused at arrival ("busy, nothing was recorded").
+A request is never refused after it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+__all__ = ["ACK_BUDGET_SECONDS", "ARRIVED", "SLACK_ACK_SECONDS", "Admission", "Ticket", "arrived", "deadline"]
+
+# Slack gives 3 s for the acknowledgement (Teams invokes a little more): keep the rest for the network.
+ACK_BUDGET_SECONDS = 2.0
+SLACK_ACK_SECONDS = 3.0
+# When the request being handled arrived (event-loop time): set by the app's first middleware, before the
+# body is read, and read by the adapters' handlers (the same task), so the budget counts time spent before them.
+ARRIVED: ContextVar[float | None] = ContextVar("jitpass_arrived", default=None)
+
+
+def arrived() -> float:
+    """The arrival of the request being handled (now, when no middleware stamped it, e.g. Socket Mode)."""
+    stamp = ARRIVED.get()
+    return stamp if stamp is not None else asyncio.get_running_loop().time()
+
+
+def deadline(arrived: float, budget: float, *, sent_at: int | None = None, now_wall: float | None = None) -> float:
+    """When the acknowledgement must leave (event-loop time): `budget` after arrival, earlier when the sender's
+    timestamp (whole seconds, e.g. X-Slack-Request-Timestamp) shows the request waited before it arrived."""
+    late = 0.0
+    if sent_at is not None and now_wall is not None:
+        late = max(0.0, now_wall - sent_at - 1.0)  # a whole-second stamp may be up to 1 s early
+    return arrived + max(0.0, budget - late)
+
+
+@dataclass
+class Ticket:
+    """One admitted request; `queued` when no turn was free at arrival (so it acknowledges at once)."""
+
+    admission: Admission
+    queued: bool
+
+    async def run[T](self, work: Awaitable[T]) -> T:
+        """Wait for a turn, then run `work`; the place in the bound is given back whatever happens."""
+        try:
+            async with self.admission.turns:
+                return await work
+        finally:
+            self.give_back()
+
+    def give_back(self) -> None:
+        """Leave the bound without running (the work could not be started); `run` calls it too."""
+        self.admission.admitted -= 1
+
+
+class Admission:
+    """A bounded queue in front of the core: `admit()` answers at once, never waits."""
+
+    def __init__(self, running: int, queued: int) -> None:
+        if running < 1 or queued < 0:
+            raise ValueError("admission needs running >= 1 and queued >= 0")
+        self.running = running
+        self.queued = queued
+        self.turns = asyncio.Semaphore(running)
+        self.admitted = 0  # running plus waiting
+        self.refused = 0
+
+    def admit(self) -> Ticket | None:
+        """A ticket, or None when `running + queued` requests are already admitted (refuse: busy)."""
+        if self.admitted >= self.running + self.queued:
+            self.refused += 1
+            return None
+        ticket = Ticket(self, queued=self.admitted >= self.running)
+        self.admitted += 1
+        return ticket
+
+    def describe(self) -> dict[str, int]:
+        """For /healthz: the limits and what is admitted now."""
+        return {"max_running": self.running, "max_queued": self.queued, "admitted": self.admitted,
+                "waiting": max(0, self.admitted - self.running), "refused": self.refused}
