@@ -9,7 +9,6 @@ or the downloaded report files."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -22,12 +21,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from bot.domain.audit_export import csv_row, jsonl_line
-from bot.reports.build import build_report
-from bot.reports.html import render_html
-from bot.reports.render import render_csv, render_json, render_table
+from tests.e2e.test_canary_sweep import CANARIES, assert_stored_and_reported_clean
 from tests.e2e.test_teams import LEAD, LEAD2, OUTSIDER, REQUESTER, TEAM_CHANNEL, Teams
-from tests.support.app import CANARY_PASSWORD, CANARY_SEED, FakeClock, running_app, test_settings
+from tests.support.app import CANARY_SEED, FakeClock, running_app, test_settings
 from tests.support.fake_connector import (
     LEADS_CHANNEL,
     FakeConnector,
@@ -38,7 +34,6 @@ from tests.support.fake_connector import (
     post_activity,
 )
 
-CANARIES = (CANARY_PASSWORD, CANARY_SEED)
 ADMIN = TeamsUser("admin-oid", "Ad Min")
 IMPOSTOR = TeamsUser("impostor-oid", REQUESTER.name)  # the requester's display name, another account
 PUBLIC_URL = "https://jitpass.example.com"
@@ -198,23 +193,8 @@ async def test_the_canary_appears_nowhere_but_the_requesters_private_chat_in_tea
 
     assert shown >= 1, "the requester's own New code answers carried the code card"
     _clean(caplog.text, "the log")
-    for path in sorted(tmp_path.glob("jitpass.db*")):
-        raw = path.read_bytes()
-        for canary in CANARIES:
-            assert canary.encode() not in raw, f"a canary is in {path.name} outside the encrypted blobs"
-    events = [e async for e in teams.running.runtime.store.events()]
-    assert {"grant.revealed", "grant.code_shown", "grant.extended", "report.generated", "grant.expired",
-            "grant.revoked", "access.refused"} <= {e.type for e in events}
-    _clean("\n".join(jsonl_line(e) for e in events), "the JSON lines export")
-    _clean("\n".join(",".join(csv_row(e)) for e in events), "the CSV export")
-    runtime = teams.running.runtime
-    now = runtime.clock.now()
-    built = await build_report(runtime.store, runtime.policy, now, now - timedelta(days=30), now)
-    for render in (render_csv, render_json, render_html):
-        _clean(render(built), f"the {render.__name__} report")
-    table = io.StringIO()
-    render_table(built, table)
-    _clean(table.getvalue(), "the table report")
+    await assert_stored_and_reported_clean(teams.running.runtime, tmp_path)
+    assert {"grant.revoked", "access.refused"} <= {e.type for e in await teams.events()}
     for text in downloaded:
         assert "acme-zendesk" in text
         _clean(text, "a downloaded report file")
