@@ -53,6 +53,7 @@ EVENT_TYPES = frozenset(
         "grant.expired",
         "grant.revoked",
         "access.refused",
+        "access.refused_burst",  # how many rate-limit refusals followed the first (audited) one of a burst
         "access.shadow",
         "item.added",
         "item.updated",

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.domain import wording
+from bot.domain.audit import format_time
 from bot.domain.errors import (
     FIELD_DURATION,
     FIELD_ITEM,
@@ -605,7 +606,8 @@ class AccessService:
 
         The first refusal of a burst is audited as `access.refused`; the rest of it only logged."""
         limit = self.policy.rate_limits.of(action)
-        refused = self.rate_limiter.take(self.policy.person_of(actor), action, limit)
+        refused = self.rate_limiter.take(self.policy.person_of(actor), action, limit, actor)
+        await self.summarise_refusal_bursts()
         if refused is None:
             return
         wait = max(int(refused.retry_after.total_seconds() // 60), 1)
@@ -619,6 +621,26 @@ class AccessService:
                 log.error("refusal not audited actor=%s what=%s error=%s", actor.key, reason, exc.message)
         log.warning("event=rate_limited actor=%s action=%s limit=%r", actor.key, action, str(limit))
         raise NotAllowed(f"Too many {action} ({limit} allowed); try again in {wait} min.")
+
+    async def summarise_refusal_bursts(self) -> int:
+        """One `access.refused_burst` per ended burst of rate-limit refusals beyond its first (audited at once):
+        how many were refused, from when to when. Run on every rate check and every scheduler tick."""
+        written = 0
+        for burst in self.rate_limiter.ended_bursts():
+            if burst.refused < 2:
+                continue  # the one refusal is already in the trail
+            draft = EventDraft(
+                "access.refused_burst", burst.actor, None, None, None, f"rate limit: {burst.action} ({burst.limit})",
+                {"action": burst.action, "limit": str(burst.limit), "refused": burst.refused,
+                 "not_audited_one_by_one": burst.refused - 1, "first_at": format_time(burst.first_at),
+                 "last_at": format_time(burst.last_at)})
+            try:
+                await self.store.append_event(draft)
+                written += 1
+            except StoreError as exc:
+                log.error("refusal burst not audited actor=%s action=%s refused=%d error=%s", burst.actor.key,
+                          burst.action, burst.refused, exc.message)
+        return written
 
     async def record_refusal(self, actor: Identity, what: str, *, request_id: str | None = None,
                              vault: str | None = None) -> None:

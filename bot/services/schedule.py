@@ -75,6 +75,7 @@ class GrantScheduler:
         async with self._lock:
             try:
                 ran = await self.service.run_due()
+                await self.service.summarise_refusal_bursts()
                 self._plan(await self.service.store.next_due_at())
             except Exception:  # keep the scheduler alive; the next tick retries
                 log.exception("scheduler tick failed")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from adapters.slack.blocks import Actions
+from bot.bootstrap import Runtime
 from bot.domain.audit_export import csv_row, jsonl_line
 from bot.reports.build import build_report
 from bot.reports.html import render_html
@@ -34,6 +35,26 @@ async def slack(tmp_path: Path) -> AsyncIterator[SlackHarness]:
 def _clean(text: str, where: str) -> None:
     for canary in CANARIES:
         assert canary not in text, f"a canary reached {where}"
+
+
+async def assert_stored_and_reported_clean(runtime: Runtime, home: Path) -> None:
+    """No canary in the store's files on disk (outside the encrypted blobs), the exports or any report format."""
+    for path in sorted(home.glob("jitpass.db*")):  # the database, its WAL and shared memory
+        raw = path.read_bytes()
+        for canary in CANARIES:
+            assert canary.encode() not in raw, f"a canary is in {path.name} outside the encrypted blobs"
+    events = [e async for e in runtime.store.events()]
+    assert {"grant.revealed", "grant.code_shown", "grant.extended", "report.generated", "grant.expired"} <= {
+        e.type for e in events}
+    _clean("\n".join(jsonl_line(e) for e in events), "the JSON lines export")
+    _clean("\n".join(",".join(csv_row(e)) for e in events), "the CSV export")
+    now = runtime.clock.now()
+    report = await build_report(runtime.store, runtime.policy, now, now - timedelta(days=30), now)
+    for render in (render_csv, render_json, render_html):
+        _clean(render(report), f"the {render.__name__} report")
+    table = io.StringIO()
+    render_table(report, table)
+    _clean(table.getvalue(), "the table report")
 
 
 async def test_the_canary_appears_nowhere_but_the_private_delivery(slack: SlackHarness, tmp_path: Path,
@@ -74,23 +95,7 @@ async def test_the_canary_appears_nowhere_but_the_private_delivery(slack: SlackH
     assert delivered >= 1, "the sweep must have delivered the password at least once"
 
     _clean(caplog.text, "the log")
-    for path in sorted(tmp_path.glob("jitpass.db*")):  # the database, its WAL and shared memory
-        raw = path.read_bytes()
-        for canary in CANARIES:
-            assert canary.encode() not in raw, f"a canary is in {path.name} outside the encrypted blobs"
-    events = [e async for e in slack.runtime.store.events()]
-    assert {"grant.revealed", "grant.code_shown", "grant.extended", "report.generated", "grant.expired"} <= {
-        e.type for e in events}
-    _clean("\n".join(jsonl_line(e) for e in events), "the JSON lines export")
-    _clean("\n".join(",".join(csv_row(e)) for e in events), "the CSV export")
-    runtime = slack.runtime
-    now = runtime.clock.now()
-    report = await build_report(runtime.store, runtime.policy, now, now - timedelta(days=30), now)
-    for render in (render_csv, render_json, render_html):
-        _clean(render(report), f"the {render.__name__} report")
-    table = io.StringIO()
-    render_table(report, table)
-    _clean(table.getvalue(), "the table report")
+    await assert_stored_and_reported_clean(slack.runtime, tmp_path)
     shared = slack.fake.shared_files()
     assert shared, "the report files were shared"
     for file in shared:

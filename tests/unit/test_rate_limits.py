@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,11 @@ async def refusals(runtime: Runtime) -> list[str]:
     return [e.reason async for e in runtime.store.events() if e.type == "access.refused"]
 
 
+async def burst_summaries(runtime: Runtime) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(e.actor.key if e.actor else "", e.reason, e.details) async for e in runtime.store.events()
+            if e.type == "access.refused_burst"]
+
+
 async def test_a_burst_of_requests_posts_at_most_the_limit_of_cards(runtime: Runtime) -> None:
     for _ in range(3):  # request, cancel, request again: each one is a card for the leads
         request = await runtime.service.request_access(ALICE, "acme-zendesk fix broken trigger for 1h")
@@ -59,8 +65,13 @@ async def test_a_burst_of_requests_posts_at_most_the_limit_of_cards(runtime: Run
     assert await refusals(runtime) == ["rate limit: requests (3 per 1h)"]  # audited once per burst
     # Someone else is not affected; and after the window the person may ask again.
     await runtime.service.request_access(Identity("slack", "UBOB", "bob"), "acme-zendesk fix broken trigger for 1h")
+    assert await burst_summaries(runtime) == [], "the burst has not ended yet"
     runtime.clock.advance(timedelta(hours=1))  # type: ignore[attr-defined]
     await runtime.service.request_access(ALICE, "acme-zendesk fix broken trigger for 1h")
+    # The burst ended with the next allowed request: its volume is in the trail, once, by the first account.
+    [(actor, reason, details)] = await burst_summaries(runtime)
+    assert (actor, reason, details["refused"], details["not_audited_one_by_one"]) == (
+        "slack:UALICE", "rate limit: requests (3 per 1h)", 3, 2)
 
 
 async def test_new_code_presses_are_limited_and_the_refusal_audited(runtime: Runtime) -> None:
@@ -90,3 +101,40 @@ def test_rate_limits_have_defaults_and_are_checked_in_the_policy() -> None:
     for bad in ('requests = "lots"', 'codes = "0/1m"', "reports = 5", 'pages = "1/1h"'):
         with pytest.raises(PolicyError, match="rate_limits"):
             parse_policy(TEST_POLICY + f"\n[rate_limits]\n{bad}\n")
+
+
+async def test_a_flood_of_refused_presses_is_two_events_the_first_refusal_and_a_count_when_it_ends(
+        runtime: Runtime) -> None:
+    request = await runtime.service.request_access(ALICE, "acme-zendesk fix broken trigger for 1h")
+    await runtime.service.approve(request.id, LEAD)
+    for _ in range(5):
+        await runtime.service.new_code(request.id, ALICE)
+    clock: FakeClock = runtime.clock  # type: ignore[assignment]
+    for _ in range(200):
+        clock.advance(timedelta(seconds=1))
+        with pytest.raises(NotAllowed, match="Too many codes"):
+            await runtime.service.new_code(request.id, ALICE)
+    await runtime.scheduler.tick()
+    assert await refusals(runtime) == ["rate limit: codes (5 per 10m)"]
+    assert await burst_summaries(runtime) == [], "still refused: the burst goes on"
+
+    clock.advance(timedelta(minutes=10))  # the window reopens; nobody presses again
+    await runtime.scheduler.tick()  # the minute tick ends the burst all the same
+    [(actor, reason, details)] = await burst_summaries(runtime)
+    assert (actor, reason) == ("slack:UALICE", "rate limit: codes (5 per 10m)")
+    assert details["refused"] == 200 and details["not_audited_one_by_one"] == 199
+    assert details["first_at"] < details["last_at"]
+    await runtime.scheduler.tick()
+    await runtime.service.new_code(request.id, ALICE)
+    assert len(await burst_summaries(runtime)) == 1, "each burst is summarised once"
+
+
+async def test_a_single_refusal_needs_no_summary(runtime: Runtime) -> None:
+    for _ in range(2):
+        await chat_report(runtime.service, ADMIN, "7d")
+    with pytest.raises(NotAllowed):
+        await chat_report(runtime.service, ADMIN, "7d")
+    runtime.clock.advance(timedelta(hours=1))  # type: ignore[attr-defined]
+    await runtime.scheduler.tick()
+    assert await refusals(runtime) == ["rate limit: reports (2 per 1h)"]
+    assert await burst_summaries(runtime) == []
