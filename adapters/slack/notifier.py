@@ -22,6 +22,7 @@ from typing import Any
 
 from adapters.slack import blocks
 from adapters.slack.api import SlackApi, SlackCallError
+from bot.domain.errors import refused_for_good
 from bot.domain.model import AccessRequest, Item, Reveal
 from bot.domain.policy import Policy
 from bot.ports import Clock, Failed, NotifyResult, Sent
@@ -317,11 +318,32 @@ class SlackNotifier:
         return channel
 
 
+# Slack's refusals that retrying the same call cannot change (https://api.slack.com/methods/chat.postMessage,
+# chat.update, conversations.open, conversations.history, views.publish: "Errors"). Anything else (ratelimited,
+# internal_error, fatal_error, service_unavailable, request_timeout, a timeout, a dropped connection, HTTP 5xx,
+# an error code not listed here) is transient: retried with backoff until the effect's budget is spent.
+PERMANENT_SLACK_ERRORS = frozenset({
+    "invalid_blocks", "invalid_blocks_format", "msg_too_long", "no_text", "too_many_attachments",
+    "invalid_metadata_format", "invalid_metadata_schema", "metadata_too_large", "invalid_arguments",
+    "channel_not_found", "not_in_channel", "is_archived", "channel_is_archived", "cannot_dm_bot",
+    "user_not_found", "user_not_visible", "user_disabled", "message_not_found", "cant_update_message",
+    "edit_window_closed", "restricted_action", "missing_scope", "no_permission", "not_allowed_token_type",
+    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired", "ekm_access_denied",
+    "team_access_not_granted", "access_denied", "method_deprecated", "deprecated_endpoint",
+})
+
+
+def permanent_slack_error(error: str) -> bool:
+    """Whether Slack's answer `error` (an error code, or "http <status>..." when there was no JSON body)
+    is a refusal for good rather than a failure worth retrying."""
+    if error.startswith("http "):
+        status = error[5:8]
+        return status.isdigit() and refused_for_good(int(status))
+    return error in PERMANENT_SLACK_ERRORS
+
+
 def _failed(exc: SlackCallError) -> Failed:
-    # Slack's permanent refusals: retrying the same call cannot succeed.
-    permanent = exc.error in {"invalid_blocks", "msg_too_long", "no_text", "channel_not_found", "not_in_channel",
-                              "invalid_auth", "not_authed", "account_inactive", "invalid_metadata_format"}
-    return Failed(f"{exc.method}:{exc.error}", retry_after=exc.retry_after, permanent=permanent)
+    return Failed(f"{exc.method}:{exc.error}", retry_after=exc.retry_after, permanent=permanent_slack_error(exc.error))
 
 
 def _live_delivery(request: AccessRequest) -> Mapping[str, Any] | None:
