@@ -362,8 +362,9 @@ class Notifier(Protocol):
 
     platform: str
 
-    async def request_posted(self, request: AccessRequest, item: Item) -> NotifyResult:
-        """Post the approval card to the vault's leads channel (refs: where it went)."""
+    async def request_posted(self, request: AccessRequest, item: Item, *, attempt: int = 1) -> NotifyResult:
+        """Post the approval card to the vault's leads channel (refs: where it went). `attempt` > 1: an earlier
+        attempt may have reached chat before dying; find that card rather than post a second one."""
         ...
 
     async def request_updated(self, request: AccessRequest, item: Item) -> NotifyResult:

@@ -37,6 +37,11 @@ RESPONSE_URL_MAX_USES = 5
 _RESPONSE_URL_MARGIN = timedelta(minutes=2)
 # Message metadata of a delivered secret: how a delivery whose ts was never saved is found again.
 DELIVERY_EVENT_TYPE = "jitpass_delivery"
+# ... and of an approval card in the leads channel: a card post retried after a crash finds it instead of
+# posting a second card.
+CARD_EVENT_TYPE = "jitpass_card"
+# At most this many conversations.history pages are read looking for one of them.
+_FIND_PAGES = 5
 # How far back conversations.history looks for it (before the recorded intent time).
 _FIND_MARGIN = timedelta(minutes=5)
 
@@ -94,8 +99,12 @@ class SlackNotifier:
 
     # -- the approval card -----------------------------------------------------------------------
 
-    async def request_posted(self, request: AccessRequest, item: Item) -> NotifyResult:
-        """Post the approval card to the vault's Slack leads channel (once: a saved card is not posted again)."""
+    async def request_posted(self, request: AccessRequest, item: Item, *, attempt: int = 1) -> NotifyResult:
+        """Post the approval card to the vault's Slack leads channel (once: a saved card is not posted again).
+
+        The card carries the request id as message metadata. A later attempt (an earlier one may have
+        reached Slack and died before its ts was saved) first looks for that card in the channel's history
+        and, if it is there, edits it to the current state instead of posting a second one."""
         known = request.refs.get("card")
         if isinstance(known, Mapping) and known.get("ts"):
             return Sent(done=False)
@@ -104,8 +113,16 @@ class SlackNotifier:
             return Failed("no_leads_channel", permanent=True)
         card = blocks.approval_card(request, item, self.policy.timezone)
         try:
+            found = None
+            if attempt > 1:
+                found = await self._find_by_metadata(channel, request.created_at - _FIND_MARGIN, CARD_EVENT_TYPE,
+                                                     request.id)
+            if found is not None:
+                await self.api.call("chat.update", channel=channel, ts=found, **card.payload())
+                log.info("event=card_posted request_id=%s channel=%s recovered=true", request.id, channel)
+                return Sent({"card": {"channel": channel, "ts": found}})
             data = await self.api.call("chat.postMessage", channel=channel, unfurl_links=False, unfurl_media=False,
-                                       **card.payload())
+                                       metadata=_metadata(request, CARD_EVENT_TYPE), **card.payload())
         except SlackCallError as exc:
             return _failed(exc)
         log.info("event=card_posted request_id=%s channel=%s", request.id, channel)
@@ -252,15 +269,28 @@ class SlackNotifier:
             since = datetime.fromisoformat(str(intent.get("at"))) - _FIND_MARGIN
         except ValueError:
             since = self.clock.now() - RESPONSE_URL_TTL
-        data = await self.api.call("conversations.history", channel=channel, oldest=f"{since.timestamp():.6f}",
-                                   include_all_metadata=True, limit=200)
-        for message in data.get("messages") or []:
-            meta = message.get("metadata") if isinstance(message, Mapping) else None
-            if not isinstance(meta, Mapping) or meta.get("event_type") != DELIVERY_EVENT_TYPE:
-                continue
-            payload = meta.get("event_payload")
-            if isinstance(payload, Mapping) and payload.get("request_id") == request.id:
-                return str(message.get("ts"))
+        return await self._find_by_metadata(channel, since, DELIVERY_EVENT_TYPE, request.id)
+
+    async def _find_by_metadata(self, channel: str, since: datetime, event_type: str, request_id: str) -> str | None:
+        """The ts of the message in `channel` since `since` whose metadata names `request_id` (None: none)."""
+        cursor = ""
+        for _ in range(_FIND_PAGES):
+            params: dict[str, Any] = {"channel": channel, "oldest": f"{since.timestamp():.6f}",
+                                      "include_all_metadata": True, "limit": 200}
+            if cursor:
+                params["cursor"] = cursor
+            data = await self.api.call("conversations.history", **params)
+            for message in data.get("messages") or []:
+                meta = message.get("metadata") if isinstance(message, Mapping) else None
+                if not isinstance(meta, Mapping) or meta.get("event_type") != event_type:
+                    continue
+                payload = meta.get("event_payload")
+                if isinstance(payload, Mapping) and payload.get("request_id") == request_id:
+                    return str(message.get("ts"))
+            next_page = data.get("response_metadata")
+            cursor = str(next_page.get("next_cursor") or "") if isinstance(next_page, Mapping) else ""
+            if not data.get("has_more") or not cursor:
+                return None
         return None
 
     async def _wipe_ephemeral(self, url: ResponseUrl, message: blocks.Message) -> None:
@@ -351,5 +381,5 @@ def _live_delivery(request: AccessRequest) -> Mapping[str, Any] | None:
     return previous if isinstance(previous, Mapping) and not previous.get("ended") else None
 
 
-def _metadata(request: AccessRequest) -> dict[str, Any]:
-    return {"event_type": DELIVERY_EVENT_TYPE, "event_payload": {"request_id": request.id}}
+def _metadata(request: AccessRequest, event_type: str = DELIVERY_EVENT_TYPE) -> dict[str, Any]:
+    return {"event_type": event_type, "event_payload": {"request_id": request.id}}

@@ -57,7 +57,9 @@ class TeamsNotifier:
 
     # -- the leads' card ---------------------------------------------------------------------
 
-    async def request_posted(self, request: AccessRequest, item: Item) -> NotifyResult:
+    async def request_posted(self, request: AccessRequest, item: Item, *, attempt: int = 1) -> NotifyResult:
+        # `attempt` unused: the Bot Connector cannot list a channel's messages, so a card the connector took
+        # just before a crash (its id never saved) cannot be found again; the retry posts a second card.
         if ConversationRef.from_refs(request.refs, LEADS) is not None:
             return Sent(done=False)  # posted (and saved) before: never twice
         channel = self.policy.leads_channel(request.vault, self.platform)

@@ -323,7 +323,8 @@ class EffectRunner:
             result = await self._call(notifier.secret_revoked(request, await self.service.item_of(request)))
             return self._wipe_outcome(effect, request, result)
         if kind is EffectKind.POST_CARD:
-            result = await self._call(notifier.request_posted(request, await self.service.item_of(request)))
+            result = await self._call(notifier.request_posted(request, await self.service.item_of(request),
+                                                              attempt=effect.attempts))
         elif kind is EffectKind.UPDATE_CARD:
             result = await self._call(notifier.request_updated(request, await self.service.item_of(request)))
         else:

@@ -61,6 +61,30 @@ async def test_kill_9_after_slack_took_the_delivery_but_before_its_ts_was_saved(
         assert types.count("grant.delivery_started") == 2 and types.count("grant.revealed") == 1
 
 
+async def test_kill_9_after_slack_took_the_card_but_before_its_ts_was_saved_posts_no_second_card(
+        tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        held = w.fake.hold_next("chat.postMessage", when=lambda a: a.get("channel") == "CLEADS", after_effect=True)
+        async with w.server() as first:
+            request_id = await w.request(first, LONG)
+            await asyncio.wait_for(held.arrived.wait(), 15)
+            first.kill9()
+        assert len([m for (c, _), m in w.fake.messages.items() if c == "CLEADS"]) == 1  # it reached chat
+        async with w.server() as second:
+            # The retry finds the card by its metadata and edits it: still one card, and it works.
+            await w.fake.wait_for(lambda c: c.method == "conversations.history" and c.ok
+                                  and c.args.get("channel") == "CLEADS", timeout=15)
+            await w.fake.wait_for(lambda c: c.method == "chat.update" and c.ok and c.args.get("channel") == "CLEADS",
+                                  timeout=15)
+            await w.users(second).press(Actions.APPROVE, request_id, "ULEAD1")
+            await w.until(lambda: "grant.revealed" in w.types(request_id), "delivered")
+            await w.users(second).command(f"done {request_id}", "UREQ")
+            await w.until(lambda: "ended" in str(w.card()["blocks"]).lower(), "the one card shows the end")
+        posts = [c for c in w.fake.calls if c.method == "chat.postMessage" and c.args.get("channel") == "CLEADS"]
+        assert len(posts) == 1, "never posted twice"
+        assert w.card()["metadata"] == {"event_type": "jitpass_card", "event_payload": {"request_id": request_id}}
+
+
 async def test_kill_9_while_the_wipe_is_in_flight_then_the_restart_wipes(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
         async with w.server() as first:
@@ -83,7 +107,7 @@ async def test_429_500_and_timeouts_on_every_kind_of_call_are_retried_and_audite
     async with world(tmp_path) as w:
         cards = w.fake.hold_next("chat.update", when=lambda a: a.get("channel") == "CLEADS")  # stalls past 1 s
         w.fake.rate_limit_next("chat.postMessage", retry_after=1)  # the card post
-        w.fake.status_next("chat.postMessage", 500, when=lambda a: "metadata" in a)  # the delivery
+        w.fake.status_next("chat.postMessage", 500, when=lambda a: a.get("channel") == "DUREQ")  # the delivery
         w.fake.status_next("conversations.open", 502)  # the first DM channel lookup
         async with w.server() as server:
             request_id = await w.request(server, LONG)
@@ -154,7 +178,8 @@ def _ephemeral_secrets(w: World) -> list[str]:
 async def test_permanent_refusals_of_the_card_and_the_delivery_are_final_at_once_and_audited(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
         w.fake.status_next("chat.postMessage", 400, when=lambda a: a.get("channel") == "CLEADS")  # bare HTTP 400
-        w.fake.fail_next("chat.postMessage", "channel_not_found", when=lambda a: "metadata" in a)  # the delivery
+        w.fake.fail_next("chat.postMessage", "channel_not_found",
+                         when=lambda a: a.get("channel") == "DUREQ" and "metadata" in a)  # the delivery
         async with w.server() as server:
             request_id = await w.request(server, LONG)
             await w.until(lambda: "chat.effect_failed" in w.types(request_id), "card post failed for good")

@@ -101,6 +101,7 @@ class FakeConnector:
     _messages: dict[tuple[str, str], Any] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _refusals: dict[str, list[int]] = field(default_factory=dict)
+    _update_refusals: dict[str, list[int]] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -128,6 +129,10 @@ class FakeConnector:
     def refuse(self, conversation_id: str, *statuses: int) -> None:
         """Answer the next posts to `conversation_id` with these error statuses (e.g. 429, 503)."""
         self._refusals.setdefault(conversation_id, []).extend(statuses)
+
+    def refuse_updates(self, conversation_id: str, *statuses: int) -> None:
+        """Answer the next updates (PUT) of activities in `conversation_id` with these statuses (400, 404, 503)."""
+        self._update_refusals.setdefault(conversation_id, []).extend(statuses)
 
     # -- what tests look at --------------------------------------------------------------------
 
@@ -204,6 +209,11 @@ class FakeConnector:
     async def _update(self, request: web.Request) -> web.Response:
         conversation_id, activity_id = request.match_info["conversation_id"], request.match_info["activity_id"]
         call = await self._record(request, conversation_id, activity_id)
+        refusals = self._update_refusals.get(conversation_id)
+        if refusals:
+            status = refusals.pop(0)
+            code = {400: "BadArgument", 403: "Forbidden", 404: "NotFound"}.get(status, "ServiceError")
+            return await self._finish(call, status, {"error": {"code": code, "message": "refused"}})
         if (conversation_id, activity_id) not in self._messages:
             return await self._finish(call, 404, {"error": {"code": "NotFound", "message": "no such activity"}})
         refused = refusal("PUT", call.body)
