@@ -193,10 +193,11 @@ class Store(ReportSource, Protocol):
         statuses: Collection[Status] | None = None,
         item: str | None = None,
         parent_id: str | None = None,
+        parent_ids: Collection[str] | None = None,
         kind: RequestKind | None = None,
         limit: int | None = None,
     ) -> list[AccessRequest]:
-        """Requests matching every given filter, newest first."""
+        """Requests matching every given filter, newest first (`parent_ids`: the extensions of any of these)."""
         ...
 
     async def transition(
@@ -361,8 +362,9 @@ class Notifier(Protocol):
 
     platform: str
 
-    async def request_posted(self, request: AccessRequest, item: Item) -> NotifyResult:
-        """Post the approval card to the vault's leads channel (refs: where it went)."""
+    async def request_posted(self, request: AccessRequest, item: Item, *, attempt: int = 1) -> NotifyResult:
+        """Post the approval card to the vault's leads channel (refs: where it went). `attempt` > 1: an earlier
+        attempt may have reached chat before dying; find that card rather than post a second one."""
         ...
 
     async def request_updated(self, request: AccessRequest, item: Item) -> NotifyResult:
@@ -400,6 +402,10 @@ class ChatAccess(Protocol):
     @property
     def ending(self) -> int:
         """Due transitions running now: views hold back their reads meanwhile (access ends first)."""
+        ...
+
+    async def expiries_done(self, timeout: float = 10.0) -> None:
+        """Return once no due transition is being applied (or after `timeout` seconds)."""
         ...
 
     def register_notifier(self, notifier: Notifier) -> None: ...

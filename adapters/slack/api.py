@@ -43,7 +43,8 @@ METHOD_SCOPES: dict[str, str | None] = {
     "auth.test": None,  # bolt checks the bot token once, on the first request
     "chat.postMessage": "chat:write",
     "chat.update": "chat:write",
-    "conversations.history": "im:history",  # finding a delivery again by its metadata after a crash
+    # Finding a delivery (DM) or an approval card (leads channel) again by its metadata after a crash.
+    "conversations.history": "im:history",
     "conversations.open": "im:write",
     "files.completeUploadExternal": "files:write",
     "files.getUploadURLExternal": "files:write",
@@ -59,6 +60,8 @@ APP_TOKEN_METHOD_SCOPES: dict[str, str] = {"apps.connections.open": "connections
 COMMAND_SCOPE = "commands"
 # users.info carries `profile.email` only with this scope as well.
 EMAIL_SCOPE = "users:read.email"
+# conversations.history on the leads channel (public or private) needs these besides im:history.
+CHANNEL_HISTORY_SCOPES = frozenset({"channels:history", "groups:history"})
 # Read methods take query parameters; write methods take a JSON body.
 _GET_METHODS = frozenset({"usergroups.users.list", "users.info"})
 # Slack documents the upload methods as form-encoded (JSON only later, and not everywhere): send forms.
@@ -68,7 +71,7 @@ DEFAULT_CALL_TIMEOUT = 10.0
 
 def bot_scopes() -> set[str]:
     """The bot scopes the code needs: `commands` plus the scopes of every method it calls."""
-    return {COMMAND_SCOPE, EMAIL_SCOPE} | {scope for scope in METHOD_SCOPES.values() if scope}
+    return {COMMAND_SCOPE, EMAIL_SCOPE, *CHANNEL_HISTORY_SCOPES} | {scope for scope in METHOD_SCOPES.values() if scope}
 
 
 def normalise_api_url(url: str | None) -> str:

@@ -71,10 +71,7 @@ class HomeTab:
     async def _publish_while_dirty(self, user_id: str) -> None:
         try:
             # Grants are being ended right now (a burst of expiries): the store's time goes to that first.
-            for _ in range(200):
-                if not self.service.ending:
-                    break
-                await asyncio.sleep(0.05)
+            await self.service.expiries_done(timeout=10.0)
             while user_id in self._dirty:
                 self._dirty.discard(user_id)
                 opened = user_id in self._looking

@@ -22,6 +22,7 @@ from typing import Any
 
 from adapters.slack import blocks
 from adapters.slack.api import SlackApi, SlackCallError
+from bot.domain.errors import refused_for_good
 from bot.domain.model import AccessRequest, Item, Reveal
 from bot.domain.policy import Policy
 from bot.ports import Clock, Failed, NotifyResult, Sent
@@ -36,6 +37,11 @@ RESPONSE_URL_MAX_USES = 5
 _RESPONSE_URL_MARGIN = timedelta(minutes=2)
 # Message metadata of a delivered secret: how a delivery whose ts was never saved is found again.
 DELIVERY_EVENT_TYPE = "jitpass_delivery"
+# ... and of an approval card in the leads channel: a card post retried after a crash finds it instead of
+# posting a second card.
+CARD_EVENT_TYPE = "jitpass_card"
+# At most this many conversations.history pages are read looking for one of them.
+_FIND_PAGES = 5
 # How far back conversations.history looks for it (before the recorded intent time).
 _FIND_MARGIN = timedelta(minutes=5)
 
@@ -93,8 +99,12 @@ class SlackNotifier:
 
     # -- the approval card -----------------------------------------------------------------------
 
-    async def request_posted(self, request: AccessRequest, item: Item) -> NotifyResult:
-        """Post the approval card to the vault's Slack leads channel (once: a saved card is not posted again)."""
+    async def request_posted(self, request: AccessRequest, item: Item, *, attempt: int = 1) -> NotifyResult:
+        """Post the approval card to the vault's Slack leads channel (once: a saved card is not posted again).
+
+        The card carries the request id as message metadata. A later attempt (an earlier one may have
+        reached Slack and died before its ts was saved) first looks for that card in the channel's history
+        and, if it is there, edits it to the current state instead of posting a second one."""
         known = request.refs.get("card")
         if isinstance(known, Mapping) and known.get("ts"):
             return Sent(done=False)
@@ -103,8 +113,16 @@ class SlackNotifier:
             return Failed("no_leads_channel", permanent=True)
         card = blocks.approval_card(request, item, self.policy.timezone)
         try:
+            found = None
+            if attempt > 1:
+                found = await self._find_by_metadata(channel, request.created_at - _FIND_MARGIN, CARD_EVENT_TYPE,
+                                                     request.id)
+            if found is not None:
+                await self.api.call("chat.update", channel=channel, ts=found, **card.payload())
+                log.info("event=card_posted request_id=%s channel=%s recovered=true", request.id, channel)
+                return Sent({"card": {"channel": channel, "ts": found}})
             data = await self.api.call("chat.postMessage", channel=channel, unfurl_links=False, unfurl_media=False,
-                                       **card.payload())
+                                       metadata=_metadata(request, CARD_EVENT_TYPE), **card.payload())
         except SlackCallError as exc:
             return _failed(exc)
         log.info("event=card_posted request_id=%s channel=%s", request.id, channel)
@@ -251,15 +269,28 @@ class SlackNotifier:
             since = datetime.fromisoformat(str(intent.get("at"))) - _FIND_MARGIN
         except ValueError:
             since = self.clock.now() - RESPONSE_URL_TTL
-        data = await self.api.call("conversations.history", channel=channel, oldest=f"{since.timestamp():.6f}",
-                                   include_all_metadata=True, limit=200)
-        for message in data.get("messages") or []:
-            meta = message.get("metadata") if isinstance(message, Mapping) else None
-            if not isinstance(meta, Mapping) or meta.get("event_type") != DELIVERY_EVENT_TYPE:
-                continue
-            payload = meta.get("event_payload")
-            if isinstance(payload, Mapping) and payload.get("request_id") == request.id:
-                return str(message.get("ts"))
+        return await self._find_by_metadata(channel, since, DELIVERY_EVENT_TYPE, request.id)
+
+    async def _find_by_metadata(self, channel: str, since: datetime, event_type: str, request_id: str) -> str | None:
+        """The ts of the message in `channel` since `since` whose metadata names `request_id` (None: none)."""
+        cursor = ""
+        for _ in range(_FIND_PAGES):
+            params: dict[str, Any] = {"channel": channel, "oldest": f"{since.timestamp():.6f}",
+                                      "include_all_metadata": True, "limit": 200}
+            if cursor:
+                params["cursor"] = cursor
+            data = await self.api.call("conversations.history", **params)
+            for message in data.get("messages") or []:
+                meta = message.get("metadata") if isinstance(message, Mapping) else None
+                if not isinstance(meta, Mapping) or meta.get("event_type") != event_type:
+                    continue
+                payload = meta.get("event_payload")
+                if isinstance(payload, Mapping) and payload.get("request_id") == request_id:
+                    return str(message.get("ts"))
+            next_page = data.get("response_metadata")
+            cursor = str(next_page.get("next_cursor") or "") if isinstance(next_page, Mapping) else ""
+            if not data.get("has_more") or not cursor:
+                return None
         return None
 
     async def _wipe_ephemeral(self, url: ResponseUrl, message: blocks.Message) -> None:
@@ -317,11 +348,32 @@ class SlackNotifier:
         return channel
 
 
+# Slack's refusals that retrying the same call cannot change (https://api.slack.com/methods/chat.postMessage,
+# chat.update, conversations.open, conversations.history, views.publish: "Errors"). Anything else (ratelimited,
+# internal_error, fatal_error, service_unavailable, request_timeout, a timeout, a dropped connection, HTTP 5xx,
+# an error code not listed here) is transient: retried with backoff until the effect's budget is spent.
+PERMANENT_SLACK_ERRORS = frozenset({
+    "invalid_blocks", "invalid_blocks_format", "msg_too_long", "no_text", "too_many_attachments",
+    "invalid_metadata_format", "invalid_metadata_schema", "metadata_too_large", "invalid_arguments",
+    "channel_not_found", "not_in_channel", "is_archived", "channel_is_archived", "cannot_dm_bot",
+    "user_not_found", "user_not_visible", "user_disabled", "message_not_found", "cant_update_message",
+    "edit_window_closed", "restricted_action", "missing_scope", "no_permission", "not_allowed_token_type",
+    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired", "ekm_access_denied",
+    "team_access_not_granted", "access_denied", "method_deprecated", "deprecated_endpoint",
+})
+
+
+def permanent_slack_error(error: str) -> bool:
+    """Whether Slack's answer `error` (an error code, or "http <status>..." when there was no JSON body)
+    is a refusal for good rather than a failure worth retrying."""
+    if error.startswith("http "):
+        status = error[5:8]
+        return status.isdigit() and refused_for_good(int(status))
+    return error in PERMANENT_SLACK_ERRORS
+
+
 def _failed(exc: SlackCallError) -> Failed:
-    # Slack's permanent refusals: retrying the same call cannot succeed.
-    permanent = exc.error in {"invalid_blocks", "msg_too_long", "no_text", "channel_not_found", "not_in_channel",
-                              "invalid_auth", "not_authed", "account_inactive", "invalid_metadata_format"}
-    return Failed(f"{exc.method}:{exc.error}", retry_after=exc.retry_after, permanent=permanent)
+    return Failed(f"{exc.method}:{exc.error}", retry_after=exc.retry_after, permanent=permanent_slack_error(exc.error))
 
 
 def _live_delivery(request: AccessRequest) -> Mapping[str, Any] | None:
@@ -329,5 +381,5 @@ def _live_delivery(request: AccessRequest) -> Mapping[str, Any] | None:
     return previous if isinstance(previous, Mapping) and not previous.get("ended") else None
 
 
-def _metadata(request: AccessRequest) -> dict[str, Any]:
-    return {"event_type": DELIVERY_EVENT_TYPE, "event_payload": {"request_id": request.id}}
+def _metadata(request: AccessRequest, event_type: str = DELIVERY_EVENT_TYPE) -> dict[str, Any]:
+    return {"event_type": event_type, "event_payload": {"request_id": request.id}}

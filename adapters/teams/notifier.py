@@ -26,7 +26,7 @@ from microsoft_agents.activity import Activity, ActivityTypes
 from adapters.teams import cards
 from adapters.teams.connector import Connector, ServiceUrlBook, card_activity
 from adapters.teams.refs import DELIVERY, LEADS, PERSONAL, VERSION, ConversationRef, RequesterRef
-from bot.domain.errors import DeliveryError
+from bot.domain.errors import DeliveryError, refused_for_good
 from bot.domain.model import AccessRequest, Item, Reveal
 from bot.domain.policy import Policy
 from bot.ports import Failed, NotifyResult, Sent
@@ -57,7 +57,9 @@ class TeamsNotifier:
 
     # -- the leads' card ---------------------------------------------------------------------
 
-    async def request_posted(self, request: AccessRequest, item: Item) -> NotifyResult:
+    async def request_posted(self, request: AccessRequest, item: Item, *, attempt: int = 1) -> NotifyResult:
+        # `attempt` unused: the Bot Connector cannot list a channel's messages, so a card the connector took
+        # just before a crash (its id never saved) cannot be found again; the retry posts a second card.
         if ConversationRef.from_refs(request.refs, LEADS) is not None:
             return Sent(done=False)  # posted (and saved) before: never twice
         channel = self.policy.leads_channel(request.vault, self.platform)
@@ -167,8 +169,10 @@ class TeamsNotifier:
         except aiohttp.ClientResponseError as exc:
             retry = exc.headers.get("Retry-After", "") if exc.headers else ""
             retry_after = float(retry) if retry.replace(".", "", 1).isdigit() else None
-            # 401/403: the bot may not post there (e.g. the app was removed for this user); retrying cannot help.
-            return Failed(f"{what}:http_{exc.status}", retry_after=retry_after, permanent=exc.status in {401, 403})
+            # 400 BadArgument, 401/403 (the bot may not post there: the app was removed for this user), 404 (no
+            # such conversation or activity), 413 (too big): retrying the same call cannot help. 429 and 5xx can.
+            return Failed(f"{what}:http_{exc.status}", retry_after=retry_after,
+                          permanent=refused_for_good(exc.status))
         except DeliveryError as exc:
             log.warning("event=teams_call_refused what=%s error=%s", what, exc.message)
             return Failed(f"{what}:refused")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
@@ -71,7 +72,16 @@ def format_time(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# Exactly what format_time writes (years 1000-9999). Such a text goes through the fast C parser
+# (reading 10,000 requests parses 50,000 times: strptime alone was a fifth of a start-up backlog's CPU);
+# anything else through strptime, which refuses what format_time never writes.
+_STORED_TIME = re.compile(r"[1-9]\d{3}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+
+
 def parse_time(text: str) -> datetime:
+    """The instant a `format_time` text stands for (ValueError for any other text)."""
+    if _STORED_TIME.fullmatch(text):
+        return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 

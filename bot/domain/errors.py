@@ -37,6 +37,12 @@ FIELD_DURATION = "duration"
 FIELD_START = "start"
 
 
+def refused_for_good(status: int) -> bool:
+    """Whether an HTTP status says the call itself is wrong, so the same call cannot succeed later:
+    a 4xx (bad request, forbidden, not found, gone, too large), except 408 / 425 / 429 (try again later)."""
+    return 400 <= status < 500 and status not in (408, 425, 429)
+
+
 def new_error_id() -> str:
     """`E-` and six hex digits: what a user quotes to an admin, and what the log line carries."""
     return "E-" + secrets.token_hex(3).upper()

@@ -367,6 +367,7 @@ class EffectOutcome:
     refs: dict[str, Any] | None = None  # merged key by key into the request's refs
     revealed: bool = False  # the secret reached the requester (grant.delivered)
     follow_ups: tuple[EffectDraft, ...] = ()
+    alert: EventDraft | None = None  # recorded right after `event` (a wipe that will not happen)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ happens inline, so no chat outage can delay or undo a state change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import difflib
 import logging
@@ -81,6 +82,22 @@ def new_request_id() -> str:
     return "R-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
 
 
+class _Ending:
+    """How many due transitions are being applied right now, and an event set whenever none is."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def add(self, n: int) -> None:
+        self.count = max(0, self.count + n)
+        if self.count:
+            self.idle.clear()
+        else:
+            self.idle.set()
+
+
 class AccessService:
     """Request, approve, decline, cancel, reveal, new code, extend, revoke, expire, time out."""
 
@@ -94,16 +111,22 @@ class AccessService:
         self.clock = clock
         self.notifiers: dict[str, Notifier] = {}
         self.rate_limiter = RateLimiter(clock)
-        # Due transitions running now: the effects worker holds back meanwhile (access ends first). A list
-        # of one so that `using` twins share it.
-        self._ending = [0]
+        # Due transitions running now: the effects worker and App Home hold back meanwhile (access ends
+        # first). One object, shared by `using` twins.
+        self._ending = _Ending()
         # Called after every state change: the scheduler re-plans from the store.
         self.on_change: list[Callable[[AccessRequest], None]] = []
 
     @property
     def ending(self) -> int:
         """How many due transitions are being applied right now (by this service or a `using` twin)."""
-        return self._ending[0]
+        return self._ending.count
+
+    async def expiries_done(self, timeout: float = 10.0) -> None:
+        """Wait (at most `timeout` seconds) until no due transition is being applied: an event, not a poll,
+        so thousands of waiting App Home publishes cost nothing while a burst of grants is ended."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ending.idle.wait(), timeout)
 
     def using(self, store: Store) -> AccessService:
         """This service on another handle of the same store (the scheduler's and effects worker's
@@ -485,7 +508,13 @@ class AccessService:
         due = await self.store.due_requests(self.clock.now())
         expiring = [r for r in due if r.status is Status.ACTIVE]
         others = [r for r in due if r.status is not Status.ACTIVE]
-        self._ending[0] += len(due)
+        left = [len(due)]  # still counted in `ending`; whatever a cancellation leaves is taken back below
+
+        def finished(n: int) -> None:
+            left[0] -= n
+            self._ending.add(-n)
+
+        self._ending.add(len(due))
         ran = 0
         try:
             for start in range(0, len(expiring), EXPIRY_BATCH):
@@ -496,7 +525,7 @@ class AccessService:
                     log.warning("due expiries failed count=%d first=%s error=%s", len(chunk), chunk[0].id,
                                 exc.message)
                 finally:
-                    self._ending[0] -= len(chunk)
+                    finished(len(chunk))
             slots = asyncio.Semaphore(concurrency)
 
             async def one(request: AccessRequest) -> int:
@@ -511,11 +540,11 @@ class AccessService:
                         log.warning("due work failed request_id=%s error=%s", request.id, exc.message)
                         return 0
                     finally:
-                        self._ending[0] -= 1
+                        finished(1)
 
             ran += sum(await asyncio.gather(*(one(r) for r in others)))
         finally:
-            self._ending[0] = max(0, self._ending[0])
+            self._ending.add(-left[0])
         return ran
 
     async def expire_many(self, requests: Collection[AccessRequest]) -> list[AccessRequest]:
@@ -709,13 +738,8 @@ class AccessService:
 
     async def _close_extensions(self, grants: Collection[AccessRequest], now: datetime) -> None:
         by_id = {g.id: g for g in grants}
-        if len(by_id) == 1:
-            (only,) = by_id
-            extensions = await self.store.find_requests(parent_id=only, statuses=OPEN_STATUSES)
-        else:  # a batch: the open extensions of all grants are few, one read
-            extensions = [e for e in await self.store.find_requests(statuses=OPEN_STATUSES, kind=RequestKind.EXTENSION)
-                          if e.parent_id in by_id]
-        for ext in extensions:
+        # One indexed read for the whole batch (parent_id), however many grants are open.
+        for ext in await self.store.find_requests(parent_ids=set(by_id), statuses=OPEN_STATUSES):
             grant = by_id[ext.parent_id or ""]
             to = Status.CANCELLED if ext.status is Status.PENDING else grant.status
             event = self._draft("request.cancelled", SYSTEM, ext, "the grant it extends has ended") \

@@ -13,7 +13,9 @@ budget is spent it fails loudly (`alert.wipe_exhausted`, counted in /healthz and
 
 Audit events of the delivery: `grant.delivery_started` (before the secret leaves: fail closed),
 then `grant.revealed` when the platform took it (the only event that counts as a reveal) or
-`grant.delivery_failed`. Of the wipe: `grant.wiped` or `grant.wipe_failed`, each with `attempt`.
+`grant.delivery_failed`. Of the wipe: `grant.wiped` or `grant.wipe_failed`, each with `attempt`. A failure
+the platform says is for good (`Failed.permanent`: HTTP 4xx but 408/425/429, Slack's `invalid_blocks`,
+`channel_not_found`, ...) is final at once, marked `permanent`; a final wipe failure adds `alert.wipe_exhausted`.
 """
 
 from __future__ import annotations
@@ -180,8 +182,8 @@ class EffectRunner:
 
     async def _claim_and_start(self) -> int:
         if self.service.ending:
-            # Expiries first: chat work waits a moment while the store is ending grants.
-            await asyncio.sleep(0.05)
+            # Expiries first: chat work waits while the store is ending grants.
+            await self.service.expiries_done(timeout=1.0)
             return 1
         free = self._free_slots()
         if free <= 0:
@@ -321,7 +323,8 @@ class EffectRunner:
             result = await self._call(notifier.secret_revoked(request, await self.service.item_of(request)))
             return self._wipe_outcome(effect, request, result)
         if kind is EffectKind.POST_CARD:
-            result = await self._call(notifier.request_posted(request, await self.service.item_of(request)))
+            result = await self._call(notifier.request_posted(request, await self.service.item_of(request),
+                                                              attempt=effect.attempts))
         elif kind is EffectKind.UPDATE_CARD:
             result = await self._call(notifier.request_updated(request, await self.service.item_of(request)))
         else:
@@ -396,8 +399,11 @@ class EffectRunner:
             retry_at = self.clock.now() + timedelta(seconds=self.policy.delay(effect.attempts, failed.retry_after))
         details: dict[str, object] = {"attempt": effect.attempts, "error": failed.error}
         details |= {"final": True} if final else {"retry_at": retry_at.isoformat() if retry_at else None}
+        if failed.permanent:
+            details["permanent"] = True  # the platform refused the call for good: not retried
         status = EffectStatus.FAILED if final else EffectStatus.PENDING
         event: EventDraft | None = None
+        alert: EventDraft | None = None
         follow_ups: tuple[EffectDraft, ...] = ()
         if effect.kind is EffectKind.DELIVER:
             event = self._event("grant.delivery_failed", request, details)
@@ -405,7 +411,9 @@ class EffectRunner:
             if (effect.attempts == 2 or final) and not (secret_source and effect.attempts == 1):
                 follow_ups = (EffectDraft(EffectKind.TELL, {"message": _failed_words(request, final)}),)
         elif effect.kind is EffectKind.WIPE:
-            event = self._event("alert.wipe_exhausted" if final else "grant.wipe_failed", request, details)
+            event = self._event("grant.wipe_failed", request, details)
+            if final:  # the secret may still be on screen: an alert (in /healthz and reports)
+                alert = self._event("alert.wipe_exhausted", request, details)
         elif final:
             event = self._event("chat.effect_failed", request, {**details, "kind": effect.kind.value})
             if effect.kind is EffectKind.POST_CARD:
@@ -415,7 +423,7 @@ class EffectRunner:
         log.warning("event=effect_attempt_failed effect=%s kind=%s request_id=%s attempt=%d error=%s final=%s",
                     effect.id, effect.kind, request.id, effect.attempts, failed.error, final)
         return EffectOutcome(status, error=failed.error, retry_at=retry_at, event=event, follow_ups=follow_ups,
-                             refs=dict(failed.refs) if failed.refs else None)
+                             refs=dict(failed.refs) if failed.refs else None, alert=alert)
 
     @staticmethod
     def _event(event_type: str, request: AccessRequest, details: Mapping[str, object]) -> EventDraft:

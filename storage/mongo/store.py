@@ -647,6 +647,7 @@ class MongoStore:
         statuses: Collection[Status] | None = None,
         item: str | None = None,
         parent_id: str | None = None,
+        parent_ids: Collection[str] | None = None,
         kind: RequestKind | None = None,
         limit: int | None = None,
     ) -> list[AccessRequest]:
@@ -660,6 +661,10 @@ class MongoStore:
             query["item"] = item
         if parent_id is not None:
             query["parent_id"] = parent_id
+        if parent_ids is not None:
+            if not parent_ids:
+                return []
+            query["parent_id"] = {"$in": sorted(parent_ids)} if parent_id is None else parent_id
         if kind is not None:
             query["kind"] = kind.value
         with self._errors("finding requests"):
@@ -839,8 +844,9 @@ class MongoStore:
                     continue
             await self._add_effects(current, outcome.follow_ups, session)
             break
-        if outcome.event is not None:
-            await self._append(outcome.event, session)
+        for event in (outcome.event, outcome.alert):
+            if event is not None:
+                await self._append(event, session)
         return True
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:

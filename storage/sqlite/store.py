@@ -583,6 +583,7 @@ class SqliteStore:
         statuses: Collection[Status] | None = None,
         item: str | None = None,
         parent_id: str | None = None,
+        parent_ids: Collection[str] | None = None,
         kind: RequestKind | None = None,
         limit: int | None = None,
     ) -> list[AccessRequest]:
@@ -603,6 +604,11 @@ class SqliteStore:
         if parent_id is not None:
             where.append("parent_id = ?")
             params.append(parent_id)
+        if parent_ids is not None:
+            if not parent_ids:
+                return []
+            where.append(f"parent_id IN ({_placeholders(len(parent_ids))})")
+            params.extend(sorted(parent_ids))
         if kind is not None:
             where.append("kind = ?")
             params.append(kind.value)
@@ -698,8 +704,7 @@ class SqliteStore:
                 if cursor.rowcount != len(updates):
                     raise StoreError(f"the SQLite store at {self.path} changed under a batch of transitions")
             await self._append_many(conn, events)
-            for request, drafted in effects:
-                await self._add_effects(conn, request, drafted)
+            await self._add_effects_many(conn, effects)
         return results
 
     async def _append_many(self, conn: aiosqlite.Connection, drafts: Sequence[EventDraft]) -> None:
@@ -722,16 +727,25 @@ class SqliteStore:
 
     async def _add_effects(self, conn: aiosqlite.Connection, request: AccessRequest,
                            effects: Sequence[EffectDraft]) -> None:
-        if not effects:
+        await self._add_effects_many(conn, [(request, effects)])
+
+    async def _add_effects_many(self, conn: aiosqlite.Connection,
+                                batch: Sequence[tuple[AccessRequest, Sequence[EffectDraft]]]) -> None:
+        """The effects of several requests: one UPDATE for the superseded card updates, one insert batch."""
+        batch = [(r, e) for r, e in batch if e]
+        if not batch:
             return
-        now = self._clock.now()
-        if supersedes(effects):
+        at = format_time(self._clock.now())
+        superseding = sorted({r.id for r, e in batch if supersedes(e)})
+        for start in range(0, len(superseding), 500):
+            chunk = superseding[start:start + 500]
             await conn.execute(
-                "UPDATE effects SET status = 'dropped', error = 'superseded', updated_at = ? WHERE request_id = ? "
-                "AND kind = 'update_card' AND status = 'pending' AND (lease_until IS NULL OR lease_until <= ?)",
-                (format_time(now), request.id, format_time(now)))
+                "UPDATE effects SET status = 'dropped', error = 'superseded', updated_at = ? WHERE request_id IN "
+                f"({_placeholders(len(chunk))}) AND kind = 'update_card' AND status = 'pending' "
+                "AND (lease_until IS NULL OR lease_until <= ?)", (at, *chunk, at))
+        now = self._clock.now()
         rows = [tuple(json.dumps(doc[c]) if c == "payload" else doc[c] for c in _EFFECT_COLUMNS)
-                for doc in effect_docs(request.id, request.platform, effects, now)]
+                for request, effects in batch for doc in effect_docs(request.id, request.platform, effects, now)]
         await conn.executemany(_INSERT_EFFECT, rows)
 
     # -- durable chat effects -----------------------------------------------------------------
@@ -785,8 +799,7 @@ class SqliteStore:
                                  current.status.value))
                         if outcome.follow_ups:
                             await self._add_effects(conn, current, outcome.follow_ups)
-                if outcome.event is not None:
-                    events.append(outcome.event)
+                events += [e for e in (outcome.event, outcome.alert) if e is not None]
             await self._append_many(conn, events)
         return kept
 

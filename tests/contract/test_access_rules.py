@@ -33,7 +33,7 @@ class RecordingNotifier:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
-    async def request_posted(self, request: AccessRequest, item: Item) -> NotifyResult:
+    async def request_posted(self, request: AccessRequest, item: Item, *, attempt: int = 1) -> NotifyResult:
         self.calls.append(("posted", request.id))
         return Sent()
 

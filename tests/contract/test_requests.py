@@ -68,6 +68,8 @@ async def test_find_requests_filters_by_every_field_and_lists_newest_first(store
     assert await ids(statuses={Status.PENDING, Status.ACTIVE}, item="db-admin") == ["R4", "R3"]
     assert await ids(statuses=set()) == []
     assert await ids(parent_id="R3") == ["R4"]
+    assert await ids(parent_ids={"R3", "R2", "R9"}) == ["R4"]  # the extensions of any of them
+    assert await ids(parent_ids={"R1"}) == [] and await ids(parent_ids=set()) == []
     assert await ids(kind=RequestKind.ACCESS, requester=ANN) == ["R3", "R1"]
     assert await ids(limit=2) == ["R4", "R3"]
 

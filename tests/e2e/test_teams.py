@@ -677,6 +677,43 @@ async def test_when_teams_refuses_the_delivery_the_approval_stands_and_the_failu
     assert_no_secret(caplog.text)
 
 
+async def test_a_bad_argument_from_teams_on_the_delivery_is_final_at_once_and_audited(
+        teams: Teams, connector: FakeConnector) -> None:
+    request_id = await teams.request()
+    connector.refuse(REQUESTER.personal_chat, 400, 400)  # BadArgument, to the "approved" message and the placeholder
+
+    await teams.press(LEAD, "approve", request_id)
+
+    [failed] = await teams.events("grant.delivery_failed")
+    assert failed.details["permanent"] is True and failed.details["final"] is True
+    assert failed.details["attempt"] == 1 and failed.details["error"] == "delivery_target:http_400"
+    placeholders = [c for c in connector.calls_to(REQUESTER.personal_chat) if c.kind == "send" and c.card]
+    assert [c.status for c in placeholders] == [400], "not retried"
+    assert [e.details["kind"] for e in await teams.events("chat.effect_failed")] == ["tell"]
+    assert teams.deliveries() == [] and "grant.revealed" not in [e.type for e in await teams.events()]
+
+
+async def test_a_wipe_teams_refuses_for_good_is_not_retried_and_raises_an_alert(
+        teams: Teams, connector: FakeConnector) -> None:
+    request_id = await teams.request()
+    await teams.press(LEAD, "approve", request_id)
+    assert len(await teams.events("grant.revealed")) == 1
+    puts = len([c for c in connector.calls_to(REQUESTER.personal_chat) if c.kind == "update"])
+    connector.refuse_updates(REQUESTER.personal_chat, 404)  # 404 NotFound: the activity is gone
+
+    await teams.say(REQUESTER, f"done {request_id}")
+
+    [failed] = await teams.events("grant.wipe_failed")
+    assert failed.details["permanent"] is True and failed.details["final"] is True
+    assert failed.details["error"] == "secret_revoked:http_404" and failed.details["attempt"] == 1
+    [alert] = await teams.events("alert.wipe_exhausted")
+    assert alert.request_id == request_id
+    assert await teams.running.runtime.store.effect_counts() == {"pending": 0, "failed": 1, "failed_wipes": 1}
+    updates = [c for c in connector.calls_to(REQUESTER.personal_chat) if c.kind == "update"][puts:]
+    assert [c.status for c in updates] == [404], "not retried"
+    assert not await teams.events("grant.wiped")
+
+
 async def test_approvers_can_be_named_by_tenant(tmp_path: Path, connector: FakeConnector) -> None:
     policy = f"""
 [approvers]

@@ -15,6 +15,7 @@ this connector's URL as `serviceUrl`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import shutil
@@ -34,6 +35,7 @@ __all__ = [
     "LEADS_CHANNEL",
     "TENANT",
     "ConnectorCall",
+    "ConnectorHold",
     "FakeConnector",
     "TeamsUser",
     "card_elements",
@@ -93,6 +95,18 @@ class ConnectorCall:
 
 
 @dataclass
+class ConnectorHold:
+    """An update held open by `FakeConnector.hold_next_update`; `arrived` is set when it comes in."""
+
+    conversation_id: str
+    after_effect: bool
+    when: Callable[[Any], bool]
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    limit: float = 30.0  # never longer than this: a test that forgets to release still ends
+
+
+@dataclass
 class FakeConnector:
     """The Bot Connector service, on an ephemeral local port."""
 
@@ -101,6 +115,8 @@ class FakeConnector:
     _messages: dict[tuple[str, str], Any] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _refusals: dict[str, list[int]] = field(default_factory=dict)
+    _update_refusals: dict[str, list[int]] = field(default_factory=dict)
+    _holds: list[ConnectorHold] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -128,6 +144,19 @@ class FakeConnector:
     def refuse(self, conversation_id: str, *statuses: int) -> None:
         """Answer the next posts to `conversation_id` with these error statuses (e.g. 429, 503)."""
         self._refusals.setdefault(conversation_id, []).extend(statuses)
+
+    def hold_next_update(self, conversation_id: str, *, after_effect: bool = False,
+                         when: Callable[[Any], bool] | None = None) -> ConnectorHold:
+        """Keep the next update (PUT) of an activity in `conversation_id` (whose body matches `when`) open
+        without an answer until released (`after_effect`: the message is changed first, as when the
+        connector took the call and the answer was lost)."""
+        hold = ConnectorHold(conversation_id, after_effect, when or (lambda body: True))
+        self._holds.append(hold)
+        return hold
+
+    def refuse_updates(self, conversation_id: str, *statuses: int) -> None:
+        """Answer the next updates (PUT) of activities in `conversation_id` with these statuses (400, 404, 503)."""
+        self._update_refusals.setdefault(conversation_id, []).extend(statuses)
 
     # -- what tests look at --------------------------------------------------------------------
 
@@ -204,6 +233,15 @@ class FakeConnector:
     async def _update(self, request: web.Request) -> web.Response:
         conversation_id, activity_id = request.match_info["conversation_id"], request.match_info["activity_id"]
         call = await self._record(request, conversation_id, activity_id)
+        refusals = self._update_refusals.get(conversation_id)
+        if refusals:
+            status = refusals.pop(0)
+            code = {400: "BadArgument", 403: "Forbidden", 404: "NotFound"}.get(status, "ServiceError")
+            return await self._finish(call, status, {"error": {"code": code, "message": "refused"}})
+        hold = next((h for h in self._holds if h.conversation_id == conversation_id and not h.arrived.is_set()
+                     and h.when(call.body)), None)
+        if hold is not None and not hold.after_effect:
+            await self._stall(hold)
         if (conversation_id, activity_id) not in self._messages:
             return await self._finish(call, 404, {"error": {"code": "NotFound", "message": "no such activity"}})
         refused = refusal("PUT", call.body)
@@ -212,7 +250,14 @@ class FakeConnector:
         if self._too_big(call.body):
             return await self._finish(call, 413, {"error": {"code": "MessageSizeTooBig", "message": "too big"}})
         self._messages[(conversation_id, activity_id)] = call.body
+        if hold is not None and hold.after_effect:
+            await self._stall(hold)
         return await self._finish(call, 200, {"id": activity_id})
+
+    async def _stall(self, hold: ConnectorHold) -> None:
+        hold.arrived.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hold.released.wait(), hold.limit)
 
 
 # -- what Teams sends ---------------------------------------------------------------------------

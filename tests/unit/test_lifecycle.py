@@ -42,7 +42,7 @@ class RecordingNotifier:
         self.calls: list[tuple[str, str, Any]] = []
         self.runtime: Runtime | None = None
 
-    async def request_posted(self, request: AccessRequest, item: Item) -> NotifyResult:
+    async def request_posted(self, request: AccessRequest, item: Item, *, attempt: int = 1) -> NotifyResult:
         self.calls.append(("posted", request.id, request.status))
         return Sent({"card": {"channel": "CLEADS", "ts": "1.0"}})
 
