@@ -10,6 +10,8 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from bot.domain.audit_signing import parse_checkpoint_line
 from tests.support.app import TEST_POLICY, FakeClock, running_app, test_settings
 from tests.support.fake_connector import FakeConnector, TeamsUser, message_activity, post_activity
@@ -30,11 +32,13 @@ def _verify(tmp_path: Path, master_key: str, pasted: str) -> subprocess.Complete
 
 
 async def test_each_checkpoint_is_posted_to_the_teams_channel_and_pasted_back_it_catches_a_truncation(
-        tmp_path: Path, connector: FakeConnector, clock: FakeClock) -> None:
-    settings = test_settings(tmp_path)
-    async with running_app(tmp_path, settings=settings, clock=clock, policy_text=POLICY) as running:
+        tmp_path: Path, connector: FakeConnector, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    settings = test_settings(tmp_path)  # no Slack tokens: the Slack witness channel below has no one to post it
+    policy = POLICY + 'slack = "C0AUDIT"\n'
+    async with running_app(tmp_path, settings=settings, clock=clock, policy_text=policy) as running:
         checkpointer = running.runtime.checkpointer
         assert checkpointer is not None and [w.name for w in checkpointer.witnesses] == ["teams"]
+        assert "event=audit_witness_channel_unused platform=slack" in caplog.text
         # Nobody has messaged the bot yet, so Teams gave it no serviceUrl: the post fails and is recorded.
         early = await checkpointer.checkpoint("manual")
         assert early is not None
