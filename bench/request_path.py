@@ -1,0 +1,708 @@
+"""The request path under load: a real `jitpass serve` on SQLite against a minimal slack-bolt baseline.
+
+    .venv/bin/python bench/request_path.py            # the full run (~90 s), writes docs/benchmarks.md
+    .venv/bin/python bench/request_path.py --quick    # half the durations (~45 s)
+    .venv/bin/python bench/request_path.py --no-doc   # print the JSON only
+
+Everything runs on 127.0.0.1 with ephemeral ports, on a fresh jitpass home in a temporary directory:
+the Slack Web API stand-in (tests/support/fake_slack.py, answering at once) and the Bot Connector
+stand-in (tests/support/fake_connector.py) in this process; `jitpass serve` and the baseline
+(bench/bolt_baseline.py: a slack-bolt AsyncApp with process_before_response=True that only acks, and
+for a button press posts one message) as processes of their own, so each one's CPU time is its own
+(/proc/<pid>/stat, utime + stime, measured from before a phase until the server is idle again after it).
+
+Requests are signed with Slack's v0 HMAC, each real request by a distinct user. Phases alternate
+between jitpass (A) and the baseline (B) in the same run:
+- `/access help`, closed loop (20 connections), A B A B;
+- real requests `/access acme-zendesk <why> for 1h`, offered at fixed rates (50, 200, 500 req/s; latency
+  counted from the moment each request was due, so a late send counts), A and B at each rate; then closed
+  loop A B A B. The baseline gets the same bodies and only acks them;
+- approvals at 10 per second: approve press on the card -> the password at the stand-in, for the 15-min
+  window (ephemeral, through the command's response_url), the 1-h window (DM), the App Home (the live
+  code published with the grant), and Teams (1:1 chat through the connector); baseline: bolt acking a
+  press and posting one message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from statistics import quantiles
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters.slack.blocks import Actions
+from bot.bootstrap import open_runtime
+from bot.domain.model import SYSTEM
+from tests.support.app import CANARY_PASSWORD, TEST_POLICY, canary_items, test_settings
+from tests.support.fake_connector import (
+    LEADS_CHANNEL,
+    ConnectorCall,
+    FakeConnector,
+    TeamsUser,
+    find_element,
+    invoke_activity,
+    message_activity,
+)
+from tests.support.fake_slack import BOT_TOKEN, SIGNING_SECRET, TEAM_ID, Call, FakeSlack, sign
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- request_path:begin -->", "<!-- request_path:end -->"
+SLACK_DEADLINE = 3.0
+CLIENT_TIMEOUT = 10.0
+LEAD = "ULEAD1"
+TEAMS_LEAD = TeamsUser("lead-oid-1", "Lead One")
+REQUEST_ID = re.compile(r"\b(R-[23456789A-HJ-NP-Z]{8})\b")
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
+    cuts = quantiles(values, n=100, method="inclusive") if len(values) > 1 else [values[0]] * 99
+    return {"p50_ms": round(cuts[49] * 1000, 1), "p99_ms": round(cuts[98] * 1000, 1)}
+
+
+class TimedSlack(FakeSlack):
+    """The Slack stand-in, telling listeners about each call as it is recorded (no scanning of all calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listeners: list[Callable[[Call], None]] = []
+
+    async def _record(self, call: Call) -> None:
+        for listener in list(self.listeners):
+            listener(call)
+        await super()._record(call)
+
+
+class TimedConnector(FakeConnector):
+    """The Bot Connector stand-in, with the same listener hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listeners: list[Callable[[ConnectorCall], None]] = []
+
+    async def _finish(self, call: ConnectorCall, status: int, payload: dict[str, Any]) -> Any:
+        response = await super()._finish(call, status, payload)
+        for listener in list(self.listeners):
+            listener(call)
+        return response
+
+
+@dataclass
+class Target:
+    """A server under test: where to send, and its process (for CPU time)."""
+
+    name: str
+    url: str
+    process: asyncio.subprocess.Process
+    slack: FakeSlack
+
+    def calls_since(self, mark: int) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for call in self.slack.calls[mark:]:
+            found[call.method] = found.get(call.method, 0) + 1
+        return found
+
+    @property
+    def cpu(self) -> float:
+        assert self.process.pid is not None
+        return _cpu_seconds(self.process.pid)
+
+    async def idle(self, timeout: float = 20.0) -> None:
+        """Wait until the server spends (almost) no CPU: the work a phase caused is done."""
+        started = time.monotonic()
+        quiet, last = 0, self.cpu
+        while quiet < 3 and time.monotonic() - started < timeout:
+            await asyncio.sleep(0.2)
+            now = self.cpu
+            quiet = quiet + 1 if now - last <= 0.011 else 0
+            last = now
+
+
+@dataclass
+class Phase:
+    """What one measured phase found."""
+
+    what: str
+    target: str
+    sent: int = 0
+    acked: int = 0  # HTTP 200 at all
+    within: int = 0  # HTTP 200 within Slack's 3 s
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    kinds: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)  # Slack stand-in calls the phase caused, by method
+
+    def row(self) -> dict[str, Any]:
+        print(f"{self.target:8} {self.what}: {self.acked}/{self.sent}", file=sys.stderr, flush=True)
+        return {"what": self.what, "target": self.target, "sent": self.sent, "acked": self.acked,
+                "req_per_s": round(self.acked / self.seconds, 1) if self.seconds else 0.0,
+                "within_3s_pct": round(100 * self.within / self.sent, 1) if self.sent else 0.0,
+                "cpu_ms_per_request": round(1000 * self.cpu_s / self.acked, 2) if self.acked else float("nan"),
+                **_pct(self.latencies), "replies": self.kinds,
+                "slack_calls_per_request": {m: round(n / max(self.sent, 1), 2) for m, n in sorted(self.calls.items())}}
+
+
+class Slack:
+    """Signed slash commands and button presses, as Slack sends them."""
+
+    def __init__(self, fake: FakeSlack, session: aiohttp.ClientSession) -> None:
+        self.fake = fake
+        self.session = session
+        self._ids = itertools.count(1)
+
+    def command(self, user_id: str, text: str) -> tuple[bytes, str]:
+        n = next(self._ids)
+        name = f"cmd-{n}"
+        body = urlencode({"token": "ignored", "team_id": TEAM_ID, "channel_id": "CGENERAL", "channel_name": "general",
+                          "user_id": user_id, "user_name": user_id.lower(), "command": "/access", "text": text,
+                          "api_app_id": "A0TEST", "response_url": self.fake.response_url(name),
+                          "trigger_id": f"trigger-{n}"}).encode()
+        return body, name
+
+    def press(self, user_id: str, action_id: str, value: str) -> bytes:
+        n = next(self._ids)
+        payload = {"type": "block_actions", "user": {"id": user_id, "username": user_id.lower(), "team_id": TEAM_ID},
+                   "api_app_id": "A0TEST", "team": {"id": TEAM_ID}, "trigger_id": f"trigger-{n}",
+                   "container": {"type": "message", "channel_id": "CLEADS", "message_ts": "1.0"},
+                   "channel": {"id": "CLEADS"}, "response_url": self.fake.response_url(f"press-{n}"),
+                   "actions": [{"type": "button", "action_id": action_id, "block_id": "b", "value": value,
+                                "action_ts": str(time.time())}]}
+        return urlencode({"payload": json.dumps(payload)}).encode()
+
+    async def post(self, url: str, body: bytes) -> tuple[int, str]:
+        now = int(time.time())
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": str(now),
+                   "X-Slack-Signature": sign(body, now)}
+        async with self.session.post(f"{url}/slack/events", data=body, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)) as reply:
+            return reply.status, await reply.text()
+
+
+def _kind(text: str) -> str:
+    if "sent to" in text:
+        return "sent"
+    if "Working on it" in text:
+        return "working"
+    if "busy" in text.lower():
+        return "busy"
+    if "queued" in text.lower():
+        return "queued"
+    return "other"
+
+
+async def _one(slack: Slack, target: Target, body: bytes, due: float, phase: Phase,
+               ids: list[str] | None) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        status, text = await slack.post(target.url, body)
+    except (aiohttp.ClientError, TimeoutError):
+        return
+    elapsed = loop.time() - due
+    if status != 200:
+        phase.kinds[f"http {status}"] = phase.kinds.get(f"http {status}", 0) + 1
+        return
+    phase.acked += 1
+    phase.within += elapsed <= SLACK_DEADLINE
+    phase.latencies.append(elapsed)
+    try:
+        answer = json.loads(text).get("text", "") if text else ""
+    except ValueError:
+        answer = text
+    kind = _kind(str(answer))
+    phase.kinds[kind] = phase.kinds.get(kind, 0) + 1
+    if ids is not None and (found := REQUEST_ID.search(str(answer))):
+        ids.append(found.group(1))
+
+
+async def fixed_rate(slack: Slack, target: Target, bodies: Callable[[int], bytes], rate: float, seconds: float,
+                     what: str, ids: list[str] | None = None) -> Phase:
+    """Offer `rate` requests per second for `seconds`; each latency counts from when the request was due."""
+    phase = Phase(what, target.name)
+    loop = asyncio.get_running_loop()
+    cpu, mark = target.cpu, len(target.slack.calls)
+    start = loop.time() + 0.05
+    tasks = []
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        if (delay := due - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_one(slack, target, bodies(i), due, phase, ids)))
+    phase.sent = len(tasks)
+    await asyncio.gather(*tasks)
+    phase.seconds = loop.time() - start
+    await target.idle()
+    phase.cpu_s, phase.calls = target.cpu - cpu, target.calls_since(mark)
+    return phase
+
+
+async def closed_loop(slack: Slack, target: Target, bodies: Callable[[int], bytes], seconds: float, what: str,
+                      connections: int = 20, ids: list[str] | None = None) -> Phase:
+    """`connections` clients each sending the next request as soon as the last was answered."""
+    phase = Phase(what, target.name)
+    loop = asyncio.get_running_loop()
+    counter = itertools.count()
+    cpu, mark = target.cpu, len(target.slack.calls)
+    start = loop.time()
+    end = start + seconds
+
+    async def client() -> None:
+        while loop.time() < end:
+            phase.sent += 1
+            await _one(slack, target, bodies(next(counter)), loop.time(), phase, ids)
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    phase.seconds = loop.time() - start
+    await target.idle()
+    phase.cpu_s, phase.calls = target.cpu - cpu, target.calls_since(mark)
+    return phase
+
+
+@dataclass
+class Deliveries:
+    """Approve pressed at t0 -> the moment the stand-in received what the requester sees."""
+
+    waiting: dict[tuple[str, str], tuple[float, asyncio.Future[float]]] = field(default_factory=dict)
+
+    def expect(self, key: tuple[str, str]) -> asyncio.Future[float]:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiting[key] = (time.monotonic(), future)
+        return future
+
+    def arrived(self, key: tuple[str, str]) -> None:
+        found = self.waiting.pop(key, None)
+        if found is not None and not found[1].done():
+            found[1].set_result(time.monotonic() - found[0])
+
+
+def _slack_listener(deliveries: Deliveries, ephemeral: dict[str, str]) -> Callable[[Call], None]:
+    def heard(call: Call) -> None:
+        if not call.ok:
+            return
+        if call.method == "response_url" and call.key in ephemeral and CANARY_PASSWORD in call.dump():
+            deliveries.arrived(("ephemeral", ephemeral[call.key or ""]))
+        elif call.method == "chat.postMessage":
+            text = call.dump()
+            if CANARY_PASSWORD in text:
+                deliveries.arrived(("dm", str(call.args.get("channel", ""))[1:]))
+            elif "baseline delivery for " in text:  # keyed by the request id pressed
+                deliveries.arrived(("baseline", str(call.args.get("text", "")).rsplit(" ", 1)[-1]))
+        elif call.method == "views.publish" and "recorded in the audit trail" in call.text():
+            deliveries.arrived(("home", str(call.args.get("user_id", ""))))
+    return heard
+
+
+async def approvals(slack: Slack, target: Target, pool: list[tuple[str, str]], paths: tuple[str, ...],
+                    deliveries: Deliveries, rate: float, what: str) -> dict[str, Phase]:
+    """Press approve on each (user, request id) of `pool` at `rate` per second; time each delivery path."""
+    phases = {path: Phase(f"{what} ({path})", target.name) for path in paths}
+    loop = asyncio.get_running_loop()
+    cpu, mark = target.cpu, len(target.slack.calls)
+    start = loop.time()
+    waits: list[tuple[str, Awaitable[float]]] = []
+    for i, (user, request_id) in enumerate(pool):
+        if (delay := start + i / rate - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        for path in paths:
+            waits.append((path, deliveries.expect((path, user))))
+        waits.append(("", asyncio.create_task(slack.post(target.url, slack.press(LEAD, Actions.APPROVE,
+                                                                                    request_id)))))
+    deadline = loop.time() + CLIENT_TIMEOUT
+    for path, waited in waits:
+        if not path:
+            continue
+        phase = phases[path]
+        phase.sent += 1
+        try:
+            phase.latencies.append(await asyncio.wait_for(waited, max(0.0, deadline - loop.time())))
+            phase.acked += 1
+            phase.within += 1
+        except TimeoutError:
+            pass
+    await asyncio.gather(*(w for p, w in waits if not p), return_exceptions=True)
+    for phase in phases.values():
+        phase.seconds = loop.time() - start
+    await target.idle()
+    for phase in phases.values():
+        phase.cpu_s = target.cpu - cpu  # per approval, whichever path is timed
+        phase.calls = target.calls_since(mark)
+    return phases
+
+
+async def teams_approvals(base_url: str, connector: TimedConnector, session: aiohttp.ClientSession, count: int,
+                          rate: float, target: Target) -> Phase:
+    """Teams requesters ask in their 1:1 chat; a lead approves on the card; time until the password card."""
+    users = [TeamsUser(f"bench-oid-{i:05d}", f"Bench {i:05d}") for i in range(count)]
+    cards: dict[str, str] = {}
+    arrived: dict[str, asyncio.Future[float]] = {}
+    pressed: dict[str, float] = {}
+    posted = asyncio.Event()
+
+    def heard(call: ConnectorCall) -> None:
+        if call.status >= 300 or not call.card:
+            return
+        if call.conversation_id == LEADS_CHANNEL and call.kind == "send":
+            facts = [f for e in call.card.get("body", []) if e.get("type") == "FactSet" for f in e["facts"]]
+            request_id = next((str(f["value"]) for f in facts if f.get("title") == "Request"), "")
+            who = next((u for u in users if u.name in call.dump()), None)
+            if who is not None and request_id:
+                cards[who.aad_object_id] = request_id
+                posted.set()
+        elif find_element(call.card, "password") is not None:
+            who = next((u for u in users if call.conversation_id.endswith(u.aad_object_id)), None)
+            if who is not None and who.aad_object_id in arrived and not arrived[who.aad_object_id].done():
+                arrived[who.aad_object_id].set_result(time.monotonic() - pressed[who.aad_object_id])
+
+    connector.listeners.append(heard)
+
+    async def post(activity: dict[str, Any]) -> int:
+        async with session.post(f"{base_url}/api/messages", json=activity,
+                                timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)) as reply:
+            await reply.read()
+            return reply.status
+
+    for user in users:  # set-up, not measured: one request each, in turn
+        await post(message_activity(connector.url, user, "access acme-zendesk benchmark run for 1h"))
+    deadline = time.monotonic() + 30
+    while len(cards) < count and time.monotonic() < deadline:
+        posted.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(posted.wait(), 1.0)
+    await target.idle()
+    phase = Phase("approve -> password (Teams 1:1)", "jitpass")
+    loop = asyncio.get_running_loop()
+    cpu = target.cpu
+    start = loop.time()
+    presses = []
+    for i, user in enumerate(u for u in users if u.aad_object_id in cards):
+        if (delay := start + i / rate - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        arrived[user.aad_object_id] = loop.create_future()
+        pressed[user.aad_object_id] = time.monotonic()
+        presses.append(asyncio.create_task(post(invoke_activity(
+            connector.url, TEAMS_LEAD, "approve", {"request_id": cards[user.aad_object_id]},
+            conversation_id=LEADS_CHANNEL, conversation_type="channel"))))
+    deadline = loop.time() + CLIENT_TIMEOUT
+    for future in list(arrived.values()):
+        phase.sent += 1
+        try:
+            phase.latencies.append(await asyncio.wait_for(future, max(0.0, deadline - loop.time())))
+            phase.acked += 1
+            phase.within += 1
+        except TimeoutError:
+            pass
+    await asyncio.gather(*presses, return_exceptions=True)
+    phase.seconds = loop.time() - start
+    await target.idle()
+    phase.cpu_s = target.cpu - cpu
+    connector.listeners.remove(heard)
+    return phase
+
+
+async def _healthy(url: str, process: asyncio.subprocess.Process, path: str, timeout: float = 60) -> None:
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() - started < timeout:
+            if process.returncode is not None:
+                raise RuntimeError(f"{url} exited with {process.returncode}")
+            try:
+                async with session.get(f"{url}{path}", timeout=aiohttp.ClientTimeout(total=1)) as reply:
+                    if reply.status < 500:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{url} did not come up")
+
+
+async def _start(args: list[str], env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(sys.executable, *args, cwd=ROOT, env=env,
+                                                    stdout=asyncio.subprocess.DEVNULL, stderr=out)
+
+
+async def _home(tmp: Path, fake: FakeSlack) -> dict[str, str]:
+    settings = test_settings(tmp)
+    runtime = await open_runtime(settings)
+    await runtime.catalog.add(canary_items(), SYSTEM, source="bench")
+    await runtime.close()
+    policy = tmp / "policy.toml"
+    policy.write_text(TEST_POLICY, encoding="utf-8")
+    return {"PATH": os.environ.get("PATH", ""), "JITPASS_DOTENV": str(tmp / "no.env"), "JITPASS_HOME": str(tmp),
+            "JITPASS_STORE": settings.store_url, "JITPASS_MASTER_KEY": settings.master_key or "",
+            "JITPASS_POLICY": str(policy), "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_URL": fake.url, "JITPASS_TEAMS_VALIDATE_SERVICE_URL": "false"}
+
+
+async def run(tmp: Path, scale: float) -> dict[str, Any]:
+    fake = TimedSlack()
+    await fake.start()
+    connector = TimedConnector()
+    await connector.start()
+    env = await _home(tmp, fake)
+    jit_port, bolt_port = _port(), _port()
+    jit = await _start(["-m", "bot", "serve", "--port", str(jit_port)], env, tmp / "jitpass.log")
+    bolt = await _start([str(ROOT / "bench" / "bolt_baseline.py"), "--port", str(bolt_port), "--api-url", fake.url],
+                        env, tmp / "bolt.log")
+    a = Target("jitpass", f"http://127.0.0.1:{jit_port}", jit, fake)
+    b = Target("bolt", f"http://127.0.0.1:{bolt_port}", bolt, fake)
+    rows: list[dict[str, Any]] = []
+    users = (f"UB{i:07d}" for i in itertools.count())
+    try:
+        await _healthy(a.url, jit, "/healthz")
+        await _healthy(b.url, bolt, "/")
+        connector_limit = aiohttp.TCPConnector(limit=512)
+        async with aiohttp.ClientSession(connector=connector_limit) as session:
+            slack = Slack(fake, session)
+
+            def help_body(_: int) -> bytes:
+                return slack.command("UHELP", "help")[0]
+
+            def real_body(_: int) -> bytes:
+                return slack.command(next(users), "acme-zendesk benchmark run for 1h")[0]
+
+            for target in (a, b):  # warm-up: imports, bolt's auth.test, SQLite pages
+                await closed_loop(slack, target, help_body, 1.0, "warm-up", connections=4)
+            for target in (a, b, a, b):
+                rows.append(closed_loop_row := (await closed_loop(slack, target, help_body, 3 * scale,
+                                                                  "/access help, closed loop (20)")).row())
+                del closed_loop_row
+            dm_pool: list[str] = []
+            for rate in (50, 200, 500):
+                for target in (a, b):
+                    rows.append((await fixed_rate(slack, target, real_body, rate, 4 * scale,
+                                                  f"real request, offered {rate}/s",
+                                                  dm_pool if target is a else None)).row())
+            for target in (a, b, a, b):
+                rows.append((await closed_loop(slack, target, real_body, 3 * scale,
+                                               "real request, closed loop (20)")).row())
+            # Approvals: fresh requesters; 15-min windows deliver through the command's response_url.
+            count = max(10, int(40 * scale))
+            ephemeral: dict[str, str] = {}  # response_url name -> requester
+            deliveries = Deliveries()
+            fake.listeners.append(_slack_listener(deliveries, ephemeral))
+            short_pool: list[tuple[str, str]] = []
+            for _ in range(count):
+                user = next(users)
+                body, name = slack.command(user, "acme-zendesk benchmark run for 15m")
+                ephemeral[name] = user
+                _, text = await slack.post(a.url, body)
+                if found := REQUEST_ID.search(text):
+                    short_pool.append((user, found.group(1)))
+            long_pool: list[tuple[str, str]] = []
+            for _ in range(count):
+                user = next(users)
+                _, text = await slack.post(a.url, slack.command(user, "acme-zendesk benchmark run for 1h")[0])
+                if found := REQUEST_ID.search(text):
+                    long_pool.append((user, found.group(1)))
+            await a.idle()
+            base_pool = [(f"R-BASE{i:04d}", f"R-BASE{i:04d}") for i in range(count)]
+            found_phases = await approvals(slack, a, short_pool, ("ephemeral",), deliveries, 10,
+                                           "approve -> password")
+            rows += [p.row() for p in found_phases.values()]
+            rows += [p.row() for p in (await approvals(slack, b, base_pool, ("baseline",), deliveries, 10,
+                                                       "approve -> message")).values()]
+            rows += [p.row() for p in (await approvals(slack, a, long_pool, ("dm", "home"), deliveries, 10,
+                                                       "approve -> password")).values()]
+            rows.append((await teams_approvals(a.url, connector, session, count, 10, a)).row())
+    finally:
+        for process in (jit, bolt):
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        await connector.stop()
+        await fake.stop()
+    return {"at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "scale": scale, "rows": rows,
+            "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"}
+
+
+async def profile(tmp: Path, out: Path, seconds: float) -> dict[str, Any]:
+    """py-spy on the running server during a closed loop of real requests; collapsed stacks to `out`."""
+    fake = TimedSlack()
+    await fake.start()
+    env = await _home(tmp, fake)
+    port = _port()
+    jit = await _start(["-m", "bot", "serve", "--port", str(port)], env, tmp / "jitpass.log")
+    target = Target("jitpass", f"http://127.0.0.1:{port}", jit, fake)
+    users = (f"UP{i:07d}" for i in itertools.count())
+    try:
+        await _healthy(target.url, jit, "/healthz")
+        async with aiohttp.ClientSession() as session:
+            slack = Slack(fake, session)
+
+            def real_body(_: int) -> bytes:
+                return slack.command(next(users), "acme-zendesk benchmark run for 1h")[0]
+
+            await closed_loop(slack, target, real_body, 1.0, "warm-up", connections=4)
+            spy = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(jit.pid), "--duration",
+                str(int(seconds) + 2), "--rate", "250", "--format", "raw", "--threads", "-o", str(out),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            await asyncio.sleep(1.0)
+            phase = await closed_loop(slack, target, real_body, seconds, "real request, closed loop (20)")
+            await spy.wait()
+    finally:
+        jit.kill()
+        await jit.wait()
+        await fake.stop()
+    return {"phase": phase.row(), "top": summarise(out)}
+
+
+def summarise(collapsed: Path, top: int = 40) -> list[tuple[str, float]]:
+    """Inclusive share of samples per function of ours (and the libraries we wait in), busiest first."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text(encoding="utf-8").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        samples = int(n)
+        frames = stack.split(";")
+        if "select (selectors.py" in frames[-1] or not frames[0].startswith("thread") \
+                or "MainThread" not in frames[0]:
+            continue  # the event loop waiting for work; other threads (aiosqlite's) cannot be told idle from busy
+        total += samples
+        for name in dict.fromkeys(f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                                  if " (" in f else f for f in frames):
+            counts[name] = counts.get(name, 0) + samples
+    return [(name, round(100 * n / total, 1)) for name, n in sorted(counts.items(), key=lambda x: -x[1])[:top]]
+
+
+def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of the same phase on the same target, together (A B A B -> one A row, one B row)."""
+    merged: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        merged.setdefault((row["what"], row["target"]), []).append(row)
+    out = []
+    for runs in merged.values():
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        rates = [r["req_per_s"] for r in runs]
+        out.append({**runs[0], "req_per_s": round(sum(rates) / len(rates), 1),
+                    "req_per_s_runs": rates,
+                    "p50_ms": round(max(r["p50_ms"] for r in runs), 1),
+                    "p99_ms": round(max(r["p99_ms"] for r in runs), 1),
+                    "within_3s_pct": min(r["within_3s_pct"] for r in runs),
+                    "cpu_ms_per_request": round(sum(r["cpu_ms_per_request"] for r in runs) / len(runs), 2),
+                    "sent": sum(r["sent"] for r in runs), "acked": sum(r["acked"] for r in runs)})
+    return out
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}×" if base and value == value and base == base else ""
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The table for docs/benchmarks.md: jitpass rows with the same-run bolt figure and the ratio."""
+    rows = _merge(result["rows"])
+    bolt = {r["what"]: r for r in rows if r["target"] == "bolt"}
+    baseline_press = next((r for r in rows if r["target"] == "bolt" and r["what"].startswith("approve")), None)
+    lines = [f"Run {result['at']} ({result['machine']}, `--scale {result['scale']}`). Ratios: jitpass ÷ the "
+             "bolt baseline of the same run (throughput: higher is better; latency and CPU: lower is better).", "",
+             "| path | jitpass req/s | ack p50 / p99 ms | acked ≤ 3 s | CPU ms/req | bolt req/s | bolt p50 / p99 ms "
+             "| bolt CPU ms/req | jitpass ÷ bolt (req/s, p99, CPU) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for row in rows:
+        if row["target"] != "jitpass":
+            continue
+        base = bolt.get(row["what"]) or (baseline_press if row["what"].startswith("approve") else None)
+        is_delivery = row["what"].startswith("approve")
+        rate = "" if is_delivery else f"{row['req_per_s']:,}"
+        ack = f"{row['p50_ms']} / {row['p99_ms']}"
+        within = f"{row['acked']}/{row['sent']}" if is_delivery else f"{row['within_3s_pct']}%"
+        cpu = f"{row['cpu_ms_per_request']}"
+        if base is None:
+            lines.append(f"| {row['what']} | {rate} | {ack} | {within} | {cpu} | | | | |")
+            continue
+        b_rate = "" if is_delivery else f"{base['req_per_s']:,}"
+        ratios = ", ".join(x for x in ("" if is_delivery else _ratio(row["req_per_s"], base["req_per_s"]),
+                                       _ratio(row["p99_ms"], base["p99_ms"]),
+                                       _ratio(row["cpu_ms_per_request"], base["cpu_ms_per_request"])) if x)
+        lines.append(f"| {row['what']} | {rate} | {ack} | {within} | {cpu} | {b_rate} | "
+                     f"{base['p50_ms']} / {base['p99_ms']} | {base['cpu_ms_per_request']} | {ratios} |")
+    lines += ["", "Replies of the real-request phases (sent: the ack carried the request id; working: "
+              "followed up through response_url; busy/queued: admission control):", ""]
+    for row in rows:
+        if row["target"] == "jitpass" and row["what"].startswith("real"):
+            lines.append(f"- {row['what']}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["replies"].items())))
+    lines += ["", "Slack Web API calls at the stand-in per request (per approval), by method:", ""]
+    for row in rows:
+        calls = row.get("slack_calls_per_request")
+        if row["target"] == "jitpass" and calls and not row["what"].startswith("/access"):
+            lines.append(f"- {row['what']}: " + ", ".join(f"`{k}` {v}" for k, v in calls.items()))
+    return "\n".join(lines)
+
+
+def write_doc(text: str) -> None:
+    doc = DOC.read_text(encoding="utf-8")
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in doc and END in doc:
+        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip() + "\n\n## Request path (`bench/request_path.py`)\n\n" + block + "\n"
+    DOC.write_text(doc, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="half the durations (--scale 0.5)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every phase's duration")
+    parser.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument("--dir", type=Path, help="keep the jitpass home and logs here (default: a temporary one)")
+    parser.add_argument("--profile", type=Path, metavar="OUT",
+                        help="instead: py-spy on jitpass during 8 s of real requests; collapsed stacks to OUT")
+    args = parser.parse_args()
+    scale = 0.5 if args.quick else args.scale
+    if args.profile:
+        with tempfile.TemporaryDirectory(prefix="jitpass-profile-") as tmp:
+            found = asyncio.run(profile(Path(tmp), args.profile.absolute(), 8.0))
+        print(json.dumps(found, indent=2, ensure_ascii=False))
+        return
+    if args.dir:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        result = asyncio.run(run(args.dir, scale))
+    else:
+        with tempfile.TemporaryDirectory(prefix="jitpass-bench-") as tmp:
+            result = asyncio.run(run(Path(tmp), scale))
+    print(json.dumps(result, indent=2))
+    text = markdown(result)
+    print(text)
+    if not args.no_doc:
+        write_doc(text)
+
+
+if __name__ == "__main__":
+    main()
