@@ -324,6 +324,15 @@ def _slack_listener(deliveries: Deliveries, ephemeral: dict[str, str]) -> Callab
     return heard
 
 
+async def _arrival(phase: Phase, waited: Awaitable[float], deadline: float) -> None:
+    """Count one expected delivery: its latency if it arrives before `deadline` (loop time), else a miss."""
+    phase.sent += 1
+    with contextlib.suppress(TimeoutError):
+        phase.latencies.append(await asyncio.wait_for(waited, max(0.0, deadline - asyncio.get_running_loop().time())))
+        phase.acked += 1
+        phase.within += 1
+
+
 async def approvals(slack: Slack, target: Target, pool: list[tuple[str, str]], paths: tuple[str, ...],
                     deliveries: Deliveries, rate: float, what: str) -> dict[str, Phase]:
     """Press approve on each (user, request id) of `pool` at `rate` per second; time each delivery path."""
@@ -341,16 +350,8 @@ async def approvals(slack: Slack, target: Target, pool: list[tuple[str, str]], p
                                                                                     request_id)))))
     deadline = loop.time() + CLIENT_TIMEOUT
     for path, waited in waits:
-        if not path:
-            continue
-        phase = phases[path]
-        phase.sent += 1
-        try:
-            phase.latencies.append(await asyncio.wait_for(waited, max(0.0, deadline - loop.time())))
-            phase.acked += 1
-            phase.within += 1
-        except TimeoutError:
-            pass
+        if path:
+            await _arrival(phases[path], waited, deadline)
     await asyncio.gather(*(w for p, w in waits if not p), return_exceptions=True)
     for phase in phases.values():
         phase.seconds = loop.time() - start
@@ -416,13 +417,7 @@ async def teams_approvals(base_url: str, connector: TimedConnector, session: aio
             conversation_id=LEADS_CHANNEL, conversation_type="channel"))))
     deadline = loop.time() + CLIENT_TIMEOUT
     for future in list(arrived.values()):
-        phase.sent += 1
-        try:
-            phase.latencies.append(await asyncio.wait_for(future, max(0.0, deadline - loop.time())))
-            phase.acked += 1
-            phase.within += 1
-        except TimeoutError:
-            pass
+        await _arrival(phase, future, deadline)
     await asyncio.gather(*presses, return_exceptions=True)
     phase.seconds = loop.time() - start
     await target.idle()
