@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import difflib
 import logging
 import secrets
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -75,6 +77,11 @@ _ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 # Grants ended in one store transaction: a burst of 10,000 ends is 50 commits, not 10,000.
 EXPIRY_BATCH = 200
 EXAMPLE = example("", "acme-zendesk fix broken trigger for 1h")
+
+
+# Requests changed by the use case running in this task, told to `on_change` once when it finishes.
+_CHANGES: contextvars.ContextVar[dict[str, AccessRequest] | None] = contextvars.ContextVar("jitpass_changes",
+                                                                                         default=None)
 
 
 def new_request_id() -> str:
@@ -224,7 +231,7 @@ class AccessService:
                            hint="Cancel it there first.") from None
         log.info("request created request_id=%s item=%s requester=%s", request.id, item.name, requester.key)
         self._changed(request)
-        return await self._get(request.id)
+        return request  # exactly the row just written: no read back
 
     async def request_extension(self, request_id: str, requester: Identity, duration: str | timedelta, *,
                                 refs: Mapping[str, Any] | None = None) -> AccessRequest:
@@ -267,6 +274,10 @@ class AccessService:
 
     async def approve(self, request_id: str, approver: Identity) -> AccessRequest:
         """Add an approval; with enough of them the request is approved (and activated when due)."""
+        with self._one_change():
+            return await self._approve(request_id, approver)
+
+    async def _approve(self, request_id: str, approver: Identity) -> AccessRequest:
         # Retried from a fresh read when another approver's vote bumped the version first.
         async def attempt() -> AccessRequest | None:
             request = await self._get(request_id)
@@ -297,12 +308,12 @@ class AccessService:
             log.info("approval request_id=%s approver=%s done=%s", updated.id, approver.key, done)
             self._changed(updated)
             if not done:
-                return await self._get(updated.id)
+                return updated
             if updated.is_extension:
                 return await self._apply_extension(updated)
             if updated.starts_at is not None and updated.starts_at <= now:
-                return await self.activate(updated.id)
-            return await self._get(updated.id)
+                return await self.activate(updated.id, known=updated)
+            return updated
         return await retry_cas(attempt, exhausted=lambda: changing_too_quickly(request_id))
 
     async def decline(self, request_id: str, approver: Identity, reason: str = "") -> AccessRequest:
@@ -433,9 +444,11 @@ class AccessService:
 
     # -- what the scheduler drives ---------------------------------------------------------------
 
-    async def activate(self, request_id: str) -> AccessRequest:
-        """Start an approved grant (unless its item is exclusively held) and deliver the secret."""
-        request = await self._get(request_id)
+    async def activate(self, request_id: str, *, known: AccessRequest | None = None) -> AccessRequest:
+        """Start an approved grant (unless its item is exclusively held) and deliver the secret.
+
+        `known`: the request as just written by this process (no read back; the start is a CAS anyway)."""
+        request = known if known is not None and known.id == request_id else await self._get(request_id)
         if request.status is not Status.APPROVED:
             return request
         if request.is_extension:  # moves its grant's end when approved; never a grant of its own
@@ -882,8 +895,32 @@ class AccessService:
         return sealed.item if sealed else Item(name=request.item, vault=request.vault)
 
     def _changed(self, request: AccessRequest) -> None:
+        pending = _CHANGES.get()
+        if pending is not None:  # inside a use case: told once, with its final state, when it ends
+            pending[request.id] = request
+            return
         for callback in self.on_change:
             callback(request)
+
+    @contextmanager
+    def _one_change(self) -> Iterator[None]:
+        """Tell `on_change` once per request changed by the enclosed use case, when it ends.
+
+        Approving then activating is one change for the listeners: one App Home publish, and the effects
+        worker wakes once both transitions are written, so the card update the activation supersedes is
+        dropped before it is ever sent (the card is edited once, with its final blocks). Per task: a
+        ContextVar, so concurrent use cases never hold back each other's news."""
+        if _CHANGES.get() is not None:  # nested: the outermost use case tells
+            yield
+            return
+        pending: dict[str, AccessRequest] = {}
+        token = _CHANGES.set(pending)
+        try:
+            yield
+        finally:
+            _CHANGES.reset(token)
+            for request in pending.values():
+                self._changed(request)
 
     @staticmethod
     def _effects(request: AccessRequest, *kinds: EffectKind) -> tuple[EffectDraft, ...]:

@@ -1,0 +1,75 @@
+"""The work one request or approval causes in Slack: nothing twice (issue #14, point 2).
+
+Counted at the Slack stand-in, never timed: an approval that activates the grant at once is one change
+for the App Home (one publish) and for the approval card (one edit, with its final blocks); a person's
+DM channel is opened once and then known; a request creates exactly one card and one publish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from adapters.slack.blocks import Actions
+from tests.support.app import CANARY_PASSWORD
+from tests.support.fake_slack import Call, SlackHarness, slack_harness
+
+
+@pytest.fixture
+async def slack(tmp_path: Path) -> AsyncIterator[SlackHarness]:
+    async with slack_harness(tmp_path) as harness:
+        yield harness
+
+
+def _since(slack: SlackHarness, mark: int, method: str) -> list[Call]:
+    return [c for c in slack.fake.calls[mark:] if c.method == method and c.ok]
+
+
+async def test_a_request_posts_one_card_and_publishes_the_home_once(slack: SlackHarness) -> None:
+    mark = len(slack.fake.calls)
+    _, request_id = await slack.request("acme-zendesk fix broken trigger for 1h", "UREQ")
+
+    cards = _since(slack, mark, "chat.postMessage")
+    assert [c.args["channel"] for c in cards] == ["CLEADS"] and request_id in cards[0].text()
+    assert [c.args["user_id"] for c in _since(slack, mark, "views.publish")] == ["UREQ"]
+    assert not _since(slack, mark, "chat.update")
+
+
+async def test_an_approval_edits_the_card_once_and_publishes_the_requesters_home_once(slack: SlackHarness) -> None:
+    _, request_id = await slack.request("acme-zendesk fix broken trigger for 1h", "UREQ")
+    mark = len(slack.fake.calls)
+
+    await slack.users.press(Actions.APPROVE, request_id, "ULEAD1")
+    await slack.settle()
+
+    request = await slack.runtime.service.get_request(request_id)
+    edits = _since(slack, mark, "chat.update")
+    assert [(c.args["channel"], c.args["ts"]) for c in edits] == [("CLEADS", request.refs["card"]["ts"])]
+    assert "Active until" in edits[0].text(), "the one edit carries the final state, not 'approved'"
+    homes = _since(slack, mark, "views.publish")
+    assert [c.args["user_id"] for c in homes] == ["UREQ"]
+    assert request_id in homes[0].text() and "recorded in the audit trail" in homes[0].text(), \
+        "the one publish shows the live grant with its code"
+    assert any(CANARY_PASSWORD in c.dump() for c in _since(slack, mark, "chat.postMessage")), "delivered by DM"
+    # Nothing was dropped from the trail: both transitions are recorded.
+    assert {"request.approved", "grant.activated", "grant.revealed"} <= set(await slack.event_types(request_id))
+
+
+async def test_the_dm_channel_is_opened_once_then_known_for_later_deliveries(slack: SlackHarness) -> None:
+    first = (await slack.request("acme-zendesk fix broken trigger for 1h", "UREQ"))[1]
+    await slack.users.press(Actions.APPROVE, first, "ULEAD1")
+    await slack.settle()
+    await slack.users.press(Actions.DONE, first, "UREQ", channel_id="DUREQ")
+    await slack.settle()
+    mark = len(slack.fake.calls)
+
+    second = (await slack.request("acme-zendesk fix another trigger for 1h", "UREQ"))[1]
+    await slack.users.press(Actions.APPROVE, second, "ULEAD1")
+    await slack.settle()
+
+    delivered = [c for c in _since(slack, mark, "chat.postMessage") if CANARY_PASSWORD in c.dump()]
+    assert [c.args["channel"] for c in delivered] == ["DUREQ"]
+    assert [c.args["users"] for c in slack.fake.calls_to("conversations.open")] == ["UREQ"], \
+        "opened for the first delivery only"
