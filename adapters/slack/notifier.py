@@ -14,6 +14,7 @@ second copy or leaving one behind. Every method returns `Sent` or `Failed`; none
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ class SlackNotifier:
         self.policy = policy
         self.clock = clock
         self._dm_channels: dict[str, str] = {}
+        self._dm_opening: dict[str, asyncio.Future[str]] = {}  # one conversations.open per person at a time
         self._emails: dict[str, str | None] = {}
 
     # -- the approval card -----------------------------------------------------------------------
@@ -338,13 +340,27 @@ class SlackNotifier:
             self._dm_channels.setdefault(user_id, known)
             return known
         channel = self._dm_channels.get(user_id)
-        if channel is None:
+        if channel is not None:
+            return channel
+        opening = self._dm_opening.get(user_id)
+        if opening is not None:  # the delivery and the "approved" message ask at once: open it once
+            return await asyncio.shield(opening)
+        opening = self._dm_opening[user_id] = asyncio.get_running_loop().create_future()
+        try:
             data = await self.api.call("conversations.open", users=user_id)
             opened = data.get("channel")
             channel = str(opened.get("id")) if isinstance(opened, Mapping) else ""
             if not channel:
                 raise SlackCallError("conversations.open", "no channel id")
-            self._dm_channels[user_id] = channel
+        except BaseException as exc:
+            opening.set_exception(exc if isinstance(exc, Exception) else SlackCallError("conversations.open",
+                                                                                       "cancelled"))
+            opening.exception()  # retrieved here: a failure nobody else awaited is not "never retrieved"
+            raise
+        finally:
+            del self._dm_opening[user_id]
+        self._dm_channels[user_id] = channel
+        opening.set_result(channel)
         return channel
 
 

@@ -7,14 +7,19 @@ DM channel is opened once and then known; a request creates exactly one card and
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from adapters.slack.api import SlackApi
 from adapters.slack.blocks import Actions
-from tests.support.app import CANARY_PASSWORD
-from tests.support.fake_slack import Call, SlackHarness, slack_harness
+from adapters.slack.notifier import SlackNotifier
+from bot.domain.config import parse_policy
+from tests.support.app import CANARY_PASSWORD, TEST_POLICY, FakeClock
+from tests.support.fake_slack import BOT_TOKEN, Call, SlackHarness, fake_slack, slack_harness
 
 
 @pytest.fixture
@@ -73,3 +78,29 @@ async def test_the_dm_channel_is_opened_once_then_known_for_later_deliveries(sla
     assert [c.args["channel"] for c in delivered] == ["DUREQ"]
     assert [c.args["users"] for c in slack.fake.calls_to("conversations.open")] == ["UREQ"], \
         "opened for the first delivery only"
+
+
+async def test_callers_asking_for_one_persons_dm_channel_at_once_open_it_once() -> None:
+    # A delivery and the "approved" message of one approval run side by side and both need the channel.
+    async with fake_slack() as fake, aiohttp.ClientSession() as session:
+        notifier = SlackNotifier(SlackApi(BOT_TOKEN, fake.url, session), parse_policy(TEST_POLICY, "test"),
+                                 FakeClock())
+        channels = await asyncio.gather(*(notifier.dm_channel("UREQ") for _ in range(3)),
+                                        notifier.dm_channel("UOTHER"))
+        again = await notifier.dm_channel("UREQ")
+
+    assert channels == ["DUREQ", "DUREQ", "DUREQ", "DUOTHER"] and again == "DUREQ"
+    assert sorted(c.args["users"] for c in fake.calls_to("conversations.open")) == ["UOTHER", "UREQ"]
+
+
+async def test_a_failed_dm_channel_lookup_fails_every_caller_waiting_for_it_and_is_tried_again() -> None:
+    async with fake_slack() as fake, aiohttp.ClientSession() as session:
+        notifier = SlackNotifier(SlackApi(BOT_TOKEN, fake.url, session), parse_policy(TEST_POLICY, "test"),
+                                 FakeClock())
+        fake.fail_next("conversations.open", "user_not_found")
+        failed = await asyncio.gather(notifier.dm_channel("UREQ"), notifier.dm_channel("UREQ"),
+                                      return_exceptions=True)
+        later = await notifier.dm_channel("UREQ")
+
+    assert [getattr(f, "error", None) for f in failed] == ["user_not_found", "user_not_found"]
+    assert later == "DUREQ" and len(fake.calls_to("conversations.open", ok=None)) == 2
