@@ -491,20 +491,19 @@ async def run(tmp: Path, scale: float) -> dict[str, Any]:
             for target in (a, b):  # warm-up: imports, bolt's auth.test, SQLite pages
                 await closed_loop(slack, target, help_body, 1.0, "warm-up", connections=4)
             for target in (a, b, a, b):
-                rows.append(closed_loop_row := (await closed_loop(slack, target, help_body, 3 * scale,
-                                                                  "/access help, closed loop (20)")).row())
-                del closed_loop_row
+                rows.append((await closed_loop(slack, target, help_body, 3 * scale,
+                                               "/access help, closed loop (20)")).row())
             dm_pool: list[str] = []
             for rate in (50, 200, 500):
                 for target in (a, b):
-                    rows.append((await fixed_rate(slack, target, real_body, rate, 4 * scale,
+                    rows.append((await fixed_rate(slack, target, real_body, rate, 3 * scale,
                                                   f"real request, offered {rate}/s",
                                                   dm_pool if target is a else None)).row())
             for target in (a, b, a, b):
                 rows.append((await closed_loop(slack, target, real_body, 3 * scale,
                                                "real request, closed loop (20)")).row())
             # Approvals: fresh requesters; 15-min windows deliver through the command's response_url.
-            count = max(10, int(40 * scale))
+            count = max(10, int(30 * scale))
             ephemeral: dict[str, str] = {}  # response_url name -> requester
             deliveries = Deliveries()
             fake.listeners.append(_slack_listener(deliveries, ephemeral))
