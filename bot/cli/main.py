@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,7 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (serve, items, audit, keys, policy, reports, retention):
         group.add_commands(sub)
+    _verbose_everywhere(parser)
     return parser
+
+
+def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`-v` after any sub-command too (every error says "run with -v"); SUPPRESS keeps a top-level -v."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any("--verbose" in a.option_strings for a in child._actions):
+                    child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                       help="debug logging (accepted anywhere on the line)")
+                _verbose_everywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`jitpass items list --json | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception:  # an unexpected error: log it for us, show the user an id, never a trace
         error_id = new_error_id()  # the one error-id format of the CLI, Slack and Teams
         log.error("event=unexpected_error error_id=%s", error_id, exc_info=args.verbose)

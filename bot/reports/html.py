@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from bot.domain.report_data import BURST_MIN_VAULTS, BURST_WINDOW, AccessRow, LatencyBucket, Report, TimelinePoint
 from bot.domain.request_text import format_duration
-from bot.reports.text import _chain_line, _hours, _latency, _local, _period_line, _purge_line
+from bot.reports.text import _chain_line, _latency, _local, _period_line, _purge_line, _span
 
 if TYPE_CHECKING:
     pass
@@ -147,7 +147,7 @@ def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: 
 def _access_rows(rows: Sequence[AccessRow], *, vault_col: bool = False) -> list[list[Any]]:
     return [[f"{r.label} ({r.key})" if r.label and r.label != r.key else r.key, *([r.vault] if vault_col else []),
              r.requests, r.approved, r.declined, r.timed_out, r.cancelled, r.reveals, r.code_views,
-             _hours(r.granted_seconds)] for r in rows]
+             _span(r.granted_seconds)] for r in rows]
 
 
 _ACCESS_HEAD = ("requests", "approved", "declined", "timed out", "cancelled", "reveals", "codes", "granted")
@@ -172,7 +172,7 @@ def render_html(report: Report) -> str:
     chain_class = "ok" if ret.chain.ok else ("bad" if ret.chain.verified else "muted")
     cards = "".join(f'<div class="card"><b>{_e(v)}</b>{_e(k)}</div>' for k, v in (
         ("requests", total.requests), ("approved", total.approved), ("declined", total.declined),
-        ("timed out", total.timed_out), ("reveals", total.reveals), ("granted", _hours(total.granted_seconds)),
+        ("timed out", total.timed_out), ("reveals", total.reveals), ("granted", _span(total.granted_seconds)),
         ("median approval", _latency(data.latency.median_seconds)),
         ("p95 approval", _latency(data.latency.p95_seconds))))
     vault_bars = [(r.key, r.requests, r.reveals) for r in data.by_vault[:20]]

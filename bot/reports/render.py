@@ -17,7 +17,7 @@ from bot.domain.report_data import BURST_MIN_VAULTS, BURST_WINDOW, FORMATS, Acce
 from bot.domain.request_text import format_duration
 from bot.domain.safe_text import csv_cell, display_text
 from bot.reports.html import render_html
-from bot.reports.text import _chain_line, _hours, _latency, _local, _period_line, _purge_line
+from bot.reports.text import _chain_line, _latency, _local, _period_line, _purge_line, _span
 
 if TYPE_CHECKING:
     pass
@@ -199,7 +199,7 @@ def render_summary(report: Report) -> str:
         f"Access report {_period_line(report, tz)}",
         f"Requests {total.requests}: {total.approved} approved, {total.declined} declined, "
         f"{total.timed_out} timed out, {total.cancelled} cancelled; {total.reveals} reveal(s), "
-        f"{total.code_views} code view(s), {_hours(total.granted_seconds)} granted",
+        f"{total.code_views} code view(s), {_span(total.granted_seconds)} granted",
         f"Approval latency: median {_latency(data.latency.median_seconds)}, "
         f"p95 {_latency(data.latency.p95_seconds)} ({data.latency.approved} approved)",
         f"Anomalies: {anomalies}",
@@ -245,7 +245,7 @@ def render_table(report: Report, out: TextIO, *, width: int | None = None) -> No
             name = f"{row.label} ({row.key})" if row.label and row.label != row.key else row.key
             cells = [str(x) for x in (row.requests, row.approved, row.declined, row.timed_out, row.cancelled,
                                       row.reveals, row.code_views)]
-            _add_row(table, name, *([row.vault] if vault_col else []), *cells, _hours(row.granted_seconds))
+            _add_row(table, name, *([row.vault] if vault_col else []), *cells, _span(row.granted_seconds))
         console.print(table)
 
     access_table("Access per vault", "vault", [*data.by_vault, replace(data.totals, key="all vaults")])

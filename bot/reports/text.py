@@ -16,7 +16,14 @@ if TYPE_CHECKING:
 # -- human renderings -----------------------------------------------------------------------------
 
 
-def _hours(seconds: float) -> str:
+def _span(seconds: float) -> str:
+    """Granted time: minutes under an hour (a 5-minute grant must not read 0.0h), then hours."""
+    if seconds <= 0:
+        return "0m"
+    if seconds < 60:
+        return "<1m"
+    if seconds < 3600:
+        return f"{round(seconds / 60)}m"
     return f"{seconds / 3600:.1f}h"
 
 
