@@ -1,27 +1,71 @@
-"""`jitpass keys rotate|generate`: master keys."""
+"""`jitpass keys rotate|retire|generate`: master keys."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from bot.cli.common import actor, opened_runtime
 from bot.domain.config import Settings
 from bot.domain.errors import InputError
-from bot.domain.vault import format_key_line, generate_key
+from bot.domain.vault import format_key_line, generate_key, parse_key_ring, retire_key_lines
+
+
+def _key_file(settings: Settings, verb: str, hint: str) -> Path:
+    """The key file `keys rotate|retire` may rewrite; InputError when the ring comes from the environment."""
+    if settings.master_key:
+        raise InputError(f"JITPASS_MASTER_KEY is set in the environment, so jitpass cannot {verb} it.",
+                         hint=hint + "; or use JITPASS_MASTER_KEY_FILE.")
+    path = settings.master_key_file
+    if not path.exists():
+        raise InputError(f"master key file {path} does not exist: nothing to {verb}. Looked in: {settings.where()}")
+    return path
+
+
+def _write_key_file(path: Path, text: str) -> None:
+    """Replace the key file atomically, 0600 from the first byte: a crash leaves the old or the new ring."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+async def _retire(settings: Settings, path: Path) -> tuple[int, tuple[str, ...]]:
+    """Move every item onto the active key, then drop the other keys from the file (comments kept)."""
+    text = path.read_text(encoding="utf-8")
+    active = parse_key_ring(text, source=f"master key file {path}").active.key_id
+    new_text, retired = retire_key_lines(text, active, source=f"master key file {path}")
+    if not retired:
+        return 0, ()
+    # The store first: once no item needs the old keys, dropping them from the file cannot lose anything.
+    async with opened_runtime(settings) as rt:
+        moved = await rt.catalog.retire_old_keys(actor(), retired)
+    _write_key_file(path, new_text)
+    return moved, retired
+
+
+async def cmd_keys_retire(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    path = _key_file(settings, "retire keys in",
+                     "Re-wrap with `jitpass keys rotate`, then remove every line but the last from the value yourself")
+    moved, retired = await _retire(settings, path)
+    if not retired:
+        print(f"{path} holds only the active key: nothing to retire")
+        return 0
+    print(f"retired master key(s) {', '.join(retired)}; {moved} item(s) re-wrapped under the active key")
+    return 0
 
 
 async def cmd_keys_rotate(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    if settings.master_key:
-        raise InputError(
-            "JITPASS_MASTER_KEY is set in the environment, so jitpass cannot add a key to it.",
-            hint="Append the line printed by `jitpass keys generate` to the value (the last key is active), "
-                 "restart, then run `jitpass keys rotate` again; or use JITPASS_MASTER_KEY_FILE.")
-    path = settings.master_key_file
-    if not path.exists():
-        raise InputError(f"master key file {path} does not exist: nothing to rotate. Looked in: {settings.where()}")
+    path = _key_file(settings, "add a key to",
+                     "Append the line printed by `jitpass keys generate` to the value (the last key is active), "
+                     "restart, then run `jitpass keys rotate` again")
     # Open with the current ring first: a wrong key fails here, before anything changes.
     async with opened_runtime(settings):
         pass
@@ -36,7 +80,7 @@ async def cmd_keys_rotate(args: argparse.Namespace) -> int:
         path.write_text(old_text, encoding="utf-8")  # nothing was re-wrapped: keep the old ring
         raise
     if args.retire_old:
-        path.write_text(format_key_line(new_key) + "\n", encoding="utf-8")
+        await _retire(settings, path)
     print(f"new master key {new_key.key_id} is active; {moved} item(s) re-wrapped"
           + ("; old keys retired" if args.retire_old else "; old keys can now be removed with --retire-old"))
     return 0
@@ -51,7 +95,14 @@ def add_commands(sub: Any) -> None:
     """Add this command group to the `jitpass` sub-command parser."""
     keys = sub.add_parser("keys", help="master keys").add_subparsers(dest="keys_cmd", required=True)
     p = keys.add_parser("rotate", help="add a new master key and re-wrap every item under it")
-    p.add_argument("--retire-old", action="store_true", help="then drop the old keys from the key file")
+    p.add_argument("--retire-old", action="store_true",
+                   help="then drop the old keys from the key file (comments kept), as `keys retire` does")
     p.set_defaults(handler=cmd_keys_rotate)
+    p = keys.add_parser(
+        "retire", help="retire every master key but the active one, without adding a key",
+        description="Re-wrap any item still sealed under an older key with the active (last) key, then remove "
+                    "the older keys from the key file. Comments stay; each removed line becomes "
+                    "`# retired master key <id>`. Audited as key.retired.")
+    p.set_defaults(handler=cmd_keys_retire)
     p = keys.add_parser("generate", help="print a new key-ring line (for JITPASS_MASTER_KEY)")
     p.set_defaults(handler=cmd_keys_generate)

@@ -61,6 +61,7 @@ EVENT_TYPES = frozenset(
         "item.removed",
         "item.rotated",
         "key.rotated",
+        "key.retired",  # old master keys dropped from the key file after every item moved off them
         "retention.purged",
         "report.generated",
     }

@@ -40,6 +40,7 @@ __all__ = [
     "key_id_for",
     "load_key_ring",
     "parse_key_ring",
+    "retire_key_lines",
 ]
 
 KEY_BYTES = 32
@@ -147,6 +148,35 @@ def parse_key_ring(text: str, *, source: str = "the key ring") -> KeyRing:
     if not keys:
         raise VaultError(f"no master key found in {source}: expected one base64-encoded 32-byte key per line")
     return KeyRing(keys)
+
+
+def retire_key_lines(text: str, active_id: str, *, source: str = "the key ring") -> tuple[str, tuple[str, ...]]:
+    """Key-ring text with every key but `active_id` removed; returns (text, retired ids).
+
+    Comments, blank lines and the active key's line stay as they were; each retired key's line becomes a
+    `# retired master key <id>` comment (the id only, never key material), so the file keeps its history.
+    """
+    out: list[str] = []
+    retired: list[str] = []
+    active_kept = False
+    for line_no, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            out.append(raw)
+            continue
+        tokens = line.replace(",", " ").split()
+        ids = [_parse_key_token(token, f"{source}, line {line_no}").key_id for token in tokens]
+        kept = [token for token, key_id in zip(tokens, ids, strict=True) if key_id == active_id]
+        for key_id in ids:
+            if key_id != active_id and key_id not in retired:
+                retired.append(key_id)
+                out.append(f"# retired master key {key_id}")
+        if kept:
+            active_kept = True
+            out.append(raw if len(kept) == len(tokens) else " ".join(kept))
+    if not active_kept:
+        raise VaultError(f"{source} does not hold the active key {active_id}: nothing was retired")
+    return "\n".join(out) + "\n", tuple(retired)
 
 
 def _parse_key_token(token: str, where: str) -> MasterKey:

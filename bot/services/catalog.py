@@ -106,3 +106,17 @@ class Catalog:
                                                         {"key_id": active, "items": len(moved)}))
         await self.store.set_meta("key_check", self.vault.key_check())
         return len(moved)
+
+    async def retire_old_keys(self, actor: Identity, retired: Sequence[str]) -> int:
+        """Make sure no item needs the `retired` keys (re-wrap stragglers under the active key), audited.
+
+        Called before the key file loses those keys: afterwards the store needs only the active key.
+        """
+        sealed = await self.store.list_sealed_items()
+        active = self.vault.ring.active.key_id
+        moved = [self.vault.rewrap(s) for s in sealed if s.key_id != active]
+        await self.store.rewrap_items(moved, EventDraft("key.retired", actor, None, None, None, "",
+                                                        {"key_id": active, "retired": list(retired),
+                                                         "items": len(moved)}))
+        await self.store.set_meta("key_check", self.vault.key_check())
+        return len(moved)

@@ -164,6 +164,29 @@ def test_keys_rotate_keeps_every_item_readable_and_retires_old_key(cli: Cli, tmp
     assert "key.rotated" in [e["type"] for e in cli.events()]
 
 
+def test_keys_retire_drops_old_keys_without_adding_one_and_keeps_comments(cli: Cli, tmp_path: Path) -> None:
+    key_file = tmp_path / "jitpass.key"
+    cli("items", "add", "acme-zendesk", "--vault", "acme", stdin="secret-pw-1\n\n")
+    first_id = next(line.split(":")[0] for line in key_file.read_text().splitlines() if line and line[0] != "#")
+    # A second key appended by hand (as with JITPASS_MASTER_KEY): the item is still sealed under the first.
+    key_file.write_text(key_file.read_text() + "# added by ops\n" + cli("keys", "generate").stdout)
+    ring_ids = [line.split(":")[0] for line in key_file.read_text().splitlines() if line and line[0] != "#"]
+    done = cli("keys", "retire")
+    assert done.returncode == 0, done.stderr
+    assert f"retired master key(s) {first_id}; 1 item(s) re-wrapped" in done.stdout
+    text = key_file.read_text()
+    kept = [line.split(":")[0] for line in text.splitlines() if line and line[0] != "#"]
+    assert kept == [ring_ids[-1]]  # no third key: the active one stays, alone
+    assert "# added by ops" in text and "# jitpass master key ring" in text
+    assert f"# retired master key {first_id}" in text
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert cli("items", "rotate", "acme-zendesk", stdin="secret-pw-2\n").returncode == 0  # opens with the new ring
+    retired = [e for e in cli.events() if e["type"] == "key.retired"]
+    assert len(retired) == 1 and retired[0]["details"]["retired"] == [first_id]  # type: ignore[index]
+    again = cli("keys", "retire")
+    assert again.returncode == 0 and "nothing to retire" in again.stdout
+
+
 def test_wrong_master_key_gives_a_clear_message_without_a_trace(cli: Cli, tmp_path: Path) -> None:
     cli("items", "add", "acme-zendesk", "--vault", "acme", stdin="secret-pw-1\n\n")
     cli.env["JITPASS_MASTER_KEY"] = cli("keys", "generate").stdout.strip()

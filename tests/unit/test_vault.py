@@ -21,6 +21,7 @@ from bot.domain.vault import (
     key_id_for,
     load_key_ring,
     parse_key_ring,
+    retire_key_lines,
 )
 
 CANARY_PASSWORD = "CANARY-password-7f3a9c"
@@ -424,3 +425,26 @@ def test_missing_key_file_without_create_and_no_key_at_all_are_errors(tmp_path: 
 def test_bad_key_in_the_environment_names_the_variable() -> None:
     with pytest.raises(VaultError, match="JITPASS_MASTER_KEY, line 1: the key is not valid base64"):
         load_key_ring(env_value="???", file_path=None, create_if_missing=False)
+
+
+def test_retiring_keeps_comments_and_the_active_key_and_names_what_it_dropped() -> None:
+    old, older, active = generate_key(), generate_key(), generate_key()
+    text = ("# jitpass master key ring\n"
+            f"{format_key_line(older)}\n"
+            "# rotated in March\n"
+            f"{format_key_line(old)}, {format_key_line(active)}\n")
+    new_text, retired = retire_key_lines(text, active.key_id)
+    assert retired == (older.key_id, old.key_id)
+    assert new_text == ("# jitpass master key ring\n"
+                        f"# retired master key {older.key_id}\n"
+                        "# rotated in March\n"
+                        f"# retired master key {old.key_id}\n"
+                        f"{format_key_line(active)}\n")
+    assert parse_key_ring(new_text).key_ids == (active.key_id,)
+    assert format_key_line(old).split(":")[1] not in new_text
+
+
+def test_retiring_refuses_a_ring_without_the_active_key() -> None:
+    text = format_key_line(generate_key()) + "\n"
+    with pytest.raises(VaultError, match="does not hold the active key"):
+        retire_key_lines(text, generate_key().key_id)
