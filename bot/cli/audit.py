@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bot.cli.common import duration_arg, opened_runtime
+from bot.cli.common import duration_arg, opened_runtime, replace_file
 from bot.domain.audit_export import CSV_COLUMNS, csv_row, jsonl_line
 from bot.domain.audit_signing import (
     AuditKeyRing,
@@ -132,7 +131,7 @@ async def cmd_audit_rotate_key(args: argparse.Namespace) -> int:
         lines = ["# jitpass audit signing key ring: the LAST `ed25519:` line signs; `ed25519-public:` lines verify.",
                  *(f"{format_public_line(k)}  # retired key {key_id}" for key_id, k in old.public.items()),
                  format_private_line(new_key)]
-        _replace_file(path, "\n".join(lines) + "\n")
+        replace_file(path, "\n".join(lines) + "\n")
         rt.checkpointer.ring = parse_audit_keys(path.read_text(encoding="ascii"), source=str(path))
         signed = await rt.checkpointer.checkpoint("rotation")
     print(f"new audit signing key {rt.checkpointer.ring.active_id} is active; retired key(s) "
@@ -141,14 +140,6 @@ async def cmd_audit_rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replace_file(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".new")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def add_checkpoint_commands(audit: Any) -> None:

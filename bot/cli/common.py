@@ -7,6 +7,7 @@ import getpass
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TextIO
 
 from bot.bootstrap import Runtime, open_runtime
@@ -58,3 +59,14 @@ def duration_arg(text: str) -> str:
     except JitpassError as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
     return text
+
+
+def replace_file(path: Path, text: str, *, suffix: str = ".new") -> None:
+    """Replace `path` atomically, 0600 from the first byte: a crash leaves the old or the new file."""
+    temporary = path.with_name(path.name + suffix)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

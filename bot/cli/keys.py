@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bot.cli.common import actor, opened_runtime
+from bot.cli.common import actor, opened_runtime, replace_file
 from bot.domain.config import Settings
 from bot.domain.errors import InputError
 from bot.domain.vault import format_key_line, generate_key, parse_key_ring, retire_key_lines
@@ -24,15 +24,6 @@ def _key_file(settings: Settings, verb: str, hint: str) -> Path:
     return path
 
 
-def _write_key_file(path: Path, text: str) -> None:
-    """Replace the key file atomically, 0600 from the first byte: a crash leaves the old or the new ring."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 async def _retire(settings: Settings, path: Path) -> tuple[int, tuple[str, ...]]:
@@ -45,7 +36,7 @@ async def _retire(settings: Settings, path: Path) -> tuple[int, tuple[str, ...]]
     # The store first: once no item needs the old keys, dropping them from the file cannot lose anything.
     async with opened_runtime(settings) as rt:
         moved = await rt.catalog.retire_old_keys(actor(), retired)
-    _write_key_file(path, new_text)
+    replace_file(path, new_text, suffix=".tmp")
     return moved, retired
 
 
