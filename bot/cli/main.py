@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from bot.cli import audit, items, keys, policy, reports, retention, serve
 from bot.cli.common import Handler
+from bot.cli.help import SuggestingParser, described
 from bot.cli.logs import configure_logging
 from bot.domain.errors import JitpassError, new_error_id
 
@@ -20,9 +21,14 @@ log = logging.getLogger("jitpass.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jitpass", description="Just-in-time access to shared credentials.")
+    parser = SuggestingParser(
+        prog="jitpass", description="Just-in-time access to shared credentials: the store, the catalogue, the "
+        "audit trail, keys and policy, from the terminal. Every command works on the jitpass home "
+        "(JITPASS_HOME, or a jitpass.toml found from the working directory upward).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=described(["jitpass items list", "jitpass policy check --strict"]))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (serve, items, audit, keys, policy, reports, retention):
         group.add_commands(sub)
     _verbose_everywhere(parser)
