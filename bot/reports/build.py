@@ -12,15 +12,16 @@ Counting rule: every figure counts the audit events of its type whose time lies 
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from bot.domain.audit import format_time, verify_chain
-from bot.domain.errors import InputError
+from bot.domain.errors import InputError, NotFound
 from bot.domain.model import Event, EventDraft, Identity, Item
 from bot.domain.policy import Policy, WorkingHours
 from bot.domain.report_data import (
@@ -32,6 +33,7 @@ from bot.domain.report_data import (
     ExposureReveal,
     ExposureRow,
     Report,
+    ReportData,
     ReportQuery,
     RetentionSummary,
     ShadowUse,
@@ -122,6 +124,50 @@ def _query(policy: Policy, now: datetime, since: datetime, until: datetime, *, v
         work_start_seconds=hours.start.hour * 3600 + hours.start.minute * 60 + hours.start.second,
         work_end_seconds=hours.end.hour * 3600 + hours.end.minute * 60 + hours.end.second,
     )
+
+
+# -- filters -----------------------------------------------------------------------------------
+
+
+def _policy_accounts(policy: Policy) -> set[str]:
+    """Every "platform:user_id" the policy names: approvers (defaults and per vault), admins, [people]."""
+    accounts = set(policy.people)
+    for members in (policy.defaults.approvers, policy.admins, *(v.approvers for v in policy.vaults.values())):
+        accounts |= {f"{platform}:{user_id}" for platform, ids in members.users.items() for user_id in ids}
+    return accounts
+
+
+def _close(name: str, pool: Iterable[str]) -> list[str]:
+    return difflib.get_close_matches(name, sorted(set(pool)), n=3, cutoff=0.5)
+
+
+def unknown_filter(policy: Policy, items: Sequence[Item], data: ReportData, *, vault: str | None,
+                   item: str | None, user: UserFilter | None) -> NotFound | None:
+    """The refusal for a filter that names nothing jitpass knows (not in the catalogue or the policy, and
+    nothing in the period's trail), with close names; None when every filter names something real.
+
+    A name that only the trail knows (a removed item, a person no longer in the policy) is accepted when the
+    period holds their requests, decisions or refusals."""
+    seen_items = {row.key for row in data.by_item}
+    if vault is not None:
+        known = set(policy.vaults) | {i.vault for i in items} | {row.key for row in data.by_vault}
+        if vault not in known:
+            return NotFound(f"No vault named {vault!r}: the report filter --vault names no vault in the policy "
+                            "or the catalogue, and nothing in the period.", _close(vault, known))
+    if item is not None:
+        known = {i.name for i in items} | seen_items
+        if item not in known:
+            return NotFound(f"No item named {item!r}: the report filter --item names no item in the catalogue, "
+                            "and nothing in the period.", _close(item, known))
+    if user is not None:
+        accounts = _policy_accounts(policy) | {row.key for row in (*data.by_requester, *data.by_approver)} \
+            | {r.actor for r in data.refusals}
+        if not any(user.matches(account) for account in accounts):
+            pool = accounts | {a.partition(":")[2] for a in accounts}
+            return NotFound(f"No user {str(user)!r}: the report filter --user names nobody in the policy, and "
+                            "nobody by that id requested, decided or was refused in the period.",
+                            _close(str(user), pool))
+    return None
 
 
 # -- assembling ---------------------------------------------------------------------------------
@@ -218,6 +264,8 @@ async def build_report(source: ReportSource, policy: Policy, now: datetime, sinc
                                                            for r in i.rotation_due.request_ids})))
     tracker.start("aggregating the audit trail", total=len(REPORT_STEPS))
     data = await source.report_data(query, lambda step: tracker.advance(1))
+    if (unknown := unknown_filter(policy, items, data, vault=query.vault, item=query.item, user=query.user)):
+        raise unknown  # before anything is recorded: a typo is not a report of "no access"
     catalogue = [i for i in items if (vault is None or i.vault == vault) and (item is None or i.name == item)
                  and (i.created_at is None or i.created_at < until)]
     unused = tuple(UnusedItem(i.name, i.vault) for i in sorted(catalogue, key=lambda i: (i.vault, i.name))

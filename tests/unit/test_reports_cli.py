@@ -13,7 +13,7 @@ import pytest
 from bot.bootstrap import Runtime
 from bot.cli.main import build_parser, main
 from bot.cli.reports import run_report
-from bot.domain.errors import InputError, NotAllowed
+from bot.domain.errors import InputError, NotAllowed, NotFound
 from bot.ports import ReportSource
 from bot.reports.chat import chat_report, parse_chat_args
 from storage.sqlite.store import SqliteStore
@@ -144,3 +144,54 @@ def test_chat_arguments() -> None:
     for bad in ("30d 60d", "color:red", "soon"):
         with pytest.raises(InputError):
             parse_chat_args(bad)
+
+
+# -- filters that name nothing ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("flag", "value", "message", "suggestion"), [
+    ("--vault", "acmee", "No vault named 'acmee'", "acme"),
+    ("--item", "acme-zendsk", "No item named 'acme-zendsk'", "acme-zendesk"),
+    ("--user", "slack:UBOBB", "No user 'slack:UBOBB'", "slack:UBOB"),
+])
+def test_a_filter_naming_nothing_exits_2_with_close_names_and_records_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        flag: str, value: str, message: str, suggestion: str) -> None:
+    _env(tmp_path, monkeypatch)
+    store = tmp_path / "jitpass.db"
+    before = _event_count(store)
+
+    assert main(["report", "--since", "30d", flag, value, "--out", str(tmp_path / "r.csv"), "--format", "csv"]) == 2
+
+    err = capsys.readouterr().err
+    assert message in err and "Did you mean" in err and suggestion in err
+    assert "Traceback" not in err
+    assert _event_count(store) == before  # no report.generated
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_filter_naming_something_real_without_activity_in_the_period_is_a_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _env(tmp_path, monkeypatch)
+    # umbrella-vpn is in the catalogue; ULEE is an approver in the policy: real names, whatever the period holds.
+    assert main(["report", "--from", "2026-01-01", "--to", "2026-01-02", "--item", "umbrella-vpn",
+                 "--format", "json", "--no-verify"]) == 0
+    assert json.loads(capsys.readouterr().out)["access"]["total"]["requests"] == 0
+    assert main(["report", "--from", "2026-01-01", "--to", "2026-01-02", "--user", "ULEE",
+                 "--format", "json", "--no-verify"]) == 0
+
+
+async def test_the_chat_report_refuses_a_vault_that_does_not_exist(runtime: Runtime) -> None:
+    before = await runtime.store.last_event()
+    with pytest.raises(NotFound, match="No vault named 'acmee'") as refused:
+        await chat_report(runtime.service, ADMIN, "8d vault:acmee", source=source(runtime))
+    assert refused.value.suggestions == ["acme"]
+    assert await runtime.store.last_event() == before
+
+
+def _event_count(path: Path) -> int:
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
