@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.cli.common import actor, opened_runtime, read_secret
+from bot.cli.help import EXIT_CODES_IMPORT, described
 from bot.cli.progress import progress
+from bot.domain.config import Settings, load_policy
 from bot.domain.errors import InputError, JitpassError
 from bot.domain.model import Item, Secret
 from bot.domain.safe_text import display_text
 from bot.domain.totp import parse_totp
-from bot.services.importers import ItemInput, read_import
+from bot.services.importers import ItemInput, VaultRules, read_import, read_vault_map
 from bot.services.onepassword_sync import SyncReport
 
 
@@ -54,15 +56,39 @@ def _print_items(items: Sequence[Item], out: TextIO, as_json: bool) -> None:
 
 
 async def cmd_items_import(args: argparse.Namespace) -> int:
-    result = read_import(Path(args.file), default_vault=args.vault, skip_bad=args.skip_bad)
-    async with opened_runtime(creates=True) as rt:
+    by_vault, by_tag = read_vault_map(Path(args.vault_map)) if args.vault_map else ({}, {})
+    mapping = bool(args.vault_map) or args.vault_from_tag
+    # With a mapping, a row it does not place is an error unless --vault says where such rows go.
+    default = args.vault if args.vault is not None else (None if mapping else "default")
+    settings = Settings.from_env()
+    tag_vaults = _policy_vaults(settings) if args.vault_from_tag else None
+    rules = VaultRules(default=default, by_vault=by_vault, by_tag=by_tag, tag_vaults=tag_vaults)
+    # The whole file is checked before the store is opened: a rejected file creates nothing.
+    result = read_import(Path(args.file), skip_bad=args.skip_bad, rules=rules)
+    async with opened_runtime(settings, creates=True) as rt:
         with progress() as tracker:
-            added = await rt.catalog.add(result.items, actor(), source=f"import:{Path(args.file).name}",
-                                         tracker=tracker)
-    for note in result.skipped:
-        print(f"skipped: {note}", file=sys.stderr)
-    print(f"imported {len(added)} item(s)" + (f", skipped {len(result.skipped)}" if result.skipped else ""))
+            outcome = await rt.catalog.import_items(result.items, actor(), source=f"import:{Path(args.file).name}",
+                                                    update=args.update, skip_bad=args.skip_bad, tracker=tracker)
+    for item, changed in outcome.updated:
+        print(f"updated: {display_text(item.name)} ({', '.join(changed)})")
+    for note in [*result.skipped, *outcome.skipped]:
+        print(f"skipped: {display_text(note)}", file=sys.stderr)
+    skipped = len(result.skipped) + len(outcome.skipped)
+    print(f"imported {len(outcome.added)}, updated {len(outcome.updated)}, unchanged {len(outcome.unchanged)}, "
+          f"skipped {skipped}")
     return 0
+
+
+def _policy_vaults(settings: Settings) -> frozenset[str]:
+    """The vaults `--vault-from-tag` may pick: those the policy file names under [vaults]."""
+    if settings.policy_path is None:
+        raise InputError("--vault-from-tag needs a policy file naming vaults ([vaults.<name>]); none is set.",
+                         hint="Set JITPASS_POLICY (or put policy.toml in the jitpass home), or use --vault-map.")
+    vaults = frozenset(load_policy(settings.policy_path).vaults)
+    if not vaults:
+        raise InputError(f"--vault-from-tag: the policy {settings.policy_path} names no vault under [vaults], "
+                         "so no tag can pick one.")
+    return vaults
 
 
 async def cmd_items_add(args: argparse.Namespace) -> int:
@@ -150,13 +176,44 @@ def _print_sync(report: SyncReport) -> None:
     print(f"1Password sync: {report.summary()}", flush=True)
 
 
+VAULT_MAP_HELP = """Vault map (--vault-map FILE, TOML; names and tags compared without case):
+  [vaults]                 # 1Password vault name (the export's Vault column) -> jitpass vault
+  "Acme Corp" = "acme"
+  [tags]                   # a row's tag -> jitpass vault (two tags naming different vaults: an error)
+  globex = "globex"
+"""
+
+
 def add_commands(sub: Any) -> None:
     """Add this command group to the `jitpass` sub-command parser."""
     items = sub.add_parser("items", help="the credential catalogue").add_subparsers(dest="items_cmd", required=True)
-    p = items.add_parser("import", help="import a 1Password CSV export or a jitpass JSON file")
-    p.add_argument("file")
-    p.add_argument("--vault", default="default", help="vault for rows that name none (default: default)")
-    p.add_argument("--skip-bad", action="store_true", help="import the good rows and report the bad ones")
+    p = items.add_parser(
+        "import", help="import a 1Password CSV export or a jitpass JSON file",
+        description="Import items from a 1Password CSV export (.csv) or a jitpass JSON file (.json). Every row "
+        "is checked first: a bad row, a name used twice in the file, or (without --update) a name already in "
+        "the catalogue rejects the whole file, naming each row, unless --skip-bad. Archived rows are skipped. "
+        "A row's vault is, first match wins: --vault-map's [vaults] (its 1Password vault), --vault-map's "
+        "[tags], --vault-from-tag, the file's own Vault column / \"vault\" field, then --vault.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=described(["jitpass items import export.csv --vault acme",
+                          "jitpass items import export.csv --vault-from-tag --update",
+                          "jitpass items import export.csv --vault-map vaults.toml --skip-bad"],
+                         EXIT_CODES_IMPORT) + "\n\n" + VAULT_MAP_HELP)
+    p.add_argument("file", help="the export: .csv (1Password 8: Title,Url,Username,Password,OTPAuth,...,Tags,Notes"
+                   ", optional Vault) or .json ({\"items\": [{\"name\", \"vault\", \"password\", ...}]})")
+    p.add_argument("--vault", default=None,
+                   help="vault for rows nothing else places (default: 'default'; with --vault-from-tag or "
+                   "--vault-map such rows are an error unless --vault is given)")
+    p.add_argument("--vault-from-tag", action="store_true",
+                   help="a row tagged with the name of a policy vault ([vaults.<name>]) goes to that vault; "
+                   "tags naming two vaults are an error for that row")
+    p.add_argument("--vault-map", metavar="FILE",
+                   help="TOML table mapping 1Password vault names ([vaults]) and tags ([tags]) to jitpass vaults")
+    p.add_argument("--update", action="store_true",
+                   help="change items that already exist (fields, secrets, vault) in place, audited as "
+                   "item.updated; without it an existing name rejects its row")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="import the good rows and report the bad, duplicate or existing ones (stderr)")
     p.set_defaults(handler=cmd_items_import)
     p = items.add_parser("add", help="add one item; password and TOTP seed are read at a prompt or from stdin")
     p.add_argument("name")

@@ -183,7 +183,7 @@ def test_bad_csv_rows_reject_the_whole_file_and_say_where(tmp_path: Path) -> Non
         "line 3: no title (and no name): every item needs one",
         "line 4 ('Acme Wiki'): TOTP: the TOTP seed is too short: 10 characters, at least 16 are needed "
         "(80 bits)",
-        "line 5 ('acme jira'): the name 'acme-jira' is already used by line 2",
+        "line 5 ('acme jira'): duplicate: the name 'acme-jira' is already used by line 2 of this file",
         "line 6 ('Acme Mail'): the row has 10 fields but the header has 9; a value with a comma is probably "
         "not quoted",
         "line 7 ('日本語'): the title has no letters or digits to make an item name from; "
@@ -282,7 +282,7 @@ def test_bad_json_items_are_reported_by_number_without_their_secrets(tmp_path: P
         "item 5: no title (and no name): every item needs one",
         "item 6 ('acme-vpn'): the vault 'Acme VPN' is not a valid vault name: use 1-64 lowercase letters, "
         "digits, '.', '_' or '-', starting with a letter or digit",
-        "item 7 ('Acme Jira'): the name 'acme-jira' is already used by item 1",
+        "item 7 ('Acme Jira'): duplicate: the name 'acme-jira' is already used by item 1 of this file",
         "item 8 ('acme-otp'): TOTP: HOTP (counter-based, otpauth://hotp/) codes are not supported; only "
         "time-based otpauth://totp/ links are",
         "item 9 ('acme-tags'): 'tags' must be a list of strings or a ';'-separated string",
