@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -138,7 +139,10 @@ class Catalog:
     async def get(self, name: str) -> SealedItem:
         sealed = await self.store.get_item(name)
         if sealed is None:
-            raise NotFound(f"There is no item called '{name}'.")
+            names = [i.name for i in await self.store.list_items()]
+            close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
+            close += [n for n in names if name.lower() in n and n not in close][: 3 - len(close)]
+            raise NotFound(f"There is no item called '{name}'.", close)
         return sealed
 
     async def remove(self, name: str, actor: Identity) -> None:
