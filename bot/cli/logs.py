@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 import logging
 import os
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
