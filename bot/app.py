@@ -164,7 +164,6 @@ def _bearer_ok(request: web.Request, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-
 async def start_metrics_listener(app: web.Application, settings: Settings, sock: socket.socket) -> web.AppRunner:
     """JITPASS_METRICS_PORT: /metrics alone on a listener of its own (the token too, when one is set)."""
     listener = web.Application()
