@@ -117,10 +117,12 @@ class Catalog:
     def _changed_fields(self, existing: SealedItem, entry: ItemInput) -> tuple[str, ...]:
         old = existing.item
         password, seed = self.vault.open(existing)
+        # A row without a password or seed keeps the stored one: an export made without secrets
+        # (or a column dropped) must not wipe every password on --update.
         pairs = (("vault", old.vault, entry.vault), ("username", old.username, entry.username),
                  ("url", old.url, entry.url), ("notes", old.notes, entry.notes),
-                 ("tags", tuple(old.tags), tuple(entry.tags)), ("password", password, entry.password),
-                 ("totp", seed, entry.totp))
+                 ("tags", tuple(old.tags), tuple(entry.tags)), ("password", password, entry.password or password),
+                 ("totp", seed, entry.totp or seed))
         return tuple(name for name, before, after in pairs if before != after)
 
     async def _update(self, existing: SealedItem, entry: ItemInput, changed: tuple[str, ...], actor: Identity,
@@ -131,7 +133,9 @@ class Catalog:
                        notes=entry.notes, tags=tuple(entry.tags), updated_at=now)
         if "password" in changed:  # a new password from the export is a rotation done elsewhere
             item = replace(item, password_rotated_at=now, rotation_due=None)
-        await self.store.replace_item(self.vault.seal(item, entry.password, entry.totp), EventDraft(
+        password, seed = self.vault.open(existing)
+        sealed = self.vault.seal(item, entry.password or password, entry.totp or seed)
+        await self.store.replace_item(sealed, EventDraft(
             "item.updated", actor, None, item.name, item.vault, "",
             {"source": source, "changed": list(changed), "from_vault": existing.item.vault}))
         return item

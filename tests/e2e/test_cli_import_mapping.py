@@ -153,3 +153,17 @@ def _ciphertext(cli: Cli, name: str) -> bytes:
     with closing(sqlite3.connect(cli.tmp / "jitpass.db")) as conn:
         row = conn.execute("SELECT ciphertext FROM items WHERE name = ?", (name,)).fetchone()
     return bytes(row[0])
+
+
+def test_update_from_a_row_without_secrets_keeps_the_stored_password_and_seed(cli: Cli) -> None:
+    seed = "otpauth://totp/Acme:ann?secret=JBSWY3DPEHPK3PXP&issuer=Acme"
+    path = _csv(cli, f"Acme Zendesk,,ann,pw-1,{seed},false,false,acme,\n")
+    assert cli("items", "import", path, "--vault-from-tag").returncode == 0
+    cipher_before = _ciphertext(cli, "acme-zendesk")
+    bare = _csv(cli, "Acme Zendesk,,ann-new,,,false,false,acme,\n", name="bare.csv")
+    done = cli("items", "import", bare, "--vault-from-tag", "--update")
+    assert done.returncode == 0, done.stderr
+    assert "updated: acme-zendesk (username)" in done.stdout
+    shown = json.loads(cli("items", "show", "acme-zendesk", "--json").stdout)
+    assert (shown["username"], shown["has_password"], shown["has_totp"]) == ("ann-new", True, True)
+    assert _ciphertext(cli, "acme-zendesk") != cipher_before  # re-sealed, with the same secrets inside
