@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bot.cli.common import duration_arg, opened_runtime, replace_file
+from bot.cli.help import add_command, described, exit_codes
 from bot.domain.audit_export import CSV_COLUMNS, csv_row, jsonl_line
 from bot.domain.audit_signing import (
     AuditKeyRing,
@@ -142,31 +143,65 @@ async def cmd_audit_rotate_key(args: argparse.Namespace) -> int:
 
 
 
+_VERIFY_CODES = exit_codes(
+    "3    the hash chain is broken: an event edited, deleted in the middle or reordered",
+    "4    the store's own checkpoint is forged, unreadable or of another deployment",
+    "5    a checkpoint contradicts the trail: tail truncated, chain recomputed, signing key swapped",
+    "6    witness lines that are garbage, forged or of another deployment (each named by line number)",
+    done="the trail is intact (and matches every checkpoint given)")
+_WITNESS_STDIN = """  With --witness -: checkpoint lines, one a line, as the witness file holds them (a JSON object with
+  "seq", "hash", ..., "sig") or as jitpass posts them to chat ("jitpass audit checkpoint seq N: `{...}`").
+  Blank and # lines are ignored; any other line that is neither is named as unusable (exit 6)."""
+
+
 def add_checkpoint_commands(audit: Any) -> None:
     """Add the checkpoint and verification commands to the `audit` sub-parsers."""
-    p = audit.add_parser("verify", help="check the hash chain, the signed checkpoint and witnesses (exit codes: "
-                                        "0 intact, 3 chain broken, 4 store checkpoint forged, 5 witness mismatch, "
-                                        "6 bad witness lines)")
+    p = add_command(audit, "verify", "check the hash chain, the signed checkpoint and witnesses",
+                    description="Re-hash the whole audit trail, check the store's latest signed checkpoint and, "
+                    "with --witness, the checkpoints kept outside the database. Every problem is named.",
+                    example=["jitpass audit verify", "jitpass audit verify --witness /var/lib/jitpass/witness.log",
+                             "pbpaste | jitpass audit verify --witness -"],
+                    codes=_VERIFY_CODES, stdin=_WITNESS_STDIN)
     p.add_argument("--witness", metavar="FILE|-", help="checkpoints kept outside the database: the witness file, "
-                                                       "or `-` to paste checkpoint lines from chat")
+                                                       "or `-` to paste checkpoint lines from chat on stdin")
     p.add_argument("--public-keys", metavar="FILE", help="more trusted public keys (`ed25519-public:` lines)")
     p.set_defaults(handler=cmd_audit_verify)
-    p = audit.add_parser("checkpoint", help="sign the chain head now and publish it to the witnesses")
+    p = add_command(audit, "checkpoint", "sign the chain head now and publish it to the witnesses",
+                    description="Sign the audit chain head now, keep the checkpoint in the store and append it to "
+                    "the witnesses; prints the checkpoint line (an empty trail: nothing to sign, exit 0).",
+                    example="jitpass audit checkpoint >> offsite-witness.log")
     p.set_defaults(handler=cmd_audit_checkpoint)
-    p = audit.add_parser("public-key", help="print the public keys that verify checkpoints (safe to share)")
+    p = add_command(audit, "public-key", "print the public keys that verify checkpoints (safe to share)",
+                    example="jitpass audit public-key > jitpass-public-keys.txt")
     p.set_defaults(handler=cmd_audit_public_key)
-    p = audit.add_parser("generate-key", help="print a new signing key line (for JITPASS_AUDIT_KEY)")
+    p = add_command(audit, "generate-key", "print a new signing key line (for JITPASS_AUDIT_KEY)",
+                    description="Print a new `ed25519:` signing key line, for JITPASS_AUDIT_KEY. Touches no store.",
+                    example="jitpass audit generate-key")
     p.set_defaults(handler=cmd_audit_generate_key)
-    p = audit.add_parser("rotate-key", help="start signing with a new key; old keys stay for verification")
+    p = add_command(audit, "rotate-key", "start signing with a new key; old keys stay for verification",
+                    description="Sign the head with the current key, keep it as a retired (verify-only) line in "
+                    "the key file, add a new signing key and sign the head again. Refused when JITPASS_AUDIT_KEY "
+                    "is set in the environment.", example="jitpass audit rotate-key")
     p.set_defaults(handler=cmd_audit_rotate_key)
 
 
 def add_commands(sub: Any) -> None:
     """Add this command group to the `jitpass` sub-command parser."""
-    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_cmd", required=True)
-    p = audit.add_parser("export", help="events as JSON lines or CSV")
-    p.add_argument("--since", type=duration_arg, help="e.g. 30d, 12h")
-    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    p.add_argument("--out", help="file to write (default stdout)")
+    audit = sub.add_parser("audit", help="the audit trail",
+                           description="The hash-chained audit trail: export, verify, checkpoints, signing keys.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=described(["jitpass audit verify", "jitpass audit export --since 30d --format csv"],
+                                            _VERIFY_CODES)).add_subparsers(dest="audit_cmd", required=True,
+                                                                           metavar="COMMAND")
+    p = add_command(audit, "export", "events as JSON lines or CSV",
+                    description="The trail: JSON lines exactly as hashed (what `audit verify` and auditors check), "
+                    "or CSV safe to open in a spreadsheet (cells that could be formulas get a leading ').",
+                    example=["jitpass audit export --since 30d > trail.jsonl",
+                             "jitpass audit export --format csv --out trail.csv"])
+    p.add_argument("--since", type=duration_arg, help="only events of the last N days/hours, e.g. 30d, 12h "
+                   "(default: the whole trail)")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
+                   help="jsonl: one event a line as hashed (default); csv: spreadsheet-safe")
+    p.add_argument("--out", metavar="FILE", help="file to write (default stdout)")
     p.set_defaults(handler=cmd_audit_export)
     add_checkpoint_commands(audit)

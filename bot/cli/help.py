@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import textwrap
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-__all__ = ["EXIT_CODES", "EXIT_CODES_IMPORT", "EXIT_CODES_POLICY", "SuggestingParser", "close_names", "described"]
+__all__ = ["EXIT_CODES", "EXIT_CODES_IMPORT", "EXIT_CODES_POLICY", "SuggestingParser", "add_command", "close_names",
+           "described", "exit_codes"]
 
 _COMMON = """  2    bad input: an unknown name, option or file, a store that is missing or not jitpass's,
        a policy that does not validate (the message says which and where; nothing was changed)
@@ -25,6 +28,27 @@ EXIT_CODES_IMPORT = f"""  0    imported (the summary says how many were added, u
   1    an unexpected error (the message gives an error id; -v logs the details)
 {_COMMON}
        An import file with bad rows or duplicate names imports nothing (exit 2) unless --skip-bad."""
+
+
+def exit_codes(*extra: str, done: str = "done", note: str = "") -> str:
+    """The exit-code list of a command with its own codes (`"3    the chain is broken"`) besides the common ones."""
+    common = _COMMON.split("\n  130")
+    lines = [f"  0    {done}", "  1    an unexpected error (the message gives an error id; -v logs the details)",
+             common[0], *(f"  {line}" for line in extra), "  130" + common[1]]
+    if note:
+        lines.append(textwrap.fill(note, 100, initial_indent="  ", subsequent_indent="  "))
+    return "\n".join(lines)
+
+
+def add_command(sub: Any, name: str, summary: str, *, description: str = "", example: str | Sequence[str],
+                codes: str = EXIT_CODES, stdin: str = "") -> argparse.ArgumentParser:
+    """A sub-command whose `--help` has a wrapped description, then its stdin format, examples and exit codes."""
+    text = "\n\n".join(textwrap.fill(part, 100) for part in (description or summary[:1].upper() + summary[1:] + ".")
+                        .split("\n\n"))
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=text, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=described(example, codes, stdin=stdin))
+    return parser
 
 
 def described(example: str | Sequence[str], exit_codes: str = EXIT_CODES, *, stdin: str = "") -> str:

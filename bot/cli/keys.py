@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.cli.common import actor, opened_runtime, replace_file
+from bot.cli.help import add_command, described
 from bot.domain.config import Settings
 from bot.domain.errors import InputError
 from bot.domain.vault import format_key_line, generate_key, parse_key_ring, retire_key_lines
@@ -84,16 +85,24 @@ async def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add this command group to the `jitpass` sub-command parser."""
-    keys = sub.add_parser("keys", help="master keys").add_subparsers(dest="keys_cmd", required=True)
-    p = keys.add_parser("rotate", help="add a new master key and re-wrap every item under it")
+    keys = sub.add_parser("keys", help="master keys", description="The master keys that seal every item's secrets.",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog=described(["jitpass keys rotate", "jitpass keys retire"])).add_subparsers(
+        dest="keys_cmd", required=True, metavar="COMMAND")
+    p = add_command(keys, "rotate", "add a new master key and re-wrap every item under it",
+                    description="Add a new master key to the key file (the last key is active) and re-wrap every "
+                    "item's data key under it, audited as key.rotated. Refused when the ring comes from "
+                    "JITPASS_MASTER_KEY (append a `jitpass keys generate` line to it yourself).",
+                    example=["jitpass keys rotate", "jitpass keys rotate --retire-old"])
     p.add_argument("--retire-old", action="store_true",
                    help="then drop the old keys from the key file (comments kept), as `keys retire` does")
     p.set_defaults(handler=cmd_keys_rotate)
-    p = keys.add_parser(
-        "retire", help="retire every master key but the active one, without adding a key",
-        description="Re-wrap any item still sealed under an older key with the active (last) key, then remove "
-                    "the older keys from the key file. Comments stay; each removed line becomes "
-                    "`# retired master key <id>`. Audited as key.retired.")
+    p = add_command(keys, "retire", "retire every master key but the active one, without adding a key",
+                    description="Re-wrap any item still sealed under an older key with the active (last) key, "
+                    "then remove the older keys from the key file. Comments stay; each removed line becomes "
+                    "`# retired master key <id>`. Audited as key.retired.", example="jitpass keys retire")
     p.set_defaults(handler=cmd_keys_retire)
-    p = keys.add_parser("generate", help="print a new key-ring line (for JITPASS_MASTER_KEY)")
+    p = add_command(keys, "generate", "print a new key-ring line (for JITPASS_MASTER_KEY)",
+                    description="Print a new master key line, for JITPASS_MASTER_KEY. Touches no store.",
+                    example="jitpass keys generate")
     p.set_defaults(handler=cmd_keys_generate)

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from bot.bootstrap import Runtime
 from bot.cli import common
 from bot.cli.common import duration_arg, opened_runtime
+from bot.cli.help import add_command, exit_codes
 from bot.cli.progress import progress
 from bot.domain.model import Identity
 from bot.domain.report_data import DEFAULT_PERIOD, FORMATS, Report
@@ -60,9 +61,15 @@ async def cmd_report(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add `report` to the `jitpass` sub-command parser."""
-    report = sub.add_parser("report", help="access report: summaries, latency, anomalies, exposure, retention",
-                            description="Access report over a period (default: the last "
-                                        f"{DEFAULT_PERIOD}); see docs/reports.md.")
+    report = add_command(
+        sub, "report", "access report: summaries, latency, anomalies, exposure, retention",
+        description=f"Access report over a period (default: the last {DEFAULT_PERIOD}); see docs/reports.md. "
+        "The report is recorded in the trail (report.generated) before it is written. A --vault, --item or "
+        "--user that names nothing known is refused with close names.",
+        example=["jitpass report --since 90d", "jitpass report --from 2026-11-01 --to 2026-11-30 --vault acme "
+                 "--format html --out november.html"],
+        codes=exit_codes("3    the report was written, but re-hashing found the audit chain broken",
+                         done="the report was written (and the chain verified, unless --no-verify)"))
     period = report.add_argument_group("period (default: --since 30d)")
     period.add_argument("--since", type=duration_arg, help="the last N days/hours, e.g. 90d")
     period.add_argument("--from", dest="start", metavar="DATE", help="first day (YYYY-MM-DD, policy time zone)")
@@ -70,7 +77,9 @@ def add_commands(sub: Any) -> None:
     report.add_argument("--vault", help="only this vault")
     report.add_argument("--item", help="only this item")
     report.add_argument("--user", help="only requests this person made or decided (U123 or slack:U123)")
-    report.add_argument("--format", choices=FORMATS, default="table")
+    report.add_argument("--format", choices=FORMATS, default="table",
+                        help="table: for the terminal (default); csv, json: for machines; html: one page with "
+                        "charts, for people")
     report.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     report.add_argument("--no-verify", action="store_true",
                         help="skip re-hashing the audit chain (the slow part on a large trail)")

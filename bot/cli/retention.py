@@ -9,6 +9,7 @@ from typing import Any, TextIO
 from bot.bootstrap import Runtime
 from bot.cli import common
 from bot.cli.common import opened_runtime
+from bot.cli.help import add_command, described
 from bot.cli.progress import progress
 from bot.domain.model import Identity
 from bot.services.retention import purge
@@ -33,8 +34,14 @@ async def cmd_retention_purge(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add `retention purge` to the `jitpass` sub-command parser."""
-    retention = sub.add_parser("retention", help="audit-trail retention").add_subparsers(
-        dest="retention_cmd", required=True)
-    p = retention.add_parser("purge", help="delete events older than [retention] keep_days (not under legal hold)")
-    p.add_argument("--dry-run", action="store_true", help="only count what would be purged")
+    retention = sub.add_parser("retention", help="audit-trail retention",
+                               description="Audit-trail retention ([retention] keep_days in the policy).",
+                               formatter_class=argparse.RawDescriptionHelpFormatter,
+                               epilog=described("jitpass retention purge --dry-run")).add_subparsers(
+        dest="retention_cmd", required=True, metavar="COMMAND")
+    p = add_command(retention, "purge", "delete events older than [retention] keep_days (not under legal hold)",
+                    description="Delete audit events older than the policy's [retention] keep_days, except those "
+                    "under legal hold. Audited as "
+                    "retention.purged.", example=["jitpass retention purge --dry-run", "jitpass retention purge"])
+    p.add_argument("--dry-run", action="store_true", help="only count what would be purged; change nothing")
     p.set_defaults(handler=cmd_retention_purge)

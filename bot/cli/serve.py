@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import Any
 
+from bot.cli.help import add_command, exit_codes
 from bot.domain.config import Settings, load_policy
 
 log = logging.getLogger("jitpass.cli")
@@ -24,7 +25,14 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add this command group to the `jitpass` sub-command parser."""
-    serve = sub.add_parser("serve", help="run the HTTP server (Slack, Teams, scheduler)")
+    serve = add_command(
+        sub, "serve", "run the HTTP server (Slack, Teams, scheduler)",
+        description="Run the HTTP server: Slack (/slack/events), Teams (/api/messages), /healthz and the "
+        "scheduler that ends every grant on time. It runs until stopped (Ctrl-C or SIGTERM). The policy is "
+        "checked before the port is bound.",
+        example=["jitpass serve --demo", "jitpass serve --host 0.0.0.0 --port 8080"],
+        codes=exit_codes(done="stopped cleanly", note="A server that cannot start (the port is in use, a "
+                         "setting is unsafe, the policy does not validate) exits 2 and says what to change."))
     serve.add_argument("--demo", action="store_true", help=(
         "when this creates the store: mark it a demo store, seed a demo item and, with no policy file set, "
         "use the built-in demo policy (the CLI then uses it too)"))

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
-from bot.domain.errors import Conflict, InputError, NotFound
+from bot.domain.errors import Conflict, ImportFileError, InputError, NotFound
 from bot.domain.model import BUILTIN, OPEN_STATUSES, EventDraft, Identity, Item, SealedItem, Secret
 from bot.domain.vault import Vault
 from bot.ports import QUIET, Clock, Store, Tracker
 from bot.services.importers import ItemInput
 
-__all__ = ["NAME_PATTERN", "Catalog"]
+__all__ = ["NAME_PATTERN", "Catalog", "ImportOutcome"]
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -26,6 +27,20 @@ def _check_name(kind: str, value: str) -> None:
 def _refuse_outside(item: Item, what: str) -> None:
     if item.source != BUILTIN:
         raise InputError(f"'{item.name}' is kept in {item.source}: {what}. Nothing was changed.")
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    """What an import did: items added, items updated (with the fields that changed), rows left alone."""
+
+    added: list[Item] = field(default_factory=list)
+    updated: list[tuple[Item, tuple[str, ...]]] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _label(entry: ItemInput) -> str:
+    return entry.source_label or entry.name
 
 
 class Catalog:
@@ -61,10 +76,77 @@ class Catalog:
         tracker.finish()
         return [s.item for s in sealed]
 
+    async def import_items(self, entries: Sequence[ItemInput], actor: Identity, *, source: str, update: bool,
+                           skip_bad: bool, tracker: Tracker = QUIET) -> ImportOutcome:
+        """Add new items; with `update`, change existing ones in place (audited `item.updated`, the changed
+        field names only). Without `update` an existing name is a row problem: nothing is stored unless
+        `skip_bad`, which skips those rows."""
+        fresh: list[ItemInput] = []
+        changes: list[tuple[ItemInput, SealedItem, tuple[str, ...]]] = []
+        unchanged: list[str] = []
+        problems: list[str] = []
+        for entry in entries:
+            existing = await self.store.get_item(entry.name)
+            if existing is None:
+                fresh.append(entry)
+            elif not update:
+                problems.append(f"{_label(entry)}: an item named {entry.name!r} already exists "
+                                "(use --update to change it)")
+            elif existing.item.source != BUILTIN:
+                problems.append(f"{_label(entry)}: {entry.name!r} is kept in {existing.item.source}; not updated")
+            else:
+                changed = self._changed_fields(existing, entry)
+                if not changed:
+                    unchanged.append(entry.name)
+                elif "vault" in changed and await self.store.find_requests(item=entry.name,
+                                                                          statuses=OPEN_STATUSES):
+                    problems.append(f"{_label(entry)}: {entry.name!r} has open requests; its vault cannot "
+                                    "change until they end")
+                else:
+                    changes.append((entry, existing, changed))
+        if problems and not skip_bad:
+            word = "row" if len(problems) == 1 else "rows"
+            raise ImportFileError(f"import rejected: {len(problems)} {word} clash with the catalogue; nothing "
+                                  "was imported (use --skip-bad to import the rest)", problems)
+        added = await self.add(fresh, actor, source=source, tracker=tracker)
+        updated = []
+        for entry, existing, changed in changes:
+            updated.append((await self._update(existing, entry, changed, actor, source), changed))
+        return ImportOutcome(added=added, updated=updated, unchanged=unchanged, skipped=problems)
+
+    def _changed_fields(self, existing: SealedItem, entry: ItemInput) -> tuple[str, ...]:
+        old = existing.item
+        password, seed = self.vault.open(existing)
+        # A row without a password or seed keeps the stored one: an export made without secrets
+        # (or a column dropped) must not wipe every password on --update.
+        pairs = (("vault", old.vault, entry.vault), ("username", old.username, entry.username),
+                 ("url", old.url, entry.url), ("notes", old.notes, entry.notes),
+                 ("tags", tuple(old.tags), tuple(entry.tags)), ("password", password, entry.password or password),
+                 ("totp", seed, entry.totp or seed))
+        return tuple(name for name, before, after in pairs if before != after)
+
+    async def _update(self, existing: SealedItem, entry: ItemInput, changed: tuple[str, ...], actor: Identity,
+                      source: str) -> Item:
+        _check_name("Vault", entry.vault)
+        now = self.clock.now()
+        item = replace(existing.item, vault=entry.vault, username=entry.username, url=entry.url,
+                       notes=entry.notes, tags=tuple(entry.tags), updated_at=now)
+        if "password" in changed:  # a new password from the export is a rotation done elsewhere
+            item = replace(item, password_rotated_at=now, rotation_due=None)
+        password, seed = self.vault.open(existing)
+        sealed = self.vault.seal(item, entry.password or password, entry.totp or seed)
+        await self.store.replace_item(sealed, EventDraft(
+            "item.updated", actor, None, item.name, item.vault, "",
+            {"source": source, "changed": list(changed), "from_vault": existing.item.vault}))
+        return item
+
     async def get(self, name: str) -> SealedItem:
         sealed = await self.store.get_item(name)
         if sealed is None:
-            raise NotFound(f"There is no item called '{name}'.")
+            names = [i.name for i in await self.store.list_items()]
+            close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
+            close += [n for n in names if name.lower() in n and n not in close][: 3 - len(close)]
+            raise NotFound(f"There is no item called '{name}'.", close)
         return sealed
 
     async def remove(self, name: str, actor: Identity) -> None:

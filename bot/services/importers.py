@@ -11,9 +11,10 @@ import csv
 import io
 import json
 import re
+import tomllib
 import unicodedata
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "NAME_PATTERN",
     "ImportResult",
     "ItemInput",
+    "VaultRules",
     "is_valid_name",
     "read_import",
     "slugify",
@@ -64,6 +66,7 @@ class ItemInput:
     password: Secret | None = None
     totp: Secret | None = None  # already normalised by `parse_totp`
     source_row: int = 0
+    source_label: str = ""  # where it is in its file, for messages: "line 4 ('Acme Zendesk')"
 
     def to_item(self) -> Item:
         """The catalogue metadata for this input (flags follow which secrets are present)."""
@@ -77,6 +80,56 @@ class ItemInput:
             has_password=self.password is not None,
             has_totp=self.totp is not None,
         )
+
+
+@dataclass(frozen=True)
+class VaultRules:
+    """How a row's jitpass vault is chosen, first match wins (README "Importing items"):
+
+    1. `by_vault`: the row's 1Password vault name (the Vault column) -> jitpass vault (`--vault-map`, `[vaults]`);
+    2. `by_tag`: the row's tags -> jitpass vault (`--vault-map`, `[tags]`); several different targets: an error;
+    3. `tag_vaults`: a tag that *is* the name of one of these vaults (`--vault-from-tag`: the policy's vaults);
+       several: an error;
+    4. the row's own vault (Vault column or JSON "vault", slugified for CSV);
+    5. `default`; None (a mapping was asked for and no --vault given): the row is an error naming it.
+    """
+
+    default: str | None = "default"
+    by_vault: Mapping[str, str] = field(default_factory=dict)
+    by_tag: Mapping[str, str] = field(default_factory=dict)
+    tag_vaults: frozenset[str] | None = None
+
+    @property
+    def maps(self) -> bool:
+        """Whether any mapping (table or tags) was asked for."""
+        return bool(self.by_vault or self.by_tag) or self.tag_vaults is not None
+
+
+def read_vault_map(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Read a `--vault-map` TOML file: `[vaults]` 1Password vault name -> vault, `[tags]` tag -> vault."""
+    text = _read_text(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"vault map {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"vaults", "tags"})
+    if unknown:
+        raise InputError(f"vault map {path}: unknown table(s) {', '.join(unknown)}; use [vaults] and [tags]",
+                         hint='[vaults]\n"Acme Corp" = "acme"\n[tags]\nglobex = "globex"')
+    tables: list[dict[str, str]] = []
+    for table in ("vaults", "tags"):
+        entries = data.get(table, {})
+        if not isinstance(entries, dict):
+            raise InputError(f"vault map {path}: [{table}] must be a table of \"name\" = \"vault\" lines")
+        mapped: dict[str, str] = {}
+        for key, target in entries.items():
+            if not isinstance(target, str) or not is_valid_name(target):
+                raise InputError(f"vault map {path}: [{table}] {key!r} must name a jitpass vault ({_NAME_RULE})")
+            mapped[key.strip().lower()] = target
+        tables.append(mapped)
+    if not tables[0] and not tables[1]:
+        raise InputError(f"vault map {path} maps nothing: give a [vaults] or a [tags] table")
+    return tables[0], tables[1]
 
 
 @dataclass(frozen=True)
@@ -106,10 +159,12 @@ def is_valid_name(name: str) -> bool:
     return NAME_PATTERN.fullmatch(name) is not None
 
 
-def read_import(path: Path, *, default_vault: str, skip_bad: bool) -> ImportResult:
+def read_import(path: Path, *, default_vault: str | None = "default", skip_bad: bool,
+                rules: VaultRules | None = None) -> ImportResult:
     """Read a 1Password CSV export (.csv) or jitpass JSON (.json) file; other names are sniffed."""
-    if not is_valid_name(default_vault):
-        raise InputError(f"the default vault {default_vault!r} is not a valid vault name: use {_NAME_RULE}")
+    rules = rules or VaultRules(default=default_vault)
+    if rules.default is not None and not is_valid_name(rules.default):
+        raise InputError(f"the default vault {rules.default!r} is not a valid vault name: use {_NAME_RULE}")
     text = _read_text(path)
     suffix = path.suffix.lower()
     if suffix == ".json" or (suffix != ".csv" and text.lstrip()[:1] in ("{", "[")):
@@ -118,7 +173,7 @@ def read_import(path: Path, *, default_vault: str, skip_bad: bool) -> ImportResu
     else:
         rows = _csv_rows(path, text, sniffed=suffix != ".csv")
         kind = "line"
-    return _collect(rows, kind=kind, default_vault=default_vault, skip_bad=skip_bad)
+    return _collect(rows, kind=kind, rules=rules, skip_bad=skip_bad)
 
 
 def _read_text(path: Path) -> str:
@@ -258,7 +313,7 @@ def _json_rows(path: Path, text: str) -> list[_Row]:
 # -- validation -----------------------------------------------------------------------------------
 
 
-def _collect(rows: list[_Row], *, kind: str, default_vault: str, skip_bad: bool) -> ImportResult:
+def _collect(rows: list[_Row], *, kind: str, rules: VaultRules, skip_bad: bool) -> ImportResult:
     items: list[ItemInput] = []
     skipped: list[str] = []
     problems: list[str] = []
@@ -269,16 +324,17 @@ def _collect(rows: list[_Row], *, kind: str, default_vault: str, skip_bad: bool)
             skipped.append(f"{label}: archived in 1Password; not imported")
             continue
         try:
-            item = _item_input(row, default_vault)
+            item = _item_input(row, rules)
             if item.name in first_use:
-                raise _BadRow(f"the name {item.name!r} is already used by {first_use[item.name]}")
+                raise _BadRow(f"duplicate: the name {item.name!r} is already used by {first_use[item.name]} "
+                              "of this file")
         except _BadRow as exc:
             problem = f"{label}: {exc}"
             problems.append(problem)
             skipped.append(problem)
             continue
         first_use[item.name] = f"{kind} {row.number}"
-        items.append(item)
+        items.append(replace(item, source_label=label))
     if problems and not skip_bad:
         rows_word = "row" if len(problems) == 1 else "rows"
         raise ImportFileError(
@@ -289,7 +345,7 @@ def _collect(rows: list[_Row], *, kind: str, default_vault: str, skip_bad: bool)
     return ImportResult(items=items, skipped=skipped)
 
 
-def _item_input(row: _Row, default_vault: str) -> ItemInput:
+def _item_input(row: _Row, rules: VaultRules) -> ItemInput:
     if row.error and not row.fields:
         raise _BadRow(row.error)
     fields = row.fields
@@ -299,7 +355,7 @@ def _item_input(row: _Row, default_vault: str) -> ItemInput:
     totp_text = _text_field(fields, "totp", errors)
     tags = _tags(fields.get("tags"), errors)
     name = _name(values["name"], row.title, errors)
-    vault = _vault(values["vault"], default_vault, slug=row.slug_vault, errors=errors)
+    vault = _vault(values["vault"], tags, rules, slug=row.slug_vault, errors=errors)
     totp: Secret | None = None
     if totp_text.strip():
         try:
@@ -362,10 +418,28 @@ def _name(explicit: str, title: str, errors: list[str]) -> str:
     return name
 
 
-def _vault(value: str, default_vault: str, *, slug: bool, errors: list[str]) -> str:
+def _vault(value: str, tags: tuple[str, ...], rules: VaultRules, *, slug: bool, errors: list[str]) -> str:
     raw = value.strip()
+    if raw.lower() in rules.by_vault:
+        return rules.by_vault[raw.lower()]
+    lowered = [tag.lower() for tag in tags]
+    for targets, what in (([rules.by_tag[t] for t in lowered if t in rules.by_tag], "the vault map's [tags]"),
+                          ([t for t in lowered if t in (rules.tag_vaults or ())], "policy vaults")):
+        distinct = list(dict.fromkeys(targets))
+        if len(distinct) == 1:
+            return distinct[0]
+        if len(distinct) > 1:
+            # Fail closed: a credential tagged for two customers must not land in either by chance.
+            errors.append(f"its tags name several vaults ({', '.join(distinct)}, by {what}); "
+                          "keep one such tag, or map the row in --vault-map")
+            return ""
     if not raw:
-        return default_vault
+        if rules.default is None:
+            why = ("no tag names a policy vault" if rules.tag_vaults is not None
+                   else "neither its vault nor its tags are in the vault map")
+            errors.append(f"no vault for it: {why}; tag it, map it, or give --vault for such rows")
+            return ""
+        return rules.default
     vault = slugify(raw) if slug else raw
     if not is_valid_name(vault):
         errors.append(f"the vault {raw!r} is not a valid vault name: use {_NAME_RULE}")

@@ -77,7 +77,7 @@ PASSWORDS = ["Tr1cky,pass\"word", "zd-admin-9f8e7d", "üñíçødé-пароль
 def test_import_1password_csv_then_list_and_show_metadata_only(cli: Cli) -> None:
     done = cli("items", "import", str(FIXTURES / "1password-export.csv"), "--vault", "acme")
     assert done.returncode == 0, done.stderr
-    assert "imported 8 item(s), skipped 1" in done.stdout
+    assert "imported 8, updated 0, unchanged 0, skipped 1" in done.stdout
     listing = cli("items", "list", "--json")
     items = json.loads(listing.stdout)
     assert len(items) == 8
@@ -116,7 +116,7 @@ def test_malformed_csv_rows_are_reported_by_number_and_nothing_is_imported(cli: 
     assert "line 3" in done.stderr and "line 4" in done.stderr and "Traceback" not in done.stderr
     assert_no_items(cli)
     skipped = cli("items", "import", str(bad), "--skip-bad")
-    assert skipped.returncode == 0 and "imported 1 item(s), skipped 2" in skipped.stdout
+    assert skipped.returncode == 0 and "imported 1, updated 0, unchanged 0, skipped 2" in skipped.stdout
 
 
 def test_import_json_and_remove(cli: Cli) -> None:

@@ -10,7 +10,15 @@ import pytest
 from bot.domain.errors import ImportFileError, InputError
 from bot.domain.model import Secret
 from bot.domain.totp import parse_totp
-from bot.services.importers import ImportResult, ItemInput, is_valid_name, read_import, slugify
+from bot.services.importers import (
+    ImportResult,
+    ItemInput,
+    VaultRules,
+    is_valid_name,
+    read_import,
+    read_vault_map,
+    slugify,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 HEADER = "Title,Url,Username,Password,OTPAuth,Favorite,Archived,Tags,Notes"
@@ -183,7 +191,7 @@ def test_bad_csv_rows_reject_the_whole_file_and_say_where(tmp_path: Path) -> Non
         "line 3: no title (and no name): every item needs one",
         "line 4 ('Acme Wiki'): TOTP: the TOTP seed is too short: 10 characters, at least 16 are needed "
         "(80 bits)",
-        "line 5 ('acme jira'): the name 'acme-jira' is already used by line 2",
+        "line 5 ('acme jira'): duplicate: the name 'acme-jira' is already used by line 2 of this file",
         "line 6 ('Acme Mail'): the row has 10 fields but the header has 9; a value with a comma is probably "
         "not quoted",
         "line 7 ('日本語'): the title has no letters or digits to make an item name from; "
@@ -282,7 +290,7 @@ def test_bad_json_items_are_reported_by_number_without_their_secrets(tmp_path: P
         "item 5: no title (and no name): every item needs one",
         "item 6 ('acme-vpn'): the vault 'Acme VPN' is not a valid vault name: use 1-64 lowercase letters, "
         "digits, '.', '_' or '-', starting with a letter or digit",
-        "item 7 ('Acme Jira'): the name 'acme-jira' is already used by item 1",
+        "item 7 ('Acme Jira'): duplicate: the name 'acme-jira' is already used by item 1 of this file",
         "item 8 ('acme-otp'): TOTP: HOTP (counter-based, otpauth://hotp/) codes are not supported; only "
         "time-based otpauth://totp/ links are",
         "item 9 ('acme-tags'): 'tags' must be a list of strings or a ';'-separated string",
@@ -355,3 +363,40 @@ def test_missing_empty_binary_and_non_utf8_files_are_refused(tmp_path: Path) -> 
 def test_an_invalid_default_vault_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="the default vault 'Shared Stuff' is not a valid vault name"):
         read_import(FIXTURES / "items.json", default_vault="Shared Stuff", skip_bad=False)
+
+
+# -- vault mapping ------------------------------------------------------------------------------
+
+
+def test_json_rows_follow_the_vault_map_before_their_own_vault_and_tags_without_case(tmp_path: Path) -> None:
+    path = write(tmp_path, "items.json", json.dumps({"items": [
+        {"name": "a", "vault": "Acme Corp", "password": "p"},
+        {"name": "b", "vault": "elsewhere", "tags": ["Globex"], "password": "p"},
+        {"name": "c", "vault": "own", "password": "p"},
+        {"name": "d", "tags": ["acme"], "password": "p"},
+    ]}))
+    rules = VaultRules(default="misc", by_vault={"acme corp": "acme"}, by_tag={"globex": "globex"},
+                       tag_vaults=frozenset({"acme"}))
+    vaults = {name: item.vault for name, item in by_name(read_import(path, skip_bad=False, rules=rules)).items()}
+    assert vaults == {"a": "acme", "b": "globex", "c": "own", "d": "acme"}
+
+
+def test_tags_mapping_to_two_vaults_are_a_row_error_even_with_a_default(tmp_path: Path) -> None:
+    path = write(tmp_path, "items.json", json.dumps({"items": [{"name": "a", "tags": ["x", "y"], "password": "p"}]}))
+    rules = VaultRules(default="misc", by_tag={"x": "acme", "y": "globex"})
+    with pytest.raises(ImportFileError) as caught:
+        read_import(path, skip_bad=False, rules=rules)
+    assert caught.value.problems == ["item 1 ('a'): its tags name several vaults (acme, globex, by the vault "
+                                     "map's [tags]); keep one such tag, or map the row in --vault-map"]
+    # Two tags naming the SAME vault are not a conflict.
+    same = VaultRules(default=None, by_tag={"x": "acme", "y": "acme"})
+    assert by_name(read_import(path, skip_bad=False, rules=same))["a"].vault == "acme"
+
+
+def test_read_vault_map_reads_both_tables_and_refuses_an_empty_one(tmp_path: Path) -> None:
+    path = write(tmp_path, "map.toml", '[vaults]\n"Acme Corp" = "acme"\n[tags]\nGlobex = "globex"\n')
+    assert read_vault_map(path) == ({"acme corp": "acme"}, {"globex": "globex"})
+    with pytest.raises(InputError, match="maps nothing"):
+        read_vault_map(write(tmp_path, "empty.toml", "# nothing\n[vaults]\n"))
+    with pytest.raises(InputError, match="is not valid TOML"):
+        read_vault_map(write(tmp_path, "bad.toml", "[vaults\n"))
