@@ -1067,13 +1067,17 @@ class MongoStore:
         return time_from_doc(min(times)) if times else None
 
     async def effect_counts(self) -> dict[str, int]:
-        """Pending effects, failed ones, and failed wipes (an alert: a secret may still be on screen)."""
+        """Pending effects, failed ones, failed wipes (an alert: a secret may still be on screen), deliveries
+        that failed for good, and wipes waiting to be tried again after a failed attempt."""
         collection = self._collection("effects")
         with self._errors("counting effects"):
             pending = await collection.count_documents({"status": "pending"})
             failed = await collection.count_documents({"status": "failed"})
             wipes = await collection.count_documents({"status": "failed", "kind": "wipe"})
-        return {"pending": pending, "failed": failed, "failed_wipes": wipes}
+            deliveries = await collection.count_documents({"status": "failed", "kind": "deliver"})
+            retrying = await collection.count_documents({"status": "pending", "kind": "wipe", "error": {"$ne": ""}})
+        return {"pending": pending, "failed": failed, "failed_wipes": wipes, "failed_deliveries": deliveries,
+                "retrying_wipes": retrying}
 
     async def effects_of(self, request_id: str) -> list[Effect]:
         """Every effect of one request, oldest first."""
