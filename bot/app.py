@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import replace
 from typing import Any
@@ -114,6 +114,21 @@ async def store_health(runtime: Runtime, chat: Sequence[ChatAdapter], timeout: f
     body: dict[str, Any] = {"status": "ok" if store["writable"] else "degraded", "version": VERSION,
                             "store": store, "platforms": {a.platform: a.describe() for a in chat}}
     return body, 200 if store["writable"] else 503
+
+
+def health_alerts(counts: Mapping[str, int]) -> list[str]:
+    """What /healthz asks an operator to look at: wipes and deliveries that failed for good, wipes being retried."""
+    alerts: list[str] = []
+    if counts.get("failed_wipes"):
+        alerts.append(f"{counts['failed_wipes']} delivered secret(s) could not be wiped from chat; "
+                      "see alert.wipe_exhausted in the audit trail")
+    if counts.get("failed_deliveries"):
+        alerts.append(f"{counts['failed_deliveries']} approved grant(s) could not be delivered; "
+                      "see grant.delivery_failed (final) in the audit trail")
+    if counts.get("retrying_wipes"):
+        alerts.append(f"{counts['retrying_wipes']} wipe(s) failed and are being retried: a secret may still be "
+                      "on screen after its access ended; see grant.wipe_failed in the audit trail")
+    return alerts
 
 
 def add_chat_witnesses(runtime: Runtime, chat: Sequence[ChatAdapter]) -> None:
@@ -236,9 +251,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
         with suppress(TimeoutError, StoreError):  # extras: never wait long for them
             counts = await asyncio.wait_for(runtime.store.effect_counts(), settings.health_timeout)
             body["effects"] = counts
-            if counts["failed_wipes"]:
-                body["alerts"] = [f"{counts['failed_wipes']} delivered secret(s) could not be wiped from chat; "
-                                  "see alert.wipe_exhausted in the audit trail"]
+            alerts = health_alerts(counts)
+            if alerts:
+                body["alerts"] = alerts
         if SIEM in request.app:
             body["siem"] = request.app[SIEM].describe()
         if runtime.onepassword_sync is not None:

@@ -268,7 +268,8 @@ class Store(ReportSource, Protocol):
         ...
 
     async def effect_counts(self) -> dict[str, int]:
-        """`{"pending": n, "failed": n, "failed_wipes": n}` for /healthz and reports."""
+        """`{"pending", "failed", "failed_wipes", "failed_deliveries", "retrying_wipes"}` counts for /healthz
+        and reports (a retrying wipe: pending after at least one failed attempt)."""
         ...
 
     async def effects_of(self, request_id: str) -> list[Effect]:

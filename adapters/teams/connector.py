@@ -183,7 +183,11 @@ class Connector:
                 delay = self.retry_delay * 2 ** (attempt - 1)
                 retry_after = exc.headers.get("Retry-After", "") if exc.headers else ""
                 if retry_after.replace(".", "", 1).isdigit():
-                    delay = min(float(retry_after), MAX_RETRY_AFTER)
+                    if float(retry_after) > MAX_RETRY_AFTER:
+                        # Longer than a call may wait: give it back (with its Retry-After), so the effects
+                        # worker retries after it (capped by JITPASS_RETRY_AFTER_MAX) holding no call open.
+                        raise
+                    delay = float(retry_after)
                 log.warning("event=teams_connector_retry status=%s attempt=%s delay=%.2f", exc.status, attempt, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover

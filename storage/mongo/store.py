@@ -38,7 +38,16 @@ from urllib.parse import parse_qsl, unquote
 
 import pymongo
 from bson.errors import InvalidDocument
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReadPreference, ReturnDocument, WriteConcern
+from pymongo import (
+    ASCENDING,
+    DESCENDING,
+    AsyncMongoClient,
+    IndexModel,
+    ReadPreference,
+    ReturnDocument,
+    UpdateOne,
+    WriteConcern,
+)
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -152,6 +161,18 @@ def _claim_taken(exc: DuplicateKeyError, request: AccessRequest) -> ClaimTaken |
 
 class _SeqTaken(Exception):
     """Another writer took the next seq inside our transaction: run the whole unit again."""
+
+
+class _OneByOne(Exception):
+    """A batched write met a unique-index clash: run the batch draft by draft, which names the clash."""
+
+
+def _duplicate_key(exc: BulkWriteError) -> Doc | None:
+    """The key pattern of the first duplicate-key error in a bulk write, if that is what failed."""
+    for error in (exc.details or {}).get("writeErrors", []):
+        if error.get("code") == _DUPLICATE_KEY:
+            return dict(error.get("keyPattern") or {"_id": 1})
+    return None
 
 
 def _url_options(url: str) -> set[str]:
@@ -464,6 +485,40 @@ class MongoStore:
                 ) from None
         raise AuditWriteError(f"the audit trail is too busy to record {draft.type}; nothing was changed")
 
+    async def _append_many(self, drafts: Sequence[EventDraft], session: AsyncClientSession) -> list[Event]:
+        """Chain `drafts` in order after the tail and insert them at once (inside a transaction only:
+        a lost race aborts it and the whole unit runs again)."""
+        if not drafts:
+            return []
+        seq, prev_hash = await self._tail(session)
+        at = self._clock.now()
+        sealed: list[Event] = []
+        for draft in drafts:
+            event = seal_event(draft, seq=seq + 1, prev_hash=prev_hash, at=at)
+            seq, prev_hash = event.seq, event.hash
+            sealed.append(event)
+        try:
+            await self._collection("events").insert_many(
+                [{"_id": e.seq, **event_to_dict(e)} for e in sealed], ordered=True, session=session)
+        except BulkWriteError as exc:
+            pattern = _duplicate_key(exc)
+            if pattern is not None and "_id" in pattern:
+                raise _SeqTaken from None
+            if pattern is not None:
+                raise AuditWriteError("an audit event could not be written (duplicate event id)") from None
+            raise AuditWriteError(
+                f"the audit events could not be written to MongoDB at {self.hosts} (BulkWriteError); "
+                "nothing was changed") from None
+        except _DRIVER_ERRORS as exc:
+            if isinstance(exc, OperationFailure) and _is_write_conflict(exc):
+                raise
+            if isinstance(exc, PyMongoError) and exc.has_error_label("TransientTransactionError"):
+                raise
+            raise AuditWriteError(
+                f"the audit events could not be written to MongoDB at {self.hosts} ({type(exc).__name__}); "
+                "nothing was changed") from None
+        return [as_recorded(e) for e in sealed]
+
     async def _checkpoint(self, session: Session = None) -> Checkpoint | None:
         found = await self._collection("meta").find_one({"_id": CHECKPOINT_KEY}, session=session)
         return checkpoint_from_json(found["value"] if found else None)
@@ -695,16 +750,70 @@ class MongoStore:
         return await self._unit("changing a request", body)
 
     async def transition_many(self, drafts: Sequence[TransitionDraft]) -> list[AccessRequest | None]:
-        """Every draft's compare-and-set in one transaction (in order). Without transactions (standalone,
-        development) each is its own compare-and-set + append, as `transition`."""
+        """Every draft's compare-and-set in one transaction (in order), in a few round trips: one read
+        of the requests, one bulk update guarded by version and status, one insert of the chained events,
+        one of the effects. Without transactions (standalone, development) each is its own
+        compare-and-set + append, as `transition`."""
         if not drafts:
             return []
 
-        async def body(session: Session) -> list[AccessRequest | None]:
+        async def one_by_one(session: Session) -> list[AccessRequest | None]:
             return [await self._transition_in(session, d.request_id, d.from_statuses, d.changes, d.event,
                                               d.expected_version, d.effects) for d in drafts]
 
-        return await self._unit("changing requests", body)
+        async def batched(session: Session) -> list[AccessRequest | None]:
+            assert session is not None
+            return await self._transition_batch(session, drafts)
+
+        if not self._transactions:
+            return await self._unit("changing requests", one_by_one)
+        try:
+            return await self._unit("changing requests", batched)
+        except _OneByOne:
+            return await self._unit("changing requests", one_by_one)
+
+    async def _transition_batch(self, session: AsyncClientSession,
+                                drafts: Sequence[TransitionDraft]) -> list[AccessRequest | None]:
+        requests = self._collection("requests")
+        ids = sorted({d.request_id for d in drafts})
+        found = {str(doc["_id"]): doc async for doc in requests.find({"_id": {"$in": ids}}, session=session)}
+        now = self._clock.now()
+        ops: list[UpdateOne] = []
+        events: list[EventDraft] = []
+        effects: list[tuple[AccessRequest, Sequence[EffectDraft]]] = []
+        results: list[AccessRequest | None] = []
+        for draft in drafts:
+            doc = found.get(draft.request_id)
+            statuses = [Status(s).value for s in draft.from_statuses]
+            current = request_from_doc(doc) if doc is not None else None
+            if doc is None or current is None or not cas_allows(current, statuses, draft.expected_version):
+                results.append(None)
+                continue
+            updated = apply_changes(current, draft.changes, now)
+            kept = () if "refs" in draft.changes else _REFS_FIELDS  # save_refs may be writing those
+            new = {k: v for k, v in request_to_doc(updated).items() if k != "id" and k not in kept}
+            # The status filter too: a grant another replica already moved is never moved twice.
+            ops.append(UpdateOne({"_id": current.id, "version": current.version, "status": {"$in": statuses}},
+                                 {"$set": new}))
+            doc = found[draft.request_id] = {**doc, **new}  # a later draft for the same request sees this one
+            result = request_from_doc(doc)
+            results.append(result)
+            if draft.event is not None:
+                events.append(draft.event)
+            if draft.effects:
+                effects.append((result, draft.effects))
+        if ops:
+            try:
+                done = await requests.bulk_write(ops, ordered=True, session=session)
+            except BulkWriteError as exc:
+                if _duplicate_key(exc) is not None:
+                    raise _OneByOne from None  # a claim index: the one-by-one path says whose
+                raise
+            if done.matched_count != len(ops):
+                raise _SeqTaken  # moved since our read: the unit runs again on fresh reads
+        await self._append_many(events, session)
+        await self._add_effects_many(effects, session)
+        return results
 
     async def _transition_in(self, session: Session, request_id: str, from_statuses: Collection[Status],
                              changes: Mapping[str, Any], event: EventDraft | None, expected_version: int | None,
@@ -764,6 +873,30 @@ class MongoStore:
                 for doc in effect_docs(request.id, request.platform, effects, now)]
         await collection.insert_many(docs, ordered=True, session=session)
 
+    async def _add_effects_many(self, pairs: Sequence[tuple[AccessRequest, Sequence[EffectDraft]]],
+                                session: Session) -> None:
+        """`_add_effects` for many requests: one supersede update and one insert, in the order given."""
+        pairs = [(request, effects) for request, effects in pairs if effects]
+        if len({request.id for request, _ in pairs}) != len(pairs):
+            # A request twice: its second card update must supersede its first, so keep the order exact.
+            for request, effects in pairs:
+                await self._add_effects(request, effects, session)
+            return
+        if not pairs:
+            return
+        collection = self._collection("effects")
+        now = self._clock.now()
+        at = format_time(now)
+        superseding = sorted(request.id for request, effects in pairs if supersedes(effects))
+        if superseding:
+            await collection.update_many(
+                {"request_id": {"$in": superseding}, "kind": "update_card", "status": "pending",
+                 "$or": [{"lease_until": None}, {"lease_until": {"$lte": at}}]},
+                {"$set": {"status": "dropped", "error": "superseded", "updated_at": at}}, session=session)
+        docs = [{"_id": f"{at}-{next(_EFFECT_ORDER):012d}-{secrets.token_hex(3)}", **doc}
+                for request, effects in pairs for doc in effect_docs(request.id, request.platform, effects, now)]
+        await collection.insert_many(docs, ordered=True, session=session)
+
     # -- durable chat effects -----------------------------------------------------------------
     async def claim_effects(self, now: datetime, owner: str, lease_until: datetime, *, platforms: Collection[str],
                             limit: int) -> list[Effect]:
@@ -777,19 +910,27 @@ class MongoStore:
         with self._errors("claiming effects"):
             cursor = collection.find({**free, "due_at": {"$lte": at}, "platform": {"$in": sorted(platforms)}})
             candidates = [d async for d in cursor.sort([("due_at", ASCENDING), ("_id", ASCENDING)]).limit(limit * 4)]
-            for doc in candidates:
-                if len(claimed) >= limit:
-                    break
-                earlier = await collection.find_one({"request_id": doc["request_id"], "lane": doc["lane"],
-                                                     "status": "pending", "_id": {"$lt": doc["_id"]}}, {"_id": 1})
-                if earlier is not None:
-                    continue
-                won = await collection.find_one_and_update(
-                    {"_id": doc["_id"], **free},
-                    {"$set": {"lease_owner": owner, "lease_until": format_time(lease_until), "updated_at": at},
-                     "$inc": {"attempts": 1}}, return_document=ReturnDocument.AFTER)
-                if won is not None:
-                    claimed.append(effect_from_doc({**won, "id": won["_id"]}))
+            if not candidates:
+                return []
+            # Only the first pending effect of each lane may run: find every lane's head in one read.
+            heads: dict[tuple[str, str], str] = {}
+            async for d in collection.find({"request_id": {"$in": sorted({d["request_id"] for d in candidates})},
+                                            "status": "pending"}, {"_id": 1, "request_id": 1, "lane": 1}):
+                lane = (str(d["request_id"]), str(d["lane"]))
+                if lane not in heads or str(d["_id"]) < heads[lane]:
+                    heads[lane] = str(d["_id"])
+            eligible = [d["_id"] for d in candidates if heads.get((d["request_id"], d["lane"])) == d["_id"]]
+            # One update per round; the token tells which this call won. Another worker may win some
+            # first: then the next eligible ones are tried, so racing workers share the work out.
+            token = secrets.token_hex(8)
+            while eligible and len(claimed) < limit:
+                chosen, eligible = eligible[:limit - len(claimed)], eligible[limit - len(claimed):]
+                await collection.update_many(
+                    {"_id": {"$in": chosen}, **free},
+                    {"$set": {"lease_owner": owner, "lease_until": format_time(lease_until), "updated_at": at,
+                              "lease_token": token}, "$inc": {"attempts": 1}})
+                won = {d["_id"]: d async for d in collection.find({"_id": {"$in": chosen}, "lease_token": token})}
+                claimed += [effect_from_doc({**won[i], "id": i}) for i in chosen if i in won]
         return claimed
 
     def background(self) -> MongoStore:
@@ -813,9 +954,65 @@ class MongoStore:
             return kept
 
         async def body(session: Session) -> list[bool]:
-            return [await self._settle_in(session, e, o, owner) for e, o in settled]
+            assert session is not None
+            return await self._settle_batch(session, settled, owner)
 
         return await self._unit("recording effects", body)
+
+    async def _settle_batch(self, session: AsyncClientSession, settled: Sequence[tuple[Effect, EffectOutcome]],
+                            owner: str) -> list[bool]:
+        """`_settle_in` for many outcomes in a few round trips: which leases are still ours, one bulk update
+        of the effects, one read and one bulk update of their requests, the follow-ups and events at once."""
+        effects = self._collection("effects")
+        requests = self._collection("requests")
+        ids = [effect.id for effect, _ in settled]
+        ours = {str(d["_id"]) async for d in effects.find(
+            {"_id": {"$in": ids}, "lease_owner": owner, "status": "pending"}, {"_id": 1}, session=session)}
+        now = self._clock.now()
+        at = format_time(now)
+        kept: list[bool] = []
+        ops: list[UpdateOne] = []
+        for effect, outcome in settled:
+            if effect.id not in ours:
+                kept.append(False)
+                continue
+            ours.discard(effect.id)  # the same effect twice: only its first outcome counts, as one by one
+            kept.append(True)
+            update: Doc = {"status": outcome.status.value, "error": outcome.error[:500], "lease_owner": None,
+                           "lease_until": None, "updated_at": at}
+            if outcome.status is EffectStatus.PENDING and outcome.retry_at is not None:
+                update["due_at"] = format_time(outcome.retry_at)
+            ops.append(UpdateOne({"_id": effect.id, "lease_owner": owner, "status": "pending"}, {"$set": update}))
+        if not ops:
+            return kept
+        done = await effects.bulk_write(ops, ordered=True, session=session)
+        if done.matched_count != len(ops):
+            raise _SeqTaken  # a lease changed since our read: run the unit again
+        mine = [(effect, outcome) for (effect, outcome), ok in zip(settled, kept, strict=True) if ok]
+        request_ids = sorted({effect.request_id for effect, _ in mine})
+        current = {str(d["_id"]): request_from_doc(d)
+                   async for d in requests.find({"_id": {"$in": request_ids}}, session=session)}
+        read_version = {request_id: request.version for request_id, request in current.items()}
+        follow_ups: list[tuple[AccessRequest, Sequence[EffectDraft]]] = []
+        events: list[EventDraft] = []
+        for effect, outcome in mine:
+            request = current.get(effect.request_id)
+            if request is not None:
+                changes = settled_changes(request, outcome)
+                if changes:
+                    current[request.id] = apply_changes(request, changes, now)
+                follow_ups.append((request, outcome.follow_ups))
+            events.extend(e for e in (outcome.event, outcome.alert) if e is not None)
+        changed = [UpdateOne({"_id": request_id, "version": read_version[request_id]},
+                             {"$set": {k: v for k, v in request_to_doc(request).items() if k != "id"}})
+                   for request_id, request in current.items() if request.version != read_version[request_id]]
+        if changed:
+            moved = await requests.bulk_write(changed, ordered=True, session=session)
+            if moved.matched_count != len(changed):
+                raise _SeqTaken
+        await self._add_effects_many(follow_ups, session)
+        await self._append_many(events, session)
+        return kept
 
     async def _settle_in(self, session: Session, effect: Effect, outcome: EffectOutcome, owner: str) -> bool:
         effects = self._collection("effects")
@@ -870,13 +1067,17 @@ class MongoStore:
         return time_from_doc(min(times)) if times else None
 
     async def effect_counts(self) -> dict[str, int]:
-        """Pending effects, failed ones, and failed wipes (an alert: a secret may still be on screen)."""
+        """Pending effects, failed ones, failed wipes (an alert: a secret may still be on screen), deliveries
+        that failed for good, and wipes waiting to be tried again after a failed attempt."""
         collection = self._collection("effects")
         with self._errors("counting effects"):
             pending = await collection.count_documents({"status": "pending"})
             failed = await collection.count_documents({"status": "failed"})
             wipes = await collection.count_documents({"status": "failed", "kind": "wipe"})
-        return {"pending": pending, "failed": failed, "failed_wipes": wipes}
+            deliveries = await collection.count_documents({"status": "failed", "kind": "deliver"})
+            retrying = await collection.count_documents({"status": "pending", "kind": "wipe", "error": {"$ne": ""}})
+        return {"pending": pending, "failed": failed, "failed_wipes": wipes, "failed_deliveries": deliveries,
+                "retrying_wipes": retrying}
 
     async def effects_by_kind(self) -> dict[str, dict[str, int]]:
         """Pending and failed effects per kind (for /metrics): one aggregation over the status index."""

@@ -822,12 +822,15 @@ class SqliteStore:
         return None if value is None else _parse(value)
 
     async def effect_counts(self) -> dict[str, int]:
-        """Pending effects, failed ones, and failed wipes (an alert: a secret may still be on screen)."""
+        """Pending effects, failed ones, failed wipes (an alert: a secret may still be on screen), deliveries
+        that failed for good, and wipes waiting to be tried again after a failed attempt."""
         rows = await self._read(
-            "SELECT sum(status = 'pending'), sum(status = 'failed'), sum(status = 'failed' AND kind = 'wipe') "
+            "SELECT sum(status = 'pending'), sum(status = 'failed'), sum(status = 'failed' AND kind = 'wipe'), "
+            "sum(status = 'failed' AND kind = 'deliver'), sum(status = 'pending' AND kind = 'wipe' AND error != '') "
             "FROM effects")
-        pending, failed, wipes = rows[0] if rows else (0, 0, 0)
-        return {"pending": int(pending or 0), "failed": int(failed or 0), "failed_wipes": int(wipes or 0)}
+        pending, failed, wipes, deliveries, retrying = rows[0] if rows else (0, 0, 0, 0, 0)
+        return {"pending": int(pending or 0), "failed": int(failed or 0), "failed_wipes": int(wipes or 0),
+                "failed_deliveries": int(deliveries or 0), "retrying_wipes": int(retrying or 0)}
 
     async def effects_by_kind(self) -> dict[str, dict[str, int]]:
         """Pending and failed effects per kind (for /metrics): one grouped read over the status index."""

@@ -45,7 +45,8 @@ async def test_effects_are_written_with_the_request_and_the_transition(store: St
         (EffectKind.TELL, EffectStatus.PENDING, 0, "slack"),
     ]
     assert effects[2].payload == {"message": "declined"}
-    assert await store.effect_counts() == {"pending": 3, "failed": 0, "failed_wipes": 0}
+    assert await store.effect_counts() == {"pending": 3, "failed": 0, "failed_wipes": 0, "failed_deliveries": 0,
+                                          "retrying_wipes": 0}
 
 
 async def test_a_failed_compare_writes_no_effects(store: Store) -> None:
@@ -158,8 +159,27 @@ async def test_a_failed_wipe_counts_as_an_alert(store: Store, clock: FakeClock) 
     (effect,) = await store.effects_of("R1")
     await store.settle_effect(effect, "w1", EffectOutcome(EffectStatus.FAILED, error="timeout",
                                                           event=draft("alert.wipe_exhausted", request_id="R1")))
-    assert await store.effect_counts() == {"pending": 0, "failed": 1, "failed_wipes": 1}
+    assert await store.effect_counts() == {"pending": 0, "failed": 1, "failed_wipes": 1, "failed_deliveries": 0,
+                                          "retrying_wipes": 0}
     assert await _claim(store, clock) == []
+
+
+async def test_final_delivery_failures_and_retrying_wipes_are_counted_for_healthz(store: Store,
+                                                                                 clock: FakeClock) -> None:
+    await _pending_request(store, "R1", EffectKind.DELIVER)
+    await _pending_request(store, "R2", EffectKind.WIPE)
+    await _pending_request(store, "R3", EffectKind.WIPE)
+    await _claim(store, clock)
+    (deliver,), (wipe,) = await store.effects_of("R1"), await store.effects_of("R2")
+    assert await store.effect_counts() == {"pending": 3, "failed": 0, "failed_wipes": 0, "failed_deliveries": 0,
+                                          "retrying_wipes": 0}  # claimed, not yet failed: nothing to report
+    kept = await store.settle_effects([
+        (deliver, EffectOutcome(EffectStatus.FAILED, error="http_403")),
+        (wipe, EffectOutcome(EffectStatus.PENDING, error="timeout", retry_at=clock.now() + timedelta(seconds=5))),
+    ], "w1")
+    assert kept == [True, True]
+    assert await store.effect_counts() == {"pending": 2, "failed": 1, "failed_wipes": 0, "failed_deliveries": 1,
+                                          "retrying_wipes": 1}
 
 
 async def test_only_effects_of_platforms_this_worker_serves_are_claimed(store: Store, clock: FakeClock) -> None:

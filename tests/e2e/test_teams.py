@@ -708,7 +708,8 @@ async def test_a_wipe_teams_refuses_for_good_is_not_retried_and_raises_an_alert(
     assert failed.details["error"] == "secret_revoked:http_404" and failed.details["attempt"] == 1
     [alert] = await teams.events("alert.wipe_exhausted")
     assert alert.request_id == request_id
-    assert await teams.running.runtime.store.effect_counts() == {"pending": 0, "failed": 1, "failed_wipes": 1}
+    assert await teams.running.runtime.store.effect_counts() == {
+        "pending": 0, "failed": 1, "failed_wipes": 1, "failed_deliveries": 0, "retrying_wipes": 0}
     updates = [c for c in connector.calls_to(REQUESTER.personal_chat) if c.kind == "update"][puts:]
     assert [c.status for c in updates] == [404], "not retried"
     assert not await teams.events("grant.wiped")

@@ -187,6 +187,10 @@ async def test_permanent_refusals_of_the_card_and_the_delivery_are_final_at_once
             await w.until(lambda: "grant.delivery_failed" in w.types(request_id), "delivery failed for good")
             await w.fake.wait_for(lambda c: c.method == "chat.postMessage" and c.ok and c.args.get("channel") == "DUREQ"
                                   and "could not deliver" in str(c.args.get("text")), timeout=15)
+            async with aiohttp.ClientSession() as session, session.get(f"{server.url}/healthz") as reply:
+                health = await reply.json()
+            assert reply.status == 200 and health["effects"]["failed_deliveries"] == 1
+            assert any("could not be delivered" in alert for alert in health.get("alerts", []))
         # Final in the store: no worker will claim them again (a retry is only ever a pending row).
         assert _effect_states(w, request_id)["post_card"] == ["failed"]
         assert _effect_states(w, request_id)["deliver"] == ["failed"]

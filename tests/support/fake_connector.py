@@ -107,6 +107,17 @@ class ConnectorHold:
 
 
 @dataclass
+class _Fault:
+    """One refusal waiting for the call it matches."""
+
+    method: str  # POST (send / reply) or PUT (update)
+    conversation_id: str
+    status: int
+    retry_after: float | None
+    when: Callable[[Any], bool]
+
+
+@dataclass
 class FakeConnector:
     """The Bot Connector service, on an ephemeral local port."""
 
@@ -114,8 +125,7 @@ class FakeConnector:
     url: str = ""
     _messages: dict[tuple[str, str], Any] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-    _refusals: dict[str, list[int]] = field(default_factory=dict)
-    _update_refusals: dict[str, list[int]] = field(default_factory=dict)
+    _faults: list[_Fault] = field(default_factory=list)
     _holds: list[ConnectorHold] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -141,9 +151,12 @@ class FakeConnector:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def refuse(self, conversation_id: str, *statuses: int) -> None:
-        """Answer the next posts to `conversation_id` with these error statuses (e.g. 429, 503)."""
-        self._refusals.setdefault(conversation_id, []).extend(statuses)
+    def refuse(self, conversation_id: str, *statuses: int, retry_after: float | None = None,
+               when: Callable[[Any], bool] | None = None) -> None:
+        """Answer the next posts to `conversation_id` (whose body matches `when`) with these error statuses
+        (e.g. 429, 503), with a Retry-After header (seconds) when given, as Teams throttles."""
+        self._faults.extend(_Fault("POST", conversation_id, s, retry_after, when or (lambda body: True))
+                            for s in statuses)
 
     def hold_next_update(self, conversation_id: str, *, after_effect: bool = False,
                          when: Callable[[Any], bool] | None = None) -> ConnectorHold:
@@ -154,9 +167,12 @@ class FakeConnector:
         self._holds.append(hold)
         return hold
 
-    def refuse_updates(self, conversation_id: str, *statuses: int) -> None:
-        """Answer the next updates (PUT) of activities in `conversation_id` with these statuses (400, 404, 503)."""
-        self._update_refusals.setdefault(conversation_id, []).extend(statuses)
+    def refuse_updates(self, conversation_id: str, *statuses: int, retry_after: float | None = None,
+                       when: Callable[[Any], bool] | None = None) -> None:
+        """Answer the next updates (PUT) of activities in `conversation_id` (whose body matches `when`) with
+        these statuses (400, 404, 429, 503), with a Retry-After header (seconds) when given."""
+        self._faults.extend(_Fault("PUT", conversation_id, s, retry_after, when or (lambda body: True))
+                            for s in statuses)
 
     # -- what tests look at --------------------------------------------------------------------
 
@@ -188,12 +204,26 @@ class FakeConnector:
         self.calls.append(call)
         return call
 
-    async def _finish(self, call: ConnectorCall, status: int, payload: dict[str, Any]) -> web.Response:
+    async def _finish(self, call: ConnectorCall, status: int, payload: dict[str, Any],
+                      retry_after: float | None = None) -> web.Response:
         call.status = status
         call.result_id = str(payload.get("id", ""))
         async with self._changed:
             self._changed.notify_all()
-        return web.json_response(payload, status=status)
+        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+        return web.json_response(payload, status=status, headers=headers)
+
+    async def _refused(self, call: ConnectorCall) -> web.Response | None:
+        """The first queued fault this call matches, answered (and used up); None if there is none."""
+        fault = next((f for f in self._faults if f.method == call.method and f.conversation_id == call.conversation_id
+                      and f.when(call.body)), None)
+        if fault is None:
+            return None
+        self._faults.remove(fault)
+        code = {400: "BadArgument", 403: "Forbidden", 404: "NotFound", 429: "TooManyRequests"}.get(
+            fault.status, "ServiceError")
+        return await self._finish(call, fault.status, {"error": {"code": code, "message": "refused"}},
+                                  fault.retry_after)
 
     def _too_big(self, body: Any) -> bool:
         return len(json.dumps(body, separators=(",", ":")).encode()) > MAX_MESSAGE_BYTES
@@ -217,10 +247,9 @@ class FakeConnector:
         return await self._store_new(call, conversation_id)
 
     async def _store_new(self, call: ConnectorCall, conversation_id: str) -> web.Response:
-        refusals = self._refusals.get(conversation_id)
-        if refusals:
-            status = refusals.pop(0)
-            return await self._finish(call, status, {"error": {"code": "ServiceError", "message": "refused"}})
+        answered = await self._refused(call)
+        if answered is not None:
+            return answered
         refused = refusal("POST", call.body)
         if refused:
             return await self._finish(call, *refused)
@@ -233,11 +262,9 @@ class FakeConnector:
     async def _update(self, request: web.Request) -> web.Response:
         conversation_id, activity_id = request.match_info["conversation_id"], request.match_info["activity_id"]
         call = await self._record(request, conversation_id, activity_id)
-        refusals = self._update_refusals.get(conversation_id)
-        if refusals:
-            status = refusals.pop(0)
-            code = {400: "BadArgument", 403: "Forbidden", 404: "NotFound"}.get(status, "ServiceError")
-            return await self._finish(call, status, {"error": {"code": code, "message": "refused"}})
+        answered = await self._refused(call)
+        if answered is not None:
+            return answered
         hold = next((h for h in self._holds if h.conversation_id == conversation_id and not h.arrived.is_set()
                      and h.when(call.body)), None)
         if hold is not None and not hold.after_effect:
