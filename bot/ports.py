@@ -48,6 +48,8 @@ __all__ = [
     "Notifier",
     "NotifyResult",
     "PurgeResult",
+    "RateTake",
+    "RefusalBurst",
     "ReportSource",
     "SecretRead",
     "SecretSource",
@@ -91,6 +93,31 @@ class Checkpoint:
 class PurgeResult:
     purged: int
     checkpoint: Checkpoint | None
+
+
+@dataclass(frozen=True)
+class RefusalBurst:
+    """Rate-limit refusals of one key in a row: who was refused first, how many, from when to when."""
+
+    key: str
+    actor: Identity
+    refused: int
+    first_at: datetime
+    last_at: datetime
+
+
+@dataclass(frozen=True)
+class RateTake:
+    """One attempt counted against a rate limit (`Store.take_rate_token`).
+
+    Granted: `ended` is the burst of refusals this attempt ended, if any (each burst is returned once,
+    by whichever process ends it). Refused: `retry_at` is when the next attempt can be granted and
+    `refused` how many attempts in a row this key has been refused, this one included (1: the first)."""
+
+    granted: bool
+    retry_at: datetime | None = None
+    refused: int = 0
+    ended: RefusalBurst | None = None
 
 
 @runtime_checkable
@@ -279,6 +306,20 @@ class Store(ReportSource, Protocol):
     async def effects_by_kind(self) -> dict[str, dict[str, int]]:
         """Pending and failed effects per kind, `{"pending": {"wipe": n, ...}, "failed": {...}}` (for /metrics);
         kinds with none are left out."""
+        ...
+
+    # -- rate limits -------------------------------------------------------------------------
+    async def take_rate_token(self, key: str, count: int, per: timedelta, now: datetime,
+                              actor: Identity) -> RateTake:
+        """Count one attempt for `key` if fewer than `count` (>= 1) were granted in the `per` before `now`.
+
+        A sliding window held by the store, one atomic step (check and count together), so every
+        process sharing the store shares one budget. A refusal is counted into the key's burst."""
+        ...
+
+    async def end_rate_bursts(self, now: datetime) -> list[RefusalBurst]:
+        """Claim every burst of refusals whose key may act again by `now` (each returned once, to one
+        caller), and delete the windows with nothing left in them (the table stays bounded)."""
         ...
 
     # -- audit trail ---------------------------------------------------------------------------

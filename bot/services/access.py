@@ -63,9 +63,9 @@ from bot.domain.policy import Policy, VaultPolicy
 from bot.domain.request_text import RequestDraft, format_duration, parse_duration, parse_request
 from bot.domain.syntax import Hint, Typed, example
 from bot.domain.vault import Vault
-from bot.ports import Clock, Failed, Notifier, SecretRead, Store
+from bot.ports import Clock, Failed, Notifier, RefusalBurst, SecretRead, Store
 from bot.services.cas import changing_too_quickly, retry_cas
-from bot.services.rate_limits import RateLimiter
+from bot.services.rate_limits import ACTIONS, action_of, rate_key
 from bot.services.rotation import note_password_read
 from bot.services.secrets import BuiltinSource, SecretSources
 
@@ -117,7 +117,6 @@ class AccessService:
         self.policy = policy
         self.clock = clock
         self.notifiers: dict[str, Notifier] = {}
-        self.rate_limiter = RateLimiter(clock)
         # Due transitions running now: the effects worker and App Home hold back meanwhile (access ends
         # first). One object, shared by `using` twins.
         self._ending = _Ending()
@@ -137,7 +136,7 @@ class AccessService:
 
     def using(self, store: Store) -> AccessService:
         """This service on another handle of the same store (the scheduler's and effects worker's
-        connection): the same notifiers, callbacks, rate limits and `ending` count."""
+        connection): the same notifiers, callbacks and `ending` count (rate limits live in the store)."""
         twin = copy.copy(self)
         twin.store = store
         return twin
@@ -646,15 +645,20 @@ class AccessService:
     async def check_rate(self, actor: Identity, action: str, *, request: AccessRequest | None = None) -> None:
         """Count one `action` ("requests", "codes", "reports") by the actor's person; NotAllowed over the limit.
 
-        The first refusal of a burst is audited as `access.refused`; the rest of it only logged."""
+        Counted by the store, so all replicas share the budget. The first refusal of a burst (the store
+        numbers them) is audited as `access.refused`; the rest of it only logged."""
         limit = self.policy.rate_limits.of(action)
-        refused = self.rate_limiter.take(self.policy.person_of(actor), action, limit, actor)
-        await self.summarise_refusal_bursts()
-        if refused is None:
+        now = self.clock.now()
+        taken = await self.store.take_rate_token(rate_key(action, self.policy.person_of(actor)), limit.count,
+                                                 limit.per, now, actor)
+        if taken.granted:
+            if taken.ended is not None:  # this attempt ended a burst of refusals: its volume, once
+                await self._summarise_burst(taken.ended)
             return
-        wait = max(int(refused.retry_after.total_seconds() // 60), 1)
+        retry_at = taken.retry_at or now + limit.per
+        wait = max(int((retry_at - now).total_seconds() // 60), 1)
         reason = f"rate limit: {action} ({limit})"
-        if refused.first:
+        if taken.refused == 1:
             try:
                 await self.store.append_event(EventDraft(
                     "access.refused", actor, request.id if request else None, request.item if request else None,
@@ -666,23 +670,31 @@ class AccessService:
 
     async def summarise_refusal_bursts(self) -> int:
         """One `access.refused_burst` per ended burst of rate-limit refusals beyond its first (audited at once):
-        how many were refused, from when to when. Run on every rate check and every scheduler tick."""
+        how many were refused, from when to when. Run on every scheduler tick; the store hands each ended
+        burst to one replica only, and deletes the windows that count nothing any more."""
         written = 0
-        for burst in self.rate_limiter.ended_bursts():
-            if burst.refused < 2:
-                continue  # the one refusal is already in the trail
-            draft = EventDraft(
-                "access.refused_burst", burst.actor, None, None, None, f"rate limit: {burst.action} ({burst.limit})",
-                {"action": burst.action, "limit": str(burst.limit), "refused": burst.refused,
-                 "not_audited_one_by_one": burst.refused - 1, "first_at": format_time(burst.first_at),
-                 "last_at": format_time(burst.last_at)})
-            try:
-                await self.store.append_event(draft)
-                written += 1
-            except StoreError as exc:
-                log.error("refusal burst not audited actor=%s action=%s refused=%d error=%s", burst.actor.key,
-                          burst.action, burst.refused, exc.message)
+        for burst in await self.store.end_rate_bursts(self.clock.now()):
+            written += await self._summarise_burst(burst)
         return written
+
+    async def _summarise_burst(self, burst: RefusalBurst) -> int:
+        """Audit one ended burst (1), or nothing when its one refusal is already in the trail (0)."""
+        if burst.refused < 2:
+            return 0
+        action = action_of(burst.key)
+        limit = str(self.policy.rate_limits.of(action)) if action in ACTIONS else "?"
+        draft = EventDraft(
+            "access.refused_burst", burst.actor, None, None, None, f"rate limit: {action} ({limit})",
+            {"action": action, "limit": limit, "refused": burst.refused,
+             "not_audited_one_by_one": burst.refused - 1, "first_at": format_time(burst.first_at),
+             "last_at": format_time(burst.last_at)})
+        try:
+            await self.store.append_event(draft)
+        except StoreError as exc:
+            log.error("refusal burst not audited actor=%s action=%s refused=%d error=%s", burst.actor.key,
+                      action, burst.refused, exc.message)
+            return 0
+        return 1
 
     async def record_refusal(self, actor: Identity, what: str, *, request_id: str | None = None,
                              vault: str | None = None) -> None:

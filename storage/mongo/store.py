@@ -32,7 +32,7 @@ import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, unquote
 
@@ -76,7 +76,7 @@ from bot.domain.model import (
     Status,
     TransitionDraft,
 )
-from bot.ports import Checkpoint, Clock, PurgeResult
+from bot.ports import Checkpoint, Clock, PurgeResult, RateTake, RefusalBurst
 from storage.codec import (
     CLAIM_FIELDS,
     KEY_FIELDS,
@@ -105,6 +105,7 @@ from storage.common import (
     settled_changes,
     supersedes,
 )
+from storage.mongo import rate_limits
 from storage.mongo.reports import REPORT_INDEXES
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ CAS_ATTEMPTS = 10
 # Events deleted per batch when a purge removes what lies below its checkpoint.
 PURGE_BATCH = 5_000
 ALLOW_STANDALONE_VAR = "JITPASS_MONGODB_ALLOW_STANDALONE"
-_COLLECTIONS = ("items", "requests", "events", "meta", "effects")
+_COLLECTIONS = ("items", "requests", "events", "meta", "effects", rate_limits.COLLECTION)
 _ILLEGAL_OPERATION = 20  # what a standalone mongod answers a transaction
 _WRITE_CONFLICT = 112
 _DUPLICATE_KEY = 11000
@@ -360,6 +361,7 @@ class MongoStore:
             IndexModel([("request_id", ASCENDING), ("lane", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)],
                        name="lane"),
         ])
+        await self._collection(rate_limits.COLLECTION).create_indexes(rate_limits.RATE_INDEXES)
 
     async def close(self) -> None:
         """Close the client; safe to call twice."""
@@ -1136,6 +1138,18 @@ class MongoStore:
                 if doc is not None:
                     found.append(doc[field])
         return time_from_doc(min(found)) if found else None
+
+    # -- rate limits --------------------------------------------------------------------------
+    async def take_rate_token(self, key: str, count: int, per: timedelta, now: datetime,
+                              actor: Identity) -> RateTake:
+        """Count one attempt for `key` within its sliding window: one atomic update of its document."""
+        with self._errors("a rate-limit check"):
+            return await rate_limits.take(self._collection(rate_limits.COLLECTION), key, count, per, now, actor)
+
+    async def end_rate_bursts(self, now: datetime) -> list[RefusalBurst]:
+        """Claim the bursts of refusals that are over (one update each) and delete the empty windows."""
+        with self._errors("ending rate-limit bursts"):
+            return await rate_limits.end_bursts(self._collection(rate_limits.COLLECTION), now)
 
     # -- audit trail --------------------------------------------------------------------------
     async def append_event(self, event: EventDraft) -> Event:

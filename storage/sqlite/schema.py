@@ -217,5 +217,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX requests_open_claim ON requests (open_claim)",
         "CREATE UNIQUE INDEX requests_hold_claim ON requests (hold_claim)",
     ),
+    (
+        # Rate limits held by the store, one budget for every process on the file (storage/sqlite/rate_limits.py).
+        # `until`: a JSON list of when each attempt granted in the window leaves it, oldest first (at most
+        # the limit's count); `expires_at`: when the last one does, after which the row counts nothing and
+        # is deleted unless a burst of refusals is still open (`refused` > 0, from `first_refused_at` to
+        # `last_refused_at`, first by `actor`, the key free again at `retry_at`).
+        """CREATE TABLE rate_windows (
+            key TEXT PRIMARY KEY,
+            until TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            refused INTEGER NOT NULL,
+            first_refused_at TEXT,
+            last_refused_at TEXT,
+            retry_at TEXT,
+            actor TEXT
+        ) WITHOUT ROWID""",
+        "CREATE INDEX rate_windows_expires ON rate_windows (expires_at)",
+        "CREATE INDEX rate_windows_bursts ON rate_windows (retry_at) WHERE refused > 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

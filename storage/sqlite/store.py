@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ from bot.domain.model import (
     Status,
     TransitionDraft,
 )
-from bot.ports import Checkpoint, Clock, PurgeResult
+from bot.ports import Checkpoint, Clock, PurgeResult, RateTake, RefusalBurst
 from storage.codec import (
     effect_from_doc,
     item_from_doc,
@@ -62,6 +62,7 @@ from storage.common import (
     settled_changes,
     supersedes,
 )
+from storage.sqlite import rate_limits
 from storage.sqlite.schema import FACTS_CREATED_V3, FACTS_FROM_EVENTS_V3, MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -866,6 +867,18 @@ class SqliteStore:
         rows = await self._read(_NEXT_DUE)
         value = rows[0][0] if rows else None
         return None if value is None else _parse(value)
+
+    # -- rate limits --------------------------------------------------------------------------
+    async def take_rate_token(self, key: str, count: int, per: timedelta, now: datetime,
+                              actor: Identity) -> RateTake:
+        """Count one attempt for `key` within its sliding window; read and write under one write lock."""
+        async with self._write() as conn:
+            return await rate_limits.take(conn, key, count, per, now, actor)
+
+    async def end_rate_bursts(self, now: datetime) -> list[RefusalBurst]:
+        """Claim the bursts of refusals that are over and delete the empty windows, in one transaction."""
+        async with self._write() as conn:
+            return await rate_limits.end_bursts(conn, now)
 
     # -- audit trail --------------------------------------------------------------------------
     async def append_event(self, event: EventDraft) -> Event:

@@ -134,6 +134,22 @@ async def _claims_worker(command: str, kind: str, where: str, db_name: str, who:
     print(won, flush=True)
 
 
+async def _rate_worker(kind: str, where: str, db_name: str, key: str, count: int, attempts: int, who: str) -> None:
+    """Take `attempts` tokens for `key` (limit `count` per hour) as fast as the store answers; print how
+    many were granted to this process."""
+    store = _store_at(kind, where, db_name)
+    await store.open()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    actor = Identity("slack", who)
+    granted = 0
+    for _ in range(attempts):
+        taken = await store.take_rate_token(key, count, timedelta(hours=1), datetime.now(UTC), actor)
+        granted += taken.granted
+    await store.close()
+    print(granted, flush=True)
+
+
 def main(argv: list[str]) -> None:
     command = argv[0]
     if command == "append":  # append KIND WHERE DB COUNT WHO
@@ -142,6 +158,8 @@ def main(argv: list[str]) -> None:
         asyncio.run(_approve_worker(argv[1], argv[2], argv[3], argv[4], argv[5]))
     elif command in {"open-requests", "activate"}:
         asyncio.run(_claims_worker(command, argv[1], argv[2], argv[3], argv[4], argv[5:]))
+    elif command == "rate-tokens":  # rate-tokens KIND WHERE DB KEY COUNT ATTEMPTS WHO
+        asyncio.run(_rate_worker(argv[1], argv[2], argv[3], argv[4], int(argv[5]), int(argv[6]), argv[7]))
     else:
         raise SystemExit(f"unknown command {command!r}")
 

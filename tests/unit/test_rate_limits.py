@@ -138,3 +138,42 @@ async def test_a_single_refusal_needs_no_summary(runtime: Runtime) -> None:
     await runtime.scheduler.tick()
     assert await refusals(runtime) == ["rate limit: reports (2 per 1h)"]
     assert await burst_summaries(runtime) == []
+
+
+async def test_two_replicas_on_one_store_share_one_budget_and_audit_one_refusal(tmp_path: Path) -> None:
+    """Each replica used to count in its own memory (twice the budget with two); the store counts now."""
+    clock = FakeClock()
+    settings = test_settings(tmp_path)
+    replicas = [await open_runtime(settings, clock=clock, policy=parse_policy(TEST_POLICY + LIMITS))
+                for _ in range(2)]
+    try:
+        await replicas[0].catalog.add(canary_items(), SYSTEM, source="test")
+        granted = 0
+        for i in range(8):  # alternating replicas
+            try:
+                await chat_report(replicas[i % 2].service, ADMIN, "7d")
+                granted += 1
+            except NotAllowed:
+                pass
+        assert granted == 2, "reports = 2/1h for the person, whichever replica answers"
+        for i in range(6):  # alternating replicas and the person's two accounts
+            who = (ALICE, ALICE_TEAMS)[i % 2]
+            try:
+                request = await replicas[i % 2].service.request_access(who, "acme-zendesk fix broken trigger for 1h")
+                await replicas[(i + 1) % 2].service.cancel(request.id, who)
+                granted += 1
+            except NotAllowed:
+                pass
+        assert granted == 2 + 3, "requests = 3/1h for alice's two accounts across both replicas"
+        assert sorted(await refusals(replicas[1])) == ["rate limit: reports (2 per 1h)",
+                                                       "rate limit: requests (3 per 1h)"]
+        clock.advance(timedelta(hours=1))
+        for replica in replicas:  # both replicas' minute ticks ask the store for ended bursts
+            await replica.scheduler.tick()
+        summaries = await burst_summaries(replicas[0])
+        assert sorted((reason, details["refused"]) for _, reason, details in summaries) == [
+            ("rate limit: reports (2 per 1h)", 6), ("rate limit: requests (3 per 1h)", 3)], \
+            "each burst summarised once, by one of the replicas"
+    finally:
+        for replica in replicas:
+            await replica.store.close()
