@@ -24,11 +24,11 @@ from microsoft_agents.hosting.core.authorization import Connections
 from adapters.downloads import CSV_TYPE, HTML_TYPE, ReportLinks
 from adapters.teams import cards
 from adapters.teams.connector import ServiceUrlBook, card_activity
-from adapters.teams.refs import REQUESTER, VERSION, RequesterRef
+from adapters.teams.refs import DELIVERY, PERSONAL, REQUESTER, VERSION, ConversationRef, RequesterRef
 from bot.domain import commands as cmd
 from bot.domain import wording
 from bot.domain.admission import ACK_BUDGET_SECONDS, Admission, arrived
-from bot.domain.errors import InfrastructureError, InputError, JitpassError, NotFound, log_incident
+from bot.domain.errors import InfrastructureError, InputError, JitpassError, NotAllowed, NotFound, log_incident
 from bot.domain.model import AccessRequest, Identity
 from bot.domain.request_text import RequestDraft, parse_window
 from bot.domain.syntax import TEAMS
@@ -116,6 +116,18 @@ class Inbound:
 
     def refs(self) -> dict[str, Any]:
         return {VERSION: 1, REQUESTER: self.requester.to_dict()}
+
+
+def own_personal_chat(inbound: Inbound, request: AccessRequest) -> bool:
+    """Whether an invoke comes from the 1:1 chat the request's secrets go to (when jitpass knows it:
+    the delivery's chat, else the chat the request was typed in if that was 1:1), or at least a 1:1 chat."""
+    if not inbound.in_personal_chat:
+        return False
+    known = ConversationRef.from_refs(request.refs, PERSONAL) or ConversationRef.from_refs(request.refs, DELIVERY)
+    typed_in = RequesterRef.from_refs(request.refs)
+    if known is None and typed_in is not None and typed_in.is_personal:
+        known = typed_in.personal()
+    return known is None or known.conversation_id.split(";", 1)[0] == inbound.conversation_id
 
 
 def card_response(card: dict[str, Any]) -> dict[str, Any]:
@@ -368,6 +380,16 @@ class TeamsAgent:
 
     async def act_new_code(self, context: TurnContext, inbound: Inbound, data: Mapping[str, Any]) -> dict[str, Any]:
         request_id = self._card_request_id(data)
+        asked = await self.service.get_request(request_id)
+        if not own_personal_chat(inbound, asked):
+            # The answer to this invoke carries the password and code: it may only go back into the 1:1 chat
+            # the grant was delivered to, never into a group chat or channel (a forged invoke can claim
+            # anyone's aadObjectId there, and everyone in it could read the answer).
+            await self.service.record_refusal(inbound.identity, "new code outside the holder's 1:1 chat",
+                                              request_id=asked.id, vault=asked.vault)
+            log.info("event=teams_new_code_refused request_id=%s conversation_type=%s", asked.id,
+                     inbound.requester.conversation_type or "-")
+            raise NotAllowed("Press New code in your own 1:1 chat with jitpass.")
         reveal = await self.service.new_code(request_id, inbound.identity)
         request = await self.service.get_request(request_id)
         return card_response(cards.delivery_card(request, reveal, self.policy.timezone))
