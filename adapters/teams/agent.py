@@ -13,7 +13,7 @@ import html
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from microsoft_agents.activity import Activity, ActivityTypes, InvokeResponse
@@ -23,7 +23,7 @@ from microsoft_agents.hosting.core.authorization import Connections
 
 from adapters.downloads import CSV_TYPE, HTML_TYPE, ReportLinks
 from adapters.teams import cards
-from adapters.teams.connector import ServiceUrlBook, card_activity
+from adapters.teams.connector import MemberDirectory, ServiceUrlBook, card_activity
 from adapters.teams.refs import DELIVERY, PERSONAL, REQUESTER, VERSION, ConversationRef, RequesterRef
 from bot.domain import commands as cmd
 from bot.domain import wording
@@ -150,7 +150,8 @@ class TeamsAgent:
 
     def __init__(self, core: ChatCore, service_urls: ServiceUrlBook, connection_manager: Connections, *,
                  report_links: ReportLinks, public_url: str, admission: Admission | None = None,
-                 ack_budget: float = ACK_BUDGET_SECONDS) -> None:
+                 ack_budget: float = ACK_BUDGET_SECONDS, members: MemberDirectory | None = None) -> None:
+        self.members = members
         # Admission control (bot/domain/admission.py): core work from Teams is bounded like Slack's.
         self.admission = admission or Admission(16, 256)
         self.ack_budget = ack_budget
@@ -199,12 +200,23 @@ class TeamsAgent:
         if not task.cancelled() and task.exception() is not None:
             log.warning("event=teams_service_url_save_failed error=%s", type(task.exception()).__name__)
 
+    async def _inbound(self, activity: Activity) -> Inbound:
+        """Who acts and where, with the sender's directory e-mail when the connector gives it (one person
+        across platforms: policy `person_of`); "" when it cannot say."""
+        inbound = Inbound.of(activity)
+        user = activity.from_property
+        if self.members is None or user is None or not activity.service_url:
+            return inbound
+        email = await self.members.email(inbound.identity.user_id, user.id or "", activity.service_url,
+                                         inbound.conversation_id)
+        return replace(inbound, identity=replace(inbound.identity, email=email)) if email else inbound
+
     # -- messages ----------------------------------------------------------------------------
 
     async def on_message(self, context: TurnContext, state: TurnState) -> None:
         activity = context.activity
         try:
-            inbound = Inbound.of(activity)
+            inbound = await self._inbound(activity)
             text = clean_text(activity.text or "")
             if not inbound.in_personal_chat:
                 log.info("event=teams_mention conversation_id=%s type=%s tenant=%s", inbound.conversation_id,
@@ -366,7 +378,7 @@ class TeamsAgent:
         handler = self.verbs.get(verb) if isinstance(verb, str) else None
         if handler is None:
             return error_response("UnknownVerb", f"jitpass does not know the card action “{verb}”.")
-        return await handler(context, Inbound.of(context.activity), data)
+        return await handler(context, await self._inbound(context.activity), data)
 
     async def act_approve(self, context: TurnContext, inbound: Inbound, data: Mapping[str, Any]) -> dict[str, Any]:
         request = await self.service.approve(self._card_request_id(data), inbound.identity)
