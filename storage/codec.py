@@ -75,6 +75,8 @@ def identity_to_doc(identity: Identity) -> dict[str, Any]:
     doc: dict[str, Any] = identity.to_dict()
     if identity.groups:
         doc["groups"] = sorted(identity.groups)
+    if identity.email:
+        doc["email"] = identity.email
     return doc
 
 
@@ -82,8 +84,10 @@ def identity_from_doc(doc: dict[str, Any]) -> Identity:
     """The Identity an `identity_to_doc` document stands for."""
     identity = Identity.from_dict(doc)
     groups = doc.get("groups")
-    if groups:
-        identity = Identity(identity.platform, identity.user_id, identity.display, frozenset(groups))
+    email = doc.get("email")
+    if groups or email:
+        identity = Identity(identity.platform, identity.user_id, identity.display, frozenset(groups or ()),
+                            str(email or ""))
     return identity
 
 

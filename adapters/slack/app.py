@@ -177,9 +177,9 @@ class SlackInteractions:
 
     async def _identity(self, user_id: str, display: str, *, groups: bool = False) -> Identity:
         # Only deciding (approve, decline) and admin commands depend on user groups: spare Slack the rest.
-        if groups:
-            return await self.directory.identity(user_id, display)
-        return Identity("slack", user_id, display)
+        # The verified e-mail (cached) is always looked up: it makes the requester one person with their
+        # other platform's account, for self-approval and one-open-request alike.
+        return await self.directory.identity(user_id, display, groups=groups)
 
     async def _already(self, request_id: str, exc: Conflict) -> str:
         """Say "already approved by …" in Slack words, from the request's current state."""

@@ -27,7 +27,7 @@ from adapters.downloads import ROUTE as DOWNLOAD_ROUTE
 from adapters.downloads import ReportLinks, redact_access_log
 from adapters.teams.agent import TeamsAgent, apology, report_unexpected
 from adapters.teams.auth import CONNECTION, InboundAuth, auth_configuration
-from adapters.teams.connector import Connector, ServiceUrlBook, ServiceUrlValidator
+from adapters.teams.connector import Connector, MemberDirectory, ServiceUrlBook, ServiceUrlValidator
 from adapters.teams.notifier import TeamsNotifier
 from bot.domain.admission import Admission
 from bot.domain.config import Settings
@@ -71,6 +71,21 @@ class _OneLine(logging.Filter):
 
 
 _ONE_LINE = _OneLine()
+
+
+class _MemberNotFound(logging.Filter):
+    """The SDK logs an ERROR for every non-200 answer; a 404 for a conversation member is how Teams says
+    "not in this conversation" (the e-mail lookup then gives none): expected, so DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING and "/members/" in message and message.rstrip().endswith("404"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_MEMBER_NOT_FOUND = _MemberNotFound()
+_CONNECTOR_LOG = logging.getLogger("microsoft_agents.hosting.core.connector.client.connector_client")
 # The SDK loggers that log a refused activity or a failed turn with a traceback.
 _SDK_TRACEBACK_LOGS = ("microsoft_agents.activity.activity", "microsoft_agents.hosting.core.app.agent_application")
 
@@ -102,6 +117,8 @@ class TeamsAdapter:
         redact_access_log()
         if self.app_id is None and _ANONYMOUS_NOISE not in _USER_TOKEN_LOG.filters:
             _USER_TOKEN_LOG.addFilter(_ANONYMOUS_NOISE)
+        if _MEMBER_NOT_FOUND not in _CONNECTOR_LOG.filters:
+            _CONNECTOR_LOG.addFilter(_MEMBER_NOT_FOUND)
         for name in _SDK_TRACEBACK_LOGS:
             if _ONE_LINE not in logging.getLogger(name).filters:
                 logging.getLogger(name).addFilter(_ONE_LINE)
@@ -122,6 +139,7 @@ class TeamsAdapter:
         core.access.register_notifier(notifier)
         self.report_links = ReportLinks(core.clock)
         self.agent = TeamsAgent(core, self.service_urls, self.connections, report_links=self.report_links,
+                                members=MemberDirectory(self.connector),
                                 public_url=self.public_url, admission=self.admission,
                                 ack_budget=self.settings.ack_budget)
         validation = "on" if self.validator.enabled else "OFF"

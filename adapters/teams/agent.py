@@ -13,7 +13,7 @@ import html
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from microsoft_agents.activity import Activity, ActivityTypes, InvokeResponse
@@ -23,12 +23,12 @@ from microsoft_agents.hosting.core.authorization import Connections
 
 from adapters.downloads import CSV_TYPE, HTML_TYPE, ReportLinks
 from adapters.teams import cards
-from adapters.teams.connector import ServiceUrlBook, card_activity
-from adapters.teams.refs import REQUESTER, VERSION, RequesterRef
+from adapters.teams.connector import MemberDirectory, ServiceUrlBook, card_activity
+from adapters.teams.refs import DELIVERY, PERSONAL, REQUESTER, VERSION, ConversationRef, RequesterRef
 from bot.domain import commands as cmd
 from bot.domain import wording
 from bot.domain.admission import ACK_BUDGET_SECONDS, Admission, arrived
-from bot.domain.errors import InfrastructureError, InputError, JitpassError, NotFound, log_incident
+from bot.domain.errors import InfrastructureError, InputError, JitpassError, NotAllowed, NotFound, log_incident
 from bot.domain.model import AccessRequest, Identity
 from bot.domain.request_text import RequestDraft, parse_window
 from bot.domain.syntax import TEAMS
@@ -118,6 +118,18 @@ class Inbound:
         return {VERSION: 1, REQUESTER: self.requester.to_dict()}
 
 
+def own_personal_chat(inbound: Inbound, request: AccessRequest) -> bool:
+    """Whether an invoke comes from the 1:1 chat the request's secrets go to (when jitpass knows it:
+    the delivery's chat, else the chat the request was typed in if that was 1:1), or at least a 1:1 chat."""
+    if not inbound.in_personal_chat:
+        return False
+    known = ConversationRef.from_refs(request.refs, PERSONAL) or ConversationRef.from_refs(request.refs, DELIVERY)
+    typed_in = RequesterRef.from_refs(request.refs)
+    if known is None and typed_in is not None and typed_in.is_personal:
+        known = typed_in.personal()
+    return known is None or known.conversation_id.split(";", 1)[0] == inbound.conversation_id
+
+
 def card_response(card: dict[str, Any]) -> dict[str, Any]:
     """The body of an `adaptiveCard/action` answer that shows `card` in place of the clicked one."""
     return {"statusCode": 200, "type": cards.CARD_CONTENT_TYPE, "value": card}
@@ -138,7 +150,8 @@ class TeamsAgent:
 
     def __init__(self, core: ChatCore, service_urls: ServiceUrlBook, connection_manager: Connections, *,
                  report_links: ReportLinks, public_url: str, admission: Admission | None = None,
-                 ack_budget: float = ACK_BUDGET_SECONDS) -> None:
+                 ack_budget: float = ACK_BUDGET_SECONDS, members: MemberDirectory | None = None) -> None:
+        self.members = members
         # Admission control (bot/domain/admission.py): core work from Teams is bounded like Slack's.
         self.admission = admission or Admission(16, 256)
         self.ack_budget = ack_budget
@@ -187,12 +200,23 @@ class TeamsAgent:
         if not task.cancelled() and task.exception() is not None:
             log.warning("event=teams_service_url_save_failed error=%s", type(task.exception()).__name__)
 
+    async def _inbound(self, activity: Activity) -> Inbound:
+        """Who acts and where, with the sender's directory e-mail when the connector gives it (one person
+        across platforms: policy `person_of`); "" when it cannot say."""
+        inbound = Inbound.of(activity)
+        user = activity.from_property
+        if self.members is None or user is None or not activity.service_url:
+            return inbound
+        email = await self.members.email(inbound.identity.user_id, user.id or "", activity.service_url,
+                                         inbound.conversation_id)
+        return replace(inbound, identity=replace(inbound.identity, email=email)) if email else inbound
+
     # -- messages ----------------------------------------------------------------------------
 
     async def on_message(self, context: TurnContext, state: TurnState) -> None:
         activity = context.activity
         try:
-            inbound = Inbound.of(activity)
+            inbound = await self._inbound(activity)
             text = clean_text(activity.text or "")
             if not inbound.in_personal_chat:
                 log.info("event=teams_mention conversation_id=%s type=%s tenant=%s", inbound.conversation_id,
@@ -354,7 +378,7 @@ class TeamsAgent:
         handler = self.verbs.get(verb) if isinstance(verb, str) else None
         if handler is None:
             return error_response("UnknownVerb", f"jitpass does not know the card action “{verb}”.")
-        return await handler(context, Inbound.of(context.activity), data)
+        return await handler(context, await self._inbound(context.activity), data)
 
     async def act_approve(self, context: TurnContext, inbound: Inbound, data: Mapping[str, Any]) -> dict[str, Any]:
         request = await self.service.approve(self._card_request_id(data), inbound.identity)
@@ -368,6 +392,16 @@ class TeamsAgent:
 
     async def act_new_code(self, context: TurnContext, inbound: Inbound, data: Mapping[str, Any]) -> dict[str, Any]:
         request_id = self._card_request_id(data)
+        asked = await self.service.get_request(request_id)
+        if not own_personal_chat(inbound, asked):
+            # The answer to this invoke carries the password and code: it may only go back into the 1:1 chat
+            # the grant was delivered to, never into a group chat or channel (a forged invoke can claim
+            # anyone's aadObjectId there, and everyone in it could read the answer).
+            await self.service.record_refusal(inbound.identity, "new code outside the holder's 1:1 chat",
+                                              request_id=asked.id, vault=asked.vault)
+            log.info("event=teams_new_code_refused request_id=%s conversation_type=%s", asked.id,
+                     inbound.requester.conversation_type or "-")
+            raise NotAllowed("Press New code in your own 1:1 chat with jitpass.")
         reveal = await self.service.new_code(request_id, inbound.identity)
         request = await self.service.get_request(request_id)
         return card_response(cards.delivery_card(request, reveal, self.policy.timezone))

@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,7 +38,8 @@ from adapters.teams.refs import ConversationRef
 from bot.domain.errors import DeliveryError
 from bot.ports import ChatMetrics, NoMetrics, Store
 
-__all__ = ["SERVICE_URL_HOSTS", "Connector", "ServiceUrlBook", "ServiceUrlValidator", "card_activity", "without_nulls"]
+__all__ = ["SERVICE_URL_HOSTS", "Connector", "MemberDirectory", "ServiceUrlBook", "ServiceUrlValidator",
+           "card_activity", "without_nulls"]
 
 log = logging.getLogger("jitpass.teams")
 
@@ -216,6 +218,20 @@ class Connector:
                 "update_activity",
                 lambda: client.conversations.update_activity(where.conversation_id, where.activity_id, outgoing))
 
+    async def member_email(self, service_url: str, conversation_id: str, user_id: str) -> str | None:
+        """A conversation member's directory e-mail (TeamsChannelAccount `email`); None for a non-member (404)."""
+        async with self.client(service_url) as client:
+            try:
+                member = await self._retrying(
+                    "get_conversation_member",
+                    lambda: client.conversations.get_conversation_member(conversation_id, user_id))
+            except aiohttp.ClientResponseError as exc:
+                if exc.status == 404:  # MemberNotFoundInConversation
+                    return None
+                raise
+        email = (member.model_extra or {}).get("email")
+        return email.strip().lower() if isinstance(email, str) and "@" in email else None
+
     async def open_personal_chat(self, service_url: str, tenant_id: str, user_id: str, bot_id: str) -> ConversationRef:
         """The 1:1 chat between the bot and a user (Teams returns the existing one if there is one)."""
         raw: dict[str, Any] = {"isGroup": False, "members": [{"id": user_id}]}
@@ -230,3 +246,33 @@ class Connector:
         if not created.id:
             raise DeliveryError("the connector created no conversation")
         return ConversationRef(created.service_url or service_url, created.id, tenant_id)
+
+
+class MemberDirectory:
+    """Teams people's e-mail addresses from the Bot Connector (`GET v3/conversations/{id}/members/{user}`),
+    asked in the conversation an activity came from and kept for `ttl` seconds per person.
+
+    Only the `email` the tenant's directory gives counts (not `userPrincipalName`, which need not be a
+    mailbox). A member Teams does not know there (404), no e-mail or a failed call is "": the account is
+    then only itself (fail closed), and a failure is not cached, so the next activity asks again."""
+
+    def __init__(self, connector: Connector, *, ttl: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.connector = connector
+        self.ttl = ttl
+        self.clock = clock
+        self._emails: dict[str, tuple[float, str]] = {}
+
+    async def email(self, object_id: str, teams_id: str, service_url: str, conversation_id: str) -> str:
+        """The person's directory e-mail, lower case, or "" (see the class)."""
+        cached = self._emails.get(object_id)
+        if cached is not None and cached[0] > self.clock():
+            return cached[1]
+        try:
+            found = await self.connector.member_email(service_url, conversation_id, teams_id or object_id)
+        except (DeliveryError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("event=teams_email_lookup_failed error=%s", type(exc).__name__)
+            return ""
+        self._emails[object_id] = (self.clock() + self.ttl, found or "")
+        return found or ""
+

@@ -532,6 +532,7 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
                                          "audit.witness_channel"),
     )
     onepassword = _parse_onepassword(reader, data)
+    people, people_emails = _parse_people(reader, data, onepassword)
     return Policy(
         audit=audit,
         timezone=tz,
@@ -541,7 +542,8 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         working_hours=hours,
         retention=retention,
         onepassword=onepassword,
-        people=_parse_people(reader, data, onepassword),
+        people=people,
+        people_emails=people_emails,
         rate_limits=_parse_rate_limits(reader, data),
     )
 
@@ -565,11 +567,13 @@ def _parse_rate_limits(reader: _PolicyReader, data: Mapping[str, Any]) -> RateLi
     return RateLimits(**{k: values.get(k, defaults.of(k)) for k in ("requests", "codes", "reports")})
 
 
-def _parse_people(reader: _PolicyReader, data: Mapping[str, Any], onepassword: OnePasswordPolicy) -> dict[str, str]:
+def _parse_people(reader: _PolicyReader, data: Mapping[str, Any],
+                  onepassword: OnePasswordPolicy) -> tuple[dict[str, str], dict[str, str]]:
     """`[people.<name>]` links a person's accounts: `slack = "U…"`, `teams = "<Entra object id>"`, `email`.
 
     Accounts listed under one e-mail in `[onepassword] people` are one person too: the `[people]` entry
-    with that `email`, else a person named by the e-mail."""
+    with that `email`, else a person named by the e-mail. Also returns e-mail -> name, so an unlinked
+    account whose platform reports that verified e-mail is that person."""
     links: dict[str, str] = {}
 
     def link(key: str, name: str, table: str, field: str) -> None:
@@ -594,9 +598,10 @@ def _parse_people(reader: _PolicyReader, data: Mapping[str, Any], onepassword: O
             by_email[email.lower()] = name
     for email, accounts in sorted(onepassword.people.items()):
         name = by_email.get(email, email)
+        by_email.setdefault(email, name)
         for key in sorted(accounts):
             link(key, name, "onepassword.people", email)
-    return links
+    return links, by_email
 
 
 def load_policy(path: Path | None) -> Policy:

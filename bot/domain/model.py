@@ -103,6 +103,9 @@ class Identity:
     display: str = ""
     # Groups the adapter resolved for this user (Slack user groups, Entra tenant, ...).
     groups: frozenset[str] = frozenset()
+    # The platform's verified e-mail (lower case) when the adapter could look it up, else "": it makes
+    # unlinked accounts on two platforms one person (policy `person_of`).
+    email: str = ""
 
     @property
     def key(self) -> str:

@@ -158,11 +158,17 @@ class Policy:
     rate_limits: RateLimits = field(default_factory=RateLimits)
     # Platform account ("slack:U123", "teams:<Entra object id>") -> the person's name ([people], e-mail links).
     people: Mapping[str, str] = field(default_factory=dict)
+    # Verified e-mail (lower case) -> the `[people]` entry naming it (`email = "…"`).
+    people_emails: Mapping[str, str] = field(default_factory=dict)
 
     def person_of(self, who: Identity) -> str:
-        """The person behind an account: `person:<name>` when the policy links it, else the account key."""
-        name = self.people.get(who.key)
-        return f"person:{name}" if name else who.key
+        """The person behind an account: `person:<name>` when the policy links it (by account or by the
+        account's verified e-mail), `email:<address>` for an unlinked account with a verified e-mail, else
+        the account key."""
+        name = self.people.get(who.key) or (self.people_emails.get(who.email) if who.email else None)
+        if name:
+            return f"person:{name}"
+        return f"email:{who.email}" if who.email else who.key
 
     def same_person(self, one: Identity, other: Identity) -> bool:
         """One person, whichever platform each account is on."""
@@ -170,7 +176,7 @@ class Policy:
 
     def accounts_of(self, who: Identity) -> tuple[Identity, ...]:
         """`who` and the person's linked accounts on other platforms (without their groups)."""
-        name = self.people.get(who.key)
+        name = self.people.get(who.key) or (self.people_emails.get(who.email) if who.email else None)
         if name is None:
             return (who,)
         linked = (k for k, n in self.people.items() if n == name and k != who.key)

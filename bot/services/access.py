@@ -838,7 +838,9 @@ class AccessService:
         await self.store.replace_item(replace(sealed, item=item), None)
 
     async def _authorise_decider(self, request: AccessRequest, who: Identity, verb: str) -> None:
-        if self.policy.same_person(request.requester, who):
+        # The person recorded when the request was made counts too: the requester's e-mail then may have
+        # made them one person with an account whose own e-mail cannot be looked up now.
+        if self.policy.same_person(request.requester, who) or request.person == self.policy.person_of(who):
             await self._refuse(request, who, f"self-{verb}")
             raise NotAllowed(f"You cannot {verb} your own request.")
         if not self.policy.is_approver(request.vault, who):

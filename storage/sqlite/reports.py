@@ -598,8 +598,12 @@ def _open(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise StoreError(f"the database file {path} does not exist")
     conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+    except BaseException:  # a file that is not a database: close it, never leave it to the collector
+        conn.close()
+        raise
     return conn
 
 

@@ -414,6 +414,12 @@ class SqliteStore:
                     await conn.execute("BEGIN IMMEDIATE")
                 except sqlite3.Error as exc:
                     raise self._error(exc) from None
+                except BaseException:
+                    # Cancelled while BEGIN ran on aiosqlite's thread (a shutdown, a timeout): it may have
+                    # begun. Left open, the transaction would hold the write lock of every other connection
+                    # to the file (the shutdown checkpoint then failed with "database is locked").
+                    await self._rollback(conn)
+                    raise
             try:
                 yield conn
                 if conn.in_transaction:
@@ -423,13 +429,19 @@ class SqliteStore:
                 self._tail = None  # unknown after a rollback: read it again next time
                 if conn.in_transaction:
                     # Cancelled mid-COMMIT, the transaction may end before ROLLBACK runs: keep the first error.
-                    with suppress(sqlite3.Error):
-                        await conn.execute("ROLLBACK")
+                    await self._rollback(conn)
                 if isinstance(exc, sqlite3.Error):
                     raise self._error(exc) from None
                 raise
             if self._pending_tail is not None:
                 self._tail, self._pending_tail = self._pending_tail, None
+
+    @staticmethod
+    async def _rollback(conn: aiosqlite.Connection) -> None:
+        """ROLLBACK whatever this connection has begun, even if the task is cancelled again meanwhile
+        (aiosqlite runs it after the statement in flight; "no transaction is active" is fine)."""
+        with suppress(sqlite3.Error):
+            await asyncio.shield(conn.execute("ROLLBACK"))
 
     async def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
         await self._open_if_lazy()

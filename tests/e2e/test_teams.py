@@ -16,6 +16,7 @@ import aiohttp
 import pyotp
 import pytest
 
+from adapters.teams.agent import ERROR_CONTENT_TYPE
 from bot.domain.model import Event
 from tests.support.app import CANARY_PASSWORD, CANARY_SEED, FakeClock, RunningApp, running_app, test_settings
 from tests.support.fake_connector import (
@@ -763,3 +764,30 @@ async def test_a_store_outage_reaches_the_teams_user_as_an_apology_not_its_detai
     assert "SQLite" not in answer.text
     error_id = answer.text.rsplit("error ", 1)[1].rstrip(").")
     assert any(error_id in r.getMessage() and "the SQLite store is not open" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_new_code_press_outside_the_holders_own_1_1_chat_is_refused_and_reveals_nothing(
+        teams: Teams, connector: FakeConnector) -> None:
+    request_id = await teams.request()
+    await teams.press(LEAD, "approve", request_id)
+    assert teams.deliveries(), "the grant was delivered to the requester's 1:1 chat"
+    before = len(await teams.events("grant.code_shown"))
+    data = {"request_id": request_id}
+    # Forged presses claiming the requester's aadObjectId: in a group chat, in a channel, and in a 1:1
+    # chat that is not the one the grant was delivered to.
+    for where, kind in (("19:group-chat@thread.v2", "groupChat"), (TEAM_CHANNEL, "channel"),
+                        ("a:personal-someone-else", "personal")):
+        activity = invoke_activity(connector.url, REQUESTER, "newCode", data, conversation_id=where,
+                                   conversation_type=kind)
+        status, body = await post_activity(teams.running.base_url, activity)
+        assert status == 200, body
+        assert body["type"] == ERROR_CONTENT_TYPE and body["value"]["code"] == "NotAllowed", body
+        assert "1:1 chat" in body["value"]["message"]
+        assert_no_secret(json.dumps(body))
+    assert len(await teams.events("grant.code_shown")) == before, "no code shown"
+    refused = await teams.events("access.refused")
+    assert [(e.actor.key if e.actor else None, e.request_id, e.reason) for e in refused] == [
+        ("teams:req-oid-1", request_id, "new code outside the holder's 1:1 chat")] * 3
+    # The requester's own 1:1 chat still works.
+    fresh = await teams.press(REQUESTER, "newCode", request_id, where=REQUESTER.personal_chat)
+    assert find_element(fresh["value"], "totp_code") is not None

@@ -129,6 +129,9 @@ class FakeConnector:
     _holds: list[ConnectorHold] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # The tenant's directory: Entra object id -> e-mail. A user not in it is in no conversation (404).
+    directory: dict[str, str] = field(default_factory=dict)
+    member_lookups: list[tuple[str, str, int]] = field(default_factory=list)  # (conversation, member, status)
 
     def create_app(self) -> web.Application:
         app = web.Application()
@@ -136,6 +139,7 @@ class FakeConnector:
         app.router.add_post("/v3/conversations/{conversation_id}/activities", self._send)
         app.router.add_post("/v3/conversations/{conversation_id}/activities/{activity_id}", self._reply)
         app.router.add_put("/v3/conversations/{conversation_id}/activities/{activity_id}", self._update)
+        app.router.add_get("/v3/conversations/{conversation_id}/members/{member_id}", self._member)
         return app
 
     async def start(self) -> FakeConnector:
@@ -196,6 +200,24 @@ class FakeConnector:
         return call
 
     # -- the REST API --------------------------------------------------------------------------
+
+    async def _member(self, request: web.Request) -> web.Response:
+        """GET v3/conversations/{id}/members/{member}: a TeamsChannelAccount, or 404 as Teams answers for
+        someone who is not in that conversation (a channel or group has every directory user; a 1:1 chat
+        only its user). The member may be named by Teams id (`29:…`) or Entra object id, as Teams allows."""
+        conversation_id, member_id = request.match_info["conversation_id"], request.match_info["member_id"]
+        object_id = member_id.removeprefix("29:")
+        email = self.directory.get(object_id)
+        in_it = conversation_id.startswith("19:") or conversation_id == f"a:chat-{object_id}"
+        status = 200 if email is not None and in_it else 404
+        self.member_lookups.append((conversation_id, member_id, status))
+        if status == 404:
+            return web.json_response({"error": {"code": "MemberNotFoundInConversation",
+                                                "message": "The member could not be found in the conversation."}},
+                                     status=404)
+        return web.json_response({"id": f"29:{object_id}", "name": email.split("@")[0], "aadObjectId": object_id,
+                                  "email": email, "userPrincipalName": email, "tenantId": TENANT,
+                                  "userRole": "user"})
 
     async def _record(self, request: web.Request, conversation_id: str, activity_id: str) -> ConnectorCall:
         body = await request.json()

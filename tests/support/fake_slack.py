@@ -243,6 +243,11 @@ class FakeSlack:
         self.homes: dict[str, dict[str, Any]] = {}
         self.usergroups: dict[str, list[str]] = {}
         self.emails: dict[str, str] = {}  # user id -> profile e-mail (users.info with users:read.email)
+        self.unconfirmed: set[str] = set()  # user ids whose e-mail is not confirmed (is_email_confirmed false)
+        # The bot token's scopes as Slack reports them: users.info needs users:read, and carries
+        # `profile.email` only with users:read.email as well.
+        self.scopes: set[str] = {"users:read", "users:read.email"}
+        self.known_users: set[str] | None = None  # None: every U…/W… id is a user of the workspace
         self.files: dict[str, SlackFile] = {}
         self._rate_limited: dict[str, list[int]] = {}
         self._statuses: dict[str, list[tuple[Callable[[dict[str, Any]], bool], int]]] = {}
@@ -495,14 +500,19 @@ class FakeSlack:
         return {"channel": {"id": "D" + users.split(",")[0]}}
 
     def _m_users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        if "users:read" not in self.scopes:
+            raise _Invalid("missing_scope")
         user_id = str(args.get("user") or "")
-        if not user_id.startswith(("U", "W")):
+        if not user_id.startswith(("U", "W")) or (self.known_users is not None and user_id not in self.known_users):
             raise _Invalid("user_not_found")
         profile: dict[str, Any] = {"real_name": user_id.lower(), "display_name": user_id.lower()}
-        if user_id in self.emails:  # Slack leaves `email` out unless the app has users:read.email
+        user: dict[str, Any] = {"id": user_id, "team_id": TEAM_ID, "name": user_id.lower(), "deleted": False,
+                                "is_bot": False, "profile": profile}
+        # Slack leaves `email` out unless the app has users:read.email.
+        if user_id in self.emails and "users:read.email" in self.scopes:
             profile["email"] = self.emails[user_id]
-        return {"user": {"id": user_id, "team_id": TEAM_ID, "name": user_id.lower(), "deleted": False,
-                         "is_bot": False, "profile": profile}}
+            user["is_email_confirmed"] = user_id not in self.unconfirmed
+        return {"user": user}
 
     def _m_usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
         group = str(args.get("usergroup") or "")
