@@ -85,6 +85,17 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (utime + stime) per thread of `pid`, keyed by thread name and id."""
+    found: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (task / "comm").read_text().strip()
+            found[f"{name} ({task.name})"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
 def _pct(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50_ms": float("nan"), "p99_ms": float("nan")}
@@ -566,8 +577,8 @@ def _result(rows: list[dict[str, Any]], scale: float) -> dict[str, Any]:
             "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"}
 
 
-async def profile(tmp: Path, out: Path, seconds: float, rate: int) -> dict[str, Any]:
-    """py-spy on the running server during real requests at a fixed rate; collapsed stacks to `out`."""
+async def profile(tmp: Path, out: Path, seconds: float, rate: int, what: str = "real") -> dict[str, Any]:
+    """py-spy on the running server during real requests (or `help`) at a fixed rate; collapsed stacks to `out`."""
     fake = TimedSlack()
     await fake.start()
     env = await _home(tmp, fake)
@@ -581,6 +592,8 @@ async def profile(tmp: Path, out: Path, seconds: float, rate: int) -> dict[str, 
             slack = Slack(fake, session)
 
             def real_body(_: int) -> bytes:
+                if what == "help":
+                    return slack.command("UHELP", "help")[0]
                 return slack.command(next(users), "acme-zendesk benchmark run for 1h")[0]
 
             await closed_loop(slack, target, real_body, 1.0, "warm-up", connections=4)
@@ -589,14 +602,20 @@ async def profile(tmp: Path, out: Path, seconds: float, rate: int) -> dict[str, 
                 str(int(seconds) + 2), "--rate", "250", "--format", "raw", "--threads", "-o", str(out),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             await asyncio.sleep(1.0)
+            assert jit.pid is not None
+            threads = _thread_cpu(jit.pid)
             # A fixed rate under capacity: a closed loop would fill the admission queue and profile refusals.
-            phase = await fixed_rate(slack, target, real_body, rate, seconds, f"real request, offered {rate}/s")
+            phase = await fixed_rate(slack, target, real_body, rate, seconds, f"{what} request, offered {rate}/s")
             await spy.wait()
+            after = _thread_cpu(jit.pid)
+            admitted = max(phase.admitted, 1)
+            per_thread = {name: round(1000 * (after[name] - threads.get(name, 0.0)) / admitted, 2)
+                          for name in after}
     finally:
         jit.kill()
         await jit.wait()
         await fake.stop()
-    return {"phase": phase.row(), "top": summarise(out)}
+    return {"phase": phase.row(), "cpu_ms_per_request_by_thread": per_thread, "top": summarise(out)}
 
 
 def summarise(collapsed: Path, top: int = 40) -> list[tuple[str, float]]:
@@ -707,6 +726,8 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, metavar="OUT",
                         help="instead: py-spy on jitpass during 8 s of real requests offered at the first of --rates "
                         "(e.g. --rates 100); collapsed stacks to OUT")
+    parser.add_argument("--profile-what", choices=("real", "help"), default="real",
+                        help="with --profile: real requests (default) or `/access help`")
     args = parser.parse_args()
     scale = 0.5 if args.quick else args.scale
     phases = tuple(p for p in args.phases.split(",") if p)
@@ -715,7 +736,8 @@ def main() -> None:
     rates = tuple(int(r) for r in args.rates.split(",") if r)
     if args.profile:
         with tempfile.TemporaryDirectory(prefix="jitpass-profile-") as tmp:
-            found = asyncio.run(profile(Path(tmp), args.profile.absolute(), 8.0, rates[0]))
+            found = asyncio.run(profile(Path(tmp), args.profile.absolute(), 8.0, rates[0],
+                                       args.profile_what))
         print(json.dumps(found, indent=2, ensure_ascii=False))
         return
     if args.dir:
