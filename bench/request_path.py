@@ -467,9 +467,11 @@ async def _healthy(url: str, process: asyncio.subprocess.Process, path: str, tim
     raise TimeoutError(f"{url} did not come up")
 
 
-async def _start(args: list[str], env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+async def _start(args: list[str], env: dict[str, str], log: Path, root: Path = ROOT) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(sys.executable, *args, cwd=ROOT, env=env,
+        # `python -m bot` from `root`: its own code comes first on sys.path (another checkout for --before).
+        return await asyncio.create_subprocess_exec(sys.executable, *args, cwd=root,
+                                                    env={**env, "PYTHONPATH": str(root)},
                                                     stdout=asyncio.subprocess.DEVNULL, stderr=out)
 
 
@@ -490,7 +492,7 @@ PHASES = ("help", "rates", "closed", "approvals")
 
 
 async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
-              rates: tuple[int, ...] = (50, 200, 500)) -> dict[str, Any]:
+              rates: tuple[int, ...] = (50, 200, 500), before: Path | None = None) -> dict[str, Any]:
     fake = TimedSlack()
     await fake.start()
     connector = TimedConnector()
@@ -502,11 +504,25 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
                         env, tmp / "bolt.log")
     a = Target("jitpass", f"http://127.0.0.1:{jit_port}", jit, fake)
     b = Target("bolt", f"http://127.0.0.1:{bolt_port}", bolt, fake)
+    processes = [jit, bolt]
+    # --before: the same server from another checkout (e.g. a worktree of main), on a home of its own,
+    # alternated with the other two (A B C) in the help, fixed-rate and closed-loop phases.
+    c: Target | None = None
+    if before is not None:
+        (tmp / "before").mkdir(exist_ok=True)
+        env_c = await _home(tmp / "before", fake)
+        c_port = _port()
+        old = await _start(["-m", "bot", "serve", "--port", str(c_port)], env_c, tmp / "before.log", before)
+        processes.append(old)
+        c = Target("before", f"http://127.0.0.1:{c_port}", old, fake)
+    abc = (a, b) if c is None else (a, b, c)
     rows: list[dict[str, Any]] = []
     users = (f"UB{i:07d}" for i in itertools.count())
     try:
         await _healthy(a.url, jit, "/healthz")
         await _healthy(b.url, bolt, "/")
+        if c is not None:
+            await _healthy(c.url, c.process, "/healthz")
         connector_limit = aiohttp.TCPConnector(limit=512)
         async with aiohttp.ClientSession(connector=connector_limit) as session:
             slack = Slack(fake, session)
@@ -517,18 +533,18 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
             def real_body(_: int) -> bytes:
                 return slack.command(next(users), "acme-zendesk benchmark run for 1h")[0]
 
-            for target in (a, b):  # warm-up: imports, bolt's auth.test, SQLite pages
+            for target in abc:  # warm-up: imports, bolt's auth.test, SQLite pages
                 await closed_loop(slack, target, help_body, 1.0, "warm-up", connections=4)
-            for target in (a, b, a, b) if "help" in phases else ():
+            for target in abc * 2 if "help" in phases else ():
                 rows.append((await closed_loop(slack, target, help_body, 3 * scale,
                                                "/access help, closed loop (20)")).row())
             dm_pool: list[str] = []
             for rate in rates if "rates" in phases else ():
-                for target in (a, b):
+                for target in abc:
                     rows.append((await fixed_rate(slack, target, real_body, rate, 3 * scale,
                                                   f"real request, offered {rate}/s",
                                                   dm_pool if target is a else None)).row())
-            for target in (a, b, a, b) if "closed" in phases else ():
+            for target in abc * 2 if "closed" in phases else ():
                 rows.append((await closed_loop(slack, target, real_body, 3 * scale,
                                                "real request, closed loop (20)")).row())
             if "approvals" not in phases:
@@ -563,7 +579,7 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
                                                        "approve -> password")).values()]
             rows.append((await teams_approvals(a.url, connector, session, count, 10, a)).row())
     finally:
-        for process in (jit, bolt):
+        for process in processes:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
@@ -663,6 +679,10 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}×" if base and value == value and base == base else ""
 
 
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['what']}, before" if row["target"] == "before" else str(row["what"])
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The table for docs/benchmarks.md: jitpass rows with the same-run bolt figure and the ratio."""
     rows = _merge(result["rows"])
@@ -674,9 +694,12 @@ def markdown(result: dict[str, Any]) -> str:
              "| bolt CPU ms/req | jitpass ÷ bolt (req/s, p99, CPU) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in rows:
-        if row["target"] != "jitpass":
+        if row["target"] not in ("jitpass", "before"):
             continue
-        base = bolt.get(row["what"]) or (baseline_press if row["what"].startswith("approve") else None)
+        if row["target"] == "before":
+            row = {**row, "what": _label(row)}
+        base = bolt.get(row["what"].removesuffix(", before")) or (
+            baseline_press if row["what"].startswith("approve") else None)
         is_delivery = row["what"].startswith("approve")
         rate = "" if is_delivery else f"{row['req_per_s']:,}"
         ack = f"{row['p50_ms']} / {row['p99_ms']}"
@@ -694,13 +717,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "Replies of the real-request phases (sent: the ack carried the request id; working: "
               "followed up through response_url; busy/queued: admission control):", ""]
     for row in rows:
-        if row["target"] == "jitpass" and row["what"].startswith("real"):
-            lines.append(f"- {row['what']}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["replies"].items())))
+        if row["target"] in ("jitpass", "before") and row["what"].startswith("real"):
+            lines.append(f"- {_label(row)}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["replies"].items())))
     lines += ["", "Slack Web API calls at the stand-in per request (per approval), by method:", ""]
     for row in rows:
         calls = row.get("slack_calls_per_request")
-        if row["target"] == "jitpass" and calls and not row["what"].startswith("/access"):
-            lines.append(f"- {row['what']}: " + ", ".join(f"`{k}` {v}" for k, v in calls.items()))
+        if row["target"] in ("jitpass", "before") and calls and not row["what"].startswith("/access"):
+            lines.append(f"- {_label(row)}: " + ", ".join(f"`{k}` {v}" for k, v in calls.items()))
     return "\n".join(lines)
 
 
@@ -722,6 +745,9 @@ def main() -> None:
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated subset of {','.join(PHASES)} (default: all)")
     parser.add_argument("--rates", default="50,200,500", help="the fixed rates offered, req/s (default: 50,200,500)")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="also run `jitpass serve` from this checkout (e.g. `git archive main | tar -x -C "
+                        "/tmp/main`) as a third target, alternated with the other two: rows marked ', before'")
     parser.add_argument("--dir", type=Path, help="keep the jitpass home and logs here (default: a temporary one)")
     parser.add_argument("--profile", type=Path, metavar="OUT",
                         help="instead: py-spy on jitpass during 8 s of real requests offered at the first of --rates "
@@ -742,10 +768,10 @@ def main() -> None:
         return
     if args.dir:
         args.dir.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(run(args.dir, scale, phases, rates))
+        result = asyncio.run(run(args.dir, scale, phases, rates, args.before))
     else:
         with tempfile.TemporaryDirectory(prefix="jitpass-bench-") as tmp:
-            result = asyncio.run(run(Path(tmp), scale, phases, rates))
+            result = asyncio.run(run(Path(tmp), scale, phases, rates, args.before))
     print(json.dumps(result, indent=2))
     text = markdown(result)
     print(text)
