@@ -284,9 +284,11 @@ class EffectRunner:
             log.warning("event=effect_lease_lost effect=%s kind=%s request_id=%s", effect.id, effect.kind,
                         effect.request_id)
             return
-        log.info("event=effect_%s effect=%s kind=%s request_id=%s attempt=%d%s", outcome.status.value, effect.id,
-                 effect.kind, effect.request_id, effect.attempts,
-                 f" error={outcome.error}" if outcome.error else "")
+        # A success at DEBUG: the adapter logs what it posted, the audit trail what it revealed (one INFO line
+        # per effect less on the request path); a retry, drop or failure at INFO.
+        log.log(logging.DEBUG if outcome.status is EffectStatus.DONE else logging.INFO,
+                "event=effect_%s effect=%s kind=%s request_id=%s attempt=%d%s", outcome.status.value, effect.id,
+                effect.kind, effect.request_id, effect.attempts, f" error={outcome.error}" if outcome.error else "")
 
     async def _settle_queued(self, batch: int = 64) -> None:
         """Record queued outcomes, many per transaction: what finishes while one batch is written goes
