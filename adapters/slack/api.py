@@ -21,6 +21,7 @@ import aiohttp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.domain.errors import DeliveryError
+from bot.ports import ChatMetrics, NoMetrics
 
 __all__ = [
     "APP_TOKEN_METHOD_SCOPES",
@@ -149,8 +150,9 @@ class SlackApi:
     """The Web API calls and `response_url` posts of the adapter."""
 
     def __init__(self, token: str | None, api_url: str | None, session: aiohttp.ClientSession | None = None, *,
-                 timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_CALL_TIMEOUT, metrics: ChatMetrics | None = None) -> None:
         self.logger = quiet_logger("jitpass.slack.sdk")
+        self.metrics = metrics or NoMetrics()
         self.session = session
         self.timeout = timeout
         # No SDK retries: a Retry-After slept inside a call would hold up whatever awaits it. The
@@ -192,8 +194,10 @@ class SlackApi:
                     if self.session is None:
                         await session.close()
         except TimeoutError:
+            self.metrics.chat_api_error("slack", method, "timeout")
             raise SlackCallError(method, "timeout") from None
         except aiohttp.ClientError as exc:
+            self.metrics.chat_api_error("slack", method, "network")
             raise SlackCallError(method, type(exc).__name__) from None
         try:
             data = json.loads(raw) if raw else None
@@ -201,6 +205,7 @@ class SlackApi:
             data = None
         if status == 200 and isinstance(data, dict) and data.get("ok"):
             return data
+        self.metrics.chat_api_error("slack", method, "ok_false" if status == 200 else str(status))
         error = data.get("error") if isinstance(data, dict) else None
         raise SlackCallError(method, str(error or f"http {status}"), _retry_after(retry) if status == 429 else None)
 
@@ -218,10 +223,13 @@ class SlackApi:
                     if self.session is None:
                         await session.close()
         except TimeoutError:
+            self.metrics.chat_api_error("slack", "response_url", "timeout")
             raise SlackCallError("response_url", "timeout") from None
         except aiohttp.ClientError as exc:
+            self.metrics.chat_api_error("slack", "response_url", "network")
             raise SlackCallError("response_url", type(exc).__name__) from None
         if status != 200:
+            self.metrics.chat_api_error("slack", "response_url", str(status))
             retry = _retry_after(headers) if status == 429 else None
             raise SlackCallError("response_url", f"http {status}: {body[:40]}", retry)
 
@@ -256,8 +264,11 @@ class SlackApi:
             async with session.post(upload_url, data=file.data, timeout=aiohttp.ClientTimeout(total=self.timeout),
                                     headers={"Content-Type": "application/octet-stream"}) as response:
                 if response.status != 200:
+                    self.metrics.chat_api_error("slack", "file_upload", str(response.status))
                     raise SlackCallError("file upload", f"http {response.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self.metrics.chat_api_error("slack", "file_upload", "timeout" if isinstance(exc, TimeoutError)
+                                        else "network")
             raise SlackCallError("file upload", type(exc).__name__) from None
         finally:
             if self.session is None:
