@@ -85,6 +85,17 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (utime + stime) per thread of `pid`, keyed by thread name and id."""
+    found: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (task / "comm").read_text().strip()
+            found[f"{name} ({task.name})"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
 def _pct(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50_ms": float("nan"), "p99_ms": float("nan")}
@@ -456,9 +467,11 @@ async def _healthy(url: str, process: asyncio.subprocess.Process, path: str, tim
     raise TimeoutError(f"{url} did not come up")
 
 
-async def _start(args: list[str], env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+async def _start(args: list[str], env: dict[str, str], log: Path, root: Path = ROOT) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(sys.executable, *args, cwd=ROOT, env=env,
+        # `python -m bot` from `root`: its own code comes first on sys.path (another checkout for --before).
+        return await asyncio.create_subprocess_exec(sys.executable, *args, cwd=root,
+                                                    env={**env, "PYTHONPATH": str(root)},
                                                     stdout=asyncio.subprocess.DEVNULL, stderr=out)
 
 
@@ -479,7 +492,7 @@ PHASES = ("help", "rates", "closed", "approvals")
 
 
 async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
-              rates: tuple[int, ...] = (50, 200, 500)) -> dict[str, Any]:
+              rates: tuple[int, ...] = (50, 200, 500), before: Path | None = None) -> dict[str, Any]:
     fake = TimedSlack()
     await fake.start()
     connector = TimedConnector()
@@ -491,11 +504,25 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
                         env, tmp / "bolt.log")
     a = Target("jitpass", f"http://127.0.0.1:{jit_port}", jit, fake)
     b = Target("bolt", f"http://127.0.0.1:{bolt_port}", bolt, fake)
+    processes = [jit, bolt]
+    # --before: the same server from another checkout (e.g. a worktree of main), on a home of its own,
+    # alternated with the other two (A B C) in the help, fixed-rate and closed-loop phases.
+    c: Target | None = None
+    if before is not None:
+        (tmp / "before").mkdir(exist_ok=True)
+        env_c = await _home(tmp / "before", fake)
+        c_port = _port()
+        old = await _start(["-m", "bot", "serve", "--port", str(c_port)], env_c, tmp / "before.log", before)
+        processes.append(old)
+        c = Target("before", f"http://127.0.0.1:{c_port}", old, fake)
+    abc = (a, b) if c is None else (a, b, c)
     rows: list[dict[str, Any]] = []
     users = (f"UB{i:07d}" for i in itertools.count())
     try:
         await _healthy(a.url, jit, "/healthz")
         await _healthy(b.url, bolt, "/")
+        if c is not None:
+            await _healthy(c.url, c.process, "/healthz")
         connector_limit = aiohttp.TCPConnector(limit=512)
         async with aiohttp.ClientSession(connector=connector_limit) as session:
             slack = Slack(fake, session)
@@ -506,18 +533,18 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
             def real_body(_: int) -> bytes:
                 return slack.command(next(users), "acme-zendesk benchmark run for 1h")[0]
 
-            for target in (a, b):  # warm-up: imports, bolt's auth.test, SQLite pages
+            for target in abc:  # warm-up: imports, bolt's auth.test, SQLite pages
                 await closed_loop(slack, target, help_body, 1.0, "warm-up", connections=4)
-            for target in (a, b, a, b) if "help" in phases else ():
+            for target in abc * 2 if "help" in phases else ():
                 rows.append((await closed_loop(slack, target, help_body, 3 * scale,
                                                "/access help, closed loop (20)")).row())
             dm_pool: list[str] = []
             for rate in rates if "rates" in phases else ():
-                for target in (a, b):
+                for target in abc:
                     rows.append((await fixed_rate(slack, target, real_body, rate, 3 * scale,
                                                   f"real request, offered {rate}/s",
                                                   dm_pool if target is a else None)).row())
-            for target in (a, b, a, b) if "closed" in phases else ():
+            for target in abc * 2 if "closed" in phases else ():
                 rows.append((await closed_loop(slack, target, real_body, 3 * scale,
                                                "real request, closed loop (20)")).row())
             if "approvals" not in phases:
@@ -552,7 +579,7 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
                                                        "approve -> password")).values()]
             rows.append((await teams_approvals(a.url, connector, session, count, 10, a)).row())
     finally:
-        for process in (jit, bolt):
+        for process in processes:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
@@ -566,8 +593,8 @@ def _result(rows: list[dict[str, Any]], scale: float) -> dict[str, Any]:
             "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"}
 
 
-async def profile(tmp: Path, out: Path, seconds: float, rate: int) -> dict[str, Any]:
-    """py-spy on the running server during real requests at a fixed rate; collapsed stacks to `out`."""
+async def profile(tmp: Path, out: Path, seconds: float, rate: int, what: str = "real") -> dict[str, Any]:
+    """py-spy on the running server during real requests (or `help`) at a fixed rate; collapsed stacks to `out`."""
     fake = TimedSlack()
     await fake.start()
     env = await _home(tmp, fake)
@@ -581,6 +608,8 @@ async def profile(tmp: Path, out: Path, seconds: float, rate: int) -> dict[str, 
             slack = Slack(fake, session)
 
             def real_body(_: int) -> bytes:
+                if what == "help":
+                    return slack.command("UHELP", "help")[0]
                 return slack.command(next(users), "acme-zendesk benchmark run for 1h")[0]
 
             await closed_loop(slack, target, real_body, 1.0, "warm-up", connections=4)
@@ -589,14 +618,20 @@ async def profile(tmp: Path, out: Path, seconds: float, rate: int) -> dict[str, 
                 str(int(seconds) + 2), "--rate", "250", "--format", "raw", "--threads", "-o", str(out),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             await asyncio.sleep(1.0)
+            assert jit.pid is not None
+            threads = _thread_cpu(jit.pid)
             # A fixed rate under capacity: a closed loop would fill the admission queue and profile refusals.
-            phase = await fixed_rate(slack, target, real_body, rate, seconds, f"real request, offered {rate}/s")
+            phase = await fixed_rate(slack, target, real_body, rate, seconds, f"{what} request, offered {rate}/s")
             await spy.wait()
+            after = _thread_cpu(jit.pid)
+            admitted = max(phase.admitted, 1)
+            per_thread = {name: round(1000 * (after[name] - threads.get(name, 0.0)) / admitted, 2)
+                          for name in after}
     finally:
         jit.kill()
         await jit.wait()
         await fake.stop()
-    return {"phase": phase.row(), "top": summarise(out)}
+    return {"phase": phase.row(), "cpu_ms_per_request_by_thread": per_thread, "top": summarise(out)}
 
 
 def summarise(collapsed: Path, top: int = 40) -> list[tuple[str, float]]:
@@ -644,6 +679,10 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}×" if base and value == value and base == base else ""
 
 
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['what']}, before" if row["target"] == "before" else str(row["what"])
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The table for docs/benchmarks.md: jitpass rows with the same-run bolt figure and the ratio."""
     rows = _merge(result["rows"])
@@ -655,9 +694,12 @@ def markdown(result: dict[str, Any]) -> str:
              "| bolt CPU ms/req | jitpass ÷ bolt (req/s, p99, CPU) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in rows:
-        if row["target"] != "jitpass":
+        if row["target"] not in ("jitpass", "before"):
             continue
-        base = bolt.get(row["what"]) or (baseline_press if row["what"].startswith("approve") else None)
+        if row["target"] == "before":
+            row = {**row, "what": _label(row)}
+        base = bolt.get(row["what"].removesuffix(", before")) or (
+            baseline_press if row["what"].startswith("approve") else None)
         is_delivery = row["what"].startswith("approve")
         rate = "" if is_delivery else f"{row['req_per_s']:,}"
         ack = f"{row['p50_ms']} / {row['p99_ms']}"
@@ -675,13 +717,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "Replies of the real-request phases (sent: the ack carried the request id; working: "
               "followed up through response_url; busy/queued: admission control):", ""]
     for row in rows:
-        if row["target"] == "jitpass" and row["what"].startswith("real"):
-            lines.append(f"- {row['what']}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["replies"].items())))
+        if row["target"] in ("jitpass", "before") and row["what"].startswith("real"):
+            lines.append(f"- {_label(row)}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["replies"].items())))
     lines += ["", "Slack Web API calls at the stand-in per request (per approval), by method:", ""]
     for row in rows:
         calls = row.get("slack_calls_per_request")
-        if row["target"] == "jitpass" and calls and not row["what"].startswith("/access"):
-            lines.append(f"- {row['what']}: " + ", ".join(f"`{k}` {v}" for k, v in calls.items()))
+        if row["target"] in ("jitpass", "before") and calls and not row["what"].startswith("/access"):
+            lines.append(f"- {_label(row)}: " + ", ".join(f"`{k}` {v}" for k, v in calls.items()))
     return "\n".join(lines)
 
 
@@ -703,10 +745,15 @@ def main() -> None:
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated subset of {','.join(PHASES)} (default: all)")
     parser.add_argument("--rates", default="50,200,500", help="the fixed rates offered, req/s (default: 50,200,500)")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="also run `jitpass serve` from this checkout (e.g. `git archive main | tar -x -C "
+                        "/tmp/main`) as a third target, alternated with the other two: rows marked ', before'")
     parser.add_argument("--dir", type=Path, help="keep the jitpass home and logs here (default: a temporary one)")
     parser.add_argument("--profile", type=Path, metavar="OUT",
                         help="instead: py-spy on jitpass during 8 s of real requests offered at the first of --rates "
                         "(e.g. --rates 100); collapsed stacks to OUT")
+    parser.add_argument("--profile-what", choices=("real", "help"), default="real",
+                        help="with --profile: real requests (default) or `/access help`")
     args = parser.parse_args()
     scale = 0.5 if args.quick else args.scale
     phases = tuple(p for p in args.phases.split(",") if p)
@@ -715,15 +762,16 @@ def main() -> None:
     rates = tuple(int(r) for r in args.rates.split(",") if r)
     if args.profile:
         with tempfile.TemporaryDirectory(prefix="jitpass-profile-") as tmp:
-            found = asyncio.run(profile(Path(tmp), args.profile.absolute(), 8.0, rates[0]))
+            found = asyncio.run(profile(Path(tmp), args.profile.absolute(), 8.0, rates[0],
+                                       args.profile_what))
         print(json.dumps(found, indent=2, ensure_ascii=False))
         return
     if args.dir:
         args.dir.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(run(args.dir, scale, phases, rates))
+        result = asyncio.run(run(args.dir, scale, phases, rates, args.before))
     else:
         with tempfile.TemporaryDirectory(prefix="jitpass-bench-") as tmp:
-            result = asyncio.run(run(Path(tmp), scale, phases, rates))
+            result = asyncio.run(run(Path(tmp), scale, phases, rates, args.before))
     print(json.dumps(result, indent=2))
     text = markdown(result)
     print(text)

@@ -73,8 +73,10 @@ class SlackAdapter:
         directory = GroupDirectory(self.api, core.policy.approver_group_ids("slack"))
         core.access.register_notifier(self.notifier)
         bolt = build_bolt_app(self.api.client, self.settings.slack_signing_secret or "")
-        SlackInteractions(core, self.api, directory, self.notifier, home, self.background,
-                          ack_budget=self.ack_budget, admission=self.admission).register(bolt)
+        interactions = SlackInteractions(core, self.api, directory, self.notifier, home, self.background,
+                                         ack_budget=self.ack_budget, admission=self.admission)
+        interactions.register(bolt)  # Socket Mode and every other kind of request still go through bolt
+        self.endpoint.commands = interactions.on_command
         self.endpoint.bolt = bolt
         if self.mode == "socket":
             self._socket = AsyncSocketModeHandler(bolt, self.settings.slack_app_token,
@@ -113,6 +115,7 @@ class SlackAdapter:
             log.warning("event=slack_stop_cancelled_tasks count=%d", self.background.busy)
         await self.background.close()
         self.endpoint.bolt = None
+        self.endpoint.commands = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -18,9 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.domain.errors import DeliveryError
 from bot.ports import ChatMetrics, NoMetrics
@@ -68,6 +66,7 @@ _GET_METHODS = frozenset({"usergroups.users.list", "users.info"})
 # Slack documents the upload methods as form-encoded (JSON only later, and not everywhere): send forms.
 _FORM_METHODS = frozenset({"files.getUploadURLExternal", "files.completeUploadExternal"})
 DEFAULT_CALL_TIMEOUT = 10.0
+_JSON = "application/json;charset=utf-8"
 
 
 def bot_scopes() -> set[str]:
@@ -159,8 +158,11 @@ class SlackApi:
         # No SDK retries: a Retry-After slept inside a call would hold up whatever awaits it. The
         # effects worker retries instead, with a capped Retry-After, without blocking other work.
         # slack_sdk applies `timeout` only to sessions it creates; `call` bounds every call itself.
+        self.token = token
+        self.base_url = normalise_api_url(api_url)
+        # bolt's client (auth.test on the first request, the `client` of its listeners); our calls use `call`.
         self.client = AsyncWebClient(
-            token=token, base_url=normalise_api_url(api_url), timeout=int(max(1, timeout)), session=session,
+            token=token, base_url=self.base_url, timeout=int(max(1, timeout)), session=session,
             logger=self.logger, retry_handlers=[],
         )
 
@@ -168,46 +170,68 @@ class SlackApi:
         """Call one Web API method from `METHOD_SCOPES`; SlackCallError when Slack says no."""
         if method not in METHOD_SCOPES:
             raise ValueError(f"{method} is not in METHOD_SCOPES; add it there and to manifest.json")
+        # One aiohttp request on the shared session, not slack_sdk's client: per call, the SDK rebuilt its
+        # headers and request arguments and wrapped the answer (~half the CPU of a card post). Same rules:
+        # HTTP 200 with "ok": true is success; anything else is Slack's `error` (or "http <status>").
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        url = self.base_url + method
         try:
             async with asyncio.timeout(self.timeout):
-                if method in _GET_METHODS:
-                    response = await self.client.api_call(method, http_verb="GET", params=params)
-                elif method in _FORM_METHODS:
-                    response = await self.client.api_call(method, data=_form(params))
-                else:
-                    response = await self.client.api_call(method, json=params)
-        except SlackApiError as exc:
-            status = exc.response.status_code
-            self.metrics.chat_api_error("slack", method, "ok_false" if status == 200 else str(status))
-            error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
-            raise SlackCallError(method, str(error or f"http {status}"),
-                                 _retry_after(exc.response.headers) if status == 429 else None) from None
+                session = self.session or aiohttp.ClientSession()
+                try:
+                    if method in _GET_METHODS:
+                        query = {k: ("1" if v else "0") if isinstance(v, bool) else str(v)
+                                 for k, v in params.items() if v is not None}
+                        request = session.get(url, params=query, headers=headers)
+                    elif method in _FORM_METHODS:
+                        request = session.post(url, data=_form(params), headers=headers)
+                    else:
+                        request = session.post(url, data=json.dumps(params).encode(),
+                                               headers={**headers, "Content-Type": _JSON})
+                    async with request as response:
+                        status, raw, retry = response.status, await response.read(), response.headers
+                finally:
+                    if self.session is None:
+                        await session.close()
         except TimeoutError:
             self.metrics.chat_api_error("slack", method, "timeout")
             raise SlackCallError(method, "timeout") from None
         except aiohttp.ClientError as exc:
             self.metrics.chat_api_error("slack", method, "network")
             raise SlackCallError(method, type(exc).__name__) from None
-        data = response.data
-        return dict(data) if isinstance(data, Mapping) else {}
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = None
+        if status == 200 and isinstance(data, dict) and data.get("ok"):
+            return data
+        self.metrics.chat_api_error("slack", method, "ok_false" if status == 200 else str(status))
+        error = data.get("error") if isinstance(data, dict) else None
+        raise SlackCallError(method, str(error or f"http {status}"), _retry_after(retry) if status == 429 else None)
 
     async def respond(self, response_url: str, payload: Mapping[str, Any]) -> None:
         """Post to an interaction's `response_url` (ephemeral replies, replacing a message)."""
-        webhook = AsyncWebhookClient(response_url, timeout=int(max(1, self.timeout)), session=self.session,
-                                     logger=self.logger, retry_handlers=[])
         try:
             async with asyncio.timeout(self.timeout):
-                response = await webhook.send_dict(dict(payload))
+                session = self.session or aiohttp.ClientSession()
+                try:
+                    async with session.post(response_url, data=json.dumps(dict(payload)).encode(),
+                                            headers={"Content-Type": _JSON}) as response:
+                        status, headers = response.status, response.headers
+                        body = (await response.read()).decode("utf-8", "replace")
+                finally:
+                    if self.session is None:
+                        await session.close()
         except TimeoutError:
             self.metrics.chat_api_error("slack", "response_url", "timeout")
             raise SlackCallError("response_url", "timeout") from None
         except aiohttp.ClientError as exc:
             self.metrics.chat_api_error("slack", "response_url", "network")
             raise SlackCallError("response_url", type(exc).__name__) from None
-        if response.status_code != 200:
-            self.metrics.chat_api_error("slack", "response_url", str(response.status_code))
-            retry = _retry_after(response.headers) if response.status_code == 429 else None
-            raise SlackCallError("response_url", f"http {response.status_code}: {response.body[:40]}", retry)
+        if status != 200:
+            self.metrics.chat_api_error("slack", "response_url", str(status))
+            retry = _retry_after(headers) if status == 429 else None
+            raise SlackCallError("response_url", f"http {status}: {body[:40]}", retry)
 
     async def share_files(self, channel_id: str, files: Sequence[SharedFile], *, comment: str = "") -> list[str]:
         """Upload `files` with Slack's external upload flow and share them in `channel_id`; returns the file ids."""
@@ -229,7 +253,7 @@ class SlackApi:
         # The bytes are a report naming people and credentials: only https, or the API's own origin
         # (a proxy or a local stand-in at SLACK_API_URL), may receive them.
         scheme = urlsplit(url).scheme
-        return scheme == "https" or _origin(url) == _origin(str(self.client.base_url))
+        return scheme == "https" or _origin(url) == _origin(self.base_url)
 
     async def _upload(self, upload_url: str, file: SharedFile) -> None:
         """POST the raw bytes to the pre-signed upload URL; no token goes with them (the URL is the credential)."""

@@ -18,7 +18,7 @@ import re
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from typing import Any
+from typing import Any, Protocol
 
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
@@ -50,7 +50,7 @@ from bot.domain.model import AccessRequest, Identity, Status, Window
 from bot.domain.request_text import RequestDraft, parse_duration
 from bot.ports import ChatCore
 
-__all__ = ["ACK_BUDGET_SECONDS", "DEADLINE", "SlackInteractions", "build_bolt_app"]
+__all__ = ["ACK_BUDGET_SECONDS", "DEADLINE", "Ack", "SlackInteractions", "build_bolt_app"]
 
 log = logging.getLogger("jitpass.slack")
 
@@ -62,6 +62,12 @@ def apology(where: str, exc: BaseException, request_id: str | None = None) -> st
     """Log an infrastructure or unexpected error under an error id; return what the user sees."""
     error_id = log_incident(log, where, exc, request_id=request_id)
     return wording.apology(error_id, infrastructure=isinstance(exc, InfrastructureError))
+
+
+class Ack(Protocol):
+    """How `on_command` acknowledges: bolt's `ack`, or the HTTP endpoint's own (adapters/slack/http.py)."""
+
+    async def __call__(self, text: str = "", *, response_type: str | None = None) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,7 @@ class SlackInteractions:
         self.notifier = notifier
         self.home = home
         self.background = background
+        self._helps: dict[str, str] = {}
 
     def register(self, app: AsyncApp) -> None:
         """Attach every listener to the bolt app."""
@@ -121,6 +128,15 @@ class SlackInteractions:
         app.event("app_home_opened")(self.on_home_opened)
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _help_text(self, command: str) -> str:
+        # The same text for every `help` of one command name: built once (a few names at most are kept).
+        text = self._helps.get(command)
+        if text is None:
+            text = blocks.help_text(command)
+            if len(self._helps) < 8:
+                self._helps[command] = text
+        return text
 
     @property
     def tz(self) -> tzinfo:
@@ -193,7 +209,7 @@ class SlackInteractions:
 
     # -- /access ---------------------------------------------------------------------------------
 
-    async def on_command(self, ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
+    async def on_command(self, ack: Ack, body: dict[str, Any], context: dict[str, Any]) -> None:
         """`/access …`: subcommands, a request, or the request form."""
         command = CommandInput.from_body(body)
         if not command.user_id:
@@ -207,7 +223,7 @@ class SlackInteractions:
         deadline = self._deadline(context)
         match parsed:
             case cmd.Help() | cmd.Unknown() | cmd.WhereAmI():  # no core work: never queued nor refused
-                await ack(text=blocks.help_text(command.command), response_type="ephemeral")
+                await ack(text=self._help_text(command.command), response_type="ephemeral")
             case cmd.Form(item=item, window=window, problem=problem):
                 # The form lets them fix it; a problem is shown at its top.
                 duration = window.duration if window and window.duration and problem is None else None
@@ -253,7 +269,7 @@ class SlackInteractions:
                 return await handle_report(self.reports, self.api, self.notifier.dm_channel, who, args)
         raise AssertionError(f"unhandled command {parsed!r}")
 
-    async def _answer(self, ack: AsyncAck, command: CommandInput, work: Coroutine[Any, Any, str],
+    async def _answer(self, ack: Ack, command: CommandInput, work: Coroutine[Any, Any, str],
                       where: str, *, deadline: float) -> None:
         started = await self._within_budget(work, where, deadline=deadline)
         if started is None:

@@ -228,7 +228,7 @@ class AccessService:
             await self._refuse_second_open(requester, item.name)
             raise Conflict(f"You already have an open request for {item.name} (from another chat account).",
                            hint="Cancel it there first.") from None
-        log.info("request created request_id=%s item=%s requester=%s", request.id, item.name, requester.key)
+        log.info("event=request_created request_id=%s item=%s requester=%s", request.id, item.name, requester.key)
         self._changed(request)
         return request  # exactly the row just written: no read back
 

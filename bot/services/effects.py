@@ -168,8 +168,7 @@ class EffectRunner:
         while True:
             self._wake.clear()
             try:
-                claimed = await self._claim_and_start()
-                if claimed:
+                if await self._claim_and_start():
                     continue  # more may be due already
                 nxt = await self.store.next_effect_at(set(self.notifiers))
             except Exception as exc:  # the store is down: try again shortly, keep the loop alive
@@ -180,21 +179,25 @@ class EffectRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=min(wait, 30.0))
 
-    async def _claim_and_start(self) -> int:
+    async def _claim_and_start(self) -> bool:
+        """Claim and start what is due; True: claim again at once (the batch was full, or the loop must wait
+        for expiries or a slot). A short batch took everything claimable now: what is left is not due yet,
+        leased, or behind an effect in its lane, and `next_effect_at` or that effect's end wakes the loop."""
         if self.service.ending:
             # Expiries first: chat work waits while the store is ending grants.
             await self.service.expiries_done(timeout=1.0)
-            return 1
+            return True
         free = self._free_slots()
         if free <= 0:
             await self._wait_for_a_slot()
-            return 1
+            return True
         now = self.clock.now()
+        limit = min(free, self.batch)
         effects = await self.store.claim_effects(now, self.owner, now + self.policy.lease,
-                                                 platforms=set(self.notifiers), limit=min(free, self.batch))
+                                                 platforms=set(self.notifiers), limit=limit)
         for effect in effects:
             self._spawn(effect)
-        return len(effects)
+        return len(effects) >= limit
 
     def _free_slots(self) -> int:
         return self._slots._value
@@ -281,9 +284,11 @@ class EffectRunner:
             log.warning("event=effect_lease_lost effect=%s kind=%s request_id=%s", effect.id, effect.kind,
                         effect.request_id)
             return
-        log.info("event=effect_%s effect=%s kind=%s request_id=%s attempt=%d%s", outcome.status.value, effect.id,
-                 effect.kind, effect.request_id, effect.attempts,
-                 f" error={outcome.error}" if outcome.error else "")
+        # A success at DEBUG: the adapter logs what it posted, the audit trail what it revealed (one INFO line
+        # per effect less on the request path); a retry, drop or failure at INFO.
+        log.log(logging.DEBUG if outcome.status is EffectStatus.DONE else logging.INFO,
+                "event=effect_%s effect=%s kind=%s request_id=%s attempt=%d%s", outcome.status.value, effect.id,
+                effect.kind, effect.request_id, effect.attempts, f" error={outcome.error}" if outcome.error else "")
 
     async def _settle_queued(self, batch: int = 64) -> None:
         """Record queued outcomes, many per transaction: what finishes while one batch is written goes

@@ -17,7 +17,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from bot.domain.model import AccessRequest
+from bot.domain.model import AccessRequest, RequestKind, Status
 from bot.services.access import AccessService
 
 __all__ = ["GrantScheduler"]
@@ -35,6 +35,8 @@ class GrantScheduler:
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[object]] = set()
         self._replan_queued = False
+        # The moment the next-due job was planned for (the service's clock), None: nothing planned.
+        self._planned: datetime | None = None
         service.on_change.append(self._request_changed)
 
     async def start(self) -> None:
@@ -85,6 +87,7 @@ class GrantScheduler:
     def _plan(self, at: datetime | None) -> None:
         if self._scheduler is None:
             return
+        self._planned = at
         if at is None:
             if self._scheduler.get_job("next-due"):
                 self._scheduler.remove_job("next-due")
@@ -103,6 +106,12 @@ class GrantScheduler:
         # A burst of changes (a batch of expiries) is one re-plan, not one store query each.
         if self._scheduler is None or self._replan_queued:
             return
+        # A change can only bring the next wake-up forward if the request is now due before it: a new request
+        # timing out after the planned moment (the usual case) costs no store query. A request closed early
+        # may leave a wake-up with nothing to do; that tick plans again from the store.
+        due = _due_of(request)
+        if due is None or (self._planned is not None and due >= self._planned):
+            return
         self._replan_queued = True
         self._spawn(self._replan_soon())
 
@@ -110,3 +119,14 @@ class GrantScheduler:
         async with self._lock:
             self._replan_queued = False
             self._plan(await self.service.store.next_due_at())
+
+
+def _due_of(request: AccessRequest) -> datetime | None:
+    """When the scheduler must act on `request` next (the store's DUE_RULES), None if never."""
+    if request.status is Status.PENDING:
+        return request.timeout_at
+    if request.status is Status.APPROVED and request.kind is RequestKind.ACCESS:
+        return request.starts_at
+    if request.status is Status.ACTIVE:
+        return request.ends_at
+    return None

@@ -12,8 +12,9 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -240,6 +241,42 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
+@dataclass
+class _Unit:
+    """A unit of work running on aiosqlite's thread: the raw connection and the chain tail it appends after."""
+
+    conn: sqlite3.Connection
+    tail: tuple[int, str] | None  # this process's guess when the unit started; the true tail once it appended
+    appended: bool = False
+
+
+def _read_tail_now(conn: sqlite3.Connection) -> tuple[int, str]:
+    """The chain's true tail (the caller holds the write lock), as `SqliteStore._read_tail` on the thread."""
+    row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is not None:
+        return int(row[0]), str(row[1])
+    meta = conn.execute("SELECT value FROM meta WHERE key = ?", (CHECKPOINT_KEY,)).fetchone()
+    checkpoint = checkpoint_from_json(str(meta[0]) if meta else None)
+    return (checkpoint.seq, checkpoint.hash) if checkpoint else (0, GENESIS_HASH)
+
+
+def _supersede_sql(n: int) -> str:
+    return ("UPDATE effects SET status = 'dropped', error = 'superseded', updated_at = ? WHERE request_id IN "
+            f"({_placeholders(n)}) AND kind = 'update_card' AND status = 'pending' "
+            "AND (lease_until IS NULL OR lease_until <= ?)")
+
+
+def _effect_rows(batch: Sequence[tuple[AccessRequest, Sequence[EffectDraft]]], now: datetime) -> list[tuple[Any, ...]]:
+    return [tuple(json.dumps(doc[c]) if c == "payload" else doc[c] for c in _EFFECT_COLUMNS)
+            for request, effects in batch for doc in effect_docs(request.id, request.platform, effects, now)]
+
+
+_SETTLE_EFFECT = (
+    "UPDATE effects SET status = ?, error = ?, due_at = coalesce(?, due_at), lease_owner = NULL, "
+    "lease_until = NULL, updated_at = ? WHERE seq = ? AND lease_owner = ? AND status = 'pending'"
+)
+
+
 class SqliteStore:
     """Store on one SQLite file; safe to share between processes on one host."""
 
@@ -451,6 +488,91 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise self._error(exc) from None
 
+    async def _unit[T](self, work: Callable[[_Unit], T]) -> T:
+        """`work` as one IMMEDIATE transaction run whole on aiosqlite's thread: one hand-off to it instead
+        of one awaited round trip per statement (BEGIN, each INSERT/UPDATE, COMMIT). Committed when `work`
+        returns, rolled back when it raises; `work` must not await (it runs on the thread).
+
+        aiosqlite runs a connection's calls one after another on its one thread, so the unit cannot
+        interleave with other statements of this connection even if the awaiting task is cancelled
+        (then the unit still completes or rolls back on the thread, and the tail is read afresh next time).
+        """
+        await self._open_if_lazy()
+        async with self._lock:
+            conn = self._connection()
+            unit = _Unit(conn._conn, self._tail)  # the raw sqlite3 connection, used only on its own thread
+            # aiosqlite has no public call for "run this function on the connection's thread"; `_execute`
+            # is what each of its own methods uses.
+            run: Callable[[Callable[[], T]], Awaitable[T]] = conn._execute
+
+            def transaction() -> T:
+                unit.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(unit)
+                    unit.conn.execute("COMMIT")
+                except BaseException:
+                    if unit.conn.in_transaction:
+                        with suppress(sqlite3.Error):  # keep the first error
+                            unit.conn.execute("ROLLBACK")
+                    raise
+                return result
+
+            try:
+                result = await run(transaction)
+            except BaseException as exc:
+                self._tail = None  # unknown after a rollback (or a cancelled wait): read it again next time
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc) from None
+                raise
+            if unit.appended:
+                self._tail = unit.tail
+            return result
+
+    def _append_now(self, unit: _Unit, drafts: Sequence[EventDraft]) -> Event | None:
+        """Chain `drafts` inside `unit` (on the thread), as `_append`/`_append_many` do; the last event.
+
+        With the tail this process last wrote, the first INSERT is made right after it; the seq primary
+        key checks that guess, and when another process appended since, the true tail is read (the unit
+        holds the write lock) and the events are sealed again after it.
+        """
+        if not drafts:
+            return None
+        try:
+            for guessed in (True, False):
+                if guessed and unit.tail is None:
+                    continue
+                seq, prev_hash = unit.tail if guessed and unit.tail is not None else _read_tail_now(unit.conn)
+                sealed: list[Event] = []
+                for draft in drafts:
+                    event = seal_event(draft, seq=seq + 1, prev_hash=prev_hash, at=self._clock.now())
+                    sealed.append(event)
+                    seq, prev_hash = event.seq, event.hash
+                try:
+                    unit.conn.executemany(_INSERT_EVENT, [event_row(e) for e in sealed])
+                except sqlite3.IntegrityError as exc:
+                    if not guessed or "events.seq" not in str(exc):
+                        raise
+                    continue  # another process appended since: seal again after the true tail
+                unit.tail, unit.appended = (seq, prev_hash), True
+                return sealed[-1]
+        except sqlite3.Error as exc:
+            what = f"the audit event {drafts[0].type}" if len(drafts) == 1 else \
+                f"{len(drafts)} audit events ({drafts[0].type}, ...)"
+            raise AuditWriteError(f"{what} could not be written ({exc}); nothing was changed") from None
+        raise AssertionError("unreachable: the second pass reads the true tail")
+
+    def _add_effects_now(self, unit: _Unit, batch: Sequence[tuple[AccessRequest, Sequence[EffectDraft]]]) -> None:
+        """`_add_effects_many` inside `unit` (on the thread)."""
+        batch = [(r, e) for r, e in batch if e]
+        if not batch:
+            return
+        at = format_time(self._clock.now())
+        superseding = sorted({r.id for r, e in batch if supersedes(e)})
+        for start in range(0, len(superseding), 500):
+            chunk = superseding[start:start + 500]
+            unit.conn.execute(_supersede_sql(len(chunk)), (at, *chunk, at))
+        unit.conn.executemany(_INSERT_EFFECT, _effect_rows(batch, self._clock.now()))
+
     def _error(self, exc: sqlite3.Error) -> StoreError:
         if _is_corruption(exc):
             return self._open_error(exc)
@@ -574,15 +696,19 @@ class SqliteStore:
     async def create_request(self, request: AccessRequest, event: EventDraft,
                              effects: Sequence[EffectDraft] = ()) -> None:
         """Insert a new request, its `request.created` event and its effects. Conflict if the id exists."""
-        async with self._write() as conn:
-            recorded = await self._append(conn, event)
+
+        def create(unit: _Unit) -> None:  # one transaction, one hand-off to the thread (`_unit`)
+            recorded = self._append_now(unit, [event])
+            assert recorded is not None
             try:
                 # The creating event's seq orders requests created in the same microsecond.
-                await conn.execute(_INSERT_REQUEST, _request_row(request, recorded.seq))
+                unit.conn.execute(_INSERT_REQUEST, _request_row(request, recorded.seq))
             except sqlite3.IntegrityError as exc:
                 raise _claim_taken(exc, request) or Conflict(f"a request with id {request.id} already exists") \
                     from None
-            await self._add_effects(conn, request, effects)
+            self._add_effects_now(unit, [(request, effects)])
+
+        await self._unit(create)
 
     async def get_request(self, request_id: str) -> AccessRequest | None:
         """The request with this id, or None."""
@@ -752,14 +878,8 @@ class SqliteStore:
         superseding = sorted({r.id for r, e in batch if supersedes(e)})
         for start in range(0, len(superseding), 500):
             chunk = superseding[start:start + 500]
-            await conn.execute(
-                "UPDATE effects SET status = 'dropped', error = 'superseded', updated_at = ? WHERE request_id IN "
-                f"({_placeholders(len(chunk))}) AND kind = 'update_card' AND status = 'pending' "
-                "AND (lease_until IS NULL OR lease_until <= ?)", (at, *chunk, at))
-        now = self._clock.now()
-        rows = [tuple(json.dumps(doc[c]) if c == "payload" else doc[c] for c in _EFFECT_COLUMNS)
-                for request, effects in batch for doc in effect_docs(request.id, request.platform, effects, now)]
-        await conn.executemany(_INSERT_EFFECT, rows)
+            await conn.execute(_supersede_sql(len(chunk)), (at, *chunk, at))
+        await conn.executemany(_INSERT_EFFECT, _effect_rows(batch, self._clock.now()))
 
     # -- durable chat effects -----------------------------------------------------------------
     async def claim_effects(self, now: datetime, owner: str, lease_until: datetime, *, platforms: Collection[str],
@@ -771,8 +891,7 @@ class SqliteStore:
         sql = _CLAIM_EFFECTS.format(platforms=", ".join(f":{n}" for n in names))
         params = {"owner": owner, "lease_until": format_time(lease_until), "now": format_time(now),
                   "limit": limit, **names}
-        async with self._write() as conn:
-            rows = list(await conn.execute_fetchall(sql, params))
+        rows = await self._unit(lambda unit: unit.conn.execute(sql, params).fetchall())
         return sorted((_effect_from_row(r) for r in rows), key=lambda e: (e.due_at, int(e.id)))
 
     async def settle_effect(self, effect: Effect, owner: str, outcome: EffectOutcome) -> bool:
@@ -784,37 +903,37 @@ class SqliteStore:
         if not settled:
             return []
         now = self._clock.now()
-        kept: list[bool] = []
-        events: list[EventDraft] = []
-        async with self._write() as conn:
+
+        def settle(unit: _Unit) -> list[bool]:  # one transaction, one hand-off to the thread (`_unit`)
+            kept: list[bool] = []
+            events: list[EventDraft] = []
             for effect, outcome in settled:
                 retry_at = outcome.retry_at if outcome.status is EffectStatus.PENDING else None
-                cursor = await conn.execute(
-                    "UPDATE effects SET status = ?, error = ?, due_at = coalesce(?, due_at), lease_owner = NULL, "
-                    "lease_until = NULL, updated_at = ? WHERE seq = ? AND lease_owner = ? AND status = 'pending'",
-                    (outcome.status.value, outcome.error[:500], format_time(retry_at) if retry_at else None,
-                     format_time(now), int(effect.id), owner))
+                cursor = unit.conn.execute(_SETTLE_EFFECT, (
+                    outcome.status.value, outcome.error[:500], format_time(retry_at) if retry_at else None,
+                    format_time(now), int(effect.id), owner))
                 kept.append(cursor.rowcount == 1)
                 if cursor.rowcount != 1:
                     continue  # the lease ran out and another worker took it over
                 if outcome.refs or outcome.revealed or outcome.follow_ups:
-                    rows = list(await conn.execute_fetchall("SELECT * FROM requests WHERE id = ?",
-                                                            (effect.request_id,)))
-                    current = _request_from_row(rows[0]) if rows else None
+                    row = unit.conn.execute("SELECT * FROM requests WHERE id = ?", (effect.request_id,)).fetchone()
+                    current = _request_from_row(row) if row is not None else None
                     if current is not None:
                         changes = settled_changes(current, outcome)
                         if changes:
                             updated = apply_changes(current, changes, now)
-                            row = _request_row(updated, 0)
-                            await conn.execute(
+                            values = _request_row(updated, 0)
+                            unit.conn.execute(
                                 _UPDATE_REQUEST.format(statuses="?"),
-                                (*row[1 : len(_REQUEST_COLUMNS)], row[-1], current.id, current.version,
+                                (*values[1 : len(_REQUEST_COLUMNS)], values[-1], current.id, current.version,
                                  current.status.value))
                         if outcome.follow_ups:
-                            await self._add_effects(conn, current, outcome.follow_ups)
+                            self._add_effects_now(unit, [(current, outcome.follow_ups)])
                 events += [e for e in (outcome.event, outcome.alert) if e is not None]
-            await self._append_many(conn, events)
-        return kept
+            self._append_now(unit, events)
+            return kept
+
+        return await self._unit(settle)
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
         """Extend every lease `owner` holds on a pending effect."""

@@ -10,14 +10,16 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from bot.domain.audit import verify_chain
-from bot.domain.errors import StoreError
+from bot.domain.errors import Conflict, StoreError
+from bot.domain.model import EffectDraft, EffectKind, EffectOutcome, EffectStatus
 from storage.sqlite.store import SCHEMA_VERSION, SqliteStore
-from tests.support.stores import FakeClock, draft, make_request
+from tests.support.stores import START, FakeClock, draft, make_request
 
 
 @pytest.fixture
@@ -175,6 +177,48 @@ async def test_two_stores_on_one_file_interleave_appends_into_one_chain(store: S
     report = await verify_chain(store.events())
     assert report.ok, report.problem
     assert report.last_seq == 25
+
+
+async def test_two_stores_on_one_file_interleave_request_units_into_one_chain(store: SqliteStore) -> None:
+    # create_request and settle_effects run as one unit on aiosqlite's thread, guessing the chain tail from
+    # their own last write: each guess the other store made stale must be caught and the event re-sealed.
+    other = SqliteStore(store.path, FakeClock())
+    await other.open()
+    card = (EffectDraft(EffectKind.POST_CARD),)
+    try:
+        for i in range(6):
+            writer = store if i % 2 else other
+            await writer.create_request(make_request(f"R{i}", item=f"item-{i}"),
+                                        draft("request.created", request_id=f"R{i}"), card)
+            await other.append_event(draft())
+        claimed = await store.claim_effects(START, "w-1", START + timedelta(seconds=10), platforms={"slack"},
+                                            limit=10)
+        outcome = EffectOutcome(EffectStatus.DONE, event=draft())
+        assert await store.settle_effects([(e, outcome) for e in claimed], "w-1") == [True] * 6
+        await other.append_event(draft())
+    finally:
+        await other.close()
+
+    report = await verify_chain(store.events())
+    assert report.ok, report.problem
+    assert report.last_seq == 10 + 6 + 6 + 6 + 1
+    created = {e.request_id: e.seq async for e in store.events() if e.type == "request.created"}
+    with closing(sqlite3.connect(store.path)) as conn:
+        rows = dict(conn.execute("SELECT id, created_seq FROM requests").fetchall())
+    assert rows == created  # each request row carries the seq its own event finally got
+
+
+async def test_a_refused_create_unit_leaves_no_event_and_no_effect(store: SqliteStore) -> None:
+    card = (EffectDraft(EffectKind.POST_CARD),)
+    await store.create_request(make_request("R1"), draft("request.created", request_id="R1"), card)
+    with pytest.raises(Conflict):
+        await store.create_request(make_request("R1", item="other"), draft("request.created", request_id="R1"), card)
+
+    assert (await store.last_event()) is not None
+    assert (await store.count_events()) == 11
+    assert len(await store.effects_of("R1")) == 1
+    await store.append_event(draft())  # the chain goes on after the rolled-back unit
+    assert (await verify_chain(store.events())).ok
 
 
 async def test_a_closed_store_says_so(store: SqliteStore) -> None:
