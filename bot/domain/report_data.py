@@ -33,6 +33,8 @@ LATENCY_BUCKETS: tuple[tuple[str, float | None], ...] = (
 )
 # The steps a store reports, in order, through `progress` while it computes `report_data`.
 REPORT_STEPS = ("requests", "summaries", "latency", "timeline", "anomalies", "exposure")
+# Decisions that end a pending request (a request with none of these before the period's end is pending).
+CLOSING_TYPES = ("request.approved", "request.declined", "request.cancelled", "request.timed_out")
 FORMATS = ("table", "csv", "json", "html")
 
 ProgressCallback = Callable[[str], None]
@@ -169,6 +171,20 @@ class UnrevealedGrant:
 
 
 @dataclass(frozen=True)
+class PendingRequest:
+    """A request still waiting for a decision at the end of the period (no approve/decline/cancel/timeout)."""
+
+    request_id: str
+    item: str
+    vault: str
+    requester: str
+    requester_label: str
+    created_at: datetime
+    reason: str
+    approvals: int  # approvals given so far (N of M)
+
+
+@dataclass(frozen=True)
 class OffHoursReveal:
     at: datetime
     request_id: str
@@ -250,6 +266,8 @@ class ReportData:
     timeline: tuple[TimelinePoint, ...] = ()
     unrevealed_total: int = 0
     unrevealed: tuple[UnrevealedGrant, ...] = ()
+    pending_total: int = 0
+    pending: tuple[PendingRequest, ...] = ()  # oldest first, at most LIST_LIMIT
     off_hours_total: int = 0
     off_hours_by_person: tuple[PersonCount, ...] = ()
     off_hours: tuple[OffHoursReveal, ...] = ()

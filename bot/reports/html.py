@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from bot.domain.report_data import BURST_MIN_VAULTS, BURST_WINDOW, AccessRow, LatencyBucket, Report, TimelinePoint
 from bot.domain.request_text import format_duration
-from bot.reports.text import _chain_line, _latency, _local, _period_line, _purge_line, _span
+from bot.reports.text import _chain_line, _latency, _local, _period_line, _purge_line, _span, _waiting
 
 if TYPE_CHECKING:
     pass
@@ -172,7 +172,8 @@ def render_html(report: Report) -> str:
     chain_class = "ok" if ret.chain.ok else ("bad" if ret.chain.verified else "muted")
     cards = "".join(f'<div class="card"><b>{_e(v)}</b>{_e(k)}</div>' for k, v in (
         ("requests", total.requests), ("approved", total.approved), ("declined", total.declined),
-        ("timed out", total.timed_out), ("reveals", total.reveals), ("granted", _span(total.granted_seconds)),
+        ("timed out", total.timed_out), ("pending", data.pending_total),
+        ("reveals", total.reveals), ("granted", _span(total.granted_seconds)),
         ("median approval", _latency(data.latency.median_seconds)),
         ("p95 approval", _latency(data.latency.p95_seconds))))
     vault_bars = [(r.key, r.requests, r.reveals) for r in data.by_vault[:20]]
@@ -239,6 +240,10 @@ def render_html(report: Report) -> str:
         "<h2>Approval load</h2>", _html_table(("approver", "approvals", "declines", "median", "p95"), [
             (a.label or a.key, a.approvals, a.declines, _latency(a.median_seconds), _latency(a.p95_seconds))
             for a in data.approver_load], {1, 2, 3, 4}),
+        f"<h2>Pending requests <span class=muted>({data.pending_total})</span></h2>",
+        _html_table(("request", "item", "vault", "requester", "since", "waiting", "approvals", "reason"), [
+            (p.request_id, p.item, p.vault, p.requester_label, _local(p.created_at, tz), _waiting(report, p.created_at),
+             p.approvals, p.reason) for p in data.pending], {5, 6}),
         "<h2>Anomalies</h2>", anomaly_html,
         "<h2>Exposure: revealed and not rotated since</h2>", exposure,
         "<h2>Retention</h2>", retention,

@@ -21,6 +21,7 @@ from bot.domain.audit import format_time, parse_time
 from bot.domain.report_data import (
     BURST_MIN_VAULTS,
     BURST_WINDOW,
+    CLOSING_TYPES,
     GRANT_LOOKBACK,
     LATENCY_BUCKETS,
     LIST_LIMIT,
@@ -30,6 +31,7 @@ from bot.domain.report_data import (
     LatencyBucket,
     LatencyStats,
     OffHoursReveal,
+    PendingRequest,
     PersonCount,
     ProgressCallback,
     Refusal,
@@ -302,6 +304,33 @@ async def _unrevealed(rq: Any, f: _Filters) -> Doc:
         parse_time(d["ended_at"]) if d.get("ended_at") else None) for d in docs)}
 
 
+async def _pending(db: AsyncDatabase[Doc], f: _Filters) -> Doc:
+    """Requests created before the period's end (within the look-back) and not decided by then."""
+    created = _is("request.created")
+    match = f.events(["request.created", "request.approval_added", *CLOSING_TYPES], lo=f.lo)
+    match["request_id"] = {"$ne": None}
+    group: Doc = {
+        "_id": "$request_id", "seq": {"$max": _when(created, "$_id")}, "at": {"$max": _when(created, "$at")},
+        "item": {"$max": _when(created, "$item")}, "vault": {"$max": _when(created, "$vault")},
+        "who": {"$max": _when(created, _WHO)}, "display": {"$max": _when(created, "$actor.display")},
+        "reason": {"$max": _when(created, "$reason")}, "approvals": _count(_is("request.approval_added")),
+        "closed": _count(_is(list(CLOSING_TYPES))),
+        "involves": {"$max": {"$cond": [f.actor_expr(), 1, 0]}} if f.q.user else {"$max": 1},
+    }
+    facets = await _aggregate(db["events"], [
+        {"$match": match}, {"$group": group},
+        {"$match": {"closed": 0, "seq": {"$ne": None}, "involves": 1}},
+        {"$facet": {"total": [{"$count": "n"}],
+                    "rows": [{"$sort": {"at": 1, "seq": 1}}, {"$limit": LIST_LIMIT}]}}])
+    found = facets[0] if facets else {"total": [], "rows": []}
+    return {
+        "pending_total": int(found["total"][0]["n"]) if found["total"] else 0,
+        "pending": tuple(PendingRequest(d["_id"], d.get("item") or "", d.get("vault") or "", d.get("who") or "",
+                                        display_label(d.get("display"), d.get("who")), parse_time(d["at"]),
+                                        d.get("reason") or "", int(d["approvals"])) for d in found["rows"]),
+    }
+
+
 async def _off_hours(db: AsyncDatabase[Doc], rq: Any, f: _Filters) -> Doc:
     q = f.q
     tz = q.timezone
@@ -427,7 +456,8 @@ async def report_data(db: AsyncDatabase[Doc], query: ReportQuery,
         timeline = await _timeline(db, rq, f)
         step("timeline")
         anomalies: Doc = {
-            **await _unrevealed(rq, f), **await _off_hours(db, rq, f), "bursts": await _bursts(db, f),
+            **await _unrevealed(rq, f), **await _off_hours(db, rq, f), **await _pending(db, f),
+            "bursts": await _bursts(db, f),
             "refusals": await _refusals(db, f), "shared_use": await _shared_use(rq, f),
             "accessed_items": frozenset(str(i) for i in await rq.distinct("item") if i),
         }

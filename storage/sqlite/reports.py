@@ -30,6 +30,7 @@ from bot.domain.errors import StoreError
 from bot.domain.report_data import (
     BURST_MIN_VAULTS,
     BURST_WINDOW,
+    CLOSING_TYPES,
     GRANT_LOOKBACK,
     LATENCY_BUCKETS,
     LIST_LIMIT,
@@ -39,6 +40,7 @@ from bot.domain.report_data import (
     LatencyBucket,
     LatencyStats,
     OffHoursReveal,
+    PendingRequest,
     PersonCount,
     ProgressCallback,
     Refusal,
@@ -374,6 +376,31 @@ def _unrevealed(conn: sqlite3.Connection, q: _Sql) -> dict[str, Any]:
     }
 
 
+def _pending(conn: sqlite3.Connection, q: _Sql) -> dict[str, Any]:
+    """Requests created before the period's end (within the look-back) and not decided by then.
+
+    With a user filter: requests the user made or gave an approval to."""
+    involves = f", max({q.actor}) AS involves" if q.user else ""
+    rows = conn.execute(f"""
+        SELECT g.request_id, e.item, e.vault, {_who("e.")}, json_extract(e.actor, '$.display'), e.at, e.reason,
+               g.approvals, count(*) OVER () AS total
+        FROM (SELECT request_id, max(CASE WHEN type = 'request.created' THEN seq END) AS created_seq,
+                     sum(type = 'request.approval_added') AS approvals,
+                     sum(type IN ({_in(CLOSING_TYPES)})) AS closed{involves}
+              FROM events INDEXED BY events_report
+              WHERE type IN ('request.created', 'request.approval_added', {_in(CLOSING_TYPES)})
+                AND at >= :lo AND at < :until AND seq <= :max_seq AND request_id IS NOT NULL{q.events}
+              GROUP BY request_id) g
+        JOIN events e ON e.seq = g.created_seq
+        WHERE g.closed = 0{" AND g.involves" if q.user else ""}
+        ORDER BY e.at, e.seq LIMIT :limit""", q.params).fetchall()
+    return {
+        "pending_total": int(rows[0][8]) if rows else 0,
+        "pending": tuple(PendingRequest(r[0], r[1] or "", r[2] or "", r[3] or "", display_label(r[4], r[3]),
+                                        _time(r[5]), r[6] or "", int(r[7])) for r in rows),
+    }
+
+
 def _off_hours(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> dict[str, Any]:
     conn.execute("CREATE TEMP TABLE work (start_at TEXT PRIMARY KEY, end_at TEXT NOT NULL) WITHOUT ROWID")
     conn.executemany("INSERT OR REPLACE INTO work VALUES (?, ?)",
@@ -541,6 +568,7 @@ def _event_sections(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> di
     """The sections read straight from the events table (no rq): one thread's share of the report."""
     return {
         "loads": _approver_loads(conn, q), "timeline": _timeline(conn, q), **_off_hours(conn, q, query),
+        **_pending(conn, q),
         "bursts": _bursts(conn, q, query), "refusals": _refusals(conn, q), "exposure_reveals": _exposure(conn, query),
     }
 

@@ -175,6 +175,21 @@ async def build_trail(directory: Path, open_store: Callable[[FakeClock], Any] | 
     return trail
 
 
+async def add_pending(trail: Trail) -> None:
+    """Requests still open at the period's end (on top of the fixed trail; the store's clock moves on).
+
+    R9  ann hooli-mail    created Sun 8 Mar 20:00 "quarterly audit", one approval (lee) 20:10: pending
+    R10 bob umbrella-vpn  created Sun 8 Mar 21:00, approved Mon 9 Mar 00:10 (after the period): pending
+    R11 bob acme-aws      created Mon 9 Mar 01:00 (after the period): not in it
+    """
+    await trail.event(at(8, 20, 0), "request.created", ANN, "R9", "hooli-mail", "quarterly audit")
+    await trail.event(at(8, 20, 10), "request.approval_added", LEE, "R9", "hooli-mail")
+    await trail.event(at(8, 21, 0), "request.created", BOB, "R10", "umbrella-vpn", "vpn broken")
+    await trail.event(at(9, 0, 10), "request.approved", MAX, "R10", "umbrella-vpn")
+    await trail.event(at(9, 1, 0), "request.created", BOB, "R11", "acme-aws", "later")
+    trail.clock.current = NOW
+
+
 EVENT_COUNT = 47  # 6 item.added + 39 request/grant events + 2 refusals
 
 
