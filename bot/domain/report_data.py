@@ -35,6 +35,10 @@ LATENCY_BUCKETS: tuple[tuple[str, float | None], ...] = (
 REPORT_STEPS = ("requests", "summaries", "latency", "timeline", "anomalies", "exposure")
 # Decisions that end a pending request (a request with none of these before the period's end is pending).
 CLOSING_TYPES = ("request.approved", "request.declined", "request.cancelled", "request.timed_out")
+# The outcomes of durable chat effects a report reads: a failure counts unless a later success of the same
+# effect follows it in the period (a reveal after a failed delivery, a wipe after a failed one).
+EFFECT_FAILURE_TYPES = ("grant.delivery_failed", "grant.wipe_failed", "chat.effect_failed")
+EFFECT_SUCCESS_TYPES = ("grant.revealed", "grant.wiped")
 FORMATS = ("table", "csv", "json", "html")
 
 ProgressCallback = Callable[[str], None]
@@ -185,6 +189,31 @@ class PendingRequest:
 
 
 @dataclass(frozen=True)
+class DeliveryFailure:
+    """A durable chat effect of one request that failed in the period and had not succeeded by its end."""
+
+    request_id: str
+    item: str
+    vault: str
+    requester: str
+    requester_label: str
+    effect: str  # delivery | wipe | post_card | update_card | tell
+    state: str  # failed: retry budget spent or refused for good; retrying: still being retried at the end
+    attempts: int  # of the last failure
+    error: str  # the platform's error code (never a payload)
+    failures: int  # failed attempts recorded in the period
+    first_at: datetime
+    last_at: datetime
+
+
+@dataclass(frozen=True)
+class FailureCount:
+    effect: str
+    state: str
+    count: int
+
+
+@dataclass(frozen=True)
 class OffHoursReveal:
     at: datetime
     request_id: str
@@ -268,6 +297,8 @@ class ReportData:
     unrevealed: tuple[UnrevealedGrant, ...] = ()
     pending_total: int = 0
     pending: tuple[PendingRequest, ...] = ()  # oldest first, at most LIST_LIMIT
+    delivery_failure_counts: tuple[FailureCount, ...] = ()  # exact, per (effect, state), sorted
+    delivery_failures: tuple[DeliveryFailure, ...] = ()  # newest first, at most LIST_LIMIT
     off_hours_total: int = 0
     off_hours_by_person: tuple[PersonCount, ...] = ()
     off_hours: tuple[OffHoursReveal, ...] = ()
@@ -276,6 +307,16 @@ class ReportData:
     shared_use: tuple[SharedUse, ...] = ()
     accessed_items: frozenset[str] = frozenset()
     exposure_reveals: tuple[ExposureReveal, ...] = ()
+
+    @property
+    def delivery_failures_total(self) -> int:
+        """Every failed effect of the period (all kinds, failed for good or still retrying)."""
+        return sum(c.count for c in self.delivery_failure_counts)
+
+    def failures(self, effect: str, state: str | None = None) -> int:
+        """Failed effects of one kind (`delivery`, `wipe`, ...), in one state or both."""
+        return sum(c.count for c in self.delivery_failure_counts
+                   if c.effect == effect and (state is None or c.state == state))
 
 
 # -- sections assembled here -------------------------------------------------------------------

@@ -173,6 +173,7 @@ def render_html(report: Report) -> str:
     cards = "".join(f'<div class="card"><b>{_e(v)}</b>{_e(k)}</div>' for k, v in (
         ("requests", total.requests), ("approved", total.approved), ("declined", total.declined),
         ("timed out", total.timed_out), ("pending", data.pending_total),
+        ("failed deliveries", data.failures("delivery")), ("wipes failing", data.failures("wipe")),
         ("reveals", total.reveals), ("granted", _span(total.granted_seconds)),
         ("median approval", _latency(data.latency.median_seconds)),
         ("p95 approval", _latency(data.latency.p95_seconds))))
@@ -244,6 +245,13 @@ def render_html(report: Report) -> str:
         _html_table(("request", "item", "vault", "requester", "since", "waiting", "approvals", "reason"), [
             (p.request_id, p.item, p.vault, p.requester_label, _local(p.created_at, tz), _waiting(report, p.created_at),
              p.approvals, p.reason) for p in data.pending], {5, 6}),
+        f"<h2>Delivery failures <span class=muted>({data.delivery_failures_total})</span></h2>",
+        "<p class=muted>Chat effects that failed and had not succeeded by the period's end: deliveries that never "
+        "reached the requester, wipes that failed (the password may still be on screen) or are still retrying, "
+        "card posts and messages.</p>",
+        _html_table(("request", "effect", "state", "item", "vault", "requester", "attempts", "error", "last failure"), [
+            (d.request_id, d.effect, d.state, d.item, d.vault, d.requester_label, d.attempts, d.error,
+             _local(d.last_at, tz)) for d in data.delivery_failures], {6}),
         "<h2>Anomalies</h2>", anomaly_html,
         "<h2>Exposure: revealed and not rotated since</h2>", exposure,
         "<h2>Retention</h2>", retention,

@@ -22,12 +22,16 @@ from bot.domain.report_data import (
     BURST_MIN_VAULTS,
     BURST_WINDOW,
     CLOSING_TYPES,
+    EFFECT_FAILURE_TYPES,
+    EFFECT_SUCCESS_TYPES,
     GRANT_LOOKBACK,
     LATENCY_BUCKETS,
     LIST_LIMIT,
     AccessRow,
     ApproverLoad,
+    DeliveryFailure,
     ExposureReveal,
+    FailureCount,
     LatencyBucket,
     LatencyStats,
     OffHoursReveal,
@@ -331,6 +335,46 @@ async def _pending(db: AsyncDatabase[Doc], f: _Filters) -> Doc:
     }
 
 
+async def _delivery_failures(db: AsyncDatabase[Doc], rq: Any, f: _Filters) -> Doc:
+    """Per request and effect: the last outcome in the period, when it is a failure (final or still retrying)."""
+    failed = _is(list(EFFECT_FAILURE_TYPES))
+    match = f.events([*EFFECT_FAILURE_TYPES, *EFFECT_SUCCESS_TYPES])
+    match["request_id"] = {"$ne": None}
+    effect = {"$switch": {"branches": [
+        {"case": _is(["grant.delivery_failed", "grant.revealed"]), "then": "delivery"},
+        {"case": _is(["grant.wipe_failed", "grant.wiped"]), "then": "wipe"}],
+        "default": {"$ifNull": ["$details.kind", "chat"]}}}
+    groups: list[Doc] = [
+        {"$match": match}, *await _requests_only(f, rq), {"$set": {"effect": effect}}, {"$sort": {"_id": 1}},
+        {"$group": {"_id": {"request_id": "$request_id", "effect": "$effect"}, "type": {"$last": "$type"},
+                    "final": {"$last": "$details.final"}, "attempts": {"$last": "$details.attempt"},
+                    "error": {"$last": "$details.error"}, "last_at": {"$last": "$at"}, "item": {"$last": "$item"},
+                    "vault": {"$last": "$vault"}, "failures": _count(failed),
+                    "first_at": {"$min": _when(failed, "$at")}}},
+        {"$match": {"type": {"$in": list(EFFECT_FAILURE_TYPES)}}},
+        {"$set": {"state": {"$cond": [{"$eq": [{"$ifNull": ["$final", False]}, False]}, "retrying", "failed"]}}},
+    ]
+    facets = await _aggregate(db["events"], [*groups, {"$facet": {
+        "counts": [{"$group": {"_id": {"effect": "$_id.effect", "state": "$state"}, "n": {"$sum": 1}}}],
+        "rows": [{"$sort": {"last_at": -1, "_id.request_id": 1, "_id.effect": 1}}, {"$limit": LIST_LIMIT}]}}])
+    found = facets[0] if facets else {"counts": [], "rows": []}
+    ids = sorted({d["_id"]["request_id"] for d in found["rows"]})
+    created = {d["_id"]: d for d in await _aggregate(db["events"], [
+        {"$match": {"type": "request.created", "request_id": {"$in": ids}}}, {"$sort": {"_id": 1}},
+        {"$group": {"_id": "$request_id", "who": {"$first": _WHO}, "display": {"$first": "$actor.display"}}}])}
+    counts = sorted((d["_id"]["effect"], d["_id"]["state"], int(d["n"])) for d in found["counts"])
+    rows = []
+    for d in found["rows"]:
+        who = created.get(d["_id"]["request_id"], {})
+        rows.append(DeliveryFailure(
+            d["_id"]["request_id"], d.get("item") or "", d.get("vault") or "", who.get("who") or "",
+            display_label(who.get("display"), who.get("who")), d["_id"]["effect"], d["state"],
+            int(d.get("attempts") or 0), str(d.get("error") or ""), int(d["failures"]), parse_time(d["first_at"]),
+            parse_time(d["last_at"])))
+    return {"delivery_failure_counts": tuple(FailureCount(e, s, n) for e, s, n in counts),
+            "delivery_failures": tuple(rows)}
+
+
 async def _off_hours(db: AsyncDatabase[Doc], rq: Any, f: _Filters) -> Doc:
     q = f.q
     tz = q.timezone
@@ -457,6 +501,7 @@ async def report_data(db: AsyncDatabase[Doc], query: ReportQuery,
         step("timeline")
         anomalies: Doc = {
             **await _unrevealed(rq, f), **await _off_hours(db, rq, f), **await _pending(db, f),
+            **await _delivery_failures(db, rq, f),
             "bursts": await _bursts(db, f),
             "refusals": await _refusals(db, f), "shared_use": await _shared_use(rq, f),
             "accessed_items": frozenset(str(i) for i in await rq.distinct("item") if i),

@@ -31,12 +31,16 @@ from bot.domain.report_data import (
     BURST_MIN_VAULTS,
     BURST_WINDOW,
     CLOSING_TYPES,
+    EFFECT_FAILURE_TYPES,
+    EFFECT_SUCCESS_TYPES,
     GRANT_LOOKBACK,
     LATENCY_BUCKETS,
     LIST_LIMIT,
     AccessRow,
     ApproverLoad,
+    DeliveryFailure,
     ExposureReveal,
+    FailureCount,
     LatencyBucket,
     LatencyStats,
     OffHoursReveal,
@@ -401,6 +405,41 @@ def _pending(conn: sqlite3.Connection, q: _Sql) -> dict[str, Any]:
     }
 
 
+def _delivery_failures(conn: sqlite3.Connection, q: _Sql) -> dict[str, Any]:
+    """Per request and effect: the last outcome in the period, when it is a failure (final or still retrying)."""
+    failed = _in(EFFECT_FAILURE_TYPES)
+    conn.execute(f"""
+        CREATE TEMP TABLE eff AS
+        SELECT g.request_id AS request_id, g.effect AS effect, g.failures AS failures, g.first_at AS first_at,
+               e.at AS last_at, e.item AS item, e.vault AS vault,
+               iif(coalesce(json_extract(e.details, '$.final'), 0), 'failed', 'retrying') AS state,
+               coalesce(json_extract(e.details, '$.attempt'), 0) AS attempts,
+               coalesce(json_extract(e.details, '$.error'), '') AS error
+        FROM (SELECT request_id, effect, max(seq) AS last_seq, sum(type IN ({failed})) AS failures,
+                     min(iif(type IN ({failed}), at, NULL)) AS first_at
+              FROM (SELECT seq, at, type, request_id,
+                           CASE type WHEN 'grant.delivery_failed' THEN 'delivery' WHEN 'grant.revealed' THEN 'delivery'
+                                     WHEN 'grant.wipe_failed' THEN 'wipe' WHEN 'grant.wiped' THEN 'wipe'
+                                     ELSE coalesce(json_extract(details, '$.kind'), 'chat') END AS effect
+                    FROM events
+                    WHERE type IN ({failed}, {_in(EFFECT_SUCCESS_TYPES)}) AND at >= :since AND at < :until
+                      AND seq <= :max_seq AND request_id IS NOT NULL{q.events}{q.requests_only()})
+              GROUP BY request_id, effect) g
+        JOIN events e ON e.seq = g.last_seq
+        WHERE e.type IN ({failed})""", q.params)
+    counts = conn.execute("SELECT effect, state, count(*) FROM eff GROUP BY effect, state ORDER BY effect, state")
+    rows = conn.execute("""
+        SELECT eff.*, f.requester, json_extract(c.actor, '$.display')
+        FROM eff LEFT JOIN request_facts f ON f.request_id = eff.request_id LEFT JOIN events c ON c.seq = f.created_seq
+        ORDER BY eff.last_at DESC, eff.request_id, eff.effect LIMIT :limit""", q.params).fetchall()
+    return {
+        "delivery_failure_counts": tuple(FailureCount(e, s, int(n)) for e, s, n in counts),
+        "delivery_failures": tuple(DeliveryFailure(
+            r[0], r[5] or "", r[6] or "", r[10] or "", display_label(r[11], r[10]), r[1], r[7], int(r[8]), str(r[9]),
+            int(r[2]), _time(r[3]), _time(r[4])) for r in rows),
+    }
+
+
 def _off_hours(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> dict[str, Any]:
     conn.execute("CREATE TEMP TABLE work (start_at TEXT PRIMARY KEY, end_at TEXT NOT NULL) WITHOUT ROWID")
     conn.executemany("INSERT OR REPLACE INTO work VALUES (?, ?)",
@@ -568,7 +607,7 @@ def _event_sections(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> di
     """The sections read straight from the events table (no rq): one thread's share of the report."""
     return {
         "loads": _approver_loads(conn, q), "timeline": _timeline(conn, q), **_off_hours(conn, q, query),
-        **_pending(conn, q),
+        **_pending(conn, q), **_delivery_failures(conn, q),
         "bursts": _bursts(conn, q, query), "refusals": _refusals(conn, q), "exposure_reveals": _exposure(conn, query),
     }
 

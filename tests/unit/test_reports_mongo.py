@@ -14,14 +14,25 @@ import pytest
 
 from bot.reports.build import build_report
 from tests.support.mongo import new_db_name
-from tests.unit.test_reports_trail import NOW, SINCE, UNTIL, Trail, add_pending, build_trail, policy
+from tests.unit.test_reports_trail import (
+    NOW,
+    SINCE,
+    UNTIL,
+    Trail,
+    add_delivery_failures,
+    add_pending,
+    build_trail,
+    policy,
+)
 
 pytestmark = [pytest.mark.mongodb]
 
 
 @pytest.mark.parametrize(("filters", "more"), [
     ({}, None), ({"vault": "acme"}, None), ({"user": "UBOB"}, None), ({"user": "slack:ULEE"}, None),
-    ({}, add_pending), ({"user": "ULEE"}, add_pending), ({"vault": "umbrella"}, add_pending)])
+    ({}, add_pending), ({"user": "ULEE"}, add_pending), ({"vault": "umbrella"}, add_pending),
+    ({}, add_delivery_failures), ({"vault": "acme"}, add_delivery_failures),
+    ({"user": "slack:UANN"}, add_delivery_failures)])
 async def test_mongodb_reports_equal_sqlite_reports(tmp_path: Path, mongodb_uri: str, filters: dict[str, str],
                                                     more: Callable[[Trail], Awaitable[None]] | None) -> None:
     from pymongo import AsyncMongoClient
@@ -45,7 +56,7 @@ async def test_mongodb_reports_equal_sqlite_reports(tmp_path: Path, mongodb_uri:
         assert found.data == expected.data
         assert replace(found, store="sqlite") == expected
         if more is not None:
-            assert found.data.pending_total > 0
+            assert found.data.pending_total > 0 or found.data.delivery_failures_total > 0
     finally:
         for store in closers:
             await store.close()
