@@ -32,6 +32,7 @@ th{background:#f4f6fa;font-weight:600}td.n,th.n{text-align:right;font-variant-nu
 font-size:19px;line-height:1.3;overflow-wrap:anywhere}.bad{color:#b3261e;font-weight:600}.ok{color:#1b7f3b;
 font-weight:600}svg{display:block;max-width:100%;height:auto}.charts{display:grid;
 grid-template-columns:repeat(auto-fit,minmax(min(100%,520px),1fr));gap:16px}.wide{grid-column:1/-1}
+@media (max-width:900px){th,td{padding:4px 5px}}
 """
 _BLUE, _ORANGE, _GREY = "#3b6fd4", "#e07b24", "#8a94a6"
 
