@@ -99,6 +99,23 @@ class ReportQuery:
     work_end_seconds: int = 18 * 3600
     # Requests whose reveals left a password due for rotation: the store says when each was seen.
     exposed_requests: tuple[str, ...] = ()
+    # [people]: accounts ("slack:U1") linked to one person ("person:ann"). Stores group by the person, so a
+    # person with a Slack and a Teams account is one row; an account not listed is its own person.
+    people: tuple[tuple[str, str], ...] = ()
+
+    def persons_of_user(self) -> tuple[str, ...]:
+        """The person keys whose linked accounts the user filter names."""
+        user = self.user
+        return tuple(sorted({person for account, person in self.people if user is not None and user.matches(account)}))
+
+    def names_account(self, key: str) -> bool:
+        """The user filter names this account ("platform:user_id"), itself or through its person."""
+        return self.user is not None and (self.user.matches(key) or key in self.accounts_of_user())
+
+    def accounts_of_user(self) -> tuple[str, ...]:
+        """Every account linked to a person the user filter names (the filter covers the whole person)."""
+        persons = set(self.persons_of_user())
+        return tuple(sorted(account for account, person in self.people if person in persons))
 
     @property
     def open_end(self) -> datetime:

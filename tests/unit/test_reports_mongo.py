@@ -21,6 +21,7 @@ from tests.unit.test_reports_trail import (
     Trail,
     add_delivery_failures,
     add_pending,
+    add_teams_bob,
     build_trail,
     policy,
 )
@@ -32,7 +33,8 @@ pytestmark = [pytest.mark.mongodb]
     ({}, None), ({"vault": "acme"}, None), ({"user": "UBOB"}, None), ({"user": "slack:ULEE"}, None),
     ({}, add_pending), ({"user": "ULEE"}, add_pending), ({"vault": "umbrella"}, add_pending),
     ({}, add_delivery_failures), ({"vault": "acme"}, add_delivery_failures),
-    ({"user": "slack:UANN"}, add_delivery_failures)])
+    ({"user": "slack:UANN"}, add_delivery_failures),
+    ({}, add_teams_bob), ({"user": "teams:bob-oid"}, add_teams_bob), ({"user": "slack:ULEE"}, add_teams_bob)])
 async def test_mongodb_reports_equal_sqlite_reports(tmp_path: Path, mongodb_uri: str, filters: dict[str, str],
                                                     more: Callable[[Trail], Awaitable[None]] | None) -> None:
     from pymongo import AsyncMongoClient
@@ -51,12 +53,14 @@ async def test_mongodb_reports_equal_sqlite_reports(tmp_path: Path, mongodb_uri:
         if more is not None:  # the same extra events on both stores
             await more(sqlite_trail)
             await more(mongo_trail)
-        expected = await build_report(sqlite_trail.source, policy(), NOW, SINCE, UNTIL, **filters)
-        found = await build_report(mongo_trail.source, policy(), NOW, SINCE, UNTIL, **filters)
+        rules = policy(people=more is add_teams_bob)  # [people] links Lee/Max and Bob's two accounts
+        expected = await build_report(sqlite_trail.source, rules, NOW, SINCE, UNTIL, **filters)
+        found = await build_report(mongo_trail.source, rules, NOW, SINCE, UNTIL, **filters)
         assert found.data == expected.data
         assert replace(found, store="sqlite") == expected
         if more is not None:
-            assert found.data.pending_total > 0 or found.data.delivery_failures_total > 0
+            assert found.data.pending_total > 0 or found.data.delivery_failures_total > 0 or any(
+                r.key.startswith("person:") for r in found.data.by_requester)
     finally:
         for store in closers:
             await store.close()

@@ -73,8 +73,22 @@ VAULTS = {"acme-zendesk": "acme", "acme-aws": "acme", "globex-db": "globex", "in
           "hooli-mail": "hooli", "umbrella-vpn": "umbrella"}
 
 
-def policy(extra: str = "") -> Policy:
-    return parse_policy(POLICY_TEXT.replace("[retention]", f"[retention]\n{extra}"), "test policy")
+# Lee approves on Slack and Max... is Lee on Teams: one person. Bob has a Teams account too.
+PEOPLE_TEXT = """
+[people.lee]
+slack = "ULEE"
+teams = "max-oid"
+
+[people.bob]
+slack = "UBOB"
+teams = "bob-oid"
+"""
+BOB_TEAMS = Identity("teams", "bob-oid", "Bob (Teams)")
+
+
+def policy(extra: str = "", *, people: bool = False) -> Policy:
+    text = POLICY_TEXT.replace("[retention]", f"[retention]\n{extra}") + (PEOPLE_TEXT if people else "")
+    return parse_policy(text, "test policy")
 
 
 def at(day: int, hour: int, minute: int = 0, month: int = 3, second: int = 0) -> datetime:
@@ -239,6 +253,22 @@ async def add_delivery_failures(trail: Trail) -> None:
                       details=fail(1, "timeout", False))
     await trail.event(at(6, 19, 1), "grant.wiped", SYSTEM, "F5", "umbrella-vpn", details={"attempt": 2})
     await trail.event(at(9, 1, 0), "grant.wiped", SYSTEM, "F2", "acme-aws", details={"attempt": 3})
+    trail.clock.current = NOW
+
+
+async def add_teams_bob(trail: Trail) -> None:
+    """Bob asks once from his Teams account (for policy(people=True): still Bob).
+
+    B1 bob (teams) hooli-mail  created Fri 6 Mar 09:00, approved (lee) 09:05, activated, revealed 09:06 (off
+                               hours? no: 10:06 local), expired 09:35 -> 30m
+    """
+    await trail.event(at(6, 9, 0), "request.created", BOB_TEAMS, "B1", "hooli-mail", "mail export")
+    await trail.event(at(6, 9, 5), "request.approved", LEE, "B1", "hooli-mail")
+    await trail.event(at(6, 9, 5), "grant.activated", SYSTEM, "B1", "hooli-mail")
+    await trail.event(at(6, 9, 6), "grant.revealed", BOB_TEAMS, "B1", "hooli-mail")
+    await trail.event(at(6, 9, 35), "grant.expired", SYSTEM, "B1", "hooli-mail")
+    await trail.event(at(6, 9, 40), "access.refused", BOB_TEAMS, "R1", "acme-zendesk",
+                      "approve without being an approver")
     trail.clock.current = NOW
 
 
