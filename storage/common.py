@@ -19,6 +19,7 @@ __all__ = [
     "CHECKPOINT_KEY",
     "DUE_RULES",
     "EVENTS_PAGE",
+    "PERSON_PREFIX",
     "REQUEST_EVENT_TYPES",
     "apply_changes",
     "as_recorded",
@@ -46,8 +47,14 @@ DUE_RULES: tuple[tuple[str, str, Mapping[str, str]], ...] = (
 )
 
 
+PERSON_PREFIX = "person:"  # the key of a person the policy's [people] links several accounts to
+
+
 def display_label(display: Any, key: str | None) -> str:
-    """A person's name in a report: their display name, else the id part of `platform:id`."""
+    """A person's name in a report: a linked person's policy name, their display name, else the id part of
+    `platform:id`."""
+    if key and key.startswith(PERSON_PREFIX):
+        return key[len(PERSON_PREFIX):]
     return str(display) if display else (key or "").partition(":")[2] or (key or "")
 
 

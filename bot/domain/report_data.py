@@ -33,6 +33,12 @@ LATENCY_BUCKETS: tuple[tuple[str, float | None], ...] = (
 )
 # The steps a store reports, in order, through `progress` while it computes `report_data`.
 REPORT_STEPS = ("requests", "summaries", "latency", "timeline", "anomalies", "exposure")
+# Decisions that end a pending request (a request with none of these before the period's end is pending).
+CLOSING_TYPES = ("request.approved", "request.declined", "request.cancelled", "request.timed_out")
+# The outcomes of durable chat effects a report reads: a failure counts unless a later success of the same
+# effect follows it in the period (a reveal after a failed delivery, a wipe after a failed one).
+EFFECT_FAILURE_TYPES = ("grant.delivery_failed", "grant.wipe_failed", "chat.effect_failed")
+EFFECT_SUCCESS_TYPES = ("grant.revealed", "grant.wiped")
 FORMATS = ("table", "csv", "json", "html")
 
 ProgressCallback = Callable[[str], None]
@@ -93,6 +99,23 @@ class ReportQuery:
     work_end_seconds: int = 18 * 3600
     # Requests whose reveals left a password due for rotation: the store says when each was seen.
     exposed_requests: tuple[str, ...] = ()
+    # [people]: accounts ("slack:U1") linked to one person ("person:ann"). Stores group by the person, so a
+    # person with a Slack and a Teams account is one row; an account not listed is its own person.
+    people: tuple[tuple[str, str], ...] = ()
+
+    def persons_of_user(self) -> tuple[str, ...]:
+        """The person keys whose linked accounts the user filter names."""
+        user = self.user
+        return tuple(sorted({person for account, person in self.people if user is not None and user.matches(account)}))
+
+    def names_account(self, key: str) -> bool:
+        """The user filter names this account ("platform:user_id"), itself or through its person."""
+        return self.user is not None and (self.user.matches(key) or key in self.accounts_of_user())
+
+    def accounts_of_user(self) -> tuple[str, ...]:
+        """Every account linked to a person the user filter names (the filter covers the whole person)."""
+        persons = set(self.persons_of_user())
+        return tuple(sorted(account for account, person in self.people if person in persons))
 
     @property
     def open_end(self) -> datetime:
@@ -166,6 +189,45 @@ class UnrevealedGrant:
     requester_label: str
     activated_at: datetime
     ended_at: datetime | None  # None: still active at the end of the period
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A request still waiting for a decision at the end of the period (no approve/decline/cancel/timeout)."""
+
+    request_id: str
+    item: str
+    vault: str
+    requester: str
+    requester_label: str
+    created_at: datetime
+    reason: str
+    approvals: int  # approvals given so far (N of M)
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    """A durable chat effect of one request that failed in the period and had not succeeded by its end."""
+
+    request_id: str
+    item: str
+    vault: str
+    requester: str
+    requester_label: str
+    effect: str  # delivery | wipe | post_card | update_card | tell
+    state: str  # failed: retry budget spent or refused for good; retrying: still being retried at the end
+    attempts: int  # of the last failure
+    error: str  # the platform's error code (never a payload)
+    failures: int  # failed attempts recorded in the period
+    first_at: datetime
+    last_at: datetime
+
+
+@dataclass(frozen=True)
+class FailureCount:
+    effect: str
+    state: str
+    count: int
 
 
 @dataclass(frozen=True)
@@ -250,6 +312,10 @@ class ReportData:
     timeline: tuple[TimelinePoint, ...] = ()
     unrevealed_total: int = 0
     unrevealed: tuple[UnrevealedGrant, ...] = ()
+    pending_total: int = 0
+    pending: tuple[PendingRequest, ...] = ()  # oldest first, at most LIST_LIMIT
+    delivery_failure_counts: tuple[FailureCount, ...] = ()  # exact, per (effect, state), sorted
+    delivery_failures: tuple[DeliveryFailure, ...] = ()  # newest first, at most LIST_LIMIT
     off_hours_total: int = 0
     off_hours_by_person: tuple[PersonCount, ...] = ()
     off_hours: tuple[OffHoursReveal, ...] = ()
@@ -258,6 +324,16 @@ class ReportData:
     shared_use: tuple[SharedUse, ...] = ()
     accessed_items: frozenset[str] = frozenset()
     exposure_reveals: tuple[ExposureReveal, ...] = ()
+
+    @property
+    def delivery_failures_total(self) -> int:
+        """Every failed effect of the period (all kinds, failed for good or still retrying)."""
+        return sum(c.count for c in self.delivery_failure_counts)
+
+    def failures(self, effect: str, state: str | None = None) -> int:
+        """Failed effects of one kind (`delivery`, `wipe`, ...), in one state or both."""
+        return sum(c.count for c in self.delivery_failure_counts
+                   if c.effect == effect and (state is None or c.state == state))
 
 
 # -- sections assembled here -------------------------------------------------------------------

@@ -123,6 +123,7 @@ def _query(policy: Policy, now: datetime, since: datetime, until: datetime, *, v
         working_intervals=working_intervals(hours, policy.timezone, since, until), work_days=hours.days,
         work_start_seconds=hours.start.hour * 3600 + hours.start.minute * 60 + hours.start.second,
         work_end_seconds=hours.end.hour * 3600 + hours.end.minute * 60 + hours.end.second,
+        people=tuple(sorted((account, f"person:{name}") for account, name in policy.people.items())),
     )
 
 
@@ -177,9 +178,8 @@ def _exposed(items: Sequence[Item], query: ReportQuery) -> list[Item]:
     rows = [i for i in items if i.rotation_due is not None
             and (query.vault is None or i.vault == query.vault) and (query.item is None or i.name == query.item)]
     if query.user is not None:
-        user = query.user
         rows = [i for i in rows if i.rotation_due is not None
-                and any(user.matches(p.key) for p in i.rotation_due.seen_by)]
+                and any(query.names_account(p.key) for p in i.rotation_due.seen_by)]
     return rows
 
 
@@ -285,7 +285,7 @@ async def _shadow_access(source: ReportSource, query: ReportQuery) -> tuple[Shad
         actor = event.actor
         if (query.vault and event.vault != query.vault) or (query.item and event.item != query.item):
             continue
-        if query.user is not None and (actor is None or not query.user.matches(f"{actor.platform}:{actor.user_id}")):
+        if query.user is not None and (actor is None or not query.names_account(f"{actor.platform}:{actor.user_id}")):
             continue
         rows.append(ShadowUse(at=event.at, item=event.item or "", vault=event.vault or "",
                               email=str(event.details.get("email") or (actor.user_id if actor else "")),

@@ -5,13 +5,13 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Collection, Iterable, Sequence
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from bot.domain.report_data import BURST_MIN_VAULTS, BURST_WINDOW, AccessRow, LatencyBucket, Report, TimelinePoint
 from bot.domain.request_text import format_duration
-from bot.reports.text import _chain_line, _latency, _local, _period_line, _purge_line, _span
+from bot.reports.text import _chain_line, _latency, _local, _period_line, _purge_line, _span, _waiting
 
 if TYPE_CHECKING:
     pass
@@ -21,15 +21,18 @@ if TYPE_CHECKING:
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1100px;
-color:#1d2330;padding:0 16px}
+color:#1d2330;padding:0 16px;overflow-wrap:anywhere}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d8dde6;
-padding-bottom:4px}.muted{color:#5d6778}table{border-collapse:collapse;width:100%;margin:6px 0 12px}
+padding-bottom:4px}.muted{color:#5d6778}.scroll{overflow-x:auto}table{border-collapse:collapse;width:100%;
+margin:6px 0 12px;overflow-wrap:normal}
 th,td{padding:4px 8px;border-bottom:1px solid #eceff4;text-align:left;vertical-align:top}
 th{background:#f4f6fa;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
-.cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #d8dde6;border-radius:6px;padding:8px 12px;
-min-width:120px}.card b{display:block;font-size:20px}.bad{color:#b3261e;font-weight:600}.ok{color:#1b7f3b;
-font-weight:600}svg{display:block;width:100%;height:auto}#chart-timeline{max-height:320px}.charts{display:grid;
-grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:16px}.wide{grid-column:1/-1}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(84px,1fr));gap:8px}.card{border:1px solid
+#d8dde6;border-radius:6px;padding:8px 10px;min-width:0;font-size:13px;line-height:1.3}.card b{display:block;
+font-size:19px;line-height:1.3;overflow-wrap:anywhere}.bad{color:#b3261e;font-weight:600}.ok{color:#1b7f3b;
+font-weight:600}svg{display:block;max-width:100%;height:auto}.charts{display:grid;
+grid-template-columns:repeat(auto-fit,minmax(min(100%,520px),1fr));gap:16px}.wide{grid-column:1/-1}
+@media (max-width:900px){th,td{padding:4px 5px}}
 """
 _BLUE, _ORANGE, _GREY = "#3b6fd4", "#e07b24", "#8a94a6"
 
@@ -48,6 +51,14 @@ def _nice_max(value: float) -> float:
     return float(10 * exp)
 
 
+def _every_day(points: Sequence[TimelinePoint], since: datetime, until: datetime) -> list[TimelinePoint]:
+    """One point per UTC day of the period, zero where the trail has nothing: the chart spans the period."""
+    found = {p.day: p for p in points}
+    first, last = since.astimezone(UTC).date(), (until.astimezone(UTC) - timedelta(microseconds=1)).date()
+    days = [first + timedelta(days=i) for i in range(max((last - first).days + 1, 0))]
+    return [found.get(d) or TimelinePoint(d, 0, 0, 0, 0) for d in days]
+
+
 def _buckets_for_chart(points: Sequence[TimelinePoint]) -> list[tuple[str, int, int]]:
     """Days, or ISO weeks (Monday) when the period is long: (label, requests, reveals)."""
     if len(points) <= 120:
@@ -61,16 +72,17 @@ def _buckets_for_chart(points: Sequence[TimelinePoint]) -> list[tuple[str, int, 
     return [(f"week of {d.isoformat()}", v[0], v[1]) for d, v in sorted(weeks.items())]
 
 
-def _svg_timeline(points: Sequence[TimelinePoint]) -> str:
-    bars = _buckets_for_chart(points)
+def _svg_timeline(points: Sequence[TimelinePoint], since: datetime, until: datetime) -> str:
+    bars = _buckets_for_chart(_every_day(points, since, until))
     w, h, left, bottom, top = 720, 240, 44, 28, 12
-    if not bars:
-        return (f'<svg id="chart-timeline" role="img" aria-label="access over time" viewBox="0 0 {w} 60" '
-                f'xmlns="http://www.w3.org/2000/svg"><text x="10" y="30">no access in this period</text></svg>')
+    if not any(r or v for _, r, v in bars):
+        return (f'<svg id="chart-timeline" role="img" aria-label="access over time" width="{w}" viewBox="0 0 {w} 60" '
+                f'xmlns="http://www.w3.org/2000/svg"><text x="10" y="30" font-size="13">no access in this period'
+                f'</text></svg>')
     peak = _nice_max(max(max(r, v) for _, r, v in bars))
     plot_w, plot_h = w - left - 10, h - top - bottom
     step = plot_w / len(bars)
-    parts = [f'<svg id="chart-timeline" role="img" aria-label="access over time" viewBox="0 0 {w} {h}" '
+    parts = [f'<svg id="chart-timeline" role="img" aria-label="access over time" width="{w}" viewBox="0 0 {w} {h}" '
              f'xmlns="http://www.w3.org/2000/svg"><title>Requests (bars) and reveals (line) over time</title>']
     for frac in (0, 0.5, 1):
         y = top + plot_h * (1 - frac)
@@ -95,21 +107,29 @@ def _svg_timeline(points: Sequence[TimelinePoint]) -> str:
     return "".join(parts)
 
 
+_LABEL_CHARS = 19  # what fits left of the bars at 11 px; the whole name is in the bar's tooltip
+
+
+def _fit(label: str) -> str:
+    return label if len(label) <= _LABEL_CHARS else label[:_LABEL_CHARS - 1] + "…"
+
+
 def _svg_hbars(chart_id: str, title: str, rows: Sequence[tuple[str, int, int]], legend: tuple[str, str]) -> str:
-    w, bar, gap, left = 520, 9, 8, 130
+    w, bar, gap, left = 520, 10, 8, 130
     h = max(len(rows), 1) * (2 * bar + gap) + 30
     peak = _nice_max(max((max(a, b) for _, a, b in rows), default=0))
-    parts = [f'<svg id="{chart_id}" role="img" aria-label="{_e(title)}" viewBox="0 0 {w} {h}" '
+    parts = [f'<svg id="{chart_id}" role="img" aria-label="{_e(title)}" width="{w}" viewBox="0 0 {w} {h}" '
              f'xmlns="http://www.w3.org/2000/svg"><title>{_e(title)}</title>']
     for i, (label, a, b) in enumerate(rows):
         y = 24 + i * (2 * bar + gap)
         wa, wb = (w - left - 50) * a / peak, (w - left - 50) * b / peak
-        parts.append(f'<text x="{left - 6}" y="{y + bar + 3}" font-size="11" text-anchor="end">{_e(label)}</text>'
+        parts.append(f'<text x="{left - 6}" y="{y + bar + 4}" font-size="11" text-anchor="end">{_e(_fit(label))}'
+                     f'<title>{_e(label)}</title></text>'
                      f'<rect x="{left}" y="{y}" width="{wa:.2f}" height="{bar}" fill="{_BLUE}"><title>{_e(label)}: '
-                     f'{a} {legend[0]}</title></rect><text x="{left + wa + 4:.2f}" y="{y + bar - 1}" font-size="10">'
+                     f'{a} {legend[0]}</title></rect><text x="{left + wa + 4:.2f}" y="{y + bar - 1}" font-size="11">'
                      f'{a}</text><rect x="{left}" y="{y + bar}" width="{wb:.2f}" height="{bar}" fill="{_ORANGE}">'
                      f'<title>{_e(label)}: {b} {legend[1]}</title></rect><text x="{left + wb + 4:.2f}" '
-                     f'y="{y + 2 * bar - 1}" font-size="10">{b}</text>')
+                     f'y="{y + 2 * bar - 1}" font-size="11">{b}</text>')
     parts.append(f'<rect x="{left}" y="4" width="10" height="10" fill="{_BLUE}"/><text x="{left + 14}" y="13" '
                  f'font-size="11">{_e(legend[0])}</text><rect x="{left + 90}" y="4" width="10" height="10" '
                  f'fill="{_ORANGE}"/><text x="{left + 104}" y="13" font-size="11">{_e(legend[1])}</text></svg>')
@@ -121,8 +141,8 @@ def _svg_latency(buckets: Sequence[LatencyBucket]) -> str:
     peak = _nice_max(max((b.count for b in buckets), default=0))
     step = (w - 20) / max(len(buckets), 1)
     parts = [f'<svg id="chart-latency" role="img" aria-label="approval latency distribution" '
-             f'viewBox="0 0 {w} {h}" xmlns="http://www.w3.org/2000/svg"><title>Approval latency distribution'
-             f'</title>']
+             f'width="{w}" viewBox="0 0 {w} {h}" xmlns="http://www.w3.org/2000/svg">'
+             f'<title>Approval latency distribution</title>']
     for i, b in enumerate(buckets):
         bh = (h - top - bottom) * b.count / peak
         x = 10 + i * step
@@ -141,7 +161,7 @@ def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: 
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
     if not body:
         body = f'<tr><td colspan="{len(headers)}" class="muted">none</td></tr>'
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _access_rows(rows: Sequence[AccessRow], *, vault_col: bool = False) -> list[list[Any]]:
@@ -172,7 +192,9 @@ def render_html(report: Report) -> str:
     chain_class = "ok" if ret.chain.ok else ("bad" if ret.chain.verified else "muted")
     cards = "".join(f'<div class="card"><b>{_e(v)}</b>{_e(k)}</div>' for k, v in (
         ("requests", total.requests), ("approved", total.approved), ("declined", total.declined),
-        ("timed out", total.timed_out), ("reveals", total.reveals), ("granted", _span(total.granted_seconds)),
+        ("timed out", total.timed_out), ("pending", data.pending_total),
+        ("failed deliveries", data.failures("delivery")), ("wipes failing", data.failures("wipe")),
+        ("reveals", total.reveals), ("granted", _span(total.granted_seconds)),
         ("median approval", _latency(data.latency.median_seconds)),
         ("p95 approval", _latency(data.latency.p95_seconds))))
     vault_bars = [(r.key, r.requests, r.reveals) for r in data.by_vault[:20]]
@@ -227,7 +249,8 @@ def render_html(report: Report) -> str:
         f"<h1>jitpass access report</h1><p class=muted>{_e(_period_line(report, tz))} · store {_e(report.store)}"
         f" · generated {_e(_local(report.generated_at, tz))}</p>",
         f'<div class="cards">{cards}</div>',
-        '<h2>Charts</h2><div class="charts"><div class="wide"><h3>Access over time</h3>', _svg_timeline(data.timeline),
+        '<h2>Charts</h2><div class="charts"><div class="wide"><h3>Access over time</h3>',
+        _svg_timeline(data.timeline, report.since, report.until),
         "</div><div><h3>Per vault</h3>",
         _svg_hbars("chart-vaults", "requests and reveals per vault", vault_bars, ("requests", "reveals")),
         "</div><div><h3>Approval latency</h3>", _svg_latency(data.latency_buckets), "</div></div>",
@@ -239,6 +262,17 @@ def render_html(report: Report) -> str:
         "<h2>Approval load</h2>", _html_table(("approver", "approvals", "declines", "median", "p95"), [
             (a.label or a.key, a.approvals, a.declines, _latency(a.median_seconds), _latency(a.p95_seconds))
             for a in data.approver_load], {1, 2, 3, 4}),
+        f"<h2>Pending requests <span class=muted>({data.pending_total})</span></h2>",
+        _html_table(("request", "item", "vault", "requester", "since", "waiting", "approvals", "reason"), [
+            (p.request_id, p.item, p.vault, p.requester_label, _local(p.created_at, tz), _waiting(report, p.created_at),
+             p.approvals, p.reason) for p in data.pending], {5, 6}),
+        f"<h2>Delivery failures <span class=muted>({data.delivery_failures_total})</span></h2>",
+        "<p class=muted>Chat effects that failed and had not succeeded by the period's end: deliveries that never "
+        "reached the requester, wipes that failed (the password may still be on screen) or are still retrying, "
+        "card posts and messages.</p>",
+        _html_table(("request", "effect", "state", "item", "vault", "requester", "attempts", "error", "last failure"), [
+            (d.request_id, d.effect, d.state, d.item, d.vault, d.requester_label, d.attempts, d.error,
+             _local(d.last_at, tz)) for d in data.delivery_failures], {6}),
         "<h2>Anomalies</h2>", anomaly_html,
         "<h2>Exposure: revealed and not rotated since</h2>", exposure,
         "<h2>Retention</h2>", retention,

@@ -17,7 +17,7 @@ from bot.domain.report_data import BURST_MIN_VAULTS, BURST_WINDOW, FORMATS, Acce
 from bot.domain.request_text import format_duration
 from bot.domain.safe_text import csv_cell, display_text
 from bot.reports.html import render_html
-from bot.reports.text import _chain_line, _latency, _local, _period_line, _purge_line, _span
+from bot.reports.text import _chain_line, _latency, _local, _period_line, _purge_line, _span, _waiting
 
 if TYPE_CHECKING:
     pass
@@ -62,6 +62,11 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "latency": {**_plain(data.latency), "buckets": _plain(data.latency_buckets)},
         "approver_load": _plain(data.approver_load),
         "timeline": _plain(data.timeline),
+        "pending_requests": {"total": data.pending_total, "rows": [
+            {**_plain(p), "waiting_seconds": _waiting_seconds(report, p.created_at)} for p in data.pending]},
+        "delivery_failures": {"total": data.delivery_failures_total,
+                              "counts": _plain(data.delivery_failure_counts),
+                              "rows": _plain(data.delivery_failures)},
         "anomalies": {
             "unrevealed_grants": {"total": data.unrevealed_total, "rows": _plain(data.unrevealed)},
             "off_hours_reveals": {"total": data.off_hours_total, "by_person": _plain(data.off_hours_by_person),
@@ -75,6 +80,10 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "exposure": exposure,
         "retention": _plain(report.retention),
     }
+
+
+def _waiting_seconds(report: Report, since: datetime) -> float:
+    return round(max(0.0, (min(report.generated_at, report.until) - since).total_seconds()), 3)
 
 
 def render_json(report: Report) -> str:
@@ -111,6 +120,19 @@ def _csv_rows(report: Report) -> Iterable[tuple[str, str, str, str, str, Any]]:
     for point in data.timeline:
         for metric in ("requests", "approved", "reveals", "code_views"):
             yield "timeline", point.day.isoformat(), "", "", metric, getattr(point, metric)
+    yield "pending_total", "", "", "", "total", data.pending_total
+    for w in data.pending:
+        for metric, value in (("item", w.item), ("requester", w.requester), ("created_at", w.created_at),
+                              ("waiting_seconds", _waiting_seconds(report, w.created_at)),
+                              ("approvals", w.approvals), ("reason", w.reason)):
+            yield "pending_requests", w.request_id, w.requester_label, w.vault, metric, value
+    for c in data.delivery_failure_counts:
+        yield "delivery_failure_totals", f"{c.effect} {c.state}", "", "", "count", c.count
+    for d in data.delivery_failures:
+        for metric, value in (("item", d.item), ("requester", d.requester), ("effect", d.effect), ("state", d.state),
+                              ("attempts", d.attempts), ("error", d.error), ("failures", d.failures),
+                              ("first_at", d.first_at), ("last_at", d.last_at)):
+            yield "delivery_failures", f"{d.request_id} {d.effect}", d.requester_label, d.vault, metric, value
     for name, total in (("unrevealed_grants", data.unrevealed_total), ("off_hours_reveals", data.off_hours_total),
                         ("vault_bursts", len(data.bursts)), ("refusals", sum(r.count for r in data.refusals)),
                         ("unused_items", len(report.unused_items)), ("shared_use", len(data.shared_use)),
@@ -202,11 +224,34 @@ def render_summary(report: Report) -> str:
         f"{total.code_views} code view(s), {_span(total.granted_seconds)} granted",
         f"Approval latency: median {_latency(data.latency.median_seconds)}, "
         f"p95 {_latency(data.latency.p95_seconds)} ({data.latency.approved} approved)",
+        _pending_line(report),
+        _failures_line(report),
         f"Anomalies: {anomalies}",
         f"Rotation due: {len(report.exposure)} item(s) revealed and not rotated since",
         f"Retention: {_purge_line(report.retention, tz)}; chain {_chain_line(report.retention.chain)}",
         *_trust_lines(report),
     ]) + "\n"
+
+
+def _pending_line(report: Report) -> str:
+    """How many requests wait for a decision at the end of the period, and the oldest."""
+    data = report.data
+    if not data.pending_total:
+        return "Pending: no request waiting for a decision"
+    oldest = data.pending[0]
+    return (f"Pending: {data.pending_total} request(s) waiting for a decision; oldest {oldest.request_id} "
+            f"{oldest.item} ({oldest.requester_label}), waiting {_waiting(report, oldest.created_at)}")
+
+
+def _failures_line(report: Report) -> str:
+    """Chat effects that failed: deliveries that never arrived, wipes failed or still retrying."""
+    data = report.data
+    if not data.delivery_failures_total:
+        return "Delivery failures: none"
+    other = data.delivery_failures_total - data.failures("delivery") - data.failures("wipe")
+    return (f"Delivery failures: {data.failures('delivery', 'failed')} delivery(ies) never reached the requester, "
+            f"{data.failures('wipe', 'failed')} wipe(s) failed, {data.failures('wipe', 'retrying')} wipe(s) still "
+            f"retrying, {other} other chat effect(s) failed")
 
 
 def _trust_lines(report: Report) -> list[str]:
@@ -264,6 +309,24 @@ def render_table(report: Report, out: TextIO, *, width: int | None = None) -> No
         _add_row(load, a.label or a.key, str(a.approvals), str(a.declines), _latency(a.median_seconds),
                      _latency(a.p95_seconds))
     console.print(load)
+
+    pending = Table(title=f"Pending requests ({data.pending_total}), oldest first", title_justify="left",
+                    title_style="bold")
+    for name in ("request", "item", "vault", "requester", "since", "waiting", "approvals", "reason"):
+        pending.add_column(name, justify="right" if name in {"waiting", "approvals"} else "left")
+    for p in data.pending:
+        _add_row(pending, p.request_id, p.item, p.vault, p.requester_label, _local(p.created_at, tz),
+                 _waiting(report, p.created_at), str(p.approvals), p.reason)
+    console.print(pending)
+
+    failures = Table(title=f"Delivery failures ({data.delivery_failures_total}): chat effects that failed, newest "
+                     "first", title_justify="left", title_style="bold")
+    for name in ("request", "effect", "state", "item", "vault", "requester", "attempts", "error", "last failure"):
+        failures.add_column(name, justify="right" if name == "attempts" else "left")
+    for d in data.delivery_failures:
+        _add_row(failures, d.request_id, d.effect, d.state, d.item, d.vault, d.requester_label, str(d.attempts),
+                 d.error, _local(d.last_at, tz))
+    console.print(failures)
 
     anomalies = Table(title="Anomalies", title_justify="left", title_style="bold")
     anomalies.add_column("kind")

@@ -35,6 +35,11 @@ def _latency(seconds: float | None) -> str:
     return format_duration(timedelta(seconds=round(seconds)))
 
 
+def _waiting(report: Report, since: datetime) -> str:
+    """How long a pending request had waited at the end of the period (or now, if earlier)."""
+    return _latency(max(0.0, (min(report.generated_at, report.until) - since).total_seconds()))
+
+
 def _local(at: datetime | None, tz: ZoneInfo) -> str:
     return at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if at else "-"
 

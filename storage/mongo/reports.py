@@ -21,15 +21,21 @@ from bot.domain.audit import format_time, parse_time
 from bot.domain.report_data import (
     BURST_MIN_VAULTS,
     BURST_WINDOW,
+    CLOSING_TYPES,
+    EFFECT_FAILURE_TYPES,
+    EFFECT_SUCCESS_TYPES,
     GRANT_LOOKBACK,
     LATENCY_BUCKETS,
     LIST_LIMIT,
     AccessRow,
     ApproverLoad,
+    DeliveryFailure,
     ExposureReveal,
+    FailureCount,
     LatencyBucket,
     LatencyStats,
     OffHoursReveal,
+    PendingRequest,
     PersonCount,
     ProgressCallback,
     Refusal,
@@ -88,6 +94,15 @@ class _Filters:
         self.open_end = format_time(query.open_end)
         self.lo = format_time(query.since - GRANT_LOOKBACK)
         self.max_seq = max_seq
+        self.linked = dict(query.people)
+        # The person of an event's actor: its [people] person, else the account key itself.
+        self.who: Doc = _WHO if not self.linked else {"$switch": {"branches": [
+            {"case": {"$eq": [_WHO, account]}, "then": person} for account, person in query.people],
+            "default": _WHO}}
+
+    def person(self, key: str) -> str:
+        """The person an account key belongs to (in Python, for keys read back from the database)."""
+        return self.linked.get(key, key)
 
     def events(self, types: Sequence[str], *, lo: str | None = None, vault_item: bool = True) -> Doc:
         match: Doc = {"type": {"$in": list(types)}, "at": {"$gte": lo or self.since, "$lt": self.until},
@@ -104,6 +119,9 @@ class _Filters:
         match: Doc = {"actor.user_id": user.user_id}
         if user.platform:
             match["actor.platform"] = user.platform
+        if accounts := self.q.accounts_of_user():  # one of a person's accounts names all of them
+            linked = [{"actor.platform": a.partition(":")[0], "actor.user_id": a.partition(":")[2]} for a in accounts]
+            return {"$or": [match, *linked]}
         return match
 
     def actor_expr(self) -> Doc:
@@ -112,6 +130,8 @@ class _Filters:
         terms: list[Doc] = [{"$eq": ["$actor.user_id", user.user_id]}]
         if user.platform:
             terms.append({"$eq": ["$actor.platform", user.platform]})
+        if accounts := self.q.accounts_of_user():
+            return {"$or": [{"$and": terms}, *({"$eq": [_WHO, account]} for account in accounts)]}
         return {"$and": terms}
 
 
@@ -130,10 +150,10 @@ async def _build_requests(db: AsyncDatabase[Doc], f: _Filters, scratch: str) -> 
         "_id": "$request_id", "item": {"$first": "$item"}, "vault": {"$first": "$vault"},
         "created_seq": {"$min": _when(_is("request.created"), "$_id")},
         "created_at": {"$min": _when(_is("request.created"), "$at")},
-        "requester": {"$max": _when(_is("request.created"), _WHO)},
+        "requester": {"$max": _when(_is("request.created"), f.who)},
         "requester_display": {"$max": _when(_is("request.created"), "$actor.display")},
         "approved_at": {"$min": _when(_is("request.approved"), "$at")},
-        "decider": {"$max": _when(_is(["request.approved", "request.declined"]), _WHO)},
+        "decider": {"$max": _when(_is(["request.approved", "request.declined"]), f.who)},
         "decider_display": {"$max": _when(_is(["request.approved", "request.declined"]), "$actor.display")},
         "activated_at": {"$min": _when(_is("grant.activated"), "$at")},
         "ended_at": {"$min": _when(_is(["grant.expired", "grant.revoked"]), "$at")},
@@ -150,7 +170,7 @@ async def _build_requests(db: AsyncDatabase[Doc], f: _Filters, scratch: str) -> 
     await _aggregate(db["events"], [{"$match": match}, {"$group": group}, into])
     rq = db[scratch]
     # Requests created, or grants started, before the scanned window: look their start up.
-    await _fill_from_first(db, rq, {"created_seq": None}, "request.created", _created_fields)
+    await _fill_from_first(db, rq, {"created_seq": None}, "request.created", lambda first: _created_fields(f, first))
     await _fill_from_first(db, rq, {"activated_at": None, "ended_at": {"$ne": None}}, "grant.activated",
                            lambda first: {"activated_at": first["at"]})
     end = {"$min": [{"$ifNull": ["$ended_at", f.open_end]}, f.until]}
@@ -162,6 +182,8 @@ async def _build_requests(db: AsyncDatabase[Doc], f: _Filters, scratch: str) -> 
         user = f.q.user
         key_match: Doc = ({"requester": f"{user.platform}:{user.user_id}"} if user.platform
                           else {"requester": {"$regex": f":{_escape(user.user_id)}$"}})
+        if persons := f.q.persons_of_user():
+            key_match = {"$or": [key_match, {"requester": {"$in": list(persons)}}]}
         await rq.delete_many({"involves_user": 0, "$nor": [key_match]})
     await rq.delete_many({"last_at": {"$lt": since}, "granted": {"$lte": 0}})
 
@@ -238,7 +260,7 @@ async def _latency(db: AsyncDatabase[Doc], rq: Any, f: _Filters) -> Doc:
         stages += [{"$lookup": {"from": rq.name, "localField": "request_id", "foreignField": "_id", "as": "_rq"}},
                    {"$match": {"_rq": {"$ne": []}}}]
     loads = await _aggregate(db["events"], [*stages, {"$sort": {"_id": 1}}, {"$group": {
-        "_id": _WHO, "approvals": _count(_is(["request.approval_added", "request.approved"])),
+        "_id": f.who, "approvals": _count(_is(["request.approval_added", "request.approved"])),
         "declines": _count(_is("request.declined")), "display": {"$last": "$actor.display"}}}])
     approver_load = tuple(sorted((ApproverLoad(
         key=d["_id"], label=display_label(d.get("display"), d["_id"]), approvals=int(d["approvals"]),
@@ -270,10 +292,11 @@ async def _timeline(db: AsyncDatabase[Doc], rq: Any, f: _Filters) -> tuple[Timel
                                int(d["reveals"]), int(d["codes"])) for d in docs)
 
 
-def _created_fields(first: Doc) -> Doc:
+def _created_fields(f: _Filters, first: Doc) -> Doc:
     actor = first.get("actor") or {}
     return {"created_seq": first["seq"], "created_at": first["at"],
-            "requester": f"{actor.get('platform')}:{actor.get('user_id')}", "requester_display": actor.get("display")}
+            "requester": f.person(f"{actor.get('platform')}:{actor.get('user_id')}"),
+            "requester_display": actor.get("display")}
 
 
 async def _fill_from_first(db: AsyncDatabase[Doc], rq: Any, missing: Doc, kind: str,
@@ -302,6 +325,73 @@ async def _unrevealed(rq: Any, f: _Filters) -> Doc:
         parse_time(d["ended_at"]) if d.get("ended_at") else None) for d in docs)}
 
 
+async def _pending(db: AsyncDatabase[Doc], f: _Filters) -> Doc:
+    """Requests created before the period's end (within the look-back) and not decided by then."""
+    created = _is("request.created")
+    match = f.events(["request.created", "request.approval_added", *CLOSING_TYPES], lo=f.lo)
+    match["request_id"] = {"$ne": None}
+    group: Doc = {
+        "_id": "$request_id", "seq": {"$max": _when(created, "$_id")}, "at": {"$max": _when(created, "$at")},
+        "item": {"$max": _when(created, "$item")}, "vault": {"$max": _when(created, "$vault")},
+        "who": {"$max": _when(created, f.who)}, "display": {"$max": _when(created, "$actor.display")},
+        "reason": {"$max": _when(created, "$reason")}, "approvals": _count(_is("request.approval_added")),
+        "closed": _count(_is(list(CLOSING_TYPES))),
+        "involves": {"$max": {"$cond": [f.actor_expr(), 1, 0]}} if f.q.user else {"$max": 1},
+    }
+    facets = await _aggregate(db["events"], [
+        {"$match": match}, {"$group": group},
+        {"$match": {"closed": 0, "seq": {"$ne": None}, "involves": 1}},
+        {"$facet": {"total": [{"$count": "n"}],
+                    "rows": [{"$sort": {"at": 1, "seq": 1}}, {"$limit": LIST_LIMIT}]}}])
+    found = facets[0] if facets else {"total": [], "rows": []}
+    return {
+        "pending_total": int(found["total"][0]["n"]) if found["total"] else 0,
+        "pending": tuple(PendingRequest(d["_id"], d.get("item") or "", d.get("vault") or "", d.get("who") or "",
+                                        display_label(d.get("display"), d.get("who")), parse_time(d["at"]),
+                                        d.get("reason") or "", int(d["approvals"])) for d in found["rows"]),
+    }
+
+
+async def _delivery_failures(db: AsyncDatabase[Doc], rq: Any, f: _Filters) -> Doc:
+    """Per request and effect: the last outcome in the period, when it is a failure (final or still retrying)."""
+    failed = _is(list(EFFECT_FAILURE_TYPES))
+    match = f.events([*EFFECT_FAILURE_TYPES, *EFFECT_SUCCESS_TYPES])
+    match["request_id"] = {"$ne": None}
+    effect = {"$switch": {"branches": [
+        {"case": _is(["grant.delivery_failed", "grant.revealed"]), "then": "delivery"},
+        {"case": _is(["grant.wipe_failed", "grant.wiped"]), "then": "wipe"}],
+        "default": {"$ifNull": ["$details.kind", "chat"]}}}
+    groups: list[Doc] = [
+        {"$match": match}, *await _requests_only(f, rq), {"$set": {"effect": effect}}, {"$sort": {"_id": 1}},
+        {"$group": {"_id": {"request_id": "$request_id", "effect": "$effect"}, "type": {"$last": "$type"},
+                    "final": {"$last": "$details.final"}, "attempts": {"$last": "$details.attempt"},
+                    "error": {"$last": "$details.error"}, "last_at": {"$last": "$at"}, "item": {"$last": "$item"},
+                    "vault": {"$last": "$vault"}, "failures": _count(failed),
+                    "first_at": {"$min": _when(failed, "$at")}}},
+        {"$match": {"type": {"$in": list(EFFECT_FAILURE_TYPES)}}},
+        {"$set": {"state": {"$cond": [{"$eq": [{"$ifNull": ["$final", False]}, False]}, "retrying", "failed"]}}},
+    ]
+    facets = await _aggregate(db["events"], [*groups, {"$facet": {
+        "counts": [{"$group": {"_id": {"effect": "$_id.effect", "state": "$state"}, "n": {"$sum": 1}}}],
+        "rows": [{"$sort": {"last_at": -1, "_id.request_id": 1, "_id.effect": 1}}, {"$limit": LIST_LIMIT}]}}])
+    found = facets[0] if facets else {"counts": [], "rows": []}
+    ids = sorted({d["_id"]["request_id"] for d in found["rows"]})
+    created = {d["_id"]: d for d in await _aggregate(db["events"], [
+        {"$match": {"type": "request.created", "request_id": {"$in": ids}}}, {"$sort": {"_id": 1}},
+        {"$group": {"_id": "$request_id", "who": {"$first": f.who}, "display": {"$first": "$actor.display"}}}])}
+    counts = sorted((d["_id"]["effect"], d["_id"]["state"], int(d["n"])) for d in found["counts"])
+    rows = []
+    for d in found["rows"]:
+        who = created.get(d["_id"]["request_id"], {})
+        rows.append(DeliveryFailure(
+            d["_id"]["request_id"], d.get("item") or "", d.get("vault") or "", who.get("who") or "",
+            display_label(who.get("display"), who.get("who")), d["_id"]["effect"], d["state"],
+            int(d.get("attempts") or 0), str(d.get("error") or ""), int(d["failures"]), parse_time(d["first_at"]),
+            parse_time(d["last_at"])))
+    return {"delivery_failure_counts": tuple(FailureCount(e, s, n) for e, s, n in counts),
+            "delivery_failures": tuple(rows)}
+
+
 async def _off_hours(db: AsyncDatabase[Doc], rq: Any, f: _Filters) -> Doc:
     q = f.q
     tz = q.timezone
@@ -316,11 +406,11 @@ async def _off_hours(db: AsyncDatabase[Doc], rq: Any, f: _Filters) -> Doc:
             {"$match": {"$expr": {"$eq": [inside, False]}}}]
     facets = await _aggregate(db["events"], [*base, {"$facet": {
         "total": [{"$count": "n"}],
-        "people": [{"$sort": {"_id": 1}}, {"$group": {"_id": _WHO, "n": {"$sum": 1},
+        "people": [{"$sort": {"_id": 1}}, {"$group": {"_id": f.who, "n": {"$sum": 1},
                                                       "display": {"$last": "$actor.display"}}},
                    {"$sort": {"n": -1, "_id": 1}}],
         "rows": [{"$sort": {"at": -1, "_id": -1}}, {"$limit": LIST_LIMIT},
-                 {"$project": {"at": 1, "request_id": 1, "item": 1, "vault": 1, "who": _WHO}}]}}])
+                 {"$project": {"at": 1, "request_id": 1, "item": 1, "vault": 1, "who": f.who}}]}}])
     found = facets[0] if facets else {"total": [], "people": [], "rows": []}
     labels = {p["_id"]: display_label(p.get("display"), p["_id"]) for p in found["people"]}
     return {
@@ -342,7 +432,7 @@ async def _bursts(db: AsyncDatabase[Doc], f: _Filters) -> tuple[VaultBurst, ...]
         {"$match": match},
         # Milliseconds since the epoch as a number: a numeric range window is the same on MongoDB and on
         # mongoeco (which has no time-unit ranges), and no slower.
-        {"$set": {"who": _WHO, "ms": {"$toLong": _date("$at")}}},
+        {"$set": {"who": f.who, "ms": {"$toLong": _date("$at")}}},
         {"$setWindowFields": {"partitionBy": "$who", "sortBy": {"ms": 1}, "output": {
             "vaults": {"$addToSet": "$vault", "window": {"range": [-(window_ms - 1), 0]}}}}},
         {"$set": {"n": {"$size": "$vaults"}}},
@@ -362,7 +452,7 @@ async def _refusals(db: AsyncDatabase[Doc], f: _Filters) -> tuple[Refusal, ...]:
     if f.q.user:
         match.update(f.actor())
     docs = await _aggregate(db["events"], [{"$match": match}, {"$sort": {"_id": 1}}, {"$group": {
-        "_id": {"who": _WHO, "reason": "$reason"}, "n": {"$sum": 1}, "first": {"$min": "$at"},
+        "_id": {"who": f.who, "reason": "$reason"}, "n": {"$sum": 1}, "first": {"$min": "$at"},
         "last": {"$max": "$at"}, "display": {"$last": "$actor.display"}}}])
     rows = [Refusal(d["_id"]["who"], display_label(d.get("display"), d["_id"]["who"]), d["_id"]["reason"], int(d["n"]),
                     parse_time(d["first"]), parse_time(d["last"])) for d in docs]
@@ -384,21 +474,26 @@ async def _shared_use(rq: Any, f: _Filters) -> tuple[SharedUse, ...]:
                                                             {"$lt": ["$next_s", "$e"]}]}]}}},
         {"$group": {"_id": "$item", "vault": {"$max": "$vault"}, "n": _count("$flagged"),
                     "first": {"$min": _when("$flagged", "$s")},
-                    "who": {"$addToSet": _when("$involved", {"$ifNull": ["$requester_display", "$requester"]})}}},
+                    "who": {"$addToSet": _when("$involved", {"$concat": [
+                        {"$ifNull": ["$requester", ""]}, "\n", {"$ifNull": ["$requester_display", ""]}]})}}},
         {"$match": {"n": {"$gt": 0}}},
         {"$sort": {"n": -1, "_id": 1}},
     ])
-    return tuple(SharedUse(d["_id"], d.get("vault") or "", int(d["n"]), parse_time(d["first"]),
-                           tuple(sorted(w for w in d["who"] if w))) for d in docs)
+    def named(who: Sequence[str | None]) -> tuple[str, ...]:
+        pairs = (str(w).partition("\n") for w in who if w)
+        return tuple(sorted({display_label(display or None, key or None) for key, _, display in pairs}))
+
+    return tuple(SharedUse(d["_id"], d.get("vault") or "", int(d["n"]), parse_time(d["first"]), named(d["who"]))
+                 for d in docs)
 
 
-async def _exposure(db: AsyncDatabase[Doc], query: ReportQuery) -> tuple[ExposureReveal, ...]:
+async def _exposure(db: AsyncDatabase[Doc], f: _Filters, query: ReportQuery) -> tuple[ExposureReveal, ...]:
     if not query.exposed_requests:
         return ()
     docs = await _aggregate(db["events"], [
         {"$match": {"type": "grant.revealed", "request_id": {"$in": list(query.exposed_requests)}}},
         {"$sort": {"_id": 1}},
-        {"$group": {"_id": {"request_id": "$request_id", "who": _WHO}, "first": {"$min": "$at"},
+        {"$group": {"_id": {"request_id": "$request_id", "who": f.who}, "first": {"$min": "$at"},
                     "last": {"$max": "$at"}, "display": {"$last": "$actor.display"}}}])
     found = [ExposureReveal(d["_id"]["request_id"], d["_id"]["who"], display_label(d.get("display"), d["_id"]["who"]),
                             parse_time(d["first"]), parse_time(d["last"])) for d in docs]
@@ -427,12 +522,14 @@ async def report_data(db: AsyncDatabase[Doc], query: ReportQuery,
         timeline = await _timeline(db, rq, f)
         step("timeline")
         anomalies: Doc = {
-            **await _unrevealed(rq, f), **await _off_hours(db, rq, f), "bursts": await _bursts(db, f),
+            **await _unrevealed(rq, f), **await _off_hours(db, rq, f), **await _pending(db, f),
+            **await _delivery_failures(db, rq, f),
+            "bursts": await _bursts(db, f),
             "refusals": await _refusals(db, f), "shared_use": await _shared_use(rq, f),
             "accessed_items": frozenset(str(i) for i in await rq.distinct("item") if i),
         }
         step("anomalies")
-        exposure = await _exposure(db, query)
+        exposure = await _exposure(db, f, query)
         step("exposure")
     finally:
         await rq.drop()

@@ -30,15 +30,21 @@ from bot.domain.errors import StoreError
 from bot.domain.report_data import (
     BURST_MIN_VAULTS,
     BURST_WINDOW,
+    CLOSING_TYPES,
+    EFFECT_FAILURE_TYPES,
+    EFFECT_SUCCESS_TYPES,
     GRANT_LOOKBACK,
     LATENCY_BUCKETS,
     LIST_LIMIT,
     AccessRow,
     ApproverLoad,
+    DeliveryFailure,
     ExposureReveal,
+    FailureCount,
     LatencyBucket,
     LatencyStats,
     OffHoursReveal,
+    PendingRequest,
     PersonCount,
     ProgressCallback,
     Refusal,
@@ -78,7 +84,6 @@ def _who(alias: str = "") -> str:
     return f"{alias}actor_platform || ':' || {alias}actor_user_id"
 
 
-_WHO = _who()
 # Memory the report's sorter and temp tables may use before spilling to temp files (KiB).
 _CACHE_KIB = 8 * 1024
 
@@ -112,6 +117,8 @@ class _Sql:
     events: str  # extra WHERE terms for events rows (vault / item)
     actor: str  # WHERE term: the event's actor is the filtered user
     user: bool
+    linked: int = 0  # accounts linked to persons ([people]): params pa<i> -> pp<i>
+    user_linked: int = 0  # persons the user filter names: params up<i>
 
     @classmethod
     def of(cls, query: ReportQuery, max_seq: int = 0) -> _Sql:
@@ -124,7 +131,31 @@ class _Sql:
         }
         events = (" AND vault = :vault" if query.vault else "") + (" AND item = :item" if query.item else "")
         actor = "(actor_user_id = :user_id AND (:platform IS NULL OR actor_platform = :platform))"
-        return cls(params, events, actor, query.user is not None)
+        if accounts := query.accounts_of_user():  # one of a person's accounts names all of them
+            params |= {f"ua{i}": account for i, account in enumerate(accounts)}
+            linked = ", ".join(f":ua{i}" for i in range(len(accounts)))
+            actor = f"({actor} OR actor_platform || ':' || actor_user_id IN ({linked}))"
+        for i, (account, person) in enumerate(query.people):
+            params[f"pa{i}"], params[f"pp{i}"] = account, person
+        persons = query.persons_of_user()
+        for i, person in enumerate(persons):
+            params[f"up{i}"] = person
+        return cls(params, events, actor, query.user is not None, len(query.people), len(persons))
+
+    def person(self, key: str) -> str:
+        """SQL for the person an account key (SQL `key`) belongs to: its [people] person, else itself."""
+        if not self.linked:
+            return key
+        cases = " ".join(f"WHEN :pa{i} THEN :pp{i}" for i in range(self.linked))
+        return f"(CASE {key} {cases} ELSE {key} END)"
+
+    def who(self, alias: str = "") -> str:
+        """The person of an events row's actor (alias "e." for a joined row)."""
+        return self.person(_who(alias))
+
+    def user_persons(self) -> str:
+        """SQL list of the persons the user filter names through a linked account ('' when none)."""
+        return ", ".join(f":up{i}" for i in range(self.user_linked))
 
     def where(self, alias: str) -> str:
         """The vault / item terms for the rows of table `alias`."""
@@ -172,9 +203,9 @@ def _fold_from_events(conn: sqlite3.Connection, q: _Sql, source: str) -> None:
                last_at >= :since AS in_period, {_unpack("c1", _C1, 8)}, {_unpack("c2", _C2, 20)},
                involves_user, NULL AS granted
         FROM (SELECT request_id, item, vault, min(seq) AS first_seq, min(at) AS first_at, max(at) AS last_at,
-                     max(CASE WHEN type = 'request.created' THEN {_WHO} END) AS requester,
+                     max(CASE WHEN type = 'request.created' THEN {q.who()} END) AS requester,
                      min(CASE WHEN type = 'request.approved' THEN at END) AS approved_at,
-                     max(CASE WHEN type IN ('request.approved', 'request.declined') THEN {_WHO} END) AS decider,
+                     max(CASE WHEN type IN ('request.approved', 'request.declined') THEN {q.who()} END) AS decider,
                      max(CASE WHEN type IN ('request.approved', 'request.declined') THEN seq END) AS decided_seq,
                      min(CASE WHEN type = 'grant.activated' THEN at END) AS activated_at,
                      sum({_PACK_C1}) AS c1, sum({_PACK_C2}) AS c2{involves}
@@ -212,7 +243,8 @@ def _build_requests(conn: sqlite3.Connection, q: _Sql, *, facts: bool = True) ->
     conn.execute(f"""
         CREATE TEMP TABLE rq AS
         SELECT request_id, item, vault, iif(n_created, first_seq, NULL) AS created_seq,
-               iif(n_created, first_at, NULL) AS created_at, requester, approved_at, decider, decided_seq,
+               iif(n_created, first_at, NULL) AS created_at, {q.person("requester")} AS requester, approved_at,
+               {q.person("decider")} AS decider, decided_seq,
                activated_at, iif(n_ended, last_at, NULL) AS ended_at, 1 AS in_period, n_created, n_approved,
                n_declined, n_cancelled, n_timed_out, n_reveals AS n_reveals_any, n_reveals, n_codes,
                {involves} AS involves_user, {_granted("activated_at", "iif(n_ended, last_at, NULL)")} AS granted
@@ -221,20 +253,22 @@ def _build_requests(conn: sqlite3.Connection, q: _Sql, *, facts: bool = True) ->
         (SELECT e.* FROM request_facts f CROSS JOIN events e INDEXED BY events_request ON e.request_id = f.request_id
          WHERE NOT {inside} AND f.last_at >= :lo AND f.first_at < :until{q.where("f")})""")
     # Requests created (or grants started) before the scanned window: their start, from their facts.
-    conn.execute("""
+    conn.execute(f"""
         UPDATE rq SET (created_seq, created_at, requester) = (
-            SELECT f.created_seq, f.created_at, f.requester FROM request_facts f WHERE f.request_id = rq.request_id)
-        WHERE created_seq IS NULL""")
+            SELECT f.created_seq, f.created_at, {q.person("f.requester")} FROM request_facts f
+            WHERE f.request_id = rq.request_id)
+        WHERE created_seq IS NULL""", q.params)
     conn.execute("""
         UPDATE rq SET activated_at = (
             SELECT f.activated_at FROM request_facts f WHERE f.request_id = rq.request_id)
         WHERE activated_at IS NULL AND ended_at IS NOT NULL""")
     conn.execute(f"UPDATE rq SET granted = {_granted('activated_at', 'ended_at')} WHERE granted IS NULL", q.params)
     if q.user:
-        conn.execute("""
+        linked = f" OR requester IN ({q.user_persons()})" if q.user_linked else ""
+        conn.execute(f"""
             DELETE FROM rq WHERE NOT (involves_user OR (requester IS NOT NULL
                 AND substr(requester, instr(requester, ':') + 1) = :user_id
-                AND (:platform IS NULL OR substr(requester, 1, instr(requester, ':') - 1) = :platform)))""",
+                AND (:platform IS NULL OR substr(requester, 1, instr(requester, ':') - 1) = :platform)){linked})""",
                      q.params)
     conn.execute("DELETE FROM rq WHERE NOT in_period AND granted <= 0")
     if q.user:  # the event sections narrow to rq's requests
@@ -332,7 +366,7 @@ def _approver_loads(conn: sqlite3.Connection, q: _Sql) -> list[tuple[Any, ...]]:
     """(person, approvals, declines, display) of everyone who decided in the period."""
     return conn.execute(f"""
         SELECT g.k, g.approvals, g.declines, json_extract(e.actor, '$.display')
-        FROM (SELECT {_WHO} AS k, sum(type IN ('request.approval_added', 'request.approved')) AS approvals,
+        FROM (SELECT {q.who()} AS k, sum(type IN ('request.approval_added', 'request.approved')) AS approvals,
                      sum(type = 'request.declined') AS declines, max(seq) AS s
               FROM events INDEXED BY events_report
               WHERE type IN ('request.approval_added', 'request.approved', 'request.declined')
@@ -374,6 +408,66 @@ def _unrevealed(conn: sqlite3.Connection, q: _Sql) -> dict[str, Any]:
     }
 
 
+def _pending(conn: sqlite3.Connection, q: _Sql) -> dict[str, Any]:
+    """Requests created before the period's end (within the look-back) and not decided by then.
+
+    With a user filter: requests the user made or gave an approval to."""
+    involves = f", max({q.actor}) AS involves" if q.user else ""
+    rows = conn.execute(f"""
+        SELECT g.request_id, e.item, e.vault, {q.who("e.")}, json_extract(e.actor, '$.display'), e.at, e.reason,
+               g.approvals, count(*) OVER () AS total
+        FROM (SELECT request_id, max(CASE WHEN type = 'request.created' THEN seq END) AS created_seq,
+                     sum(type = 'request.approval_added') AS approvals,
+                     sum(type IN ({_in(CLOSING_TYPES)})) AS closed{involves}
+              FROM events INDEXED BY events_report
+              WHERE type IN ('request.created', 'request.approval_added', {_in(CLOSING_TYPES)})
+                AND at >= :lo AND at < :until AND seq <= :max_seq AND request_id IS NOT NULL{q.events}
+              GROUP BY request_id) g
+        JOIN events e ON e.seq = g.created_seq
+        WHERE g.closed = 0{" AND g.involves" if q.user else ""}
+        ORDER BY e.at, e.seq LIMIT :limit""", q.params).fetchall()
+    return {
+        "pending_total": int(rows[0][8]) if rows else 0,
+        "pending": tuple(PendingRequest(r[0], r[1] or "", r[2] or "", r[3] or "", display_label(r[4], r[3]),
+                                        _time(r[5]), r[6] or "", int(r[7])) for r in rows),
+    }
+
+
+def _delivery_failures(conn: sqlite3.Connection, q: _Sql) -> dict[str, Any]:
+    """Per request and effect: the last outcome in the period, when it is a failure (final or still retrying)."""
+    failed = _in(EFFECT_FAILURE_TYPES)
+    conn.execute(f"""
+        CREATE TEMP TABLE eff AS
+        SELECT g.request_id AS request_id, g.effect AS effect, g.failures AS failures, g.first_at AS first_at,
+               e.at AS last_at, e.item AS item, e.vault AS vault,
+               iif(coalesce(json_extract(e.details, '$.final'), 0), 'failed', 'retrying') AS state,
+               coalesce(json_extract(e.details, '$.attempt'), 0) AS attempts,
+               coalesce(json_extract(e.details, '$.error'), '') AS error
+        FROM (SELECT request_id, effect, max(seq) AS last_seq, sum(type IN ({failed})) AS failures,
+                     min(iif(type IN ({failed}), at, NULL)) AS first_at
+              FROM (SELECT seq, at, type, request_id,
+                           CASE type WHEN 'grant.delivery_failed' THEN 'delivery' WHEN 'grant.revealed' THEN 'delivery'
+                                     WHEN 'grant.wipe_failed' THEN 'wipe' WHEN 'grant.wiped' THEN 'wipe'
+                                     ELSE coalesce(json_extract(details, '$.kind'), 'chat') END AS effect
+                    FROM events
+                    WHERE type IN ({failed}, {_in(EFFECT_SUCCESS_TYPES)}) AND at >= :since AND at < :until
+                      AND seq <= :max_seq AND request_id IS NOT NULL{q.events}{q.requests_only()})
+              GROUP BY request_id, effect) g
+        JOIN events e ON e.seq = g.last_seq
+        WHERE e.type IN ({failed})""", q.params)
+    counts = conn.execute("SELECT effect, state, count(*) FROM eff GROUP BY effect, state ORDER BY effect, state")
+    rows = conn.execute(f"""
+        SELECT eff.*, {q.person("f.requester")}, json_extract(c.actor, '$.display')
+        FROM eff LEFT JOIN request_facts f ON f.request_id = eff.request_id LEFT JOIN events c ON c.seq = f.created_seq
+        ORDER BY eff.last_at DESC, eff.request_id, eff.effect LIMIT :limit""", q.params).fetchall()
+    return {
+        "delivery_failure_counts": tuple(FailureCount(e, s, int(n)) for e, s, n in counts),
+        "delivery_failures": tuple(DeliveryFailure(
+            r[0], r[5] or "", r[6] or "", r[10] or "", display_label(r[11], r[10]), r[1], r[7], int(r[8]), str(r[9]),
+            int(r[2]), _time(r[3]), _time(r[4])) for r in rows),
+    }
+
+
 def _off_hours(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> dict[str, Any]:
     conn.execute("CREATE TEMP TABLE work (start_at TEXT PRIMARY KEY, end_at TEXT NOT NULL) WITHOUT ROWID")
     conn.executemany("INSERT OR REPLACE INTO work VALUES (?, ?)",
@@ -381,7 +475,7 @@ def _off_hours(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> dict[st
     conn.execute(f"""
         CREATE TEMP TABLE offh AS
         SELECT e.seq AS seq, e.at AS at, e.request_id AS request_id, e.item AS item, e.vault AS vault,
-               {_who("e.")} AS who
+               {q.who("e.")} AS who
         FROM events e INDEXED BY events_report
         WHERE e.type = 'grant.revealed' AND e.at >= :since AND e.at < :until{q.events}{q.requests_only("e.")}
           AND NOT coalesce((SELECT w.end_at > e.at FROM work w WHERE w.start_at <= e.at
@@ -407,7 +501,7 @@ def _bursts(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> tuple[Vaul
     user = f" AND {q.actor}" if q.user else ""
     window = int(BURST_WINDOW.total_seconds())
     conn.execute(f"""
-        CREATE TEMP TABLE cr AS SELECT seq, {_WHO} AS who, at, vault, julianday(at) AS t
+        CREATE TEMP TABLE cr AS SELECT seq, {q.who()} AS who, at, vault, julianday(at) AS t
         FROM events INDEXED BY events_report
         WHERE type = 'request.created' AND at >= :since AND at < :until AND vault IS NOT NULL
               AND seq <= :max_seq{user}""", q.params)
@@ -441,7 +535,7 @@ def _refusals(conn: sqlite3.Connection, q: _Sql) -> tuple[Refusal, ...]:
     user = f" AND {q.actor}" if q.user else ""
     rows = conn.execute(f"""
         SELECT g.k, g.reason, g.n, g.first_at, g.last_at, json_extract(e.actor, '$.display')
-        FROM (SELECT {_WHO} AS k, reason, count(*) AS n, min(at) AS first_at, max(at) AS last_at, max(seq) AS s
+        FROM (SELECT {q.who()} AS k, reason, count(*) AS n, min(at) AS first_at, max(at) AS last_at, max(seq) AS s
               FROM events WHERE type = 'access.refused' AND at >= :since AND at < :until{q.events}{user}
               GROUP BY k, reason) g
         JOIN events e ON e.seq = g.s
@@ -499,17 +593,18 @@ def _shared_use(conn: sqlite3.Connection, q: _Sql) -> tuple[SharedUse, ...]:
     return tuple(SharedUse(item, vault or "", int(n), _time(first), names) for item, vault, n, first, names in found)
 
 
-def _exposure(conn: sqlite3.Connection, query: ReportQuery) -> tuple[ExposureReveal, ...]:
+def _exposure(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> tuple[ExposureReveal, ...]:
     found: list[ExposureReveal] = []
     ids = list(query.exposed_requests)
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
+        marks = ", ".join(f":r{i}" for i in range(len(chunk)))
         rows = conn.execute(f"""
             SELECT g.request_id, g.k, g.first_at, g.last_at, json_extract(e.actor, '$.display')
-            FROM (SELECT request_id, {_WHO} AS k, min(at) AS first_at, max(at) AS last_at, max(seq) AS s
-                  FROM events WHERE type = 'grant.revealed' AND request_id IN ({", ".join("?" * len(chunk))})
+            FROM (SELECT request_id, {q.who()} AS k, min(at) AS first_at, max(at) AS last_at, max(seq) AS s
+                  FROM events WHERE type = 'grant.revealed' AND request_id IN ({marks})
                   GROUP BY request_id, k) g
-            JOIN events e ON e.seq = g.s""", chunk).fetchall()
+            JOIN events e ON e.seq = g.s""", {**q.params, **{f"r{i}": r for i, r in enumerate(chunk)}}).fetchall()
         found += [ExposureReveal(rid, k, display_label(display, k), _time(a), _time(b))
                   for rid, k, a, b, display in rows]
     return tuple(sorted(found, key=lambda r: (r.first_at, r.request_id)))
@@ -541,7 +636,9 @@ def _event_sections(conn: sqlite3.Connection, q: _Sql, query: ReportQuery) -> di
     """The sections read straight from the events table (no rq): one thread's share of the report."""
     return {
         "loads": _approver_loads(conn, q), "timeline": _timeline(conn, q), **_off_hours(conn, q, query),
-        "bursts": _bursts(conn, q, query), "refusals": _refusals(conn, q), "exposure_reveals": _exposure(conn, query),
+        **_pending(conn, q), **_delivery_failures(conn, q),
+        "bursts": _bursts(conn, q, query), "refusals": _refusals(conn, q),
+        "exposure_reveals": _exposure(conn, q, query),
     }
 
 

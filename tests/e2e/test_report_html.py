@@ -141,7 +141,7 @@ async def test_the_html_report_renders_offline_with_svg_charts_and_makes_no_requ
     assert found["title"] == "jitpass access report 2026-03-02 – 2026-03-09"
     assert found["h1"] == "jitpass access report"
     assert found["charts"] == ["chart-timeline", "chart-vaults", "chart-latency"]
-    assert found["bars"] == 5 + 2  # one bar per day with activity, plus the legend swatch ... and its line key
+    assert found["bars"] == 7 + 2  # one bar per day of the period (zero on quiet days), plus the two legend keys
     assert found["vaultBars"] == 4 * 2 + 2 and found["latencyBars"] == 6
     assert found["chartWidth"] > 300
     assert found["scripts"] == 0 and found["resources"] == 0

@@ -69,8 +69,8 @@ def test_csv_has_one_stable_header_and_reads_back_every_figure(report: Report) -
 
 def test_json_reads_back_with_the_same_figures(report: Report) -> None:
     data = json.loads(render_json(report))
-    assert set(data) == {"report", "access", "latency", "approver_load", "timeline", "anomalies", "exposure",
-                         "retention"}
+    assert set(data) == {"report", "access", "latency", "approver_load", "timeline", "pending_requests",
+                         "delivery_failures", "anomalies", "exposure", "retention"}
     assert data["report"]["filters"] == {} and data["report"]["store"] == "sqlite"
     assert data["access"]["total"] == {"dimension": "total", "key": "all", "label": "", "vault": "", "requests": 8,
                                        "approved": 5, "declined": 1, "timed_out": 1, "cancelled": 1, "reveals": 5,

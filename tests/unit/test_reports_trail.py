@@ -73,12 +73,26 @@ VAULTS = {"acme-zendesk": "acme", "acme-aws": "acme", "globex-db": "globex", "in
           "hooli-mail": "hooli", "umbrella-vpn": "umbrella"}
 
 
-def policy(extra: str = "") -> Policy:
-    return parse_policy(POLICY_TEXT.replace("[retention]", f"[retention]\n{extra}"), "test policy")
+# Lee approves on Slack and Max... is Lee on Teams: one person. Bob has a Teams account too.
+PEOPLE_TEXT = """
+[people.lee]
+slack = "ULEE"
+teams = "max-oid"
+
+[people.bob]
+slack = "UBOB"
+teams = "bob-oid"
+"""
+BOB_TEAMS = Identity("teams", "bob-oid", "Bob (Teams)")
 
 
-def at(day: int, hour: int, minute: int = 0, month: int = 3) -> datetime:
-    return datetime(2026, month, day, hour, minute, tzinfo=UTC)
+def policy(extra: str = "", *, people: bool = False) -> Policy:
+    text = POLICY_TEXT.replace("[retention]", f"[retention]\n{extra}") + (PEOPLE_TEXT if people else "")
+    return parse_policy(text, "test policy")
+
+
+def at(day: int, hour: int, minute: int = 0, month: int = 3, second: int = 0) -> datetime:
+    return datetime(2026, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def sealed(name: str, created: datetime, due: RotationDue | None = None) -> SealedItem:
@@ -98,10 +112,10 @@ class Trail:
         return self.store
 
     async def event(self, when: datetime, event_type: str, actor: Identity | None, request_id: str | None = None,
-                    item: str | None = None, reason: str = "") -> None:
+                    item: str | None = None, reason: str = "", details: dict[str, Any] | None = None) -> None:
         self.clock.current = when
         vault = VAULTS[item] if item else None
-        await self.store.append_event(EventDraft(event_type, actor, request_id, item, vault, reason))
+        await self.store.append_event(EventDraft(event_type, actor, request_id, item, vault, reason, details or {}))
 
     async def request(self, rid: str, who: Identity, item: str, steps: list[tuple[datetime, str, Identity]]) -> None:
         for when, event_type, actor in steps:
@@ -173,6 +187,89 @@ async def build_trail(directory: Path, open_store: Callable[[FakeClock], Any] | 
         await store.replace_item(replace(current, item=replace(current.item, rotation_due=due)), None)
     clock.current = NOW
     return trail
+
+
+async def add_pending(trail: Trail) -> None:
+    """Requests still open at the period's end (on top of the fixed trail; the store's clock moves on).
+
+    R9  ann hooli-mail    created Sun 8 Mar 20:00 "quarterly audit", one approval (lee) 20:10: pending
+    R10 bob umbrella-vpn  created Sun 8 Mar 21:00, approved Mon 9 Mar 00:10 (after the period): pending
+    R11 bob acme-aws      created Mon 9 Mar 01:00 (after the period): not in it
+    """
+    await trail.event(at(8, 20, 0), "request.created", ANN, "R9", "hooli-mail", "quarterly audit")
+    await trail.event(at(8, 20, 10), "request.approval_added", LEE, "R9", "hooli-mail")
+    await trail.event(at(8, 21, 0), "request.created", BOB, "R10", "umbrella-vpn", "vpn broken")
+    await trail.event(at(9, 0, 10), "request.approved", MAX, "R10", "umbrella-vpn")
+    await trail.event(at(9, 1, 0), "request.created", BOB, "R11", "acme-aws", "later")
+    trail.clock.current = NOW
+
+
+async def add_delivery_failures(trail: Trail) -> None:
+    """Durable chat effects that failed (on top of the fixed trail), all on Friday 6 March, as the effects
+    worker records them (actor: system; details: attempt, error, final / retry_at).
+
+    F1 ann acme-zendesk   delivery failed twice, the second time for good (channel_not_found) 10:02
+    F2 bob acme-aws       delivered; wipe failed at 13:00 and 13:01, still retrying at the period's end
+                          (it succeeds on Monday 9 March 01:00, after the period)
+    F3 bob globex-db      delivered; wipe failed for good at 15:30 (budget spent: alert.wipe_exhausted)
+    F4 ann hooli-mail     the approval card could not be posted (chat.effect_failed post_card) 16:05
+    F5 bob umbrella-vpn   delivery failed once, then delivered; wipe failed once, then wiped: not listed
+    """
+    async def grant(rid: str, who: Identity, item: str, hour: int) -> None:
+        await trail.event(at(6, hour, 0), "request.created", who, rid, item, "support")
+        await trail.event(at(6, hour, 1), "request.approved", LEE, rid, item)
+        await trail.event(at(6, hour, 1), "grant.activated", SYSTEM, rid, item)
+
+    def fail(attempt: int, error: str, final: bool) -> dict[str, Any]:
+        return {"attempt": attempt, "error": error, **({"final": True} if final else {"retry_at": "soon"})}
+
+    await grant("F1", ANN, "acme-zendesk", 10)
+    await trail.event(at(6, 10, 1), "grant.delivery_failed", SYSTEM, "F1", "acme-zendesk",
+                      details=fail(1, "ratelimited", False))
+    await trail.event(at(6, 10, 2), "grant.delivery_failed", SYSTEM, "F1", "acme-zendesk",
+                      details={**fail(2, "channel_not_found", True), "permanent": True})
+    await grant("F2", BOB, "acme-aws", 12)
+    await trail.event(at(6, 12, 2), "grant.revealed", BOB, "F2", "acme-aws")
+    await trail.event(at(6, 13, 0), "grant.expired", SYSTEM, "F2", "acme-aws")
+    await trail.event(at(6, 13, 0), "grant.wipe_failed", SYSTEM, "F2", "acme-aws", details=fail(1, "timeout", False))
+    await trail.event(at(6, 13, 1), "grant.wipe_failed", SYSTEM, "F2", "acme-aws", details=fail(2, "timeout", False))
+    await grant("F3", BOB, "globex-db", 14)
+    await trail.event(at(6, 14, 2), "grant.revealed", BOB, "F3", "globex-db")
+    await trail.event(at(6, 15, 0), "grant.expired", SYSTEM, "F3", "globex-db")
+    await trail.event(at(6, 15, 30), "grant.wipe_failed", SYSTEM, "F3", "globex-db",
+                      details=fail(8, "internal_error", True))
+    await trail.event(at(6, 15, 30), "alert.wipe_exhausted", SYSTEM, "F3", "globex-db",
+                      details=fail(8, "internal_error", True))
+    await trail.event(at(6, 16, 0), "request.created", ANN, "F4", "hooli-mail", "mail down")
+    await trail.event(at(6, 16, 5), "chat.effect_failed", SYSTEM, "F4", "hooli-mail",
+                      details={**fail(5, "not_in_channel", True), "kind": "post_card"})
+    await trail.event(at(6, 17, 0), "request.timed_out", SYSTEM, "F4", "hooli-mail")
+    await grant("F5", BOB, "umbrella-vpn", 18)
+    await trail.event(at(6, 18, 1), "grant.delivery_failed", SYSTEM, "F5", "umbrella-vpn",
+                      details=fail(1, "timeout", False))
+    await trail.event(at(6, 18, 2), "grant.revealed", BOB, "F5", "umbrella-vpn")
+    await trail.event(at(6, 19, 0), "grant.expired", SYSTEM, "F5", "umbrella-vpn")
+    await trail.event(at(6, 19, 0), "grant.wipe_failed", SYSTEM, "F5", "umbrella-vpn",
+                      details=fail(1, "timeout", False))
+    await trail.event(at(6, 19, 1), "grant.wiped", SYSTEM, "F5", "umbrella-vpn", details={"attempt": 2})
+    await trail.event(at(9, 1, 0), "grant.wiped", SYSTEM, "F2", "acme-aws", details={"attempt": 3})
+    trail.clock.current = NOW
+
+
+async def add_teams_bob(trail: Trail) -> None:
+    """Bob asks once from his Teams account (for policy(people=True): still Bob).
+
+    B1 bob (teams) hooli-mail  created Fri 6 Mar 09:00, approved (lee) 09:05, activated, revealed 09:06 (off
+                               hours? no: 10:06 local), expired 09:35 -> 30m
+    """
+    await trail.event(at(6, 9, 0), "request.created", BOB_TEAMS, "B1", "hooli-mail", "mail export")
+    await trail.event(at(6, 9, 5), "request.approved", LEE, "B1", "hooli-mail")
+    await trail.event(at(6, 9, 5), "grant.activated", SYSTEM, "B1", "hooli-mail")
+    await trail.event(at(6, 9, 6), "grant.revealed", BOB_TEAMS, "B1", "hooli-mail")
+    await trail.event(at(6, 9, 35), "grant.expired", SYSTEM, "B1", "hooli-mail")
+    await trail.event(at(6, 9, 40), "access.refused", BOB_TEAMS, "R1", "acme-zendesk",
+                      "approve without being an approver")
+    trail.clock.current = NOW
 
 
 EVENT_COUNT = 47  # 6 item.added + 39 request/grant events + 2 refusals
