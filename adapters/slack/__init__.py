@@ -22,6 +22,7 @@ from adapters.slack.groups import GroupDirectory
 from adapters.slack.home import HomeTab
 from adapters.slack.http import SlackEventsEndpoint
 from adapters.slack.notifier import SlackNotifier
+from adapters.slack.queued import QueuedJournal
 from bot.domain.admission import Admission
 from bot.domain.config import Settings
 from bot.ports import ChatCore
@@ -29,6 +30,9 @@ from bot.ports import ChatCore
 __all__ = ["SlackAdapter"]
 
 log = logging.getLogger("jitpass.slack")
+
+# In jitpass's home, one per worker process (`jitpass serve --workers N`).
+QUEUED_JOURNAL = "slack-queued-{worker}.jsonl"
 
 class SlackAdapter:
     """The Slack platform: HTTP mode by default, Socket Mode when SLACK_APP_TOKEN is set."""
@@ -44,6 +48,8 @@ class SlackAdapter:
         # In Socket Mode Slack sends nothing over HTTP, so no signing secret is needed there.
         self.endpoint = SlackEventsEndpoint(settings.slack_signing_secret, ack_budget=self.ack_budget)
         self.background = Background()
+        # Queued slash commands, journaled so that a restart finds those a killed process never finished.
+        self.journal = QueuedJournal(settings.home / QUEUED_JOURNAL.format(worker=settings.worker))
         self.api: SlackApi | None = None
         self.notifier: SlackNotifier | None = None
         self.home: HomeTab | None = None
@@ -73,8 +79,13 @@ class SlackAdapter:
         directory = GroupDirectory(self.api, core.policy.approver_group_ids("slack"))
         core.access.register_notifier(self.notifier)
         bolt = build_bolt_app(self.api.client, self.settings.slack_signing_secret or "")
-        SlackInteractions(core, self.api, directory, self.notifier, home, self.background,
-                          ack_budget=self.ack_budget, admission=self.admission).register(bolt)
+        left = self.journal.open()
+        interactions = SlackInteractions(core, self.api, directory, self.notifier, home, self.background,
+                                         ack_budget=self.ack_budget, admission=self.admission, journal=self.journal)
+        interactions.register(bolt)
+        if left:
+            log.warning("event=queued_left_by_previous_process count=%d", len(left))
+            self.background.spawn(interactions.recover_queued(left), name="queued-recovery")
         self.endpoint.bolt = bolt
         if self.mode == "socket":
             self._socket = AsyncSocketModeHandler(bolt, self.settings.slack_app_token,
@@ -112,6 +123,7 @@ class SlackAdapter:
         except TimeoutError:
             log.warning("event=slack_stop_cancelled_tasks count=%d", self.background.busy)
         await self.background.close()
+        self.journal.close()
         self.endpoint.bolt = None
         if self._session is not None:
             await self._session.close()

@@ -117,6 +117,8 @@ class Settings:
     max_running: int = 16
     max_queued: int = 256
     ack_budget: float = 2.0
+    # Which of `jitpass serve --workers N`'s processes this is (0 .. N-1; set by serve for each worker).
+    worker: int = 0
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Where jitpass lives (JITPASS_HOME, default ~/.local/share/jitpass): one answer for `serve` and
     # every CLI command, whatever the working directory. `home_source` says how it was chosen.
