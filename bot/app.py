@@ -11,8 +11,10 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import signal
 import socket
+import sys
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
@@ -184,6 +186,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
     async def healthz(request: web.Request) -> web.Response:
         runtime = request.app[RUNTIME]
         body, status = await store_health(runtime, chat, settings.health_timeout)
+        if settings.worker_of is not None:  # one of `serve --workers N`'s processes: which one answered
+            body["worker"] = {"index": settings.worker_of, "pid": os.getpid()}
         body["audit"] = runtime.checkpointer.describe() if runtime.checkpointer else None
         # A wipe that spent its retry budget: a password may still be on someone's screen.
         with suppress(TimeoutError, StoreError):  # extras: never wait long for them
@@ -300,10 +304,11 @@ def check_safe_start(settings: Settings, host: str) -> None:
             "could not be verified. Set SLACK_SIGNING_SECRET (HTTP mode) or SLACK_APP_TOKEN (Socket Mode)")
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, taken before any start-up work: a busy port must change nothing."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """The listening socket, taken before any start-up work: a busy port must change nothing. `reuse_port`:
+    one of `serve --workers N`'s processes, sharing the port with its siblings (the kernel spreads connections)."""
     try:
-        return socket.create_server((host, port), backlog=128)
+        return socket.create_server((host, port), backlog=128, reuse_port=reuse_port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(f"port {port} is in use on {host}: stop the other process or set PORT "
@@ -311,18 +316,39 @@ def bind(host: str, port: int) -> socket.socket:
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def _stop_when_supervisor_goes(stop: asyncio.Event) -> None:
+    """A worker's stdin is a pipe from its supervisor: end of file means the supervisor died (even by kill -9)."""
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = os.read(sys.stdin.fileno(), 512)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(sys.stdin.fileno())
+            log.warning("event=stopping reason=supervisor_gone")
+            stop.set()
+
+    loop.add_reader(sys.stdin.fileno(), readable)
+
+
 async def serve(settings: Settings, *, host: str, port: int, policy: Policy | None = None, demo: bool = False) -> None:
     """Run the server until cancelled (Ctrl-C / SIGTERM)."""
     check_safe_start(settings, host)
-    sock = bind(host, port)
+    supervised = settings.worker_of is not None
+    sock = bind(host, port, reuse_port=supervised)
     runner = web.AppRunner(create_app(settings, policy=policy, demo=demo))
     stop = asyncio.Event()
     # Platforms stop dynos/containers with SIGTERM: close the store and scheduler cleanly then.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    if supervised:
+        _stop_when_supervisor_goes(stop)
     try:
         await runner.setup()
         await web.SockSite(runner, sock).start()
-        print(f"jitpass listening on http://{host}:{port}  (health: /healthz, Slack: /slack/events, "
+        worker = f"worker {settings.worker}; " if supervised else ""
+        print(f"jitpass listening on http://{host}:{port}  ({worker}health: /healthz, Slack: /slack/events, "
               f"Teams: /api/messages)", flush=True)
         await stop.wait()
         log.info("event=stopping reason=SIGTERM")
