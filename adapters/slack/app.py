@@ -46,7 +46,7 @@ from adapters.slack.reports import handle_report
 from bot.domain import commands as cmd
 from bot.domain import wording
 from bot.domain.admission import ACK_BUDGET_SECONDS, Admission, Ticket, arrived
-from bot.domain.errors import Conflict, InfrastructureError, JitpassError, ParseError, log_incident
+from bot.domain.errors import Conflict, InfrastructureError, JitpassError, NotFound, ParseError, log_incident
 from bot.domain.model import AccessRequest, Identity, Status, Window, new_request_id
 from bot.domain.request_text import RequestDraft, parse_duration
 from bot.ports import ChatCore
@@ -282,20 +282,30 @@ class SlackInteractions:
             self.journal.finished(journaled)
 
     async def recover_queued(self, left: Sequence[QueuedCommand]) -> None:
-        """At start: requests a dead predecessor acknowledged "queued" and never finished. Created ones are
-        answered by their TELL effect; the others are recorded as refused and the user is told once."""
+        """At start: requests a dead predecessor acknowledged ("queued", "working") and never answered. A created
+        queued one is answered by its TELL effect, a created working one here; the others are recorded as
+        refused and the user is told once."""
         for entry in left:
             try:
-                recorded = await self.service.not_started(Identity("slack", entry.user_id), entry.request_id,
-                                                          "restarted_before_it_ran")
-                if recorded:
+                request = None if entry.durable_answer else await self._created(entry.request_id)
+                if request is not None:
+                    await self._reply(self._sent_text(request), response_url=entry.response_url,
+                                      user_id=entry.user_id)
+                elif await self.service.not_started(Identity("slack", entry.user_id), entry.request_id,
+                                                    "restarted_before_it_ran"):
                     await self._reply(wording.NOT_STARTED, response_url=entry.response_url, user_id=entry.user_id)
             except Exception as exc:  # the store is down: keep it for the next start
                 log.warning("event=queued_recovery_failed request_id=%s error=%s", entry.request_id,
                             type(exc).__name__)
                 continue
-            log.info("event=queued_recovered request_id=%s created=%s", entry.request_id, str(not recorded).lower())
+            log.info("event=queued_recovered request_id=%s", entry.request_id)
             self.journal.finished(entry.request_id)
+
+    async def _created(self, request_id: str) -> AccessRequest | None:
+        try:
+            return await self.service.get_request(request_id)
+        except NotFound:
+            return None
 
     def _origin_refs(self, channel_id: str, response_url: str, issued_at: datetime | None = None) -> dict[str, Any]:
         refs: dict[str, Any] = {}
@@ -312,40 +322,49 @@ class SlackInteractions:
 
     async def _answer_request(self, ack: AsyncAck, command: CommandInput, draft: RequestDraft, *,
                               deadline: float) -> None:
-        """`/access <item> <why> <when>`. A queued one is journaled before "queued" is said, and its answer is
-        recorded with the request as a durable TELL effect: a kill -9 anywhere after that acknowledgement
-        still ends in a follow-up (adapters/slack/queued.py)."""
+        """`/access <item> <why> <when>`. Whatever the acknowledgement promises ("queued", "working") is
+        journaled before it leaves, and a queued request's answer is recorded with it as a durable TELL
+        effect: a kill -9 anywhere after that acknowledgement still ends in a follow-up (adapters/slack/queued.py)."""
         where = "command.request"
         ticket = self.admission.admit()
         if ticket is None:
             log.info("event=chat_request_busy platform=slack where=%s admitted=%d", where, self.admission.admitted)
             await ack(text=wording.BUSY, response_type="ephemeral")
             return
-        request_id = new_request_id() if ticket.queued else None
-        if request_id is not None:
+        request_id = new_request_id()
+        promise = QueuedCommand(request_id, command.user_id, command.response_url, command.channel_id,
+                                self.clock.now().isoformat(), durable_answer=ticket.queued)
+        if ticket.queued:
             try:
-                self.journal.queued(QueuedCommand(request_id, command.user_id, command.response_url,
-                                                  command.channel_id, self.clock.now().isoformat()))
+                self.journal.queued(promise)
             except OSError as exc:  # the promise could not be kept after a crash: do not make it
                 ticket.give_back()
                 log.error("event=queued_journal_write_failed error=%s", exc.strerror)
                 await ack(text=wording.BUSY, response_type="ephemeral")
                 return
-        started = await self._start(ticket, self._request(command, draft, request_id=request_id), where,
-                                    deadline=deadline)
+        work = self._request(command, draft, request_id=request_id, durable=ticket.queued)
+        started = await self._start(ticket, work, where, deadline=deadline)
         if started.finished:
             await ack(text=self._text_of(started.task.result()), response_type="ephemeral")
             return
+        journaled: str | None = request_id
+        if not ticket.queued:
+            try:  # it runs already: "working" is said either way, durable when the journal takes it
+                self.journal.queued(promise)
+            except OSError as exc:
+                journaled = None
+                log.error("event=queued_journal_write_failed error=%s", exc.strerror)
         await ack(text=started.waiting, response_type="ephemeral")
-        self.background.spawn(self._follow_up(started.task, command, request_id), name=f"{where}.follow-up")
+        self.background.spawn(self._follow_up(started.task, command, journaled), name=f"{where}.follow-up")
 
-    async def _request(self, command: CommandInput, draft: RequestDraft, *, request_id: str | None = None) -> str:
-        """Create the request; with `request_id` (it was queued) the answer is a durable effect and "" is returned."""
+    async def _request(self, command: CommandInput, draft: RequestDraft, *, request_id: str | None = None,
+                       durable: bool = False) -> str:
+        """Create the request; `durable` (it was queued): its answer is a TELL effect and "" is returned."""
         who = await self._identity(command.user_id, command.user_name)
         request = await self.service.request_access(
             who, draft, refs=self._origin_refs(command.channel_id, command.response_url), request_id=request_id,
-            answer=self._sent_text if request_id is not None else None)
-        return "" if request_id is not None else self._sent_text(request)
+            answer=self._sent_text if durable else None)
+        return "" if durable else self._sent_text(request)
 
     # -- the request form ------------------------------------------------------------------------
 

@@ -1,6 +1,10 @@
 """The journal of queued slash-command requests: what a process promised ("⏳ Queued … I'll follow up here")
 but had not yet started when it died.
 
+A request acknowledged "⏳ Working on it…" (it had a turn but outran the ack budget) is journaled the same way,
+with `durable_answer=False`: if it was created, the next process sends its answer (at least once: a kill
+between that answer and its `finished` line repeats it); if not, it is refused and told as below.
+
 A queued request waits in memory for a turn; its follow-up is made durable in two halves:
 - once it runs, the request is created together with a TELL effect carrying the answer (bot/services/effects.py
   sends it, after a crash too, from any process on the store);
@@ -38,6 +42,9 @@ class QueuedCommand:
     response_url: str
     channel_id: str
     at: str  # when it was acknowledged, ISO 8601 UTC
+    # True: it was queued, and its answer is recorded with the request (a TELL effect). False: it was running
+    # when "Working on it…" left, and only this process would have answered: the next one answers instead.
+    durable_answer: bool = True
 
     @classmethod
     def from_json(cls, data: Any) -> QueuedCommand | None:
@@ -47,7 +54,9 @@ class QueuedCommand:
         fields = [data.get(name) for name in ("request_id", "user_id", "response_url", "channel_id", "at")]
         if not all(isinstance(value, str) for value in fields):
             return None
-        return cls(*(str(value) for value in fields))
+        request_id, user_id, response_url, channel_id, at = (str(value) for value in fields)
+        return cls(request_id, user_id, response_url, channel_id, at,
+                   durable_answer=data.get("durable_answer") is not False)
 
 
 class QueuedJournal:

@@ -3,12 +3,14 @@
 50 real signed slash commands from 50 people at once: each acknowledged within Slack's 3 s, each person with
 exactly one request, each request with exactly one approval card, each answer (in the ack or followed up)
 given once, and the kernel spread the requests over both workers (their /healthz says how many each took).
+A worker killed -9 is started again under its number; workers stop when their supervisor is killed -9.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -54,10 +56,10 @@ async def serving(w: World, *args: str) -> AsyncIterator[tuple[str, asyncio.subp
                     await process.wait()
 
 
-async def _health_of_each_worker(url: str, workers: int) -> dict[int, dict[str, Any]]:
-    """/healthz on fresh connections until every worker has answered once (bounded)."""
+async def _health_of_each_worker(url: str, workers: int, tries: int = 200) -> dict[int, dict[str, Any]]:
+    """/healthz on fresh connections until every worker has answered once (at most `tries` asks)."""
     seen: dict[int, dict[str, Any]] = {}
-    for _ in range(200):
+    for _ in range(tries):
         async with aiohttp.ClientSession() as session, session.get(f"{url}/healthz") as response:
             body = await response.json()
         seen[body["worker"]["index"]] = body
@@ -107,3 +109,39 @@ def _requests_of(w: World, user_id: str) -> list[str]:
     with closing(sqlite3.connect(w.db)) as conn:
         rows = conn.execute("SELECT id FROM requests WHERE requester_key = ?", (f"slack:{user_id}",))
         return [str(rid) for (rid,) in rows]
+
+
+def _stopped(pid: int) -> bool:
+    """Gone, or a zombie nobody reaped yet (it ran its last instruction either way)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+async def test_a_killed_worker_is_started_again_and_workers_stop_when_the_supervisor_is_killed(
+        tmp_path: Path) -> None:
+    async with world(tmp_path) as w, serving(w, "--workers", "2") as (url, supervisor):
+        before = {index: h["worker"]["pid"] for index, h in (await _health_of_each_worker(url, 2)).items()}
+        os.kill(before[1], signal.SIGKILL)
+        await w.until(lambda: _stopped(before[1]), "worker 1 killed")
+        after: dict[int, int] = {}
+
+        async def restarted() -> None:
+            for _ in range(100):  # bounded: the supervisor waits 1 s, then the worker starts (a few seconds)
+                found = await _health_of_each_worker(url, 2, tries=10)
+                after.update({i: h["worker"]["pid"] for i, h in found.items()})
+                if after.get(1) not in (None, before[1]):
+                    return
+                await asyncio.sleep(0.2)
+
+        await restarted()
+        assert after[0] == before[0] and after[1] != before[1], (before, after)
+        assert "event=worker_died worker=1" in w.log.read_text()
+        reply = await SlackUsers(w.fake, url).command(REQUEST, "UAFTER")
+        assert reply.status == 200 and (ID.search(reply.text) or wording.WORKING in reply.text)
+
+        supervisor.kill()  # SIGKILL: no clean-up; its workers see their stdin pipe close and stop
+        await supervisor.wait()
+        await w.until(lambda: all(_stopped(pid) for pid in after.values()), "workers stopped after the supervisor")
