@@ -39,7 +39,7 @@ EMOJI: dict[Status, str] = {
 WORKING = "⏳ Working on it… I'll follow up here."
 QUEUED = "⏳ Queued: jitpass is busy right now. Your request will be handled shortly and I'll follow up here."
 BUSY = "⚠️ jitpass is busy, nothing was recorded, try again in a minute."
-# An acknowledged request its process never created (it was killed, or restarted): recorded as refused at the next start.
+# An acknowledged request its process never created (killed, or restarted): recorded as refused at the next start.
 NOT_STARTED = "⚠️ jitpass restarted before it could record your request: nothing was recorded. Please send it again."
 
 REASON_LIMIT = 500  # a decline reason quoted on a card
