@@ -60,8 +60,10 @@ async def _pump(worker: _Worker) -> None:
         sys.stdout.flush()
 
 
-async def _start(index: int, argv: list[str], *, demo: bool) -> _Worker:
-    env = dict(os.environ, JITPASS_WORKER=str(index), JITPASS_WORKERS="1")
+async def _start(index: int, argv: list[str], *, workers: int, demo: bool) -> _Worker:
+    # JITPASS_WORKER makes it a worker (it never supervises); JITPASS_WORKERS tells worker 0 which journals
+    # of queued requests belong to no worker of this run.
+    env = dict(os.environ, JITPASS_WORKER=str(index), JITPASS_WORKERS=str(workers))
     args = [*argv, "--demo"] if demo else argv
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", *args, env=env,
                                                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
@@ -109,8 +111,8 @@ async def supervise(*, host: str, port: int, workers: int, demo: bool, verbose: 
     running: list[_Worker] = []
     try:
         # Worker 0 first and alone: it creates or migrates the store (and --demo seeds it, once).
-        running.append(await _start(0, argv, demo=demo))
-        running += await asyncio.gather(*(_start(i, argv, demo=False) for i in range(1, workers)))
+        running.append(await _start(0, argv, workers=workers, demo=demo))
+        running += await asyncio.gather(*(_start(i, argv, workers=workers, demo=False) for i in range(1, workers)))
         print(f"jitpass listening on http://{host}:{port}  ({workers} workers; health: /healthz, "
               "Slack: /slack/events, Teams: /api/messages)", flush=True)
         while not stop.is_set():
@@ -134,7 +136,7 @@ async def supervise(*, host: str, port: int, workers: int, demo: bool, verbose: 
                     await asyncio.wait_for(stop.wait(), RESTART_DELAY)
                 if stop.is_set():
                     break
-                running.append(await _start(dead.index, argv, demo=False))
+                running.append(await _start(dead.index, argv, workers=workers, demo=False))
         log.info("event=stopping reason=signal workers=%d", len(running))
     finally:
         await _stop(running)

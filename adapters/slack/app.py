@@ -281,7 +281,7 @@ class SlackInteractions:
         if journaled is not None:
             self.journal.finished(journaled)
 
-    async def recover_queued(self, left: Sequence[QueuedCommand]) -> None:
+    async def recover_queued(self, left: Sequence[QueuedCommand], journal: QueuedJournal | None = None) -> None:
         """At start: requests a dead predecessor acknowledged ("queued", "working") and never answered. A created
         queued one is answered by its TELL effect, a created working one here; the others are recorded as
         refused and the user is told once."""
@@ -299,7 +299,7 @@ class SlackInteractions:
                             type(exc).__name__)
                 continue
             log.info("event=queued_recovered request_id=%s", entry.request_id)
-            self.journal.finished(entry.request_id)
+            (journal or self.journal).finished(entry.request_id)
 
     async def _created(self, request_id: str) -> AccessRequest | None:
         try:

@@ -16,9 +16,13 @@ import json
 import re
 import sqlite3
 from contextlib import closing
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
+from adapters.slack.queued import QueuedCommand
 from bot.domain import wording
+from bot.domain.model import new_request_id
 from tests.e2e.test_admission import store_locked
 from tests.faults.world import World, world
 
@@ -121,3 +125,17 @@ async def test_an_answer_sent_before_the_kill_is_not_sent_again(tmp_path: Path) 
             await w.request(second, "globex-aws one more for the road for 1h", "UTHREE")  # the new one serves
         assert [len(w.fake.ephemeral[r.response_url]) for r in (running, queued)] == [1, 1]
         assert _refused_not_started(w) == []
+
+
+async def test_a_journal_of_a_worker_number_this_run_lacks_is_adopted_by_worker_0(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        # An earlier `serve --workers 4` left worker 3's promise unfinished; this run has one process.
+        lost = QueuedCommand(new_request_id(), "UOLD", w.fake.response_url("old-cmd"), "CGENERAL",
+                             datetime.now(UTC).isoformat())
+        journal = tmp_path / "slack-queued-3.jsonl"
+        journal.write_text(json.dumps({"queued": asdict(lost)}) + "\n", encoding="utf-8")
+        async with w.server():
+            await w.until(lambda: _refused_not_started(w) == [(lost.request_id, "UOLD")], "the adopted one refused")
+            await w.fake.wait_for(lambda c: c.method == "response_url" and c.key == "old-cmd" and c.ok, timeout=15)
+        assert [m["text"] for m in w.fake.ephemeral["old-cmd"]] == [wording.NOT_STARTED]
+        assert journal.read_text() == ""
