@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Sequence
 from contextlib import suppress
@@ -342,7 +343,7 @@ async def serve(settings: Settings, *, host: str, port: int, policy: Policy | No
     stop = asyncio.Event()
     # Platforms stop dynos/containers with SIGTERM: close the store and scheduler cleanly then.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    if supervised:
+    if supervised and stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode):  # a pipe from `serve --workers`
         _stop_when_supervisor_goes(stop)
     try:
         await runner.setup()
