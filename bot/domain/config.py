@@ -118,6 +118,11 @@ class Settings:
     max_running: int = 16
     max_queued: int = 256
     ack_budget: float = 2.0
+    # /metrics (Prometheus): on the main port only with this bearer token (JITPASS_METRICS_TOKEN), and/or on
+    # a listener of its own (JITPASS_METRICS_PORT, bound to JITPASS_METRICS_HOST, loopback by default).
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     # `jitpass serve --workers N` / JITPASS_WORKERS: N processes sharing the port (SO_REUSEPORT) and the store.
     workers: int = 1
     # Which of those processes this is (0 .. N-1): JITPASS_WORKER, set by the supervising serve for each
@@ -133,6 +138,11 @@ class Settings:
     # every CLI command, whatever the working directory. `home_source` says how it was chosen.
     home: Path = Path("jitpass-home")
     home_source: str = "built-in default"
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """/metrics is served (and counted) only when a token or a metrics port is set."""
+        return bool(self.metrics_token or self.metrics_port)
 
     def where(self) -> str:
         """One line saying where the store, key and policy were looked for, and why there."""
@@ -175,6 +185,13 @@ class Settings:
         else:
             home, home_source = default_home(env), "default; set JITPASS_HOME to choose"
         home_policy = home / HOME_POLICY
+        metrics_token = (env.get("JITPASS_METRICS_TOKEN") or "").strip()
+        if metrics_token and len(metrics_token) < MIN_METRICS_TOKEN:
+            raise InputError(f"JITPASS_METRICS_TOKEN is {len(metrics_token)} characters long; use at least "
+                             f"{MIN_METRICS_TOKEN} random ones (for example `openssl rand -hex 24`)")
+        metrics_port = (env.get("JITPASS_METRICS_PORT") or "").strip()
+        if metrics_port and (not metrics_port.isdigit() or not 0 < int(metrics_port) < 65536):
+            raise InputError(f"JITPASS_METRICS_PORT={metrics_port!r} is not a TCP port number")
         return cls(
             store_url=env.get("JITPASS_STORE") or f"sqlite:///{home / HOME_STORE}",
             mongodb_allow_standalone=parse_bool(
@@ -212,6 +229,9 @@ class Settings:
             max_running=_count(env, "JITPASS_MAX_RUNNING", 16, low=1),
             max_queued=_count(env, "JITPASS_MAX_QUEUED", 256, low=0),
             ack_budget=_seconds(env, "JITPASS_ACK_BUDGET", 2.0, most=2.5, zero=True),
+            metrics_token=metrics_token or None,
+            metrics_port=int(metrics_port) if metrics_port else None,
+            metrics_host=(env.get("JITPASS_METRICS_HOST") or "127.0.0.1").strip(),
             workers=_count(env, "JITPASS_WORKERS", 1, low=1, high=MAX_WORKERS),
             worker_of=_count(env, "JITPASS_WORKER", 0, low=0, high=MAX_WORKERS - 1) if env.get("JITPASS_WORKER")
             else None,
@@ -220,6 +240,7 @@ class Settings:
 
 
 INSECURE_ALLOW = "insecure-allow"
+MIN_METRICS_TOKEN = 16
 # `--workers`: more processes than this on one host only contend for the store.
 MAX_WORKERS = 64
 
