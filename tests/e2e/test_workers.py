@@ -122,8 +122,13 @@ def _stopped(pid: int) -> bool:
 
 async def test_a_killed_worker_is_started_again_and_workers_stop_when_the_supervisor_is_killed(
         tmp_path: Path) -> None:
-    async with world(tmp_path) as w, serving(w, "--workers", "2") as (url, supervisor):
+    metrics_port = free_port()  # one listener of its own: worker 0's (worker 1 would find the port taken)
+    async with world(tmp_path, env={"JITPASS_METRICS_PORT": str(metrics_port)}) as w, \
+            serving(w, "--workers", "2") as (url, supervisor):
         before = {index: h["worker"]["pid"] for index, h in (await _health_of_each_worker(url, 2)).items()}
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"http://127.0.0.1:{metrics_port}/metrics") as scrape:
+            assert scrape.status == 200 and "jitpass_" in await scrape.text()
         os.kill(before[1], signal.SIGKILL)
         await w.until(lambda: _stopped(before[1]), "worker 1 killed")
         after: dict[int, int] = {}
