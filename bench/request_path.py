@@ -3,6 +3,7 @@
     .venv/bin/python bench/request_path.py            # the full run (~90 s), writes docs/benchmarks.md
     .venv/bin/python bench/request_path.py --quick    # half the durations (~45 s)
     .venv/bin/python bench/request_path.py --no-doc   # print the JSON only
+    .venv/bin/python bench/request_path.py --workers 2   # instead: `serve --workers 2` vs one process
 
 Everything runs on 127.0.0.1 with ephemeral ports, on a fresh jitpass home in a temporary directory:
 the Slack Web API stand-in (tests/support/fake_slack.py, answering at once) and the Bot Connector
@@ -66,6 +67,7 @@ from tests.support.fake_slack import BOT_TOKEN, SIGNING_SECRET, TEAM_ID, Call, F
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- request_path:begin -->", "<!-- request_path:end -->"
+WORKERS_BEGIN, WORKERS_END = "<!-- request_path_workers:begin -->", "<!-- request_path_workers:end -->"
 SLACK_DEADLINE = 3.0
 CLIENT_TIMEOUT = 10.0
 LEAD = "ULEAD1"
@@ -94,6 +96,16 @@ def _thread_cpu(pid: int) -> dict[str, float]:
             name = (task / "comm").read_text().strip()
             found[f"{name} ({task.name})"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return found
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """The CPU time of a process and its children (a `serve --workers N` supervisor and its workers)."""
+    total = _cpu_seconds(pid)
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(OSError):  # a worker that just exited
+                total += _cpu_seconds(int(child))
+    return total
 
 
 def _pct(values: list[float]) -> dict[str, float]:
@@ -145,10 +157,12 @@ class Target:
             found[call.method] = found.get(call.method, 0) + 1
         return found
 
+    tree: bool = False  # count the CPU of its children too (a `--workers` supervisor)
+
     @property
     def cpu(self) -> float:
         assert self.process.pid is not None
-        return _cpu_seconds(self.process.pid)
+        return _tree_cpu_seconds(self.process.pid) if self.tree else _cpu_seconds(self.process.pid)
 
     async def idle(self, timeout: float = 20.0) -> None:
         """Wait until the server spends (almost) no CPU: the work a phase caused is done."""
@@ -588,6 +602,83 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
     return _result(rows, scale)
 
 
+async def run_workers(tmp: Path, scale: float, workers: int, rates: tuple[int, ...]) -> dict[str, Any]:
+    """`jitpass serve --workers N` (B) against one `jitpass serve` (A), each on a store of its own, A/B
+    alternated in one run: real requests at the fixed rates, then closed loop (16 connections) A B A B."""
+    fake = TimedSlack()
+    await fake.start()
+    homes = [tmp / "one", tmp / f"workers-{workers}"]
+    for home in homes:
+        home.mkdir(parents=True, exist_ok=True)
+    env_a, env_b = await _home(homes[0], fake), await _home(homes[1], fake)
+    port_a, port_b = _port(), _port()
+    one = await _start(["-m", "bot", "serve", "--port", str(port_a)], env_a, homes[0] / "jitpass.log")
+    many = await _start(["-m", "bot", "serve", "--port", str(port_b), "--workers", str(workers)], env_b,
+                        homes[1] / "jitpass.log")
+    a = Target("1 worker", f"http://127.0.0.1:{port_a}", one, fake)
+    b = Target(f"{workers} workers", f"http://127.0.0.1:{port_b}", many, fake, tree=True)
+    rows: list[dict[str, Any]] = []
+    users = (f"UW{i:07d}" for i in itertools.count())
+    try:
+        await _healthy(a.url, one, "/healthz")
+        await _healthy(b.url, many, "/healthz")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
+            slack = Slack(fake, session)
+
+            def real_body(_: int) -> bytes:
+                return slack.command(next(users), "acme-zendesk benchmark run for 1h")[0]
+
+            for target in (a, b):  # warm-up: imports, SQLite pages, every worker's first requests
+                await closed_loop(slack, target, real_body, 1.0, "warm-up", connections=8)
+            for rate in rates:
+                for target in (a, b) if rate % 2 == 0 else (b, a):
+                    rows.append((await fixed_rate(slack, target, real_body, rate, 3 * scale,
+                                                  f"real request, offered {rate}/s")).row())
+            # 16 clients: no more than one process's turns (JITPASS_MAX_RUNNING), so no request is queued
+            # or refused "busy" (a refusal answers at once, and a closed loop would spin on refusals).
+            for target in (a, b, a, b):
+                rows.append((await closed_loop(slack, target, real_body, 3 * scale,
+                                               "real request, closed loop (16)", connections=16)).row())
+    finally:
+        for process in (one, many):
+            if process.returncode is None:
+                process.terminate()  # the supervisor stops its workers
+                try:
+                    await asyncio.wait_for(process.wait(), 30)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+        await fake.stop()
+    return _result(rows, scale) | {"workers": workers}
+
+
+def workers_markdown(result: dict[str, Any]) -> str:
+    """The 2-vs-1 table: N workers beside one process of the same run, and the throughput ratio."""
+    rows = _merge(result["rows"])
+    many = f"{result['workers']} workers"
+    base = {r["what"]: r for r in rows if r["target"] == "1 worker"}
+    lines = [f"Run {result['at']} ({result['machine']}, `--scale {result['scale']}`), each on a SQLite store of "
+             f"its own. Ratio: {many} ÷ 1 worker of the same run (A/B alternated).", "",
+             f"| path | 1 worker req/s | ack p50 / p99 ms | acked ≤ 3 s | CPU ms/req | {many} req/s "
+             f"| ack p50 / p99 ms | acked ≤ 3 s | CPU ms/req | {many} ÷ 1 (req/s) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        one = base.get(row["what"])
+        if row["target"] != many or one is None:
+            continue
+        runs = f" (runs {', '.join(str(r) for r in row['req_per_s_runs'])} vs " \
+               f"{', '.join(str(r) for r in one['req_per_s_runs'])})" if "req_per_s_runs" in row else ""
+        lines.append(f"| {row['what']} | {one['req_per_s']:,} | {one['p50_ms']} / {one['p99_ms']} | "
+                     f"{one['within_3s_pct']}% | {one['cpu_ms_per_request']} | {row['req_per_s']:,} | "
+                     f"{row['p50_ms']} / {row['p99_ms']} | {row['within_3s_pct']}% | {row['cpu_ms_per_request']} | "
+                     f"{_ratio(row['req_per_s'], one['req_per_s'])}{runs} |")
+    lines += ["", "Replies (sent: the ack carried the request id; working / queued: followed up; busy: refused):", ""]
+    for row in rows:
+        lines.append(f"- {row['target']}, {row['what']}: " +
+                     ", ".join(f"{k} {v}" for k, v in sorted(row["replies"].items())))
+    return "\n".join(lines)
+
+
 def _result(rows: list[dict[str, Any]], scale: float) -> dict[str, Any]:
     return {"at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "scale": scale, "rows": rows,
             "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"}
@@ -727,13 +818,14 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(text: str) -> None:
+def write_doc(text: str, begin: str = BEGIN, end: str = END,
+              heading: str = "## Request path (`bench/request_path.py`)") -> None:
     doc = DOC.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
     else:
-        doc = doc.rstrip() + "\n\n## Request path (`bench/request_path.py`)\n\n" + block + "\n"
+        doc = doc.rstrip() + f"\n\n{heading}\n\n" + block + "\n"
     DOC.write_text(doc, encoding="utf-8")
 
 
@@ -754,12 +846,27 @@ def main() -> None:
                         "(e.g. --rates 100); collapsed stacks to OUT")
     parser.add_argument("--profile-what", choices=("real", "help"), default="real",
                         help="with --profile: real requests (default) or `/access help`")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="instead: real requests on `jitpass serve --workers N` vs one process, A/B alternated "
+                        "(--rates, default 200,500); writes its own table in docs/benchmarks.md")
     args = parser.parse_args()
     scale = 0.5 if args.quick else args.scale
     phases = tuple(p for p in args.phases.split(",") if p)
     if unknown := set(phases) - set(PHASES):
         parser.error(f"unknown phases: {', '.join(sorted(unknown))} (known: {', '.join(PHASES)})")
     rates = tuple(int(r) for r in args.rates.split(",") if r)
+    if args.workers:
+        if args.workers < 2:
+            parser.error("--workers compares N >= 2 workers with one process")
+        worker_rates = rates if args.rates != parser.get_default("rates") else (200, 500)
+        with tempfile.TemporaryDirectory(prefix="jitpass-bench-workers-") as tmp:
+            found = asyncio.run(run_workers(Path(args.dir or tmp), scale, args.workers, worker_rates))
+        print(json.dumps(found, indent=2))
+        text = workers_markdown(found)
+        print(text)
+        if not args.no_doc:
+            write_doc(text, WORKERS_BEGIN, WORKERS_END, "## Several workers (`bench/request_path.py --workers 2`)")
+        return
     if args.profile:
         with tempfile.TemporaryDirectory(prefix="jitpass-profile-") as tmp:
             found = asyncio.run(profile(Path(tmp), args.profile.absolute(), 8.0, rates[0],

@@ -12,8 +12,11 @@ import errno
 import hmac
 import ipaddress
 import logging
+import os
 import signal
 import socket
+import stat
+import sys
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import replace
@@ -246,6 +249,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
     async def healthz(request: web.Request) -> web.Response:
         runtime = request.app[RUNTIME]
         body, status = await store_health(runtime, chat, settings.health_timeout)
+        if settings.worker_of is not None:  # one of `serve --workers N`'s processes: which one answered
+            body["worker"] = {"index": settings.worker_of, "pid": os.getpid()}
         body["audit"] = runtime.checkpointer.describe() if runtime.checkpointer else None
         # A wipe that spent its retry budget: a password may still be on someone's screen.
         with suppress(TimeoutError, StoreError):  # extras: never wait long for them
@@ -376,8 +381,9 @@ def check_safe_start(settings: Settings, host: str) -> None:
 
 
 def metrics_socket(settings: Settings) -> socket.socket | None:
-    """The JITPASS_METRICS_PORT socket (None when unset); a reachable address needs JITPASS_METRICS_TOKEN."""
-    if settings.metrics_port is None:
+    """The JITPASS_METRICS_PORT socket (None when unset); a reachable address needs JITPASS_METRICS_TOKEN.
+    Under `serve --workers N` only worker 0 listens there (the others would find the port taken)."""
+    if settings.metrics_port is None or settings.worker != 0:
         return None
     if not is_loopback(settings.metrics_host) and not settings.metrics_token:
         raise StartupError(f"refusing to start: JITPASS_METRICS_HOST={settings.metrics_host} is reachable from "
@@ -386,10 +392,11 @@ def metrics_socket(settings: Settings) -> socket.socket | None:
     return bind(settings.metrics_host, settings.metrics_port, what="JITPASS_METRICS_PORT")
 
 
-def bind(host: str, port: int, *, what: str = "PORT") -> socket.socket:
-    """The listening socket, taken before any start-up work: a busy port must change nothing."""
+def bind(host: str, port: int, *, what: str = "PORT", reuse_port: bool = False) -> socket.socket:
+    """The listening socket, taken before any start-up work: a busy port must change nothing. `reuse_port`:
+    one of `serve --workers N`'s processes, sharing the port with its siblings (the kernel spreads connections)."""
     try:
-        return socket.create_server((host, port), backlog=128)
+        return socket.create_server((host, port), backlog=128, reuse_port=reuse_port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(f"port {port} is in use on {host}: stop the other process or set {what} "
@@ -397,18 +404,39 @@ def bind(host: str, port: int, *, what: str = "PORT") -> socket.socket:
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def _stop_when_supervisor_goes(stop: asyncio.Event) -> None:
+    """A worker's stdin is a pipe from its supervisor: end of file means the supervisor died (even by kill -9)."""
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = os.read(sys.stdin.fileno(), 512)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(sys.stdin.fileno())
+            log.warning("event=stopping reason=supervisor_gone")
+            stop.set()
+
+    loop.add_reader(sys.stdin.fileno(), readable)
+
+
 async def serve(settings: Settings, *, host: str, port: int, policy: Policy | None = None, demo: bool = False) -> None:
     """Run the server until cancelled (Ctrl-C / SIGTERM)."""
     check_safe_start(settings, host)
-    sock = bind(host, port)
+    supervised = settings.worker_of is not None
+    sock = bind(host, port, reuse_port=supervised)
     runner = web.AppRunner(create_app(settings, policy=policy, demo=demo))
     stop = asyncio.Event()
     # Platforms stop dynos/containers with SIGTERM: close the store and scheduler cleanly then.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    if supervised and stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode):  # a pipe from `serve --workers`
+        _stop_when_supervisor_goes(stop)
     try:
         await runner.setup()
         await web.SockSite(runner, sock).start()
-        print(f"jitpass listening on http://{host}:{port}  (health: /healthz, Slack: /slack/events, "
+        worker = f"worker {settings.worker}; " if supervised else ""
+        print(f"jitpass listening on http://{host}:{port}  ({worker}health: /healthz, Slack: /slack/events, "
               f"Teams: /api/messages)", flush=True)
         await stop.wait()
         log.info("event=stopping reason=SIGTERM")

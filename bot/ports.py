@@ -432,8 +432,9 @@ class Notifier(Protocol):
         """Replace or wipe the delivered secret (found through the recorded target if need be)."""
         ...
 
-    async def requester_told(self, request: AccessRequest, message: str) -> NotifyResult:
-        """Tell the requester an outcome (approved, declined with reason, timed out, ...)."""
+    async def requester_told(self, request: AccessRequest, message: str, *, reply: bool = False) -> NotifyResult:
+        """Tell the requester an outcome (approved, declined with reason, timed out, ...); `reply`: it answers
+        the command that made the request (where the platform can, in place of that command's reply)."""
         ...
 
     async def leads_told(self, vault: str, message: str) -> NotifyResult:
@@ -462,7 +463,10 @@ class ChatAccess(Protocol):
     async def list_items(self, query: str = "") -> list[Item]: ...
 
     async def request_access(self, requester: Identity, text: str | RequestDraft, *,
-                             refs: Mapping[str, Any] | None = None) -> AccessRequest: ...
+                             refs: Mapping[str, Any] | None = None, request_id: str | None = None,
+                             answer: Callable[[AccessRequest], str] | None = None) -> AccessRequest: ...
+
+    async def not_started(self, requester: Identity, request_id: str, why: str) -> bool: ...
 
     async def request_extension(self, request_id: str, requester: Identity, duration: str | timedelta, *,
                                 refs: Mapping[str, Any] | None = None) -> AccessRequest: ...

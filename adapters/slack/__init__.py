@@ -22,6 +22,7 @@ from adapters.slack.groups import GroupDirectory
 from adapters.slack.home import HomeTab
 from adapters.slack.http import SlackEventsEndpoint
 from adapters.slack.notifier import SlackNotifier
+from adapters.slack.queued import QueuedCommand, QueuedJournal
 from bot.domain.admission import Admission
 from bot.domain.config import Settings
 from bot.ports import ChatCore
@@ -29,6 +30,9 @@ from bot.ports import ChatCore
 __all__ = ["SlackAdapter"]
 
 log = logging.getLogger("jitpass.slack")
+
+# In jitpass's home, one per worker process (`jitpass serve --workers N`).
+QUEUED_JOURNAL = "slack-queued-{worker}.jsonl"
 
 class SlackAdapter:
     """The Slack platform: HTTP mode by default, Socket Mode when SLACK_APP_TOKEN is set."""
@@ -44,6 +48,9 @@ class SlackAdapter:
         # In Socket Mode Slack sends nothing over HTTP, so no signing secret is needed there.
         self.endpoint = SlackEventsEndpoint(settings.slack_signing_secret, ack_budget=self.ack_budget)
         self.background = Background()
+        # Queued slash commands, journaled so that a restart finds those a killed process never finished.
+        self.journal = QueuedJournal(settings.home / QUEUED_JOURNAL.format(worker=settings.worker))
+        self._adopted: list[QueuedJournal] = []
         self.api: SlackApi | None = None
         self.notifier: SlackNotifier | None = None
         self.home: HomeTab | None = None
@@ -73,10 +80,15 @@ class SlackAdapter:
         directory = GroupDirectory(self.api, core.policy.approver_group_ids("slack"))
         core.access.register_notifier(self.notifier)
         bolt = build_bolt_app(self.api.client, self.settings.slack_signing_secret or "")
+        left = self.journal.open()
         interactions = SlackInteractions(core, self.api, directory, self.notifier, home, self.background,
-                                         ack_budget=self.ack_budget, admission=self.admission)
+                                         ack_budget=self.ack_budget, admission=self.admission, journal=self.journal)
         interactions.register(bolt)  # Socket Mode and every other kind of request still go through bolt
         self.endpoint.commands = interactions.on_command
+        for journal, entries in [(self.journal, left), *self._orphans()]:
+            if entries:
+                log.warning("event=queued_left_by_previous_process journal=%s count=%d", journal.path, len(entries))
+                self.background.spawn(interactions.recover_queued(entries, journal), name="queued-recovery")
         self.endpoint.bolt = bolt
         if self.mode == "socket":
             self._socket = AsyncSocketModeHandler(bolt, self.settings.slack_app_token,
@@ -84,6 +96,19 @@ class SlackAdapter:
             self.background.spawn(self._connect_socket(), name="socket-connect")
         log.info("event=slack_started mode=%s api_url=%s", self.mode,
                  normalise_api_url(self.settings.slack_api_url))
+
+    def _orphans(self) -> list[tuple[QueuedJournal, list[QueuedCommand]]]:
+        """Worker 0 adopts the journals of worker numbers this run does not have (an earlier run had more)."""
+        if self.settings.worker != 0:
+            return []
+        found = []
+        for path in sorted(self.settings.home.glob(QUEUED_JOURNAL.format(worker="*"))):
+            number = path.name.removeprefix("slack-queued-").removesuffix(".jsonl")
+            if number.isdigit() and int(number) >= self.settings.workers:
+                journal = QueuedJournal(path)
+                found.append((journal, journal.open()))
+                self._adopted.append(journal)
+        return found
 
     async def _connect_socket(self) -> None:
         assert self._socket is not None
@@ -114,6 +139,8 @@ class SlackAdapter:
         except TimeoutError:
             log.warning("event=slack_stop_cancelled_tasks count=%d", self.background.busy)
         await self.background.close()
+        for journal in (self.journal, *self._adopted):
+            journal.close()
         self.endpoint.bolt = None
         self.endpoint.commands = None
         if self._session is not None:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, Protocol
@@ -41,12 +41,13 @@ from adapters.slack.inputs import (
     start_time,
 )
 from adapters.slack.notifier import ResponseUrl, SlackNotifier
+from adapters.slack.queued import QueuedCommand, QueuedJournal
 from adapters.slack.reports import handle_report
 from bot.domain import commands as cmd
 from bot.domain import wording
-from bot.domain.admission import ACK_BUDGET_SECONDS, Admission, arrived
-from bot.domain.errors import Conflict, InfrastructureError, JitpassError, ParseError, log_incident
-from bot.domain.model import AccessRequest, Identity, Status, Window
+from bot.domain.admission import ACK_BUDGET_SECONDS, Admission, Ticket, arrived
+from bot.domain.errors import Conflict, InfrastructureError, JitpassError, NotFound, ParseError, log_incident
+from bot.domain.model import AccessRequest, Identity, Status, Window, new_request_id
 from bot.domain.request_text import RequestDraft, parse_duration
 from bot.ports import ChatCore
 
@@ -98,9 +99,10 @@ class SlackInteractions:
 
     def __init__(self, core: ChatCore, api: SlackApi, directory: GroupDirectory, notifier: SlackNotifier,
                  home: HomeTab, background: Background, *, ack_budget: float = ACK_BUDGET_SECONDS,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, journal: QueuedJournal | None = None) -> None:
         self.ack_budget = ack_budget
         self.admission = admission or Admission(16, 256)
+        self.journal = journal or QueuedJournal(None)
         self.service = core.access
         self.reports = core.reports
         self.policy = core.policy
@@ -169,6 +171,10 @@ class SlackInteractions:
         if ticket is None:
             self._busy(work, where)
             return None
+        return await self._start(ticket, work, where, request_id, deadline=deadline)
+
+    async def _start[T](self, ticket: Ticket, work: Coroutine[Any, Any, T], where: str, request_id: str | None = None,
+                        *, deadline: float) -> Started[T]:
         task = self.background.spawn(ticket.run(self._capture(work, where, request_id)), name=where)
         timeout = 0.0 if ticket.queued else max(0.0, deadline - asyncio.get_running_loop().time())
         done, _ = await asyncio.wait({task}, timeout=timeout)
@@ -237,8 +243,7 @@ class SlackInteractions:
                 await ack()
                 self.background.spawn(ticket.run(modal), name="modal")
             case cmd.Request(draft=draft):
-                await self._answer(ack, command, self._request(command, draft), where="command.request",
-                                   deadline=deadline)
+                await self._answer_request(ack, command, draft, deadline=deadline)
             case _:
                 where = f"command.{type(parsed).__name__.lower()}"
                 await self._answer(ack, command, self._run(command, parsed), where=where, deadline=deadline)
@@ -284,9 +289,39 @@ class SlackInteractions:
     def _text_of(self, outcome: Outcome[str]) -> str:
         return outcome.value if outcome.value is not None else self._words(outcome)
 
-    async def _follow_up(self, task: asyncio.Task[Outcome[str]], command: CommandInput) -> None:
+    async def _follow_up(self, task: asyncio.Task[Outcome[str]], command: CommandInput,
+                         journaled: str | None = None) -> None:
         text = self._text_of(await task)
-        await self._reply(text, response_url=command.response_url, user_id=command.user_id)
+        if text:  # "": the answer is a durable effect recorded with the request
+            await self._reply(text, response_url=command.response_url, user_id=command.user_id)
+        if journaled is not None:
+            self.journal.finished(journaled)
+
+    async def recover_queued(self, left: Sequence[QueuedCommand], journal: QueuedJournal | None = None) -> None:
+        """At start: requests a dead predecessor acknowledged ("queued", "working") and never answered. A created
+        queued one is answered by its TELL effect, a created working one here; the others are recorded as
+        refused and the user is told once."""
+        for entry in left:
+            try:
+                request = None if entry.durable_answer else await self._created(entry.request_id)
+                if request is not None:
+                    await self._reply(self._sent_text(request), response_url=entry.response_url,
+                                      user_id=entry.user_id)
+                elif await self.service.not_started(Identity("slack", entry.user_id), entry.request_id,
+                                                    "restarted_before_it_ran"):
+                    await self._reply(wording.NOT_STARTED, response_url=entry.response_url, user_id=entry.user_id)
+            except Exception as exc:  # the store is down: keep it for the next start
+                log.warning("event=queued_recovery_failed request_id=%s error=%s", entry.request_id,
+                            type(exc).__name__)
+                continue
+            log.info("event=queued_recovered request_id=%s", entry.request_id)
+            (journal or self.journal).finished(entry.request_id)
+
+    async def _created(self, request_id: str) -> AccessRequest | None:
+        try:
+            return await self.service.get_request(request_id)
+        except NotFound:
+            return None
 
     def _origin_refs(self, channel_id: str, response_url: str, issued_at: datetime | None = None) -> dict[str, Any]:
         refs: dict[str, Any] = {}
@@ -301,11 +336,51 @@ class SlackInteractions:
         return wording.request_sent(request, self.tz, blocks.MARKUP,
                                     leads_channel=self.policy.leads_channel(request.vault, "slack"))
 
-    async def _request(self, command: CommandInput, draft: RequestDraft) -> str:
+    async def _answer_request(self, ack: AsyncAck, command: CommandInput, draft: RequestDraft, *,
+                              deadline: float) -> None:
+        """`/access <item> <why> <when>`. Whatever the acknowledgement promises ("queued", "working") is
+        journaled before it leaves, and a queued request's answer is recorded with it as a durable TELL
+        effect: a kill -9 anywhere after that acknowledgement still ends in a follow-up (adapters/slack/queued.py)."""
+        where = "command.request"
+        ticket = self.admission.admit()
+        if ticket is None:
+            log.info("event=chat_request_busy platform=slack where=%s admitted=%d", where, self.admission.admitted)
+            await ack(text=wording.BUSY, response_type="ephemeral")
+            return
+        request_id = new_request_id()
+        promise = QueuedCommand(request_id, command.user_id, command.response_url, command.channel_id,
+                                self.clock.now().isoformat(), durable_answer=ticket.queued)
+        if ticket.queued:
+            try:
+                self.journal.queued(promise)
+            except OSError as exc:  # the promise could not be kept after a crash: do not make it
+                ticket.give_back()
+                log.error("event=queued_journal_write_failed error=%s", exc.strerror)
+                await ack(text=wording.BUSY, response_type="ephemeral")
+                return
+        work = self._request(command, draft, request_id=request_id, durable=ticket.queued)
+        started = await self._start(ticket, work, where, deadline=deadline)
+        if started.finished:
+            await ack(text=self._text_of(started.task.result()), response_type="ephemeral")
+            return
+        journaled: str | None = request_id
+        if not ticket.queued:
+            try:  # it runs already: "working" is said either way, durable when the journal takes it
+                self.journal.queued(promise)
+            except OSError as exc:
+                journaled = None
+                log.error("event=queued_journal_write_failed error=%s", exc.strerror)
+        await ack(text=started.waiting, response_type="ephemeral")
+        self.background.spawn(self._follow_up(started.task, command, journaled), name=f"{where}.follow-up")
+
+    async def _request(self, command: CommandInput, draft: RequestDraft, *, request_id: str | None = None,
+                       durable: bool = False) -> str:
+        """Create the request; `durable` (it was queued): its answer is a TELL effect and "" is returned."""
         who = await self._identity(command.user_id, command.user_name)
         request = await self.service.request_access(
-            who, draft, refs=self._origin_refs(command.channel_id, command.response_url))
-        return self._sent_text(request)
+            who, draft, refs=self._origin_refs(command.channel_id, command.response_url), request_id=request_id,
+            answer=self._sent_text if durable else None)
+        return "" if durable else self._sent_text(request)
 
     # -- the request form ------------------------------------------------------------------------
 

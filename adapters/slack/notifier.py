@@ -15,6 +15,7 @@ second copy or leaving one behind. Every method returns `Sent` or `Failed`; none
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -301,15 +302,34 @@ class SlackNotifier:
 
     # -- telling the requester -------------------------------------------------------------------
 
-    async def requester_told(self, request: AccessRequest, message: str) -> NotifyResult:
-        """DM the requester an outcome (approved, declined with reason, timed out, ended, ...)."""
+    async def requester_told(self, request: AccessRequest, message: str, *, reply: bool = False) -> NotifyResult:
+        """DM the requester an outcome (approved, declined with reason, timed out, ended, ...); a `reply` (the
+        answer to a command acknowledged "queued") goes ephemerally through the command's response_url while
+        it works, else to the DM too."""
+        # A reply's words are the adapter's own Slack markup already; the core's sentences are plain text.
+        text = blocks.truncate(message if reply else blocks.escape(message), blocks.MESSAGE_TEXT_MAX)
+        url = command_url(request.refs) if reply else None
+        if url is not None and url.usable(self.clock.now()):
+            try:
+                await self.api.respond(url.url, {"response_type": "ephemeral", "replace_original": False,
+                                                 "text": text})
+            except SlackCallError as exc:
+                if not exc.error.startswith(("http 404", "http 410")):
+                    return _failed(exc)
+                # Spent or expired: nothing was shown; the DM below says it (and the delivery will not try it).
+                request = dataclasses.replace(request, refs={**request.refs, "command": {
+                    **url.to_refs(), "uses": RESPONSE_URL_MAX_USES}})
+            else:
+                return Sent({"command": url.used().to_refs()})
         try:
             channel = await self.dm_channel(request.requester.user_id, request.refs)
-            await self.api.call("chat.postMessage", channel=channel,
-                                text=blocks.truncate(blocks.escape(message), blocks.MESSAGE_TEXT_MAX))
+            await self.api.call("chat.postMessage", channel=channel, text=text)
         except SlackCallError as exc:
             return _failed(exc)
-        return Sent(None if request.refs.get("dm_channel") == channel else {"dm_channel": channel})
+        refs: dict[str, Any] = {} if request.refs.get("dm_channel") == channel else {"dm_channel": channel}
+        if url is not None and request.refs.get("command") != url.to_refs():
+            refs["command"] = request.refs["command"]  # the spent response_url, recorded as spent
+        return Sent(refs or None)
 
     async def leads_told(self, vault: str, message: str) -> NotifyResult:
         """Post a notice (direct use of a 1Password item) to the vault's Slack leads channel."""

@@ -136,7 +136,8 @@ class TeamsNotifier:
 
         return await self._run("secret_revoked", wipe)
 
-    async def requester_told(self, request: AccessRequest, message: str) -> NotifyResult:
+    async def requester_told(self, request: AccessRequest, message: str, *, reply: bool = False) -> NotifyResult:
+        """Tell the requester in their personal chat (a reply, too: Teams has no per-command reply URL)."""
         async def tell() -> Mapping[str, Any] | None:
             personal, opened = await self._personal_chat(request)
             await self.connector.send(personal, Activity(type=ActivityTypes.message, text=message))

@@ -7,7 +7,8 @@ import logging
 from typing import Any
 
 from bot.cli.help import add_command, exit_codes
-from bot.domain.config import Settings, load_policy
+from bot.domain.config import MAX_WORKERS, Settings, load_policy
+from bot.domain.errors import InputError
 
 log = logging.getLogger("jitpass.cli")
 
@@ -17,6 +18,15 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     load_policy(settings.policy_path)  # fail fast with the key and line before binding the port
+    workers = args.workers or settings.workers
+    if workers < 1 or workers > MAX_WORKERS:
+        raise InputError(f"--workers {workers} is not between 1 and {MAX_WORKERS}")
+    if workers > 1 and settings.worker_of is None:
+        from bot.workers import supervise
+
+        await supervise(host=args.host or settings.host, port=args.port or settings.port, workers=workers,
+                        demo=args.demo, verbose=logging.getLogger().level <= logging.DEBUG)
+        return 0
     # The demo policy (no policy file set) and the demo item apply to a store `--demo` creates, and to
     # that store only: the CLI reads the same mark, so both always see the same policy.
     await serve(settings, host=args.host or settings.host, port=args.port or settings.port, demo=args.demo)
@@ -38,4 +48,7 @@ def add_commands(sub: Any) -> None:
         "use the built-in demo policy (the CLI then uses it too)"))
     serve.add_argument("--host", help="bind address (default JITPASS_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default PORT or 3978)")
+    serve.add_argument("--workers", type=int, help=(
+        "server processes sharing the port (SO_REUSEPORT) and the store; a dead one is restarted "
+        "(default JITPASS_WORKERS or 1)"))
     serve.set_defaults(handler=cmd_serve)

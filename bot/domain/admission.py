@@ -69,6 +69,7 @@ class Admission:
         self.turns = asyncio.Semaphore(running)
         self.admitted = 0  # running plus waiting
         self.refused = 0
+        self.total = 0  # admitted since start (with `--workers`, /healthz shows how the kernel spread them)
 
     def admit(self) -> Ticket | None:
         """A ticket, or None when `running + queued` requests are already admitted (refuse: busy)."""
@@ -77,9 +78,10 @@ class Admission:
             return None
         ticket = Ticket(self, queued=self.admitted >= self.running)
         self.admitted += 1
+        self.total += 1
         return ticket
 
     def describe(self) -> dict[str, int]:
         """For /healthz: the limits and what is admitted now."""
         return {"max_running": self.running, "max_queued": self.queued, "admitted": self.admitted,
-                "waiting": max(0, self.admitted - self.running), "refused": self.refused}
+                "waiting": max(0, self.admitted - self.running), "refused": self.refused, "total": self.total}

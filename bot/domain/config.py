@@ -28,7 +28,8 @@ from bot.domain.policy import (
 )
 from bot.domain.request_text import parse_duration
 
-__all__ = ["HOME_POLICY", "Settings", "default_home", "load_dotenv", "load_policy", "parse_bool", "parse_policy"]
+__all__ = ["HOME_POLICY", "MAX_WORKERS", "Settings", "default_home", "load_dotenv", "load_policy", "parse_bool",
+           "parse_policy"]
 
 # In the home directory: the store, the key ring and (when present) the policy. Each has its own variable too.
 HOME_STORE = "jitpass.db"
@@ -122,6 +123,16 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # `jitpass serve --workers N` / JITPASS_WORKERS: N processes sharing the port (SO_REUSEPORT) and the store.
+    workers: int = 1
+    # Which of those processes this is (0 .. N-1): JITPASS_WORKER, set by the supervising serve for each
+    # worker (None: not a supervised worker; the port is then bound exclusively).
+    worker_of: int | None = None
+
+    @property
+    def worker(self) -> int:
+        """This process's worker number (0 when it is the only one)."""
+        return self.worker_of or 0
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Where jitpass lives (JITPASS_HOME, default ~/.local/share/jitpass): one answer for `serve` and
     # every CLI command, whatever the working directory. `home_source` says how it was chosen.
@@ -221,12 +232,17 @@ class Settings:
             metrics_token=metrics_token or None,
             metrics_port=int(metrics_port) if metrics_port else None,
             metrics_host=(env.get("JITPASS_METRICS_HOST") or "127.0.0.1").strip(),
+            workers=_count(env, "JITPASS_WORKERS", 1, low=1, high=MAX_WORKERS),
+            worker_of=_count(env, "JITPASS_WORKER", 0, low=0, high=MAX_WORKERS - 1) if env.get("JITPASS_WORKER")
+            else None,
             environ=env,
         )
 
 
 INSECURE_ALLOW = "insecure-allow"
 MIN_METRICS_TOKEN = 16
+# `--workers`: more processes than this on one host only contend for the store.
+MAX_WORKERS = 64
 
 
 def _insecure_allow(name: str, value: str | None) -> bool:
@@ -253,13 +269,13 @@ def _seconds(env: Mapping[str, str], name: str, default: float, *, most: float =
     return value
 
 
-def _count(env: Mapping[str, str], name: str, default: int, *, low: int) -> int:
-    """A whole number from `low` to 100,000 from the environment, or `default` when unset."""
+def _count(env: Mapping[str, str], name: str, default: int, *, low: int, high: int = 100_000) -> int:
+    """A whole number from `low` to `high` from the environment, or `default` when unset."""
     text = (env.get(name) or "").strip()
     if not text:
         return default
-    if not text.isdigit() or not low <= int(text) <= 100_000:
-        raise InputError(f"{name}={text!r} is not a whole number between {low} and 100000 (for example {default})")
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise InputError(f"{name}={text!r} is not a whole number between {low} and {high} (for example {default})")
     return int(text)
 
 

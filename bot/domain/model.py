@@ -7,6 +7,7 @@ whose `repr`/`str` never show them.
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "Status",
     "TransitionDraft",
     "Window",
+    "new_request_id",
 ]
 
 
@@ -383,3 +385,11 @@ class TransitionDraft:
     event: EventDraft | None
     effects: tuple[EffectDraft, ...] = ()
     expected_version: int | None = None
+
+
+_ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+
+
+def new_request_id() -> str:
+    """Short, unambiguous, unguessable: `R-` and 8 characters without 0/O/1/I."""
+    return "R-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))

@@ -17,7 +17,8 @@ from bot.domain.request_text import format_duration
 from bot.domain.syntax import Hint, Syntax, Typed
 
 __all__ = [
-    "BUSY", "EMOJI", "NO_OPEN_REQUESTS", "PLAIN", "QUEUED", "WORKING", "Markup", "access_closed", "access_ready",
+    "BUSY", "EMOJI", "NOT_STARTED", "NO_OPEN_REQUESTS", "PLAIN", "QUEUED", "WORKING", "Markup", "access_closed",
+    "access_ready",
     "already_decided", "apology", "cancelled", "clock", "ended", "help_entries", "moment", "request_sent",
     "sent_next", "status_line", "told_approved", "told_declined", "told_ended", "told_extended", "told_queued",
     "told_timed_out", "window_line",
@@ -38,6 +39,8 @@ EMOJI: dict[Status, str] = {
 WORKING = "⏳ Working on it… I'll follow up here."
 QUEUED = "⏳ Queued: jitpass is busy right now. Your request will be handled shortly and I'll follow up here."
 BUSY = "⚠️ jitpass is busy, nothing was recorded, try again in a minute."
+# An acknowledged request its process never created (killed, or restarted): recorded as refused at the next start.
+NOT_STARTED = "⚠️ jitpass restarted before it could record your request: nothing was recorded. Please send it again."
 
 REASON_LIMIT = 500  # a decline reason quoted on a card
 NO_OPEN_REQUESTS = "You have no waiting or active requests."

@@ -15,7 +15,6 @@ import contextvars
 import copy
 import difflib
 import logging
-import secrets
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -58,6 +57,7 @@ from bot.domain.model import (
     Status,
     TransitionDraft,
     Window,
+    new_request_id,
 )
 from bot.domain.policy import Policy, VaultPolicy
 from bot.domain.request_text import RequestDraft, format_duration, parse_duration, parse_request
@@ -73,7 +73,6 @@ __all__ = ["AccessService", "new_request_id"]
 
 log = logging.getLogger("jitpass.service")
 
-_ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 # Grants ended in one store transaction: a burst of 10,000 ends is 50 commits, not 10,000.
 EXPIRY_BATCH = 200
 EXAMPLE = example("", "acme-zendesk fix broken trigger for 1h")
@@ -82,11 +81,6 @@ EXAMPLE = example("", "acme-zendesk fix broken trigger for 1h")
 # Requests changed by the use case running in this task, told to `on_change` once when it finishes.
 _CHANGES: contextvars.ContextVar[dict[str, AccessRequest] | None] = contextvars.ContextVar("jitpass_changes",
                                                                                          default=None)
-
-
-def new_request_id() -> str:
-    """Short, unambiguous, unguessable: `R-` and 8 characters without 0/O/1/I."""
-    return "R-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
 
 
 class _Ending:
@@ -173,8 +167,14 @@ class AccessService:
         text: str | RequestDraft,
         *,
         refs: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        answer: Callable[[AccessRequest], str] | None = None,
     ) -> AccessRequest:
-        """Parse and check a request, record it, and post the approval card."""
+        """Parse and check a request, record it, and post the approval card.
+
+        `request_id`: chosen by the caller (a queued command names it before it runs; a second create with
+        it is a Conflict). `answer`: the words that answer the command, recorded as a durable TELL effect
+        with the request (payload `reply`), for a caller whose acknowledgement did not carry them."""
         now = self.clock.now()
         if isinstance(text, RequestDraft):
             draft = text
@@ -211,7 +211,7 @@ class AccessService:
                 until = wording.moment(holder.ends_at, self.policy.timezone)
                 notes.append(f"queued: {holder.requester.label} holds it until {until}")
         request = AccessRequest(
-            id=new_request_id(), item=item.name, vault=item.vault, requester=requester, reason=reason,
+            id=request_id or new_request_id(), item=item.name, vault=item.vault, requester=requester, reason=reason,
             window=window, status=Status.PENDING, created_at=now, updated_at=now,
             required_approvals=limits.approvals_required, timeout_at=now + limits.request_timeout,
             starts_at=window.start, notes=tuple(notes), platform=requester.platform, refs=dict(refs or {}),
@@ -223,7 +223,7 @@ class AccessService:
                 "duration": format_duration(window.duration),
                 "start": window.start.isoformat() if window.start else None,
                 "notes": notes,
-            }), self._effects(request, EffectKind.POST_CARD))
+            }), (*self._effects(request, EffectKind.POST_CARD), *self._answer_effect(request, answer)))
         except ClaimTaken:  # a request of this person's won the race, or came from their other account
             await self._refuse_second_open(requester, item.name)
             raise Conflict(f"You already have an open request for {item.name} (from another chat account).",
@@ -231,6 +231,16 @@ class AccessService:
         log.info("event=request_created request_id=%s item=%s requester=%s", request.id, item.name, requester.key)
         self._changed(request)
         return request  # exactly the row just written: no read back
+
+    async def not_started(self, requester: Identity, request_id: str, why: str) -> bool:
+        """Audit (`access.refused`, details `why`) a request that was acknowledged but never created, e.g. it
+        waited in a process that died. False: it was created after all. A store failure raises (retry later)."""
+        if await self.store.get_request(request_id) is not None:
+            return False
+        await self.store.append_event(EventDraft(type="access.refused", actor=requester, request_id=request_id,
+                                                 reason="not started", details={"why": why}))
+        log.info("refused request_id=%s actor=%s why=%s", request_id, requester.key, why)
+        return True
 
     async def request_extension(self, request_id: str, requester: Identity, duration: str | timedelta, *,
                                 refs: Mapping[str, Any] | None = None) -> AccessRequest:
@@ -942,6 +952,13 @@ class AccessService:
         if request.platform not in CHAT_PLATFORMS:
             return ()
         return tuple(EffectDraft(kind) for kind in kinds)
+
+    @staticmethod
+    def _answer_effect(request: AccessRequest,
+                       answer: Callable[[AccessRequest], str] | None) -> tuple[EffectDraft, ...]:
+        if answer is None or request.platform not in CHAT_PLATFORMS:
+            return ()
+        return (EffectDraft(EffectKind.TELL, {"message": answer(request), "reply": True}),)
 
     @staticmethod
     def _tell_effect(request: AccessRequest, message: str) -> tuple[EffectDraft, ...]:

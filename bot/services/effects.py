@@ -333,7 +333,11 @@ class EffectRunner:
         elif kind is EffectKind.UPDATE_CARD:
             result = await self._call(notifier.request_updated(request, await self.service.item_of(request)))
         else:
-            result = await self._call(notifier.requester_told(request, str(effect.payload.get("message", ""))))
+            message = str(effect.payload.get("message", ""))
+            # A reply answers a command acknowledged before its outcome was known ("queued").
+            told = notifier.requester_told(request, message, reply=True) if effect.payload.get("reply") else \
+                notifier.requester_told(request, message)
+            result = await self._call(told)
         if isinstance(result, Sent):
             return EffectOutcome(EffectStatus.DONE, refs=dict(result.refs) if result.refs else None)
         return self._failure(effect, request, result)

@@ -70,7 +70,7 @@ async def test_healthz_shows_slack_mode_without_tokens(slack: SlackHarness) -> N
     assert json.loads(body)["platforms"]["slack"] == {"mode": "http", "started": True, "api_url": slack.fake.url,
                                                       "signing_secret_set": True, "admission": {
                                                           "max_running": 16, "max_queued": 256, "admitted": 0,
-                                                          "waiting": 0, "refused": 0}}
+                                                          "waiting": 0, "refused": 0, "total": 0}}
     assert "xoxb-test" not in body and "test-signing-secret" not in body
 
 

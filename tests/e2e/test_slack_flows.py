@@ -588,7 +588,7 @@ async def test_socket_mode_receives_commands_and_acks_over_the_websocket(tmp_pat
         assert slack.adapter.describe() == {"mode": "socket", "started": True, "api_url": slack.fake.url,
                                             "connected": True, "admission": {
                                                 "max_running": 16, "max_queued": 256, "admitted": 0, "waiting": 0,
-                                                "refused": 0}}
+                                                "refused": 0, "total": 1}}
         card = await slack.fake.wait_for(lambda c: c.method == "chat.postMessage")
         request_id = re.search(r"R-[0-9A-Z]{8}", ack["payload"]["text"]).group()  # type: ignore[union-attr]
         assert request_id in card.text()

@@ -61,6 +61,7 @@ async def test_grant_that_ended_while_down_is_revoked_at_start(tmp_path: Path) -
     async with fake_slack() as fake:
         env = {
             "PATH": os.environ.get("PATH", ""), "JITPASS_DOTENV": str(tmp_path / "no.env"),
+            "JITPASS_HOME": str(tmp_path),
             "JITPASS_STORE": settings.store_url, "JITPASS_MASTER_KEY": settings.master_key or "",
             "JITPASS_AUDIT_KEY_FILE": str(tmp_path / "jitpass-audit.key"),
             "JITPASS_POLICY": str(policy), "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,

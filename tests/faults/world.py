@@ -157,6 +157,7 @@ async def world(tmp_path: Path, *, store_url: str = "", env: dict[str, str] | No
     await fake.start()
     server_env = {
         "PATH": os.environ.get("PATH", ""), "JITPASS_DOTENV": str(tmp_path / "no.env"),
+        "JITPASS_HOME": str(tmp_path),
         "JITPASS_STORE": settings.store_url, "JITPASS_MASTER_KEY": settings.master_key or "",
         "JITPASS_POLICY": str(policy), "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
         "SLACK_API_URL": fake.url, "JITPASS_CALL_TIMEOUT": CALL_TIMEOUT, "JITPASS_EFFECT_LEASE": LEASE,

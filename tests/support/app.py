@@ -104,6 +104,7 @@ def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "master_key": key,
         "master_key_file": tmp_path / "jitpass.key",
         "teams_service_url_validation": False,
+        "home": tmp_path,
     }
     values.update(overrides)
     return Settings(**values)
