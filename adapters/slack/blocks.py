@@ -249,21 +249,15 @@ def _metadata(data: Mapping[str, Any]) -> str:
     return text
 
 
-# -- platform-neutral wording -------------------------------------------------------------------------
-
-
-def _request_title(request: AccessRequest) -> str:
-    kind = "Extension request" if request.is_extension else "Access request"
-    return f"{kind} {request.id}"
-
-
 # -- the approval card (leads channel) ------------------------------------------------------------------
 
 
 def approval_card(request: AccessRequest, item: Item, tz: tzinfo) -> Message:
     """The card in the leads channel: who, what, why, when; buttons while pending. Never a secret."""
+    title = wording.request_title(request, tz)
     blocks: list[dict[str, Any]] = [
-        _header(f"🔑 {_request_title(request)}"),
+        # A header is plain text: the shared title with display names, not mentions, and nothing escaped.
+        _header(title),
         _fields([
             f"*Requester*\n{mention(request.requester)}",
             f"*Item*\n`{fit(item.name, 200)}` (vault {fit(item.vault, 200)})",
@@ -285,8 +279,7 @@ def approval_card(request: AccessRequest, item: Item, tz: tzinfo) -> Message:
             _button("Approve", Actions.APPROVE, request.id, "primary"),
             _button("Decline", Actions.DECLINE, request.id, "danger"),
         ))
-    text = truncate(f"{_request_title(request)}: {request.requester.label} asks for {item.name} "
-                    f"({request.status.value.replace('_', ' ')})", MESSAGE_TEXT_MAX)
+    text = truncate(f"{title} ({request.status.value.replace('_', ' ')})", MESSAGE_TEXT_MAX)
     return Message(text=escape(text), blocks=_cap(blocks, MESSAGE_BLOCKS_MAX, "(more details left out)"))
 
 

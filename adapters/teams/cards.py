@@ -33,7 +33,6 @@ from microsoft_teams.cards import (
 
 from bot.domain import wording
 from bot.domain.model import AccessRequest, Identity, Item, Reveal, Status
-from bot.domain.request_text import format_duration
 from bot.domain.syntax import TEAMS, Typed
 
 __all__ = [
@@ -145,11 +144,9 @@ def state_line(request: AccessRequest, tz: tzinfo) -> tuple[str, Color]:
     return wording.status_line(request, tz, MARKUP), _COLORS.get(request.status, "Default")
 
 
-def title_line(request: AccessRequest) -> str:
-    who = user_text(request.requester.label, 80)
-    if request.is_extension:
-        return f"⏩ {who} asks to extend {request.parent_id} by {format_duration(request.window.duration)}"
-    return f"🔐 {who} requests access to {request.item}"
+def title_line(request: AccessRequest, tz: tzinfo) -> str:
+    """The card's title: the shared wording, with what people typed made safe for Teams."""
+    return wording.request_title(request, tz, MARKUP)
 
 
 # -- assembly ------------------------------------------------------------------------------------
@@ -200,7 +197,7 @@ def approval_card(request: AccessRequest, item: Item, tz: tzinfo) -> dict[str, A
         ("Approved by", ", ".join(user_text(a.approver.label, 80) for a in request.approvals)),
         ("Notes", user_text("; ".join(request.notes))),
     ]
-    body: list[CardElement] = [_heading(title_line(request)), _line(state, color=color, element_id=ID_STATUS),
+    body: list[CardElement] = [_heading(title_line(request, tz)), _line(state, color=color, element_id=ID_STATUS),
                                _facts(facts)]
     actions: list[ExecuteAction] = []
     if request.status is Status.PENDING:
@@ -208,7 +205,7 @@ def approval_card(request: AccessRequest, item: Item, tz: tzinfo) -> dict[str, A
                               placeholder="e.g. use the read-only account instead", max_length=500))
         actions = [_action("Approve", VERB_APPROVE, request.id, style="positive"),
                    _action("Decline", VERB_DECLINE, request.id, style="destructive", with_inputs=True)]
-    return _card(body, actions, fallback=f"{title_line(request)} — {state}")
+    return _card(body, actions, fallback=f"{title_line(request, tz)} — {state}")
 
 
 def delivery_card(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> dict[str, Any]:

@@ -17,10 +17,33 @@ from bot.domain.request_text import format_duration
 from bot.domain.syntax import Hint, Syntax, Typed
 
 __all__ = [
-    "BUSY", "EMOJI", "NO_OPEN_REQUESTS", "PLAIN", "QUEUED", "WORKING", "Markup", "access_closed", "access_ready",
-    "already_decided", "apology", "cancelled", "clock", "ended", "help_entries", "moment", "request_sent",
-    "sent_next", "status_line", "told_approved", "told_declined", "told_ended", "told_extended", "told_queued",
-    "told_timed_out", "window_line",
+    "BUSY",
+    "EMOJI",
+    "NO_OPEN_REQUESTS",
+    "PLAIN",
+    "QUEUED",
+    "WORKING",
+    "Markup",
+    "access_closed",
+    "access_ready",
+    "already_decided",
+    "apology",
+    "cancelled",
+    "clock",
+    "ended",
+    "help_entries",
+    "moment",
+    "request_sent",
+    "request_title",
+    "sent_next",
+    "status_line",
+    "told_approved",
+    "told_declined",
+    "told_ended",
+    "told_extended",
+    "told_queued",
+    "told_timed_out",
+    "window_line",
 ]
 
 EMOJI: dict[Status, str] = {
@@ -125,6 +148,19 @@ def window_line(request: AccessRequest, tz: tzinfo) -> str:
     if begins is not None:
         return f"{length} from {moment(begins, tz)}"
     return f"{length}, starting when approved"
+
+
+def request_title(request: AccessRequest, tz: tzinfo, markup: Markup = PLAIN) -> str:
+    """A card's title: what kind of request, its id, who asks for what and for how long.
+
+    People are named by display name (through `markup.text`), never by mention: Slack headers are plain text.
+    """
+    who = markup.text(request.requester.label, 80)
+    length = format_duration(request.window.duration)
+    if request.is_extension:
+        return f"⏩ Extension request {request.id}: {who} asks for {length} more on {request.parent_id}"
+    begins = f" from {moment(request.window.start, tz)}" if request.window.start is not None else ""
+    return f"🔑 Access request {request.id}: {who} asks for {markup.text(request.item, 200)} for {length}{begins}"
 
 
 def status_line(request: AccessRequest, tz: tzinfo, markup: Markup = PLAIN) -> str:

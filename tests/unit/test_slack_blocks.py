@@ -51,9 +51,10 @@ def _all_text(value: Any) -> str:
 def test_pending_card_golden() -> None:
     card = blocks.approval_card(_request(), ITEM, UTC_ZONE)
 
-    assert card.text == "Access request R-ABCDEFGH: ureq asks for acme-zendesk (pending)"
+    assert card.text == "🔑 Access request R-ABCDEFGH: ureq asks for acme-zendesk for 1h (pending)"
     assert card.blocks == [
-        {"type": "header", "text": {"type": "plain_text", "text": "🔑 Access request R-ABCDEFGH", "emoji": True}},
+        {"type": "header", "text": {"type": "plain_text", "emoji": True,
+                                    "text": "🔑 Access request R-ABCDEFGH: ureq asks for acme-zendesk for 1h"}},
         {"type": "section", "fields": [
             {"type": "mrkdwn", "text": "*Requester*\n<@UREQ>"},
             {"type": "mrkdwn", "text": "*Item*\n`acme-zendesk` (vault acme)"},

@@ -11,7 +11,7 @@ import pytest
 from adapters.slack import blocks
 from adapters.teams import cards
 from bot.domain import wording
-from bot.domain.model import AccessRequest, Approval, Identity, RequestKind, Status, Window
+from bot.domain.model import AccessRequest, Approval, Identity, Item, RequestKind, Status, Window
 from bot.domain.syntax import SLACK, TEAMS
 
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
@@ -149,3 +149,50 @@ def test_a_delivery_and_its_wipe_read_the_same_on_both_platforms() -> None:
         assert wording.access_closed(expired, "acme-zendesk", TZ, markup) == (
             "🔒 Access to acme-zendesk through R-ABCDEFGH has expired (2026-03-10 11:05 CET). "
             "The password and code were removed from this chat.")
+
+
+# -- card titles: one sentence on the Slack header and the Teams heading ------------------------------
+
+ITEM = Item(name="acme-zendesk", vault="acme", url="https://acme.zendesk.example", has_totp=True)
+EXTENSION = replace(PENDING, id="R-EXTENDED", kind=RequestKind.EXTENSION, parent_id="R-ABCDEFGH",
+                    window=Window(timedelta(minutes=30)))
+SCHEDULED = replace(PENDING, window=Window(timedelta(hours=2), start=NOW + timedelta(days=1)))
+TITLES = {
+    "access": (PENDING, "🔑 Access request R-ABCDEFGH: Req One asks for acme-zendesk for 1h"),
+    "scheduled": (SCHEDULED, "🔑 Access request R-ABCDEFGH: Req One asks for acme-zendesk for 2h from "
+                             "2026-03-11 10:00 CET"),
+    "extension": (EXTENSION, "⏩ Extension request R-EXTENDED: Req One asks for 30m more on R-ABCDEFGH"),
+}
+
+
+def _slack_title(request: AccessRequest) -> str:
+    header = blocks.approval_card(request, ITEM, TZ).blocks[0]
+    assert header["type"] == "header"
+    return str(header["text"]["text"])
+
+
+def _teams_title(request: AccessRequest) -> str:
+    heading = cards.approval_card(request, ITEM, TZ)["body"][0]
+    assert heading["style"] == "heading"
+    return str(heading["text"])
+
+
+@pytest.mark.parametrize("status", list(Status))
+@pytest.mark.parametrize("kind", sorted(TITLES))
+def test_both_platforms_title_a_card_with_the_same_words_in_every_state(kind: str, status: Status) -> None:
+    request, title = TITLES[kind]
+    request = replace(request, status=status)
+    assert wording.request_title(request, TZ) == title
+    assert _slack_title(request) == title
+    assert _teams_title(request) == title
+
+
+def test_a_title_names_people_by_display_name_and_each_platform_makes_typed_text_safe() -> None:
+    odd = replace(PENDING, requester=Identity("slack", "UODD", "Eve [x](https://evil.example)"), item="<acme>")
+    # A Slack header is plain text: nothing there is markup, so it shows the name as typed (no mention).
+    assert _slack_title(odd) == "🔑 Access request R-ABCDEFGH: Eve [x](https://evil.example) asks for <acme> for 1h"
+    # A Teams heading renders markdown: link syntax is broken, as everywhere on Teams.
+    assert _teams_title(odd) == "🔑 Access request R-ABCDEFGH: Eve [x] (https://evil.example) asks for ‹acme› for 1h"
+    # The notification text is mrkdwn: escaped.
+    assert blocks.approval_card(odd, ITEM, TZ).text.startswith(
+        "🔑 Access request R-ABCDEFGH: Eve [x](https://evil.example) asks for &lt;acme&gt; for 1h")
