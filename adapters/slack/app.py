@@ -233,7 +233,7 @@ class SlackInteractions:
             case cmd.Help() | cmd.Unknown() | cmd.WhereAmI():
                 return blocks.help_text(command.command)
             case cmd.ListItems(query=query):
-                return blocks.items_text(await self.service.list_items(query), query)
+                return blocks.items_text(await self.service.list_items(query), query, command.command)
             case cmd.Status():
                 who = await self._identity(command.user_id, command.user_name)
                 return blocks.status_text(await self.service.my_requests(who), self.tz)

@@ -493,15 +493,17 @@ def help_text(command: str = "/access") -> str:
                       *(f"• `{typed}`: {meaning}" for typed, meaning in entries)])
 
 
-def items_text(items: Sequence[Item], query: str, limit: int = 40) -> str:
-    """Catalogue metadata for `/access list`."""
-    if not items:
-        return f"No items match `{fit(query, 100)}`." if query else "The catalogue is empty."
-    lines = [f"• `{fit(i.name, 100)}` (vault {fit(i.vault, 100)})" + (f": {fit(i.url, 200)}" if i.url else "")
-             for i in items[:limit]]
-    if len(items) > limit:
-        lines.append(f"…and {len(items) - limit} more: narrow it down with `/access list <words>`.")
-    return truncate("\n".join(lines), MESSAGE_TEXT_MAX)
+def items_text(items: Sequence[Item], query: str, command: str = "/access",
+               limit: int = wording.CATALOGUE_LIMIT) -> str:
+    """Catalogue metadata for `/access list` (the shared wording, as a bulleted list)."""
+    found = wording.catalogue(items, query, replace(SLACK, prefix=command), MARKUP, limit=limit)
+    if found.empty:
+        return cut_mrkdwn(found.empty, MESSAGE_TEXT_MAX)
+    tail = "\n".join(line for line in (found.more, found.ask) if line)
+    # The entries give way to the closing lines: how many more there are and how to ask stay readable.
+    entries = [f"*{found.heading}*", *(f"• `{name}`: {details}" for name, details in found.entries)]
+    lines = cut_mrkdwn("\n".join(entries), MESSAGE_TEXT_MAX - len(tail) - 1)
+    return f"{lines}\n{tail}"
 
 
 def status_text(requests: Sequence[AccessRequest], tz: tzinfo) -> str:

@@ -33,7 +33,7 @@ from microsoft_teams.cards import (
 
 from bot.domain import wording
 from bot.domain.model import AccessRequest, Identity, Item, Reveal, Status
-from bot.domain.syntax import TEAMS, Typed
+from bot.domain.syntax import TEAMS
 
 __all__ = [
     "CARD_CONTENT_TYPE",
@@ -47,7 +47,6 @@ __all__ = [
     "INPUT_WINDOW",
     "MAX_CARD_BYTES",
     "MAX_FORM_ITEMS",
-    "MAX_LIST_ITEMS",
     "VERB_APPROVE",
     "VERB_DECLINE",
     "VERB_DONE",
@@ -76,7 +75,6 @@ CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 # Teams refuses a message larger than about 28 KB; cards are kept well below it.
 MAX_CARD_BYTES = 28 * 1024
 MAX_TEXT = 600  # characters of user-typed text (reasons) shown on a card
-MAX_LIST_ITEMS = 40  # catalogue entries listed in one card
 MAX_FORM_ITEMS = 150  # items offered in the request form's choice list...
 FORM_CHOICES_BYTES = 18 * 1024  # ...as long as they fit in this share of the card
 MAX_STATUS_ROWS = 20
@@ -255,7 +253,7 @@ def request_form_card(items: Sequence[Item], *, error: str = "", item: str = "",
         body.append(_line(clip(error, 400), color="Attention", element_id=ID_STATUS))
     offered = _fitting(items)
     if not offered:
-        body.append(_line("The catalogue is empty: ask an admin to add items.", color="Warning"))
+        body.append(_line(wording.CATALOGUE_EMPTY, color="Warning"))
         return _card(body, fallback="Request access: the catalogue is empty.")
     names = {i.name for i in offered}
     body += [
@@ -313,20 +311,15 @@ def help_card(note: str = "") -> dict[str, Any]:
 
 
 def items_card(items: Sequence[Item], query: str = "") -> dict[str, Any]:
-    """Catalogue entries matching a search: metadata only."""
-    heading = f"Catalogue matching “{clip(query, 60)}”" if query.strip() else "Catalogue"
-    body: list[CardElement] = [_heading(heading)]
-    if not items:
-        body.append(_line("No items match." if query.strip() else "The catalogue is empty.", element_id=ID_STATUS))
-        return _card(body, fallback=f"{heading}: nothing found.")
-    shown = items[:MAX_LIST_ITEMS]
-    body.append(_facts([(i.name, " · ".join(p for p in (f"vault {i.vault}", clip(i.url, 120),
-                                                          "TOTP" if i.has_totp else "") if p))
-                        for i in shown]))
-    if len(items) > len(shown):
-        body.append(_line(f"…and {len(items) - len(shown)} more: add words to narrow the search.", subtle=True))
-    body.append(_line(f"Ask with: {TEAMS.spell(Typed('', '<item> <why> <when>'))}", subtle=True))
-    return _card(body, fallback=f"{heading}: {len(items)} item(s).")
+    """Catalogue entries matching a search: metadata only (the shared wording, as a fact set)."""
+    found = wording.catalogue(items, query, TEAMS, MARKUP)
+    body: list[CardElement] = [_heading(found.heading)]
+    if found.empty:
+        body.append(_line(found.empty, element_id=ID_STATUS))
+        return _card(body, fallback=found.empty)
+    body.append(_facts(found.entries))
+    body += [_line(line, subtle=True) for line in (found.more, found.ask) if line]
+    return _card(body, fallback=found.heading)
 
 
 def status_card(requests: Sequence[AccessRequest], tz: tzinfo) -> dict[str, Any]:

@@ -9,26 +9,32 @@ span on the same day.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Protocol
 
-from bot.domain.model import AccessRequest, Identity, Status
+from bot.domain.model import AccessRequest, Identity, Item, Status
 from bot.domain.request_text import format_duration
 from bot.domain.syntax import Hint, Syntax, Typed
 
 __all__ = [
     "BUSY",
+    "CATALOGUE_EMPTY",
+    "CATALOGUE_LIMIT",
     "EMOJI",
     "NO_OPEN_REQUESTS",
     "PLAIN",
     "QUEUED",
     "WORKING",
+    "Catalogue",
     "Markup",
     "access_closed",
     "access_ready",
     "already_decided",
     "apology",
     "cancelled",
+    "catalogue",
     "clock",
     "ended",
     "help_entries",
@@ -245,6 +251,45 @@ def access_closed(request: AccessRequest, item_name: str, tz: tzinfo, markup: Ma
     verb = "expired" if request.status is Status.EXPIRED else "ended"
     return (f"{EMOJI[Status.REVOKED]} Access to {markup.text(item_name, 200)} through {request.id} has {verb} "
             f"({moment(request.ended_at or request.ends_at, tz)}). The password and code were removed from this chat.")
+
+
+# -- the catalogue (`list [words]`) ------------------------------------------------------------------
+
+CATALOGUE_LIMIT = 40  # entries in one `list` reply, on every platform; more are counted, not shown
+CATALOGUE_EMPTY = "The catalogue is empty: ask an admin to add items."
+_REQUEST = Typed("", "<item> <why> <when>")
+_SEARCH = Typed("list", "<words>")
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The answer to `list [words]`, line by line; the platform lays it out (a list, a fact set)."""
+
+    heading: str  # "Catalogue matching “acme”: 2 items"
+    entries: tuple[tuple[str, str], ...]  # (item name, "vault acme · https://… · TOTP"), at most the limit
+    empty: str  # instead of entries: nothing matched, or nothing is there ("" when there are entries)
+    more: str  # "…and 12 more; narrow with `list <words>`." ("" when all are shown)
+    ask: str  # how to ask for one of them, in the platform's syntax ("" when there are none)
+
+
+def catalogue(items: Sequence[Item], query: str, syntax: Syntax, markup: Markup = PLAIN, *,
+              limit: int = CATALOGUE_LIMIT) -> Catalogue:
+    """Catalogue metadata (never a secret) for `list`: names, vaults, URLs, which have a TOTP code."""
+    words = markup.text(query, 60) if query.strip() else ""
+    count = f"{len(items)} item{'' if len(items) == 1 else 's'}"
+    heading = f"Catalogue matching “{words}”: {count}" if words else f"Catalogue: {count}"
+    if not items:
+        # What was typed stays out of the template: a `{` in it must not be read as a slot.
+        empty = (f"No items match “{words}”: "
+                 + Hint("try other words, or `{}` for the whole catalogue.", (Typed("list"),)).render(syntax)
+                 if words else CATALOGUE_EMPTY)
+        return Catalogue(heading, (), empty, "", "")
+    entries = tuple((markup.text(i.name, 100), " · ".join(part for part in (
+        f"vault {markup.text(i.vault, 100)}", markup.text(i.url, 120) if i.url else "",
+        "TOTP" if i.has_totp else "") if part)) for i in items[:limit])
+    hidden = len(items) - len(entries)
+    more = Hint(f"…and {hidden} more; narrow with `{{}}`.", (_SEARCH,)).render(syntax) if hidden else ""
+    return Catalogue(heading, entries, "", more, Hint("Ask with `{}`.", (_REQUEST,)).render(syntax))
 
 
 # -- what the requester is told when their request moves on ------------------------------------------

@@ -196,3 +196,61 @@ def test_a_title_names_people_by_display_name_and_each_platform_makes_typed_text
     # The notification text is mrkdwn: escaped.
     assert blocks.approval_card(odd, ITEM, TZ).text.startswith(
         "🔑 Access request R-ABCDEFGH: Eve [x](https://evil.example) asks for &lt;acme&gt; for 1h")
+
+
+# -- the catalogue: one wording, one limit, each platform's command syntax ----------------------------
+
+OTHER = Item(name="globex-aws", vault="globex")
+
+
+def _teams_lines(card: dict[str, object]) -> list[object]:
+    """A card's body as text: headings and lines as strings, a fact set as (title, value) pairs."""
+    out: list[object] = []
+    for element in card["body"]:  # type: ignore[attr-defined]
+        if element["type"] == "FactSet":
+            out.append([(fact["title"], fact["value"]) for fact in element["facts"]])
+        else:
+            out.append(element["text"])
+    return out
+
+
+def test_the_catalogue_reads_the_same_on_both_platforms_with_each_ones_commands() -> None:
+    assert blocks.items_text([ITEM, OTHER], "a") == (
+        "*Catalogue matching “a”: 2 items*\n"
+        "• `acme-zendesk`: vault acme · https://acme.zendesk.example · TOTP\n"
+        "• `globex-aws`: vault globex\n"
+        "Ask with `/access <item> <why> <when>`.")
+    assert _teams_lines(cards.items_card([ITEM, OTHER], "a")) == [
+        "Catalogue matching “a”: 2 items",
+        [("acme-zendesk", "vault acme · https://acme.zendesk.example · TOTP"), ("globex-aws", "vault globex")],
+        "Ask with `access <item> <why> <when>`.",
+    ]
+
+
+def test_no_match_and_an_empty_catalogue_read_the_same_on_both_platforms() -> None:
+    assert blocks.items_text([], "payload") == (
+        "No items match “payload”: try other words, or `/access list` for the whole catalogue.")
+    assert _teams_lines(cards.items_card([], "payload"))[1] == (
+        "No items match “payload”: try other words, or `list` for the whole catalogue.")
+    assert blocks.items_text([], "") == wording.CATALOGUE_EMPTY == "The catalogue is empty: ask an admin to add items."
+    assert _teams_lines(cards.items_card([], ""))[1] == wording.CATALOGUE_EMPTY
+    # What was typed is text, not a template: braces come back as they were.
+    assert "“{0} {}”" in blocks.items_text([], "{0} {}")
+
+
+def test_both_platforms_list_the_same_number_and_say_how_to_narrow_the_rest() -> None:
+    many = [replace(OTHER, name=f"item-{n:02d}") for n in range(wording.CATALOGUE_LIMIT + 5)]
+    slack = blocks.items_text(many, "")
+    teams = _teams_lines(cards.items_card(many, ""))
+    assert slack.count("\n• ") == len(teams[1]) == wording.CATALOGUE_LIMIT  # type: ignore[arg-type]
+    assert slack.endswith("\n…and 5 more; narrow with `/access list <words>`.\nAsk with `/access <item> <why> <when>`.")
+    assert teams[2:] == ["…and 5 more; narrow with `list <words>`.", "Ask with `access <item> <why> <when>`."]
+    # Slack's own slash command name, when the app is installed under another one.
+    assert "narrow with `/jit list <words>`" in blocks.items_text(many, "", "/jit")
+
+
+def test_a_long_slack_listing_is_cut_in_its_entries_and_keeps_how_to_narrow_and_ask() -> None:
+    long = [replace(OTHER, name=f"item-{n:02d}-" + "x" * 90, url="https://" + "u" * 200) for n in range(60)]
+    slack = blocks.items_text(long, "")
+    assert len(slack) <= blocks.MESSAGE_TEXT_MAX
+    assert slack.endswith("…and 20 more; narrow with `/access list <words>`.\nAsk with `/access <item> <why> <when>`.")
