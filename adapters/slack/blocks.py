@@ -516,11 +516,7 @@ def status_text(requests: Sequence[AccessRequest], tz: tzinfo) -> str:
 
 def report_text(summary: str, *, shared: bool, problem: str = "") -> str:
     """The ephemeral answer to `/access report`: the summary, and where the CSV and HTML files went."""
-    first, _, rest = summary.strip().partition("\n")
-    lines = [f"📊 *{escape(first)}*", *(f"• {escape(line)}" for line in rest.splitlines() if line.strip())]
-    if shared:
-        lines.append("📎 The CSV and HTML files are in your direct messages with jitpass (only you can see them).")
-    else:
-        lines.append(f"⚠️ I could not send you the CSV and HTML files ({escape(problem) or 'Slack refused'}); "
-                     "`jitpass report` on the server produces them too.")
+    reply = wording.report_reply(summary)
+    files = wording.report_files_sent() if shared else wording.report_files_not_sent(problem, MARKUP)
+    lines = [f"{wording.REPORT_EMOJI} *{escape(reply.title)}*", *(escape(line) for line in reply.bullets), files]
     return cut_mrkdwn("\n".join(lines), MESSAGE_TEXT_MAX)

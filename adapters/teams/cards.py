@@ -60,6 +60,7 @@ __all__ = [
     "help_card",
     "items_card",
     "report_files_card",
+    "report_text",
     "request_form_card",
     "request_sent_card",
     "state_line",
@@ -345,10 +346,16 @@ def report_files_card(title: str, csv_url: str, html_url: str, expires_at: datet
     text (which Teams shows in notifications).
     """
     body: list[CardElement] = [
-        _heading(f"📊 {clip(title, 200)}"),
-        _line(f"Each link works once, until {when(expires_at, tz)}. The files name people and credentials: "
-              "keep them private.", subtle=True, element_id=ID_STATUS),
+        _heading(f"{wording.REPORT_EMOJI} {clip(title, 200)}"),
+        _line(wording.report_links(expires_at, tz), subtle=True, element_id=ID_STATUS),
     ]
     actions = [OpenUrlAction(title="Download CSV", url=csv_url),
                OpenUrlAction(title="Download HTML", url=html_url)]
     return _card(body, actions, fallback="Access report: open this card in Teams to download the files.")
+
+
+def report_text(summary: str) -> str:
+    """The message above the report card: the shared summary lines, one paragraph each."""
+    reply = wording.report_reply(summary)
+    # Teams reads a single line break as none: each line is its own paragraph.
+    return "\n\n".join([reply.heading, *reply.bullets])

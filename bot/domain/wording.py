@@ -132,9 +132,14 @@ class _Plain:
 PLAIN: Markup = _Plain()
 
 
-def moment(at: datetime | None, tz: tzinfo) -> str:
-    """An instant, in the policy's time zone: `2026-03-10 09:30 CET` (or `-`)."""
-    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z") if at else "-"
+def moment(at: datetime | None, tz: tzinfo, *, zone: bool = True) -> str:
+    """An instant, in the policy's time zone: `2026-03-10 09:30 CET` (or `-`).
+
+    `zone=False` leaves the zone out (`2026-03-10 09:30`), for a report whose heading names it once.
+    """
+    if at is None:
+        return "-"
+    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z" if zone else "%Y-%m-%d %H:%M")
 
 
 def clock(at: datetime, tz: tzinfo) -> str:
@@ -290,6 +295,53 @@ def catalogue(items: Sequence[Item], query: str, syntax: Syntax, markup: Markup 
     hidden = len(items) - len(entries)
     more = Hint(f"…and {hidden} more; narrow with `{{}}`.", (_SEARCH,)).render(syntax) if hidden else ""
     return Catalogue(heading, entries, "", more, Hint("Ask with `{}`.", (_REQUEST,)).render(syntax))
+
+
+# -- the access report in chat (`report …`) -----------------------------------------------------------
+
+REPORT_EMOJI = "📊"
+REPORT_ONLY_IN_PRIVATE = "Ask for reports in a 1:1 chat with me: they name people and credentials."
+
+
+@dataclass(frozen=True)
+class ReportReply:
+    """The chat summary of an access report: its title line and the lines under it."""
+
+    title: str  # "Access report 2026-02-08 09:00 → 2026-03-10 09:00 (UTC)"
+    details: tuple[str, ...]  # "Requests 3: …", "Approval latency: …", …
+
+    @property
+    def heading(self) -> str:
+        """The title as a chat line: `📊 Access report …`."""
+        return f"{REPORT_EMOJI} {self.title}"
+
+    @property
+    def bullets(self) -> tuple[str, ...]:
+        """The details as list lines: `• Requests 3: …`."""
+        return tuple(f"• {line}" for line in self.details)
+
+
+def report_reply(summary: str) -> ReportReply:
+    """The summary the report renderer wrote, split into a title and its details (blank lines dropped)."""
+    lines = [line.strip() for line in summary.splitlines() if line.strip()]
+    return ReportReply(lines[0] if lines else "Access report", tuple(lines[1:]))
+
+
+def report_files_sent() -> str:
+    """Where the report's files went, when they could be sent as files (Slack)."""
+    return "📎 The CSV and HTML files are in your direct messages with jitpass (only you can see them)."
+
+
+def report_files_not_sent(problem: str, markup: Markup = PLAIN) -> str:
+    """The files could not be sent: the summary still stands, and the CLI makes them too."""
+    why = markup.text(problem, 100) if problem.strip() else f"{markup.platform} refused"
+    return f"⚠️ I could not send you the CSV and HTML files ({why}); `jitpass report` on the server produces them too."
+
+
+def report_links(expires_at: datetime, tz: tzinfo) -> str:
+    """Under one-time download links (Teams): how long they work and why they are private."""
+    return (f"📎 Each link works once, until {moment(expires_at, tz)}. The files name people and credentials: "
+            "keep them private.")
 
 
 # -- what the requester is told when their request moves on ------------------------------------------

@@ -13,6 +13,7 @@ from adapters.teams import cards
 from bot.domain import wording
 from bot.domain.model import AccessRequest, Approval, Identity, Item, RequestKind, Status, Window
 from bot.domain.syntax import SLACK, TEAMS
+from bot.reports.text import _local
 
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 TZ = ZoneInfo("Europe/Amsterdam")
@@ -254,3 +255,40 @@ def test_a_long_slack_listing_is_cut_in_its_entries_and_keeps_how_to_narrow_and_
     slack = blocks.items_text(long, "")
     assert len(slack) <= blocks.MESSAGE_TEXT_MAX
     assert slack.endswith("…and 20 more; narrow with `/access list <words>`.\nAsk with `/access <item> <why> <when>`.")
+
+
+# -- the access report in chat: one summary wording ------------------------------------------------------
+
+SUMMARY = ("Access report 2026-02-08 10:00 → 2026-03-10 10:00 (Europe/Amsterdam)\n"
+           "Requests 1: 1 approved, 0 declined, 0 timed out, 0 cancelled; 1 reveal(s)\n\n"
+           "Approval latency: median 3m, p95 3m (1 approved)\n")
+REPORT_LINES = ["📊 Access report 2026-02-08 10:00 → 2026-03-10 10:00 (Europe/Amsterdam)",
+                "• Requests 1: 1 approved, 0 declined, 0 timed out, 0 cancelled; 1 reveal(s)",
+                "• Approval latency: median 3m, p95 3m (1 approved)"]
+
+
+def test_both_platforms_answer_report_with_the_same_summary_lines() -> None:
+    reply = wording.report_reply(SUMMARY)
+    assert [reply.heading, *reply.bullets] == REPORT_LINES
+    slack = blocks.report_text(SUMMARY, shared=True).split("\n")
+    assert slack == [REPORT_LINES[0].replace("📊 ", "📊 *") + "*", *REPORT_LINES[1:],
+                     "📎 The CSV and HTML files are in your direct messages with jitpass (only you can see them)."]
+    assert cards.report_text(SUMMARY).split("\n\n") == REPORT_LINES
+    card = cards.report_files_card(reply.title, "https://x.example/a.csv", "https://x.example/a.html", NOW, TZ)
+    assert _teams_lines(card) == [REPORT_LINES[0], "📎 Each link works once, until 2026-03-10 10:00 CET. The files "
+                                                   "name people and credentials: keep them private."]
+
+
+def test_a_report_whose_files_could_not_be_sent_says_why_in_the_platforms_name() -> None:
+    assert blocks.report_text(SUMMARY, shared=False, problem="missing_scope").endswith(
+        "\n⚠️ I could not send you the CSV and HTML files (missing_scope); `jitpass report` on the server "
+        "produces them too.")
+    assert wording.report_files_not_sent("", blocks.MARKUP).startswith(
+        "⚠️ I could not send you the CSV and HTML files (Slack refused)")
+    assert wording.report_reply("").heading == "📊 Access report"
+
+
+def test_report_tables_use_the_core_time_formatter_without_repeating_the_zone() -> None:
+    assert _local(NOW, TZ) == wording.moment(NOW, TZ, zone=False) == "2026-03-10 10:00"
+    assert wording.moment(NOW, TZ) == "2026-03-10 10:00 CET"
+    assert _local(None, TZ) == wording.moment(None, TZ) == "-"
