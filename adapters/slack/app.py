@@ -324,9 +324,9 @@ class SlackInteractions:
         errors: dict[str, str] = {}
         item, reason = form.get(ITEM_BLOCK, "").strip().lower(), " ".join(form.get(REASON_BLOCK, "").split())
         if not item:
-            errors[ITEM_BLOCK] = "Choose an item."
+            errors[ITEM_BLOCK] = wording.FORM_NO_ITEM
         if not reason:
-            errors[REASON_BLOCK] = "Say why you need it."
+            errors[REASON_BLOCK] = wording.FORM_NO_REASON
         duration: timedelta | None = None
         try:
             duration = parse_duration(form.get(DURATION_BLOCK, ""))

@@ -303,7 +303,7 @@ def _secret_fields(reveal: Reveal) -> list[str | dict[str, Any]]:
     if reveal.password is not None:
         fields.append(_copyable("Password", reveal.password.reveal(), FIELD_TEXT_MAX))
     if reveal.code is not None:
-        fields.append(f"*Code*\n`{escape(reveal.code.code)}` (valid {reveal.code.seconds_left} s more)")
+        fields.append(_live_code_words(reveal.code))
     return fields
 
 
@@ -323,8 +323,7 @@ def secret_message(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> Messag
     if reveal.code is not None:
         buttons.insert(0, _button("New code", Actions.NEW_CODE, request.id, "primary"))
     blocks.append(_actions(f"grant:{request.id}", *buttons))
-    blocks.append(_context(["Only you can see this. It is wiped when your access ends; "
-                            "each new code is recorded in the audit trail."]))
+    blocks.append(_context([wording.DELIVERY_NOTE]))
     # Notification text must not carry the secret: it shows on lock screens and in previews.
     return Message(text=wording.access_ready(request, reveal.item.name, reveal.ends_at, tz, MARKUP), blocks=blocks)
 
@@ -332,7 +331,8 @@ def secret_message(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> Messag
 def ended_message(request: AccessRequest, item: Item, tz: tzinfo) -> Message:
     """What replaces the delivered secret once the grant is over."""
     text = wording.access_closed(request, item.name, tz, MARKUP)
-    return Message(text=text, blocks=[_section(cut_mrkdwn(text, SECTION_TEXT_MAX))])
+    return Message(text=text, blocks=[_section(cut_mrkdwn(text, SECTION_TEXT_MAX)),
+                                      _context([wording.ask_again(item.name, SLACK, MARKUP)])])
 
 
 # -- modals ----------------------------------------------------------------------------------------------
@@ -432,8 +432,8 @@ def notice_modal(title: str, text: str) -> dict[str, Any]:
 
 
 def _live_code_words(code: CodeView) -> str:
-    """The tab's code field: the same wording as in the delivered message."""
-    return f"*Code*\n`{escape(code.code)}` (valid {code.seconds_left} s more)"
+    """A code field (delivered message, code modal, Home tab): the shared wording."""
+    return f"*Code*\n`{escape(code.code)}` ({wording.code_valid(code.seconds_left)})"
 
 
 def _active_grant(request: AccessRequest, code: CodeView | None, tz: tzinfo) -> list[dict[str, Any]]:
@@ -456,7 +456,7 @@ def home_view(requests: Sequence[AccessRequest], tz: tzinfo, *, codes: Mapping[s
     waiting = [r for r in requests if r.status in {Status.PENDING, Status.APPROVED}]
     done = [r for r in requests if not r.is_open][:history]
     blocks: list[dict[str, Any]] = [
-        _header("jitpass: just-in-time access"),
+        _header(wording.HELP_TITLE),
         _section("Ask for a shared credential with `/access <item> <why> for <how long>`, or:"),
         _actions("home:request", _button("Request access", Actions.OPEN_REQUEST, "open", "primary")),
         {"type": "divider"},
@@ -489,7 +489,7 @@ def home_view(requests: Sequence[AccessRequest], tz: tzinfo, *, codes: Mapping[s
 def help_text(command: str = "/access") -> str:
     """What `/access help` answers (the shared help list; Slack shows channel ids itself, so no whereami)."""
     entries = wording.help_entries(replace(SLACK, prefix=command), whereami=False)
-    return "\n".join(["*jitpass*: ask for a shared credential for a while; a lead approves it here in Slack.",
+    return "\n".join([f"*{wording.HELP_TITLE}*: ask for one for a while; a lead approves it here in Slack.",
                       *(f"• `{typed}`: {meaning}" for typed, meaning in entries)])
 
 

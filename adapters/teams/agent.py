@@ -230,7 +230,7 @@ class TeamsAgent:
             case cmd.Form(item=item, window_text=window, problem=problem, missing_reason=missing_reason):
                 error = problem.user_message(TEAMS) if problem else ""
                 if missing_reason:
-                    error = f"Say why you need {item}."
+                    error = wording.form_no_reason(item, cards.MARKUP)
                 await self._show(context, await self._form(error=error, item=item,
                                                            window=window if missing_reason else ""))
             case cmd.Request(draft=draft):
@@ -382,7 +382,7 @@ class TeamsAgent:
                                 for key in (cards.INPUT_ITEM, cards.INPUT_REASON, cards.INPUT_WINDOW))
         try:
             if not item or not reason:
-                raise InputError("Pick an item and say why you need it.")
+                raise InputError(f"{wording.FORM_NO_ITEM} {wording.FORM_NO_REASON}")
             draft = RequestDraft(item, reason, parse_window(window, now=self.clock.now(),
                                                                 tz=self.policy.timezone, item=item))
             request = await self.service.request_access(inbound.identity, draft, refs=inbound.refs())

@@ -33,7 +33,7 @@ from microsoft_teams.cards import (
 
 from bot.domain import wording
 from bot.domain.model import AccessRequest, Identity, Item, Reveal, Status
-from bot.domain.syntax import TEAMS
+from bot.domain.syntax import TEAMS, Typed
 
 __all__ = [
     "CARD_CONTENT_TYPE",
@@ -217,7 +217,7 @@ def delivery_card(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> dict[st
     item = reveal.item
     body: list[CardElement] = [
         _line(wording.access_ready(request, item.name, reveal.ends_at, tz, MARKUP), element_id=ID_STATUS),
-        _line("This card is wiped when your access ends.", subtle=True),
+        _line(wording.DELIVERY_NOTE, subtle=True),
         _facts([("Request", request.id), ("Username", item.username), ("URL", clip(item.url, 200))]),
     ]
     if reveal.password is not None:
@@ -228,8 +228,7 @@ def delivery_card(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> dict[st
         body.append(Container(style="emphasis", items=[
             TextBlock(text="One-time code", weight="Bolder", spacing="None"),
             TextBlock(id=ID_CODE, text=reveal.code.code, size="ExtraLarge", font_type="Monospace", spacing="None"),
-            _line(f"valid for {seconds} more second{'s' if seconds != 1 else ''}; press New code for a fresh one",
-                  subtle=True),
+            _line(f"{wording.code_valid(seconds)}; press New code for a fresh one", subtle=True),
         ]))
         actions.append(_action("New code", VERB_NEW_CODE, request.id))
     actions.append(_action("Done", VERB_DONE, request.id, style="destructive"))
@@ -241,7 +240,7 @@ def grant_ended_card(request: AccessRequest, item: Item, tz: tzinfo) -> dict[str
     closed = wording.access_closed(request, item.name, tz, MARKUP)
     body: list[CardElement] = [
         _line(closed, element_id=ID_STATUS),
-        _line(f"Need it again? Send: access {item.name} WHY for HOW-LONG", subtle=True),
+        _line(wording.ask_again(item.name, TEAMS, MARKUP), subtle=True),
     ]
     return _card(body, fallback=closed)
 
@@ -259,17 +258,17 @@ def request_form_card(items: Sequence[Item], *, error: str = "", item: str = "",
     names = {i.name for i in offered}
     body += [
         ChoiceSetInput(id=INPUT_ITEM, label="Item", style="filtered", is_required=True,
-                       error_message="Pick an item.", value=item if item in names else None,
+                       error_message=wording.FORM_NO_ITEM, value=item if item in names else None,
                        choices=[Choice(title=f"{i.name} ({i.vault})", value=i.name) for i in offered]),
         TextInput(id=INPUT_REASON, label="Why do you need it?", is_multiline=True, is_required=True,
-                  error_message="Say why you need it.", max_length=500, value=clip(reason, 500) or None,
+                  error_message=wording.FORM_NO_REASON, max_length=500, value=clip(reason, 500) or None,
                   placeholder="e.g. fix broken trigger"),
         TextInput(id=INPUT_WINDOW, label="When (optional)", value=clip(window, 80) or None,
                   placeholder="for 1h · until 17:00 · tomorrow 9am-11am"),
     ]
     if len(items) > len(offered):
-        body.append(_line(f"Showing {len(offered)} of {len(items)} items; type `list WORDS` to search.",
-                          subtle=True))
+        search = TEAMS.spell(Typed("list", "<words>"))
+        body.append(_line(f"Showing {len(offered)} of {len(items)} items; type `{search}` to search.", subtle=True))
     submit = ExecuteAction(title="Request access", verb=VERB_SUBMIT_REQUEST, style="positive", data={})
     return _card(body, [submit], fallback="Request access: open the card in Teams to fill it in.")
 
@@ -300,7 +299,7 @@ def request_sent_card(request: AccessRequest, tz: tzinfo, note: str = "") -> dic
 
 def help_card(note: str = "") -> dict[str, Any]:
     """What jitpass understands; in a channel, mention the bot first."""
-    body: list[CardElement] = [_heading("jitpass: just-in-time access to shared credentials")]
+    body: list[CardElement] = [_heading(wording.HELP_TITLE)]
     if note:
         body.append(_line(clip(note, 300), color="Warning", element_id=ID_STATUS))
     body += [

@@ -22,23 +22,37 @@ __all__ = [
     "BUSY",
     "CATALOGUE_EMPTY",
     "CATALOGUE_LIMIT",
+    "DELIVERY_NOTE",
     "EMOJI",
+    "FORM_NO_ITEM",
+    "FORM_NO_REASON",
+    "HELP_TITLE",
     "NO_OPEN_REQUESTS",
     "PLAIN",
     "QUEUED",
+    "REPORT_EMOJI",
+    "REPORT_ONLY_IN_PRIVATE",
     "WORKING",
     "Catalogue",
     "Markup",
+    "ReportReply",
     "access_closed",
     "access_ready",
     "already_decided",
     "apology",
+    "ask_again",
     "cancelled",
     "catalogue",
     "clock",
+    "code_valid",
     "ended",
+    "form_no_reason",
     "help_entries",
     "moment",
+    "report_files_not_sent",
+    "report_files_sent",
+    "report_links",
+    "report_reply",
     "request_sent",
     "request_title",
     "sent_next",
@@ -251,11 +265,37 @@ def access_ready(request: AccessRequest, item_name: str, ends_at: datetime, tz: 
     return f"🔓 Your access to {markup.text(item_name, 200)} through {request.id} is ready until {moment(ends_at, tz)}."
 
 
+DELIVERY_NOTE = ("Only you can see this. It is wiped when your access ends; each new code is recorded in the "
+                 "audit trail.")
+
+
+def code_valid(seconds: int) -> str:
+    """How long a one-time code shown with a delivery still works: `valid for 17 more seconds`."""
+    return f"valid for {seconds} more second{'' if seconds == 1 else 's'}"
+
+
+def ask_again(item_name: str, syntax: Syntax, markup: Markup = PLAIN) -> str:
+    """Under a wiped delivery: the command that asks for the same item again, in the platform's syntax."""
+    return Hint("Need it again? Send `{}`.", (Typed("", f"{markup.text(item_name, 100)} <why> <when>"),)).render(syntax)
+
+
 def access_closed(request: AccessRequest, item_name: str, tz: tzinfo, markup: Markup = PLAIN) -> str:
     """What replaces a delivered secret once the grant is over."""
     verb = "expired" if request.status is Status.EXPIRED else "ended"
     return (f"{EMOJI[Status.REVOKED]} Access to {markup.text(item_name, 200)} through {request.id} has {verb} "
             f"({moment(request.ended_at or request.ends_at, tz)}). The password and code were removed from this chat.")
+
+
+# -- help and the request form ------------------------------------------------------------------------
+
+HELP_TITLE = "jitpass: just-in-time access to shared credentials"
+FORM_NO_ITEM = "Choose an item."
+FORM_NO_REASON = "Say why you need it."
+
+
+def form_no_reason(item: str, markup: Markup = PLAIN) -> str:
+    """A request that names its item but not why: `Say why you need acme-zendesk.`"""
+    return f"Say why you need {markup.text(item, 100)}."
 
 
 # -- the catalogue (`list [words]`) ------------------------------------------------------------------

@@ -167,7 +167,7 @@ def test_home_view_active_grant_golden_shows_the_live_code_and_its_buttons() -> 
     grant = home["blocks"][5:7]
     assert grant[0] == {"type": "section", "fields": [
         {"type": "mrkdwn", "text": "*acme-zendesk* (R-ABCDEFGH)\nuntil 2026-03-10 10:00 UTC"},
-        {"type": "mrkdwn", "text": "*Code*\n`123456` (valid 17 s more)"},
+        {"type": "mrkdwn", "text": "*Code*\n`123456` (valid for 17 more seconds)"},
     ]}
     assert [(b["action_id"], b["value"]) for b in grant[1]["elements"]] == [
         (Actions.NEW_CODE, "R-ABCDEFGH"), (Actions.SHOW_PASSWORD, "R-ABCDEFGH"), (Actions.DONE, "R-ABCDEFGH")]

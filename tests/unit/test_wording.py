@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -11,7 +12,18 @@ import pytest
 from adapters.slack import blocks
 from adapters.teams import cards
 from bot.domain import wording
-from bot.domain.model import AccessRequest, Approval, Identity, Item, RequestKind, Status, Window
+from bot.domain.model import (
+    AccessRequest,
+    Approval,
+    CodeView,
+    Identity,
+    Item,
+    RequestKind,
+    Reveal,
+    Secret,
+    Status,
+    Window,
+)
 from bot.domain.syntax import SLACK, TEAMS
 from bot.reports.text import _local
 
@@ -292,3 +304,36 @@ def test_report_tables_use_the_core_time_formatter_without_repeating_the_zone() 
     assert _local(NOW, TZ) == wording.moment(NOW, TZ, zone=False) == "2026-03-10 10:00"
     assert wording.moment(NOW, TZ) == "2026-03-10 10:00 CET"
     assert _local(None, TZ) == wording.moment(None, TZ) == "-"
+
+
+# -- the rest both platforms show: delivery notes, the code's validity, asking again, help, the form ------
+
+
+def _texts(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def test_a_delivery_carries_the_same_note_and_code_validity_on_both_platforms() -> None:
+    active = replace(PENDING, status=Status.ACTIVE, **DECIDED, **SPAN)
+    reveal = Reveal(request_id=active.id, item=ITEM, password=Secret("pw"), code=CodeView("123456", 17),
+                    ends_at=NOW + timedelta(hours=1))
+    slack = _texts(blocks.secret_message(active, reveal, TZ).blocks)
+    for shown in (slack, _texts(cards.delivery_card(active, reveal, TZ))):
+        assert wording.DELIVERY_NOTE in shown and "valid for 17 more seconds" in shown
+    assert wording.code_valid(1) == "valid for 1 more second"
+
+
+def test_a_wiped_delivery_says_how_to_ask_again_in_each_platforms_syntax() -> None:
+    expired = replace(PENDING, status=Status.EXPIRED, **DECIDED, **SPAN)
+    assert "Need it again? Send `/access acme-zendesk <why> <when>`." in _texts(
+        blocks.ended_message(expired, ITEM, TZ).blocks)
+    assert "Need it again? Send `access acme-zendesk <why> <when>`." in _texts(
+        cards.grant_ended_card(expired, ITEM, TZ))
+
+
+def test_help_and_the_form_use_the_same_words_on_both_platforms() -> None:
+    assert blocks.help_text().startswith(f"*{wording.HELP_TITLE}*")
+    assert _teams_lines(cards.help_card())[0] == wording.HELP_TITLE
+    form = _texts(cards.request_form_card([ITEM]))
+    assert f'"errorMessage": "{wording.FORM_NO_ITEM}"' in form and f'"errorMessage": "{wording.FORM_NO_REASON}"' in form
+    assert wording.form_no_reason("acme-zendesk") == "Say why you need acme-zendesk."
