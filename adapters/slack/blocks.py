@@ -507,11 +507,15 @@ def items_text(items: Sequence[Item], query: str, command: str = "/access",
 
 
 def status_text(requests: Sequence[AccessRequest], tz: tzinfo) -> str:
-    """The requester's open requests for `/access status`."""
-    if not requests:
-        return wording.NO_OPEN_REQUESTS
-    lines = [f"• *{r.id}* `{fit(r.item, 100)}`: {_status(r, tz)}" for r in requests]
-    return truncate("\n".join(lines), MESSAGE_TEXT_MAX)
+    """The requester's open requests for `/access status` (the shared wording, as a bulleted list)."""
+    reply = wording.status_reply(requests, tz, MARKUP)
+    if reply.empty:
+        return reply.empty
+    lines = [f"*{reply.heading}*", *(f"• *{row.request_id}* `{row.item}` ({row.window}): {row.state}"
+                                     for row in reply.rows)]
+    # The rows give way to the closing line: how many more there are stays readable.
+    body = cut_mrkdwn("\n".join(lines), MESSAGE_TEXT_MAX - len(reply.more) - 1)
+    return f"{body}\n{reply.more}" if reply.more else body
 
 
 def report_text(summary: str, *, shared: bool, problem: str = "") -> str:

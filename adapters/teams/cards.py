@@ -78,7 +78,6 @@ MAX_CARD_BYTES = 28 * 1024
 MAX_TEXT = 600  # characters of user-typed text (reasons) shown on a card
 MAX_FORM_ITEMS = 150  # items offered in the request form's choice list...
 FORM_CHOICES_BYTES = 18 * 1024  # ...as long as they fit in this share of the card
-MAX_STATUS_ROWS = 20
 
 VERB_APPROVE = "approve"
 VERB_DECLINE = "decline"
@@ -323,19 +322,21 @@ def items_card(items: Sequence[Item], query: str = "") -> dict[str, Any]:
 
 
 def status_card(requests: Sequence[AccessRequest], tz: tzinfo) -> dict[str, Any]:
-    """The requester's open requests and grants."""
-    body: list[CardElement] = [_heading("Your requests")]
-    if not requests:
-        body.append(_line(wording.NO_OPEN_REQUESTS, element_id=ID_STATUS))
-        return _card(body, fallback=wording.NO_OPEN_REQUESTS)
-    for request in requests[:MAX_STATUS_ROWS]:
-        state, color = state_line(request, tz)
+    """The requester's open requests and grants (the shared wording, one container each)."""
+    reply = wording.status_reply(requests, tz, MARKUP)
+    body: list[CardElement] = [_heading(reply.heading)]
+    if reply.empty:
+        body.append(_line(reply.empty, element_id=ID_STATUS))
+        return _card(body, fallback=reply.empty)
+    for request, row in zip(requests, reply.rows, strict=False):
         body.append(Container(separator=True, items=[
-            TextBlock(text=f"{request.id} · {request.item}", weight="Bolder", wrap=True),
-            _line(state, color=color),
-            _line(window_text(request, tz), subtle=True),
+            TextBlock(text=f"{row.request_id} · {row.item}", weight="Bolder", wrap=True),
+            _line(row.state, color=_COLORS.get(request.status, "Default")),
+            _line(row.window, subtle=True),
         ]))
-    return _card(body, fallback=f"You have {len(requests)} open request(s).")
+    if reply.more:
+        body.append(_line(reply.more, subtle=True))
+    return _card(body, fallback=reply.heading)
 
 
 def report_files_card(title: str, csv_url: str, html_url: str, expires_at: datetime, tz: tzinfo) -> dict[str, Any]:

@@ -32,10 +32,13 @@ __all__ = [
     "QUEUED",
     "REPORT_EMOJI",
     "REPORT_ONLY_IN_PRIVATE",
+    "STATUS_LIMIT",
     "WORKING",
     "Catalogue",
     "Markup",
     "ReportReply",
+    "StatusReply",
+    "StatusRow",
     "access_closed",
     "access_ready",
     "already_decided",
@@ -57,6 +60,7 @@ __all__ = [
     "request_title",
     "sent_next",
     "status_line",
+    "status_reply",
     "told_approved",
     "told_declined",
     "told_ended",
@@ -335,6 +339,43 @@ def catalogue(items: Sequence[Item], query: str, syntax: Syntax, markup: Markup 
     hidden = len(items) - len(entries)
     more = Hint(f"…and {hidden} more; narrow with `{{}}`.", (_SEARCH,)).render(syntax) if hidden else ""
     return Catalogue(heading, entries, "", more, Hint("Ask with `{}`.", (_REQUEST,)).render(syntax))
+
+
+# -- the requester's open requests (`status`) ----------------------------------------------------------
+
+STATUS_LIMIT = 20  # requests in one `status` reply, on every platform; more are counted, not shown
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One open request in `status`: which, for what, where it stands, when."""
+
+    request_id: str
+    item: str  # made safe by the platform's markup
+    state: str  # `status_line`
+    window: str  # `window_line`
+
+
+@dataclass(frozen=True)
+class StatusReply:
+    """The answer to `status`; the platform lays it out (a list, containers)."""
+
+    heading: str  # "Your open requests: 2"
+    rows: tuple[StatusRow, ...]  # at most the limit
+    empty: str  # instead of rows: NO_OPEN_REQUESTS ("" when there are rows)
+    more: str  # "…and 3 more." ("" when all are shown)
+
+
+def status_reply(requests: Sequence[AccessRequest], tz: tzinfo, markup: Markup = PLAIN, *,
+                 limit: int = STATUS_LIMIT) -> StatusReply:
+    """The requester's waiting and active requests, each with its status line and window."""
+    heading = f"Your open requests: {len(requests)}"
+    if not requests:
+        return StatusReply(heading, (), NO_OPEN_REQUESTS, "")
+    rows = tuple(StatusRow(r.id, markup.text(r.item, 100), status_line(r, tz, markup), window_line(r, tz))
+                 for r in requests[:limit])
+    hidden = len(requests) - len(rows)
+    return StatusReply(heading, rows, "", f"…and {hidden} more." if hidden else "")
 
 
 # -- the access report in chat (`report …`) -----------------------------------------------------------

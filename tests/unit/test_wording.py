@@ -337,3 +337,28 @@ def test_help_and_the_form_use_the_same_words_on_both_platforms() -> None:
     form = _texts(cards.request_form_card([ITEM]))
     assert f'"errorMessage": "{wording.FORM_NO_ITEM}"' in form and f'"errorMessage": "{wording.FORM_NO_REASON}"' in form
     assert wording.form_no_reason("acme-zendesk") == "Say why you need acme-zendesk."
+
+
+# -- status: one list of open requests ----------------------------------------------------------------
+
+
+def test_status_lists_the_same_rows_on_both_platforms_and_counts_the_rest() -> None:
+    active = replace(PENDING, id="R-ACTIVE22", status=Status.ACTIVE, **DECIDED, **SPAN)
+    assert blocks.status_text([PENDING, active], TZ) == (
+        "*Your open requests: 2*\n"
+        "• *R-ABCDEFGH* `acme-zendesk` (1h, starting when approved): ⏳ Waiting for a lead. Times out "
+        "2026-03-10 10:30 CET.\n"
+        "• *R-ACTIVE22* `acme-zendesk` (2026-03-10 10:05 CET – 11:05 (1h)): 🟢 Active until 2026-03-10 11:05 CET "
+        "(approved by <@ULEAD> at 2026-03-10 10:05 CET).")
+    teams = _texts(cards.status_card([PENDING, active], TZ))
+    for shown in ("Your open requests: 2", "R-ABCDEFGH · acme-zendesk",
+                  "⏳ Waiting for a lead. Times out 2026-03-10 10:30 CET.", "1h, starting when approved",
+                  "(approved by Lead One at 2026-03-10 10:05 CET)"):
+        assert shown in teams
+    many = [replace(PENDING, id=f"R-{n:08d}") for n in range(wording.STATUS_LIMIT + 3)]
+    slack = blocks.status_text(many, TZ)
+    assert slack.count("\n• ") == wording.STATUS_LIMIT and slack.endswith("\n…and 3 more.")
+    assert _texts(cards.status_card(many, TZ)).count("R-000") == wording.STATUS_LIMIT
+    assert "…and 3 more." in _texts(cards.status_card(many, TZ))
+    assert blocks.status_text([], TZ) == wording.NO_OPEN_REQUESTS
+    assert wording.NO_OPEN_REQUESTS in _texts(cards.status_card([], TZ))
