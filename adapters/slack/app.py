@@ -254,7 +254,7 @@ class SlackInteractions:
             case cmd.Help() | cmd.Unknown() | cmd.WhereAmI():
                 return blocks.help_text(command.command)
             case cmd.ListItems(query=query):
-                return blocks.items_text(await self.service.list_items(query), query)
+                return blocks.items_text(await self.service.list_items(query), query, command.command)
             case cmd.Status():
                 who = await self._identity(command.user_id, command.user_name)
                 return blocks.status_text(await self.service.my_requests(who), self.tz)
@@ -415,9 +415,9 @@ class SlackInteractions:
         errors: dict[str, str] = {}
         item, reason = form.get(ITEM_BLOCK, "").strip().lower(), " ".join(form.get(REASON_BLOCK, "").split())
         if not item:
-            errors[ITEM_BLOCK] = "Choose an item."
+            errors[ITEM_BLOCK] = wording.FORM_NO_ITEM
         if not reason:
-            errors[REASON_BLOCK] = "Say why you need it."
+            errors[REASON_BLOCK] = wording.FORM_NO_REASON
         duration: timedelta | None = None
         try:
             duration = parse_duration(form.get(DURATION_BLOCK, ""))

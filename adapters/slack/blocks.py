@@ -249,21 +249,15 @@ def _metadata(data: Mapping[str, Any]) -> str:
     return text
 
 
-# -- platform-neutral wording -------------------------------------------------------------------------
-
-
-def _request_title(request: AccessRequest) -> str:
-    kind = "Extension request" if request.is_extension else "Access request"
-    return f"{kind} {request.id}"
-
-
 # -- the approval card (leads channel) ------------------------------------------------------------------
 
 
 def approval_card(request: AccessRequest, item: Item, tz: tzinfo) -> Message:
     """The card in the leads channel: who, what, why, when; buttons while pending. Never a secret."""
+    title = wording.request_title(request, tz)
     blocks: list[dict[str, Any]] = [
-        _header(f"🔑 {_request_title(request)}"),
+        # A header is plain text: the shared title with display names, not mentions, and nothing escaped.
+        _header(title),
         _fields([
             f"*Requester*\n{mention(request.requester)}",
             f"*Item*\n`{fit(item.name, 200)}` (vault {fit(item.vault, 200)})",
@@ -285,8 +279,7 @@ def approval_card(request: AccessRequest, item: Item, tz: tzinfo) -> Message:
             _button("Approve", Actions.APPROVE, request.id, "primary"),
             _button("Decline", Actions.DECLINE, request.id, "danger"),
         ))
-    text = truncate(f"{_request_title(request)}: {request.requester.label} asks for {item.name} "
-                    f"({request.status.value.replace('_', ' ')})", MESSAGE_TEXT_MAX)
+    text = truncate(f"{title} ({request.status.value.replace('_', ' ')})", MESSAGE_TEXT_MAX)
     return Message(text=escape(text), blocks=_cap(blocks, MESSAGE_BLOCKS_MAX, "(more details left out)"))
 
 
@@ -310,7 +303,7 @@ def _secret_fields(reveal: Reveal) -> list[str | dict[str, Any]]:
     if reveal.password is not None:
         fields.append(_copyable("Password", reveal.password.reveal(), FIELD_TEXT_MAX))
     if reveal.code is not None:
-        fields.append(f"*Code*\n`{escape(reveal.code.code)}` (valid {reveal.code.seconds_left} s more)")
+        fields.append(_live_code_words(reveal.code))
     return fields
 
 
@@ -330,8 +323,7 @@ def secret_message(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> Messag
     if reveal.code is not None:
         buttons.insert(0, _button("New code", Actions.NEW_CODE, request.id, "primary"))
     blocks.append(_actions(f"grant:{request.id}", *buttons))
-    blocks.append(_context(["Only you can see this. It is wiped when your access ends; "
-                            "each new code is recorded in the audit trail."]))
+    blocks.append(_context([wording.DELIVERY_NOTE]))
     # Notification text must not carry the secret: it shows on lock screens and in previews.
     return Message(text=wording.access_ready(request, reveal.item.name, reveal.ends_at, tz, MARKUP), blocks=blocks)
 
@@ -339,7 +331,8 @@ def secret_message(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> Messag
 def ended_message(request: AccessRequest, item: Item, tz: tzinfo) -> Message:
     """What replaces the delivered secret once the grant is over."""
     text = wording.access_closed(request, item.name, tz, MARKUP)
-    return Message(text=text, blocks=[_section(cut_mrkdwn(text, SECTION_TEXT_MAX))])
+    return Message(text=text, blocks=[_section(cut_mrkdwn(text, SECTION_TEXT_MAX)),
+                                      _context([wording.ask_again(item.name, SLACK, MARKUP)])])
 
 
 # -- modals ----------------------------------------------------------------------------------------------
@@ -439,8 +432,8 @@ def notice_modal(title: str, text: str) -> dict[str, Any]:
 
 
 def _live_code_words(code: CodeView) -> str:
-    """The tab's code field: the same wording as in the delivered message."""
-    return f"*Code*\n`{escape(code.code)}` (valid {code.seconds_left} s more)"
+    """A code field (delivered message, code modal, Home tab): the shared wording."""
+    return f"*Code*\n`{escape(code.code)}` ({wording.code_valid(code.seconds_left)})"
 
 
 def _active_grant(request: AccessRequest, code: CodeView | None, tz: tzinfo) -> list[dict[str, Any]]:
@@ -463,7 +456,7 @@ def home_view(requests: Sequence[AccessRequest], tz: tzinfo, *, codes: Mapping[s
     waiting = [r for r in requests if r.status in {Status.PENDING, Status.APPROVED}]
     done = [r for r in requests if not r.is_open][:history]
     blocks: list[dict[str, Any]] = [
-        _header("jitpass: just-in-time access"),
+        _header(wording.HELP_TITLE),
         _section("Ask for a shared credential with `/access <item> <why> for <how long>`, or:"),
         _actions("home:request", _button("Request access", Actions.OPEN_REQUEST, "open", "primary")),
         {"type": "divider"},
@@ -496,36 +489,38 @@ def home_view(requests: Sequence[AccessRequest], tz: tzinfo, *, codes: Mapping[s
 def help_text(command: str = "/access") -> str:
     """What `/access help` answers (the shared help list; Slack shows channel ids itself, so no whereami)."""
     entries = wording.help_entries(replace(SLACK, prefix=command), whereami=False)
-    return "\n".join(["*jitpass*: ask for a shared credential for a while; a lead approves it here in Slack.",
+    return "\n".join([f"*{wording.HELP_TITLE}*: ask for one for a while; a lead approves it here in Slack.",
                       *(f"• `{typed}`: {meaning}" for typed, meaning in entries)])
 
 
-def items_text(items: Sequence[Item], query: str, limit: int = 40) -> str:
-    """Catalogue metadata for `/access list`."""
-    if not items:
-        return f"No items match `{fit(query, 100)}`." if query else "The catalogue is empty."
-    lines = [f"• `{fit(i.name, 100)}` (vault {fit(i.vault, 100)})" + (f": {fit(i.url, 200)}" if i.url else "")
-             for i in items[:limit]]
-    if len(items) > limit:
-        lines.append(f"…and {len(items) - limit} more: narrow it down with `/access list <words>`.")
-    return truncate("\n".join(lines), MESSAGE_TEXT_MAX)
+def items_text(items: Sequence[Item], query: str, command: str = "/access",
+               limit: int = wording.CATALOGUE_LIMIT) -> str:
+    """Catalogue metadata for `/access list` (the shared wording, as a bulleted list)."""
+    found = wording.catalogue(items, query, replace(SLACK, prefix=command), MARKUP, limit=limit)
+    if found.empty:
+        return cut_mrkdwn(found.empty, MESSAGE_TEXT_MAX)
+    tail = "\n".join(line for line in (found.more, found.ask) if line)
+    # The entries give way to the closing lines: how many more there are and how to ask stay readable.
+    entries = [f"*{found.heading}*", *(f"• `{name}`: {details}" for name, details in found.entries)]
+    lines = cut_mrkdwn("\n".join(entries), MESSAGE_TEXT_MAX - len(tail) - 1)
+    return f"{lines}\n{tail}"
 
 
 def status_text(requests: Sequence[AccessRequest], tz: tzinfo) -> str:
-    """The requester's open requests for `/access status`."""
-    if not requests:
-        return wording.NO_OPEN_REQUESTS
-    lines = [f"• *{r.id}* `{fit(r.item, 100)}`: {_status(r, tz)}" for r in requests]
-    return truncate("\n".join(lines), MESSAGE_TEXT_MAX)
+    """The requester's open requests for `/access status` (the shared wording, as a bulleted list)."""
+    reply = wording.status_reply(requests, tz, MARKUP)
+    if reply.empty:
+        return reply.empty
+    lines = [f"*{reply.heading}*", *(f"• *{row.request_id}* `{row.item}` ({row.window}): {row.state}"
+                                     for row in reply.rows)]
+    # The rows give way to the closing line: how many more there are stays readable.
+    body = cut_mrkdwn("\n".join(lines), MESSAGE_TEXT_MAX - len(reply.more) - 1)
+    return f"{body}\n{reply.more}" if reply.more else body
 
 
 def report_text(summary: str, *, shared: bool, problem: str = "") -> str:
     """The ephemeral answer to `/access report`: the summary, and where the CSV and HTML files went."""
-    first, _, rest = summary.strip().partition("\n")
-    lines = [f"📊 *{escape(first)}*", *(f"• {escape(line)}" for line in rest.splitlines() if line.strip())]
-    if shared:
-        lines.append("📎 The CSV and HTML files are in your direct messages with jitpass (only you can see them).")
-    else:
-        lines.append(f"⚠️ I could not send you the CSV and HTML files ({escape(problem) or 'Slack refused'}); "
-                     "`jitpass report` on the server produces them too.")
+    reply = wording.report_reply(summary)
+    files = wording.report_files_sent() if shared else wording.report_files_not_sent(problem, MARKUP)
+    lines = [f"{wording.REPORT_EMOJI} *{escape(reply.title)}*", *(escape(line) for line in reply.bullets), files]
     return cut_mrkdwn("\n".join(lines), MESSAGE_TEXT_MAX)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from adapters.slack import blocks
 from adapters.slack.api import SharedFile, SlackApi, SlackCallError
+from bot.domain import wording
 from bot.domain.model import Identity
 from bot.ports import ChatReports
 
@@ -27,10 +28,10 @@ async def handle_report(reports: ChatReports, api: SlackApi, dm_channel: Callabl
     report = await reports(who, text)
     files = [SharedFile(report.csv_filename, "Access report (CSV)", report.csv),
              SharedFile(report.html_filename, "Access report (HTML, open in a browser)", report.html)]
-    first_line = report.summary.strip().splitlines()[0] if report.summary.strip() else "Access report"
+    heading = wording.report_reply(report.summary).heading
     try:
         channel = await dm_channel(who.user_id)
-        file_ids = await api.share_files(channel, files, comment=f"📊 {blocks.escape(first_line)}")
+        file_ids = await api.share_files(channel, files, comment=blocks.escape(heading))
     except SlackCallError as exc:
         # The summary is still worth showing; the audit event says the report was produced.
         log.warning("event=report_files_failed user=%s method=%s error=%s", who.user_id, exc.method, exc.error)

@@ -254,7 +254,7 @@ class TeamsAgent:
             case cmd.Form(item=item, window_text=window, problem=problem, missing_reason=missing_reason):
                 error = problem.user_message(TEAMS) if problem else ""
                 if missing_reason:
-                    error = f"Say why you need {item}."
+                    error = wording.form_no_reason(item, cards.MARKUP)
                 await self._show(context, await self._form(error=error, item=item,
                                                            window=window if missing_reason else ""))
             case cmd.Request(draft=draft):
@@ -290,16 +290,15 @@ class TeamsAgent:
         a bot without a file-consent step, so the files wait on this server behind one-time links.
         """
         if not inbound.in_personal_chat:
-            await self._say(context, "Ask for reports in a 1:1 chat with me: they name people and credentials.")
+            await self._say(context, wording.REPORT_ONLY_IN_PRIVATE)
             return
         report = await self.reports(inbound.identity, rest)
         csv_url, expires_at = self.report_links.link(self.public_url, report.csv_filename, report.csv, CSV_TYPE)
         html_url, _ = self.report_links.link(self.public_url, report.html_filename, report.html, HTML_TYPE)
-        lines = [line for line in report.summary.splitlines() if line.strip()]
-        card = cards.report_files_card(lines[0] if lines else "Access report", csv_url, html_url, expires_at,
+        card = cards.report_files_card(wording.report_reply(report.summary).title, csv_url, html_url, expires_at,
                                        self.policy.timezone)
         log.info("event=teams_report_links user=%s files=2", inbound.identity.user_id)
-        await context.send_activity(card_activity(card, text="📊 " + "\n\n".join(lines)))
+        await context.send_activity(card_activity(card, text=cards.report_text(report.summary)))
 
     async def cmd_whereami(self, context: TurnContext, inbound: Inbound, rest: str) -> None:
         where = inbound.requester
@@ -417,7 +416,7 @@ class TeamsAgent:
                                 for key in (cards.INPUT_ITEM, cards.INPUT_REASON, cards.INPUT_WINDOW))
         try:
             if not item or not reason:
-                raise InputError("Pick an item and say why you need it.")
+                raise InputError(f"{wording.FORM_NO_ITEM} {wording.FORM_NO_REASON}")
             draft = RequestDraft(item, reason, parse_window(window, now=self.clock.now(),
                                                                 tz=self.policy.timezone, item=item))
             request = await self.service.request_access(inbound.identity, draft, refs=inbound.refs())

@@ -33,7 +33,6 @@ from microsoft_teams.cards import (
 
 from bot.domain import wording
 from bot.domain.model import AccessRequest, Identity, Item, Reveal, Status
-from bot.domain.request_text import format_duration
 from bot.domain.syntax import TEAMS, Typed
 
 __all__ = [
@@ -48,7 +47,6 @@ __all__ = [
     "INPUT_WINDOW",
     "MAX_CARD_BYTES",
     "MAX_FORM_ITEMS",
-    "MAX_LIST_ITEMS",
     "VERB_APPROVE",
     "VERB_DECLINE",
     "VERB_DONE",
@@ -62,6 +60,7 @@ __all__ = [
     "help_card",
     "items_card",
     "report_files_card",
+    "report_text",
     "request_form_card",
     "request_sent_card",
     "state_line",
@@ -77,10 +76,8 @@ CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 # Teams refuses a message larger than about 28 KB; cards are kept well below it.
 MAX_CARD_BYTES = 28 * 1024
 MAX_TEXT = 600  # characters of user-typed text (reasons) shown on a card
-MAX_LIST_ITEMS = 40  # catalogue entries listed in one card
 MAX_FORM_ITEMS = 150  # items offered in the request form's choice list...
 FORM_CHOICES_BYTES = 18 * 1024  # ...as long as they fit in this share of the card
-MAX_STATUS_ROWS = 20
 
 VERB_APPROVE = "approve"
 VERB_DECLINE = "decline"
@@ -145,11 +142,9 @@ def state_line(request: AccessRequest, tz: tzinfo) -> tuple[str, Color]:
     return wording.status_line(request, tz, MARKUP), _COLORS.get(request.status, "Default")
 
 
-def title_line(request: AccessRequest) -> str:
-    who = user_text(request.requester.label, 80)
-    if request.is_extension:
-        return f"⏩ {who} asks to extend {request.parent_id} by {format_duration(request.window.duration)}"
-    return f"🔐 {who} requests access to {request.item}"
+def title_line(request: AccessRequest, tz: tzinfo) -> str:
+    """The card's title: the shared wording, with what people typed made safe for Teams."""
+    return wording.request_title(request, tz, MARKUP)
 
 
 # -- assembly ------------------------------------------------------------------------------------
@@ -200,7 +195,7 @@ def approval_card(request: AccessRequest, item: Item, tz: tzinfo) -> dict[str, A
         ("Approved by", ", ".join(user_text(a.approver.label, 80) for a in request.approvals)),
         ("Notes", user_text("; ".join(request.notes))),
     ]
-    body: list[CardElement] = [_heading(title_line(request)), _line(state, color=color, element_id=ID_STATUS),
+    body: list[CardElement] = [_heading(title_line(request, tz)), _line(state, color=color, element_id=ID_STATUS),
                                _facts(facts)]
     actions: list[ExecuteAction] = []
     if request.status is Status.PENDING:
@@ -208,7 +203,7 @@ def approval_card(request: AccessRequest, item: Item, tz: tzinfo) -> dict[str, A
                               placeholder="e.g. use the read-only account instead", max_length=500))
         actions = [_action("Approve", VERB_APPROVE, request.id, style="positive"),
                    _action("Decline", VERB_DECLINE, request.id, style="destructive", with_inputs=True)]
-    return _card(body, actions, fallback=f"{title_line(request)} — {state}")
+    return _card(body, actions, fallback=f"{title_line(request, tz)} — {state}")
 
 
 def delivery_card(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> dict[str, Any]:
@@ -221,7 +216,7 @@ def delivery_card(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> dict[st
     item = reveal.item
     body: list[CardElement] = [
         _line(wording.access_ready(request, item.name, reveal.ends_at, tz, MARKUP), element_id=ID_STATUS),
-        _line("This card is wiped when your access ends.", subtle=True),
+        _line(wording.DELIVERY_NOTE, subtle=True),
         _facts([("Request", request.id), ("Username", item.username), ("URL", clip(item.url, 200))]),
     ]
     if reveal.password is not None:
@@ -232,8 +227,7 @@ def delivery_card(request: AccessRequest, reveal: Reveal, tz: tzinfo) -> dict[st
         body.append(Container(style="emphasis", items=[
             TextBlock(text="One-time code", weight="Bolder", spacing="None"),
             TextBlock(id=ID_CODE, text=reveal.code.code, size="ExtraLarge", font_type="Monospace", spacing="None"),
-            _line(f"valid for {seconds} more second{'s' if seconds != 1 else ''}; press New code for a fresh one",
-                  subtle=True),
+            _line(f"{wording.code_valid(seconds)}; press New code for a fresh one", subtle=True),
         ]))
         actions.append(_action("New code", VERB_NEW_CODE, request.id))
     actions.append(_action("Done", VERB_DONE, request.id, style="destructive"))
@@ -245,7 +239,7 @@ def grant_ended_card(request: AccessRequest, item: Item, tz: tzinfo) -> dict[str
     closed = wording.access_closed(request, item.name, tz, MARKUP)
     body: list[CardElement] = [
         _line(closed, element_id=ID_STATUS),
-        _line(f"Need it again? Send: access {item.name} WHY for HOW-LONG", subtle=True),
+        _line(wording.ask_again(item.name, TEAMS, MARKUP), subtle=True),
     ]
     return _card(body, fallback=closed)
 
@@ -258,22 +252,22 @@ def request_form_card(items: Sequence[Item], *, error: str = "", item: str = "",
         body.append(_line(clip(error, 400), color="Attention", element_id=ID_STATUS))
     offered = _fitting(items)
     if not offered:
-        body.append(_line("The catalogue is empty: ask an admin to add items.", color="Warning"))
+        body.append(_line(wording.CATALOGUE_EMPTY, color="Warning"))
         return _card(body, fallback="Request access: the catalogue is empty.")
     names = {i.name for i in offered}
     body += [
         ChoiceSetInput(id=INPUT_ITEM, label="Item", style="filtered", is_required=True,
-                       error_message="Pick an item.", value=item if item in names else None,
+                       error_message=wording.FORM_NO_ITEM, value=item if item in names else None,
                        choices=[Choice(title=f"{i.name} ({i.vault})", value=i.name) for i in offered]),
         TextInput(id=INPUT_REASON, label="Why do you need it?", is_multiline=True, is_required=True,
-                  error_message="Say why you need it.", max_length=500, value=clip(reason, 500) or None,
+                  error_message=wording.FORM_NO_REASON, max_length=500, value=clip(reason, 500) or None,
                   placeholder="e.g. fix broken trigger"),
         TextInput(id=INPUT_WINDOW, label="When (optional)", value=clip(window, 80) or None,
                   placeholder="for 1h · until 17:00 · tomorrow 9am-11am"),
     ]
     if len(items) > len(offered):
-        body.append(_line(f"Showing {len(offered)} of {len(items)} items; type `list WORDS` to search.",
-                          subtle=True))
+        search = TEAMS.spell(Typed("list", "<words>"))
+        body.append(_line(f"Showing {len(offered)} of {len(items)} items; type `{search}` to search.", subtle=True))
     submit = ExecuteAction(title="Request access", verb=VERB_SUBMIT_REQUEST, style="positive", data={})
     return _card(body, [submit], fallback="Request access: open the card in Teams to fill it in.")
 
@@ -304,7 +298,7 @@ def request_sent_card(request: AccessRequest, tz: tzinfo, note: str = "") -> dic
 
 def help_card(note: str = "") -> dict[str, Any]:
     """What jitpass understands; in a channel, mention the bot first."""
-    body: list[CardElement] = [_heading("jitpass: just-in-time access to shared credentials")]
+    body: list[CardElement] = [_heading(wording.HELP_TITLE)]
     if note:
         body.append(_line(clip(note, 300), color="Warning", element_id=ID_STATUS))
     body += [
@@ -316,36 +310,33 @@ def help_card(note: str = "") -> dict[str, Any]:
 
 
 def items_card(items: Sequence[Item], query: str = "") -> dict[str, Any]:
-    """Catalogue entries matching a search: metadata only."""
-    heading = f"Catalogue matching “{clip(query, 60)}”" if query.strip() else "Catalogue"
-    body: list[CardElement] = [_heading(heading)]
-    if not items:
-        body.append(_line("No items match." if query.strip() else "The catalogue is empty.", element_id=ID_STATUS))
-        return _card(body, fallback=f"{heading}: nothing found.")
-    shown = items[:MAX_LIST_ITEMS]
-    body.append(_facts([(i.name, " · ".join(p for p in (f"vault {i.vault}", clip(i.url, 120),
-                                                          "TOTP" if i.has_totp else "") if p))
-                        for i in shown]))
-    if len(items) > len(shown):
-        body.append(_line(f"…and {len(items) - len(shown)} more: add words to narrow the search.", subtle=True))
-    body.append(_line(f"Ask with: {TEAMS.spell(Typed('', '<item> <why> <when>'))}", subtle=True))
-    return _card(body, fallback=f"{heading}: {len(items)} item(s).")
+    """Catalogue entries matching a search: metadata only (the shared wording, as a fact set)."""
+    found = wording.catalogue(items, query, TEAMS, MARKUP)
+    body: list[CardElement] = [_heading(found.heading)]
+    if found.empty:
+        body.append(_line(found.empty, element_id=ID_STATUS))
+        return _card(body, fallback=found.empty)
+    body.append(_facts(found.entries))
+    body += [_line(line, subtle=True) for line in (found.more, found.ask) if line]
+    return _card(body, fallback=found.heading)
 
 
 def status_card(requests: Sequence[AccessRequest], tz: tzinfo) -> dict[str, Any]:
-    """The requester's open requests and grants."""
-    body: list[CardElement] = [_heading("Your requests")]
-    if not requests:
-        body.append(_line(wording.NO_OPEN_REQUESTS, element_id=ID_STATUS))
-        return _card(body, fallback=wording.NO_OPEN_REQUESTS)
-    for request in requests[:MAX_STATUS_ROWS]:
-        state, color = state_line(request, tz)
+    """The requester's open requests and grants (the shared wording, one container each)."""
+    reply = wording.status_reply(requests, tz, MARKUP)
+    body: list[CardElement] = [_heading(reply.heading)]
+    if reply.empty:
+        body.append(_line(reply.empty, element_id=ID_STATUS))
+        return _card(body, fallback=reply.empty)
+    for request, row in zip(requests, reply.rows, strict=False):
         body.append(Container(separator=True, items=[
-            TextBlock(text=f"{request.id} · {request.item}", weight="Bolder", wrap=True),
-            _line(state, color=color),
-            _line(window_text(request, tz), subtle=True),
+            TextBlock(text=f"{row.request_id} · {row.item}", weight="Bolder", wrap=True),
+            _line(row.state, color=_COLORS.get(request.status, "Default")),
+            _line(row.window, subtle=True),
         ]))
-    return _card(body, fallback=f"You have {len(requests)} open request(s).")
+    if reply.more:
+        body.append(_line(reply.more, subtle=True))
+    return _card(body, fallback=reply.heading)
 
 
 def report_files_card(title: str, csv_url: str, html_url: str, expires_at: datetime, tz: tzinfo) -> dict[str, Any]:
@@ -355,10 +346,16 @@ def report_files_card(title: str, csv_url: str, html_url: str, expires_at: datet
     text (which Teams shows in notifications).
     """
     body: list[CardElement] = [
-        _heading(f"📊 {clip(title, 200)}"),
-        _line(f"Each link works once, until {when(expires_at, tz)}. The files name people and credentials: "
-              "keep them private.", subtle=True, element_id=ID_STATUS),
+        _heading(f"{wording.REPORT_EMOJI} {clip(title, 200)}"),
+        _line(wording.report_links(expires_at, tz), subtle=True, element_id=ID_STATUS),
     ]
     actions = [OpenUrlAction(title="Download CSV", url=csv_url),
                OpenUrlAction(title="Download HTML", url=html_url)]
     return _card(body, actions, fallback="Access report: open this card in Teams to download the files.")
+
+
+def report_text(summary: str) -> str:
+    """The message above the report card: the shared summary lines, one paragraph each."""
+    reply = wording.report_reply(summary)
+    # Teams reads a single line break as none: each line is its own paragraph.
+    return "\n\n".join([reply.heading, *reply.bullets])

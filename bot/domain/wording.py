@@ -9,19 +9,66 @@ span on the same day.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Protocol
 
-from bot.domain.model import AccessRequest, Identity, Status
+from bot.domain.model import AccessRequest, Identity, Item, Status
 from bot.domain.request_text import format_duration
 from bot.domain.syntax import Hint, Syntax, Typed
 
 __all__ = [
-    "BUSY", "EMOJI", "NOT_STARTED", "NO_OPEN_REQUESTS", "PLAIN", "QUEUED", "WORKING", "Markup", "access_closed",
+    "BUSY",
+    "CATALOGUE_EMPTY",
+    "CATALOGUE_LIMIT",
+    "DELIVERY_NOTE",
+    "EMOJI",
+    "FORM_NO_ITEM",
+    "FORM_NO_REASON",
+    "HELP_TITLE",
+    "NOT_STARTED",
+    "NO_OPEN_REQUESTS",
+    "PLAIN",
+    "QUEUED",
+    "REPORT_EMOJI",
+    "REPORT_ONLY_IN_PRIVATE",
+    "STATUS_LIMIT",
+    "WORKING",
+    "Catalogue",
+    "Markup",
+    "ReportReply",
+    "StatusReply",
+    "StatusRow",
+    "access_closed",
     "access_ready",
-    "already_decided", "apology", "cancelled", "clock", "ended", "help_entries", "moment", "request_sent",
-    "sent_next", "status_line", "told_approved", "told_declined", "told_ended", "told_extended", "told_queued",
-    "told_timed_out", "window_line",
+    "already_decided",
+    "apology",
+    "ask_again",
+    "cancelled",
+    "catalogue",
+    "clock",
+    "code_valid",
+    "ended",
+    "form_no_reason",
+    "help_entries",
+    "moment",
+    "report_files_not_sent",
+    "report_files_sent",
+    "report_links",
+    "report_reply",
+    "request_sent",
+    "request_title",
+    "sent_next",
+    "status_line",
+    "status_reply",
+    "told_approved",
+    "told_declined",
+    "told_ended",
+    "told_extended",
+    "told_queued",
+    "told_timed_out",
+    "window_line",
 ]
 
 EMOJI: dict[Status, str] = {
@@ -106,9 +153,14 @@ class _Plain:
 PLAIN: Markup = _Plain()
 
 
-def moment(at: datetime | None, tz: tzinfo) -> str:
-    """An instant, in the policy's time zone: `2026-03-10 09:30 CET` (or `-`)."""
-    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z") if at else "-"
+def moment(at: datetime | None, tz: tzinfo, *, zone: bool = True) -> str:
+    """An instant, in the policy's time zone: `2026-03-10 09:30 CET` (or `-`).
+
+    `zone=False` leaves the zone out (`2026-03-10 09:30`), for a report whose heading names it once.
+    """
+    if at is None:
+        return "-"
+    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z" if zone else "%Y-%m-%d %H:%M")
 
 
 def clock(at: datetime, tz: tzinfo) -> str:
@@ -128,6 +180,19 @@ def window_line(request: AccessRequest, tz: tzinfo) -> str:
     if begins is not None:
         return f"{length} from {moment(begins, tz)}"
     return f"{length}, starting when approved"
+
+
+def request_title(request: AccessRequest, tz: tzinfo, markup: Markup = PLAIN) -> str:
+    """A card's title: what kind of request, its id, who asks for what and for how long.
+
+    People are named by display name (through `markup.text`), never by mention: Slack headers are plain text.
+    """
+    who = markup.text(request.requester.label, 80)
+    length = format_duration(request.window.duration)
+    if request.is_extension:
+        return f"⏩ Extension request {request.id}: {who} asks for {length} more on {request.parent_id}"
+    begins = f" from {moment(request.window.start, tz)}" if request.window.start is not None else ""
+    return f"🔑 Access request {request.id}: {who} asks for {markup.text(request.item, 200)} for {length}{begins}"
 
 
 def status_line(request: AccessRequest, tz: tzinfo, markup: Markup = PLAIN) -> str:
@@ -207,11 +272,160 @@ def access_ready(request: AccessRequest, item_name: str, ends_at: datetime, tz: 
     return f"🔓 Your access to {markup.text(item_name, 200)} through {request.id} is ready until {moment(ends_at, tz)}."
 
 
+DELIVERY_NOTE = ("Only you can see this. It is wiped when your access ends; each new code is recorded in the "
+                 "audit trail.")
+
+
+def code_valid(seconds: int) -> str:
+    """How long a one-time code shown with a delivery still works: `valid for 17 more seconds`."""
+    return f"valid for {seconds} more second{'' if seconds == 1 else 's'}"
+
+
+def ask_again(item_name: str, syntax: Syntax, markup: Markup = PLAIN) -> str:
+    """Under a wiped delivery: the command that asks for the same item again, in the platform's syntax."""
+    return Hint("Need it again? Send `{}`.", (Typed("", f"{markup.text(item_name, 100)} <why> <when>"),)).render(syntax)
+
+
 def access_closed(request: AccessRequest, item_name: str, tz: tzinfo, markup: Markup = PLAIN) -> str:
     """What replaces a delivered secret once the grant is over."""
     verb = "expired" if request.status is Status.EXPIRED else "ended"
     return (f"{EMOJI[Status.REVOKED]} Access to {markup.text(item_name, 200)} through {request.id} has {verb} "
             f"({moment(request.ended_at or request.ends_at, tz)}). The password and code were removed from this chat.")
+
+
+# -- help and the request form ------------------------------------------------------------------------
+
+HELP_TITLE = "jitpass: just-in-time access to shared credentials"
+FORM_NO_ITEM = "Choose an item."
+FORM_NO_REASON = "Say why you need it."
+
+
+def form_no_reason(item: str, markup: Markup = PLAIN) -> str:
+    """A request that names its item but not why: `Say why you need acme-zendesk.`"""
+    return f"Say why you need {markup.text(item, 100)}."
+
+
+# -- the catalogue (`list [words]`) ------------------------------------------------------------------
+
+CATALOGUE_LIMIT = 40  # entries in one `list` reply, on every platform; more are counted, not shown
+CATALOGUE_EMPTY = "The catalogue is empty: ask an admin to add items."
+_REQUEST = Typed("", "<item> <why> <when>")
+_SEARCH = Typed("list", "<words>")
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The answer to `list [words]`, line by line; the platform lays it out (a list, a fact set)."""
+
+    heading: str  # "Catalogue matching “acme”: 2 items"
+    entries: tuple[tuple[str, str], ...]  # (item name, "vault acme · https://… · TOTP"), at most the limit
+    empty: str  # instead of entries: nothing matched, or nothing is there ("" when there are entries)
+    more: str  # "…and 12 more; narrow with `list <words>`." ("" when all are shown)
+    ask: str  # how to ask for one of them, in the platform's syntax ("" when there are none)
+
+
+def catalogue(items: Sequence[Item], query: str, syntax: Syntax, markup: Markup = PLAIN, *,
+              limit: int = CATALOGUE_LIMIT) -> Catalogue:
+    """Catalogue metadata (never a secret) for `list`: names, vaults, URLs, which have a TOTP code."""
+    words = markup.text(query, 60) if query.strip() else ""
+    count = f"{len(items)} item{'' if len(items) == 1 else 's'}"
+    heading = f"Catalogue matching “{words}”: {count}" if words else f"Catalogue: {count}"
+    if not items:
+        # What was typed stays out of the template: a `{` in it must not be read as a slot.
+        empty = (f"No items match “{words}”: "
+                 + Hint("try other words, or `{}` for the whole catalogue.", (Typed("list"),)).render(syntax)
+                 if words else CATALOGUE_EMPTY)
+        return Catalogue(heading, (), empty, "", "")
+    entries = tuple((markup.text(i.name, 100), " · ".join(part for part in (
+        f"vault {markup.text(i.vault, 100)}", markup.text(i.url, 120) if i.url else "",
+        "TOTP" if i.has_totp else "") if part)) for i in items[:limit])
+    hidden = len(items) - len(entries)
+    more = Hint(f"…and {hidden} more; narrow with `{{}}`.", (_SEARCH,)).render(syntax) if hidden else ""
+    return Catalogue(heading, entries, "", more, Hint("Ask with `{}`.", (_REQUEST,)).render(syntax))
+
+
+# -- the requester's open requests (`status`) ----------------------------------------------------------
+
+STATUS_LIMIT = 20  # requests in one `status` reply, on every platform; more are counted, not shown
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One open request in `status`: which, for what, where it stands, when."""
+
+    request_id: str
+    item: str  # made safe by the platform's markup
+    state: str  # `status_line`
+    window: str  # `window_line`
+
+
+@dataclass(frozen=True)
+class StatusReply:
+    """The answer to `status`; the platform lays it out (a list, containers)."""
+
+    heading: str  # "Your open requests: 2"
+    rows: tuple[StatusRow, ...]  # at most the limit
+    empty: str  # instead of rows: NO_OPEN_REQUESTS ("" when there are rows)
+    more: str  # "…and 3 more." ("" when all are shown)
+
+
+def status_reply(requests: Sequence[AccessRequest], tz: tzinfo, markup: Markup = PLAIN, *,
+                 limit: int = STATUS_LIMIT) -> StatusReply:
+    """The requester's waiting and active requests, each with its status line and window."""
+    heading = f"Your open requests: {len(requests)}"
+    if not requests:
+        return StatusReply(heading, (), NO_OPEN_REQUESTS, "")
+    rows = tuple(StatusRow(r.id, markup.text(r.item, 100), status_line(r, tz, markup), window_line(r, tz))
+                 for r in requests[:limit])
+    hidden = len(requests) - len(rows)
+    return StatusReply(heading, rows, "", f"…and {hidden} more." if hidden else "")
+
+
+# -- the access report in chat (`report …`) -----------------------------------------------------------
+
+REPORT_EMOJI = "📊"
+REPORT_ONLY_IN_PRIVATE = "Ask for reports in a 1:1 chat with me: they name people and credentials."
+
+
+@dataclass(frozen=True)
+class ReportReply:
+    """The chat summary of an access report: its title line and the lines under it."""
+
+    title: str  # "Access report 2026-02-08 09:00 → 2026-03-10 09:00 (UTC)"
+    details: tuple[str, ...]  # "Requests 3: …", "Approval latency: …", …
+
+    @property
+    def heading(self) -> str:
+        """The title as a chat line: `📊 Access report …`."""
+        return f"{REPORT_EMOJI} {self.title}"
+
+    @property
+    def bullets(self) -> tuple[str, ...]:
+        """The details as list lines: `• Requests 3: …`."""
+        return tuple(f"• {line}" for line in self.details)
+
+
+def report_reply(summary: str) -> ReportReply:
+    """The summary the report renderer wrote, split into a title and its details (blank lines dropped)."""
+    lines = [line.strip() for line in summary.splitlines() if line.strip()]
+    return ReportReply(lines[0] if lines else "Access report", tuple(lines[1:]))
+
+
+def report_files_sent() -> str:
+    """Where the report's files went, when they could be sent as files (Slack)."""
+    return "📎 The CSV and HTML files are in your direct messages with jitpass (only you can see them)."
+
+
+def report_files_not_sent(problem: str, markup: Markup = PLAIN) -> str:
+    """The files could not be sent: the summary still stands, and the CLI makes them too."""
+    why = markup.text(problem, 100) if problem.strip() else f"{markup.platform} refused"
+    return f"⚠️ I could not send you the CSV and HTML files ({why}); `jitpass report` on the server produces them too."
+
+
+def report_links(expires_at: datetime, tz: tzinfo) -> str:
+    """Under one-time download links (Teams): how long they work and why they are private."""
+    return (f"📎 Each link works once, until {moment(expires_at, tz)}. The files name people and credentials: "
+            "keep them private.")
 
 
 # -- what the requester is told when their request moves on ------------------------------------------

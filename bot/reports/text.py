@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 from bot.domain.report_data import ChainStatus, Report, RetentionSummary
 from bot.domain.request_text import format_duration
+from bot.domain.wording import moment
 
 if TYPE_CHECKING:
     pass
@@ -41,7 +42,8 @@ def _waiting(report: Report, since: datetime) -> str:
 
 
 def _local(at: datetime | None, tz: ZoneInfo) -> str:
-    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if at else "-"
+    # The core's one time formatter; a report names its zone once, in the period line, so not in every cell.
+    return moment(at, tz, zone=False)
 
 
 def _chain_line(chain: ChainStatus) -> str:

@@ -111,7 +111,7 @@ def test_the_documented_walkthrough_works_in_agents_playground(tmp_path: Path) -
 
     # The approval card in My Team > Announcements.
     approval = steps["approval_card"]["text"]
-    assert "Alex Wilber requests access to demo-zendesk" in approval and "Waiting for a lead" in approval
+    assert "Alex Wilber asks for demo-zendesk" in approval and "Waiting for a lead" in approval
     assert '"verb":"approve"' in approval and '"verb":"decline"' in approval
 
     # Alex's own Approve is refused, with the core's words.

@@ -134,7 +134,7 @@ async def test_slash_command_text_containing_payload_is_understood(slack: SlackH
     reply = await slack.users.command("list payload", "UREQ")
 
     assert reply.status == 200
-    assert "No items match `payload`" in reply.json()["text"]
+    assert "No items match “payload”" in reply.json()["text"]
 
 
 # -- who may decide ---------------------------------------------------------------------------------------

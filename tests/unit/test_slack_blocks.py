@@ -51,9 +51,10 @@ def _all_text(value: Any) -> str:
 def test_pending_card_golden() -> None:
     card = blocks.approval_card(_request(), ITEM, UTC_ZONE)
 
-    assert card.text == "Access request R-ABCDEFGH: ureq asks for acme-zendesk (pending)"
+    assert card.text == "🔑 Access request R-ABCDEFGH: ureq asks for acme-zendesk for 1h (pending)"
     assert card.blocks == [
-        {"type": "header", "text": {"type": "plain_text", "text": "🔑 Access request R-ABCDEFGH", "emoji": True}},
+        {"type": "header", "text": {"type": "plain_text", "emoji": True,
+                                    "text": "🔑 Access request R-ABCDEFGH: ureq asks for acme-zendesk for 1h"}},
         {"type": "section", "fields": [
             {"type": "mrkdwn", "text": "*Requester*\n<@UREQ>"},
             {"type": "mrkdwn", "text": "*Item*\n`acme-zendesk` (vault acme)"},
@@ -166,7 +167,7 @@ def test_home_view_active_grant_golden_shows_the_live_code_and_its_buttons() -> 
     grant = home["blocks"][5:7]
     assert grant[0] == {"type": "section", "fields": [
         {"type": "mrkdwn", "text": "*acme-zendesk* (R-ABCDEFGH)\nuntil 2026-03-10 10:00 UTC"},
-        {"type": "mrkdwn", "text": "*Code*\n`123456` (valid 17 s more)"},
+        {"type": "mrkdwn", "text": "*Code*\n`123456` (valid for 17 more seconds)"},
     ]}
     assert [(b["action_id"], b["value"]) for b in grant[1]["elements"]] == [
         (Actions.NEW_CODE, "R-ABCDEFGH"), (Actions.SHOW_PASSWORD, "R-ABCDEFGH"), (Actions.DONE, "R-ABCDEFGH")]
