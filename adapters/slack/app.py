@@ -336,7 +336,7 @@ class SlackInteractions:
         return wording.request_sent(request, self.tz, blocks.MARKUP,
                                     leads_channel=self.policy.leads_channel(request.vault, "slack"))
 
-    async def _answer_request(self, ack: AsyncAck, command: CommandInput, draft: RequestDraft, *,
+    async def _answer_request(self, ack: Ack, command: CommandInput, draft: RequestDraft, *,
                               deadline: float) -> None:
         """`/access <item> <why> <when>`. Whatever the acknowledgement promises ("queued", "working") is
         journaled before it leaves, and a queued request's answer is recorded with it as a durable TELL
