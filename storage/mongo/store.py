@@ -123,6 +123,9 @@ APPEND_ATTEMPTS = 50
 CAS_ATTEMPTS = 10
 # Events deleted per batch when a purge removes what lies below its checkpoint.
 PURGE_BATCH = 5_000
+# Transitions per transaction in `transition_many`: few round trips each, yet short enough to commit
+# beside other writers (bench/mongo_round_trips.py --other-writes).
+TRANSITION_BATCH = 25
 ALLOW_STANDALONE_VAR = "JITPASS_MONGODB_ALLOW_STANDALONE"
 _COLLECTIONS = ("items", "requests", "events", "meta", "effects", rate_limits.COLLECTION)
 _ILLEGAL_OPERATION = 20  # what a standalone mongod answers a transaction
@@ -225,7 +228,7 @@ class MongoStore:
     def __init__(
         self, url: str, clock: Clock, db_name: str | None = None, *,
         server_selection_timeout: float | None = None, allow_standalone: bool = False,
-        purge_batch: int = PURGE_BATCH,
+        purge_batch: int = PURGE_BATCH, transition_batch: int = TRANSITION_BATCH,
     ) -> None:
         self._url = url
         self._clock = clock
@@ -234,6 +237,7 @@ class MongoStore:
         self._timeout = server_selection_timeout
         self._allow_standalone = allow_standalone
         self._purge_batch = max(1, purge_batch)
+        self._transition_batch_size = max(1, transition_batch)
         self._client: AsyncMongoClient[Doc] | None = None
         self._db: AsyncDatabase[Doc] | None = None
         self._transactions = False
@@ -752,27 +756,46 @@ class MongoStore:
         return await self._unit("changing a request", body)
 
     async def transition_many(self, drafts: Sequence[TransitionDraft]) -> list[AccessRequest | None]:
-        """Every draft's compare-and-set in one transaction (in order), in a few round trips: one read
-        of the requests, one bulk update guarded by version and status, one insert of the chained events,
-        one of the effects. Without transactions (standalone, development) each is its own
-        compare-and-set + append, as `transition`."""
+        """The drafts' compare-and-sets in order, `transition_batch` per transaction, each in a few round
+        trips: one read of the requests, one bulk update guarded by version and status, one insert of the
+        chained events, one of the effects. Transactions stay short because a long one loses to every
+        other writer's commit (mongoeco aborts it on any; MongoDB on a shared document) and is redone.
+        If a later transaction fails after earlier ones committed, its drafts come back as None (not
+        moved; the scheduler's next pass retries them) and the failure is logged. Without transactions
+        (standalone, development) each is its own compare-and-set + append, as `transition`."""
         if not drafts:
             return []
 
-        async def one_by_one(session: Session) -> list[AccessRequest | None]:
-            return [await self._transition_in(session, d.request_id, d.from_statuses, d.changes, d.event,
-                                              d.expected_version, d.effects) for d in drafts]
-
-        async def batched(session: Session) -> list[AccessRequest | None]:
-            assert session is not None
-            return await self._transition_batch(session, drafts)
+        def one_by_one(part: Sequence[TransitionDraft]) -> Callable[[Session], Awaitable[list[AccessRequest | None]]]:
+            async def body(session: Session) -> list[AccessRequest | None]:
+                return [await self._transition_in(session, d.request_id, d.from_statuses, d.changes, d.event,
+                                                  d.expected_version, d.effects) for d in part]
+            return body
 
         if not self._transactions:
-            return await self._unit("changing requests", one_by_one)
-        try:
-            return await self._unit("changing requests", batched)
-        except _OneByOne:
-            return await self._unit("changing requests", one_by_one)
+            return await self._unit("changing requests", one_by_one(drafts))
+
+        def batched(part: Sequence[TransitionDraft]) -> Callable[[Session], Awaitable[list[AccessRequest | None]]]:
+            async def body(session: Session) -> list[AccessRequest | None]:
+                assert session is not None
+                return await self._transition_batch(session, part)
+            return body
+
+        results: list[AccessRequest | None] = []
+        for start in range(0, len(drafts), self._transition_batch_size):
+            part = drafts[start:start + self._transition_batch_size]
+            try:
+                try:
+                    results += await self._unit("changing requests", batched(part))
+                except _OneByOne:
+                    results += await self._unit("changing requests", one_by_one(part))
+            except (StoreError, AuditWriteError) as exc:
+                if not results:
+                    raise  # nothing committed: the caller sees the failure as it is
+                log.warning("event=mongodb_batch_incomplete moved=%d left=%d error=%s", len(results),
+                            len(drafts) - len(results), exc.message)
+                return results + [None] * (len(drafts) - len(results))
+        return results
 
     async def _transition_batch(self, session: AsyncClientSession,
                                 drafts: Sequence[TransitionDraft]) -> list[AccessRequest | None]:

@@ -14,7 +14,7 @@ from pymongo import AsyncMongoClient, monitoring
 
 from bot.domain.audit import verify_chain
 from bot.domain.errors import AuditWriteError, StoreError
-from bot.domain.model import Status
+from bot.domain.model import EffectDraft, EffectKind, Status, TransitionDraft
 from storage.mongo.store import ALLOW_STANDALONE_VAR, MongoStore, client_options
 from tests.contract.conftest import refuse_inserts_mongo
 from tests.support.mongo import new_db_name
@@ -260,3 +260,36 @@ def test_options_in_the_url_win_over_jitpass_defaults() -> None:
     assert client_options("mongodb://h/db?appName=ops&serverSelectionTimeoutMS=30000") == {}
     assert client_options("mongodb://h/db?serverselectiontimeoutms=30000", 0.3) == {
         "serverSelectionTimeoutMS": 300, "appname": "jitpass"}
+
+
+# -- batches of transitions in short transactions ------------------------------------------------
+
+
+async def test_a_batch_longer_than_one_transaction_moves_each_once_with_its_events_chained_in_order(
+        mongodb_uri: str) -> None:
+    opened = _Opened(mongodb_uri, False, transition_batch=2)  # 5 drafts: three transactions
+    try:
+        await opened.store.open()
+        store = opened.store
+        for n in range(5):
+            await store.create_request(make_request(f"R{n}", item=f"item-{n}"), draft("request.created",
+                                                                                      request_id=f"R{n}"))
+        await store.transition("R3", {Status.PENDING}, {"status": Status.CANCELLED}, None)
+        drafts = [TransitionDraft(f"R{n}", frozenset({Status.PENDING}), {"status": Status.TIMED_OUT},
+                                  draft("request.timed_out", request_id=f"R{n}"), (EffectDraft(EffectKind.TELL),))
+                  for n in (0, 1, 2, 3, 4, 0)]  # R3 moved already; R0 twice: its second draft sees the first
+        _COMMANDS.db_name, _COMMANDS.seen = opened.db_name, []
+        results = await store.transition_many(drafts)
+        # One bulk update of the requests per transaction: three transactions of at most two drafts.
+        updates = [c for name, c in _COMMANDS.seen if name == "update" and c.get("update") == "requests"]
+        assert [len(c.get("updates", [])) for c in updates] == [2, 1, 1]
+        assert [r.status if r else None for r in results] == [Status.TIMED_OUT] * 3 + [None, Status.TIMED_OUT, None]
+        timed_out = [e async for e in store.events(types={"request.timed_out"})]
+        assert [e.request_id for e in timed_out] == ["R0", "R1", "R2", "R4"]
+        assert (await verify_chain(store.events())).ok
+        assert [len(await store.effects_of(f"R{n}")) for n in range(5)] == [1, 1, 1, 0, 1]
+    finally:
+        await opened.store.close()
+        await opened.admin.drop_database(opened.db_name)
+        await opened.admin.close()
+
