@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hmac
 import ipaddress
 import logging
 import signal
 import socket
 from collections.abc import Sequence
 from contextlib import suppress
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +38,7 @@ from bot.domain.policy import Policy
 from bot.domain.report_data import ChatReport
 from bot.ports import ChatAdapter, ChatCore, Clock, Witness
 from bot.reports.chat import chat_report
+from bot.services.metrics import CONTENT_TYPE, Metrics
 from bot.services.retention import install_retention
 from bot.services.siem import SiemStreamer
 
@@ -80,8 +83,9 @@ def chat_core(runtime: Runtime) -> ChatCore:
     async def reports(actor: Identity, args_text: str) -> ChatReport:
         return await chat_report(service, actor, args_text, trust=runtime.audit_trust)
 
-    return ChatCore(access=service, reports=reports, policy=runtime.policy, clock=runtime.clock,
+    core = ChatCore(access=service, reports=reports, policy=runtime.policy, clock=runtime.clock,
                     store=runtime.store)
+    return core if runtime.metrics is None else replace(core, metrics=runtime.metrics)
 
 
 def chat_adapters(settings: Settings) -> list[ChatAdapter]:
@@ -132,6 +136,45 @@ def add_chat_witnesses(runtime: Runtime, chat: Sequence[ChatAdapter]) -> None:
 
 
 CHAT_PATHS = frozenset({"/slack/events", "/api/messages"})
+METRICS = web.AppKey("metrics", Metrics)
+PARENT = web.AppKey("parent", web.Application)  # the metrics listener's: the app whose metrics it serves
+
+
+def metrics_handler(settings: Settings, *, token_required: bool) -> Handler:
+    """GET /metrics: 404 when not served here, 401 without the right bearer token, else the scrape."""
+
+    async def scrape(request: web.Request) -> web.StreamResponse:
+        app = request.app.get(PARENT, request.app)
+        metrics, runtime = app.get(METRICS), app.get(RUNTIME)
+        if metrics is None or runtime is None or (token_required and not settings.metrics_token):
+            return web.json_response({"error": "metrics are not served here (see JITPASS_METRICS_TOKEN and "
+                                               "JITPASS_METRICS_PORT)"}, status=404)
+        if settings.metrics_token and not _bearer_ok(request, settings.metrics_token):
+            return web.json_response({"error": "a valid bearer token is required"}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="jitpass metrics"'})
+        await metrics.refresh(runtime.store, settings.health_timeout)
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    return scrape
+
+
+def _bearer_ok(request: web.Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # Constant-time: how much of a guess matched must not show in the answer's timing.
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+async def start_metrics_listener(app: web.Application, settings: Settings, sock: socket.socket) -> web.AppRunner:
+    """JITPASS_METRICS_PORT: /metrics alone on a listener of its own (the token too, when one is set)."""
+    listener = web.Application()
+    listener[PARENT] = app
+    listener.router.add_get("/metrics", metrics_handler(settings, token_required=False))
+    runner = web.AppRunner(listener, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    log.info("event=metrics_listening host=%s port=%s token=%s", settings.metrics_host, sock.getsockname()[1],
+             "required" if settings.metrics_token else "none (loopback)")
+    return runner
 
 
 def _refused(request: web.Request, status: int, reason: str) -> web.Response:
@@ -180,6 +223,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
     """The aiohttp application; the runtime is opened at start-up and closed at clean-up."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guard_chat_bodies])
     chat = list(adapters) if adapters is not None else chat_adapters(settings)
+    metrics = Metrics() if settings.metrics_enabled else None  # a registry per app: apps never share one
+    if metrics is not None:
+        app[METRICS] = metrics
+    listeners: list[web.AppRunner] = []  # the JITPASS_METRICS_PORT listener, while it runs
 
     async def healthz(request: web.Request) -> web.Response:
         runtime = request.app[RUNTIME]
@@ -204,6 +251,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
                                            "SLACK_BOT_TOKEN (or SLACK_APP_TOKEN for Socket Mode)"}, status=501)
 
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler(settings, token_required=True))
     for adapter in chat:
         adapter.add_routes(app)
     if not any(a.platform == "slack" for a in chat):
@@ -215,8 +263,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
         app.router.add_post("/api/messages", teams_off)
 
     async def start(app: web.Application) -> None:
-        runtime = await open_runtime(settings, clock=clock, policy=policy, mark_demo=demo,
-                                     demo_policy=parse_policy(DEMO_POLICY, "built-in demo policy"))
+        metrics_sock = metrics_socket(settings)  # before anything opens: a busy port changes nothing
+        try:
+            runtime = await open_runtime(settings, clock=clock, policy=policy, mark_demo=demo, metrics=metrics,
+                                         demo_policy=parse_policy(DEMO_POLICY, "built-in demo policy"))
+        except BaseException:
+            if metrics_sock is not None:
+                metrics_sock.close()
+            raise
         app[RUNTIME] = runtime
         log.info("event=home path=\"%s\" store=%s demo_store=%s", settings.home, runtime.store.kind,
                  str(runtime.demo).lower())
@@ -244,13 +298,19 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
                     await streamer.load()
                     streamer.start()
                     app[SIEM] = streamer
+            if metrics_sock is not None:
+                listeners.append(await start_metrics_listener(app, settings, metrics_sock))
         except BaseException:
+            if metrics_sock is not None and not listeners:
+                metrics_sock.close()
             # aiohttp runs no on_cleanup after a failed start-up: close what was opened here.
             await stop(app)
             raise
         log.info("event=started store=%s platforms=%s", runtime.store.kind, ",".join(a.platform for a in chat))
 
     async def stop(app: web.Application) -> None:
+        while listeners:
+            await listeners.pop().cleanup()
         runtime = app.get(RUNTIME)
         if runtime is None:
             return
@@ -300,13 +360,24 @@ def check_safe_start(settings: Settings, host: str) -> None:
             "could not be verified. Set SLACK_SIGNING_SECRET (HTTP mode) or SLACK_APP_TOKEN (Socket Mode)")
 
 
-def bind(host: str, port: int) -> socket.socket:
+def metrics_socket(settings: Settings) -> socket.socket | None:
+    """The JITPASS_METRICS_PORT socket (None when unset); a reachable address needs JITPASS_METRICS_TOKEN."""
+    if settings.metrics_port is None:
+        return None
+    if not is_loopback(settings.metrics_host) and not settings.metrics_token:
+        raise StartupError(f"refusing to start: JITPASS_METRICS_HOST={settings.metrics_host} is reachable from "
+                           "other machines but JITPASS_METRICS_TOKEN is not set, so anyone there could read "
+                           "/metrics. Set a token, or leave JITPASS_METRICS_HOST unset (127.0.0.1)")
+    return bind(settings.metrics_host, settings.metrics_port, what="JITPASS_METRICS_PORT")
+
+
+def bind(host: str, port: int, *, what: str = "PORT") -> socket.socket:
     """The listening socket, taken before any start-up work: a busy port must change nothing."""
     try:
         return socket.create_server((host, port), backlog=128)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"port {port} is in use on {host}: stop the other process or set PORT "
+            raise StartupError(f"port {port} is in use on {host}: stop the other process or set {what} "
                                "to a free port") from None
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 

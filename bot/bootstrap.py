@@ -27,6 +27,7 @@ from bot.services.checkpoints import (
     load_checked_ring,
 )
 from bot.services.effects import EffectRunner, RetryPolicy
+from bot.services.metrics import Metrics, metered
 from bot.services.onepassword_sync import OnePasswordSync
 from bot.services.schedule import GrantScheduler
 from bot.services.secrets import BuiltinSource, SecretSources
@@ -56,6 +57,8 @@ class Runtime:
     # The store was created by `serve --demo` (its meta says so): demo item and, without a policy file, demo policy.
     demo: bool = False
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Set when /metrics is configured (the server only): the store is metered into it.
+    metrics: Metrics | None = None
 
     async def close(self) -> None:
         """Close outside clients (1Password), then the store."""
@@ -90,7 +93,8 @@ def _require_existing(settings: Settings, store: Store) -> None:
 
 async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None,
                        create_key: bool = True, audit_key_check: bool = True, must_exist: bool = False,
-                       demo_policy: Policy | None = None, mark_demo: bool = False) -> Runtime:
+                       demo_policy: Policy | None = None, mark_demo: bool = False,
+                       metrics: Metrics | None = None) -> Runtime:
     """Open the store, check the master key and audit signing key against it, and build the core.
 
     `audit_key_check=False` (audit verify only) opens even when the signing key is wrong or verify-only.
@@ -98,9 +102,12 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
     or never-written store is refused, saying where it was looked for.
     `demo_policy`: used when no policy file is configured AND the store was created by `serve --demo`
     (`mark_demo` marks a new store so), so the CLI and the server agree on the policy.
+    `metrics`: every store call is timed and every recorded audit event counted into it (bot/services/metrics.py).
     """
     clock = clock or SystemClock()
     store: Store = open_store(settings.store_url, clock, allow_standalone=settings.mongodb_allow_standalone)
+    if metrics is not None:
+        store = metered(store, metrics)
     if must_exist:
         _require_existing(settings, store)
     else:
@@ -154,7 +161,7 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, policy
                                                 lease_seconds=settings.effect_lease))
     runtime = Runtime(settings=settings, store=store, vault=vault, policy=policy, clock=clock, service=service,
                       catalog=Catalog(store, vault, clock), scheduler=GrantScheduler(worker), effects=effects,
-                      checkpointer=checkpointer, demo=is_demo)
+                      checkpointer=checkpointer, demo=is_demo, metrics=metrics)
     if settings.op_connect_host and settings.op_connect_token:
         # The secret sources (no chat SDK): 1Password Connect for items, the Events API for direct use.
         connect = ConnectSource(ConnectClient(settings.op_connect_host, settings.op_connect_token), vault.fingerprint)

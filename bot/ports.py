@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -37,12 +37,14 @@ __all__ = [
     "ChatAccess",
     "ChatAdapter",
     "ChatCore",
+    "ChatMetrics",
     "ChatReports",
     "Checkpoint",
     "Clock",
     "Failed",
     "ItemFeed",
     "ItemUsage",
+    "NoMetrics",
     "Notifier",
     "NotifyResult",
     "PurgeResult",
@@ -273,6 +275,11 @@ class Store(ReportSource, Protocol):
         """Every effect of one request, oldest first."""
         ...
 
+    async def effects_by_kind(self) -> dict[str, dict[str, int]]:
+        """Pending and failed effects per kind, `{"pending": {"wipe": n, ...}, "failed": {...}}` (for /metrics);
+        kinds with none are left out."""
+        ...
+
     # -- audit trail ---------------------------------------------------------------------------
     async def append_event(self, event: EventDraft) -> Event:
         """Give the event the next sequence number and chain it to the last one (safe across
@@ -446,6 +453,21 @@ class ChatReports(Protocol):
     async def __call__(self, actor: Identity, args_text: str) -> ChatReport: ...
 
 
+class ChatMetrics(Protocol):
+    """What a chat adapter tells the metrics (bot/services/metrics.py): its failed platform API calls."""
+
+    def chat_api_error(self, platform: str, method: str, status: str) -> None:
+        """One failed call: `method` as the platform names it, `status` the HTTP status (or `timeout`, ...)."""
+        ...
+
+
+class NoMetrics:
+    """The metrics when /metrics is not configured: nothing is counted."""
+
+    def chat_api_error(self, platform: str, method: str, status: str) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class ChatCore:
     """Everything a chat adapter gets from the core at start (bot/app.py wires it)."""
@@ -456,6 +478,7 @@ class ChatCore:
     clock: Clock
     # For the adapter's own small records in the store's meta (Teams: service URLs per tenant).
     store: Store
+    metrics: ChatMetrics = field(default_factory=NoMetrics)
 
 
 class ChatAdapter(Protocol):

@@ -65,7 +65,7 @@ class SlackAdapter:
         timeout = self.settings.call_timeout
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
         self.api = SlackApi(self.settings.slack_bot_token, self.settings.slack_api_url, self._session,
-                            timeout=timeout)
+                            timeout=timeout, metrics=core.metrics)
         home = self.home = HomeTab(self.api, core.access, core.policy.timezone, self.background)
         self.notifier = SlackNotifier(self.api, core.policy, core.clock)
         # One App Home publish per change of a user's request (HomeTab coalesces bursts per user).

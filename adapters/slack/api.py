@@ -23,6 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.domain.errors import DeliveryError
+from bot.ports import ChatMetrics, NoMetrics
 
 __all__ = [
     "APP_TOKEN_METHOD_SCOPES",
@@ -150,8 +151,9 @@ class SlackApi:
     """The Web API calls and `response_url` posts of the adapter."""
 
     def __init__(self, token: str | None, api_url: str | None, session: aiohttp.ClientSession | None = None, *,
-                 timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_CALL_TIMEOUT, metrics: ChatMetrics | None = None) -> None:
         self.logger = quiet_logger("jitpass.slack.sdk")
+        self.metrics = metrics or NoMetrics()
         self.session = session
         self.timeout = timeout
         # No SDK retries: a Retry-After slept inside a call would hold up whatever awaits it. The
@@ -175,13 +177,16 @@ class SlackApi:
                 else:
                     response = await self.client.api_call(method, json=params)
         except SlackApiError as exc:
+            status = exc.response.status_code
+            self.metrics.chat_api_error("slack", method, "ok_false" if status == 200 else str(status))
             error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
-            raise SlackCallError(method, str(error or f"http {exc.response.status_code}"),
-                                 _retry_after(exc.response.headers) if exc.response.status_code == 429 else None
-                                 ) from None
+            raise SlackCallError(method, str(error or f"http {status}"),
+                                 _retry_after(exc.response.headers) if status == 429 else None) from None
         except TimeoutError:
+            self.metrics.chat_api_error("slack", method, "timeout")
             raise SlackCallError(method, "timeout") from None
         except aiohttp.ClientError as exc:
+            self.metrics.chat_api_error("slack", method, "network")
             raise SlackCallError(method, type(exc).__name__) from None
         data = response.data
         return dict(data) if isinstance(data, Mapping) else {}
@@ -194,10 +199,13 @@ class SlackApi:
             async with asyncio.timeout(self.timeout):
                 response = await webhook.send_dict(dict(payload))
         except TimeoutError:
+            self.metrics.chat_api_error("slack", "response_url", "timeout")
             raise SlackCallError("response_url", "timeout") from None
         except aiohttp.ClientError as exc:
+            self.metrics.chat_api_error("slack", "response_url", "network")
             raise SlackCallError("response_url", type(exc).__name__) from None
         if response.status_code != 200:
+            self.metrics.chat_api_error("slack", "response_url", str(response.status_code))
             retry = _retry_after(response.headers) if response.status_code == 429 else None
             raise SlackCallError("response_url", f"http {response.status_code}: {response.body[:40]}", retry)
 
@@ -232,8 +240,11 @@ class SlackApi:
             async with session.post(upload_url, data=file.data, timeout=aiohttp.ClientTimeout(total=self.timeout),
                                     headers={"Content-Type": "application/octet-stream"}) as response:
                 if response.status != 200:
+                    self.metrics.chat_api_error("slack", "file_upload", str(response.status))
                     raise SlackCallError("file upload", f"http {response.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self.metrics.chat_api_error("slack", "file_upload", "timeout" if isinstance(exc, TimeoutError)
+                                        else "network")
             raise SlackCallError("file upload", type(exc).__name__) from None
         finally:
             if self.session is None:

@@ -114,6 +114,7 @@ class TeamsAdapter:
         app.router.add_get(DOWNLOAD_ROUTE, self.download, allow_head=False)
 
     async def start(self, core: ChatCore) -> None:
+        self.connector.metrics = core.metrics
         self.service_urls = ServiceUrlBook(core.store)
         await self.service_urls.load()
         notifier = TeamsNotifier(core.policy, self.connector, self.service_urls, core.access.get_request,

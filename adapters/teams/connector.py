@@ -35,7 +35,7 @@ from microsoft_agents.hosting.core.rest_channel_service_client_factory import Re
 from adapters.teams.cards import CARD_CONTENT_TYPE
 from adapters.teams.refs import ConversationRef
 from bot.domain.errors import DeliveryError
-from bot.ports import Store
+from bot.ports import ChatMetrics, NoMetrics, Store
 
 __all__ = ["SERVICE_URL_HOSTS", "Connector", "ServiceUrlBook", "ServiceUrlValidator", "card_activity", "without_nulls"]
 
@@ -149,6 +149,7 @@ class Connector:
         self.validator = validator
         self.app_id = app_id
         self.retry_delay = retry_delay
+        self.metrics: ChatMetrics = NoMetrics()  # the adapter sets the server's at start
 
     @asynccontextmanager
     async def client(self, service_url: str) -> AsyncIterator[ConnectorClientBase]:
@@ -167,12 +168,16 @@ class Connector:
         finally:
             await client.close()
 
-    async def _retrying[T](self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying[T](self, method: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run a connector call, again after a pause when Teams throttles (429) or hiccups (502-504)."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return await call()
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                self.metrics.chat_api_error("teams", method, "timeout" if isinstance(exc, TimeoutError) else "network")
+                raise
             except aiohttp.ClientResponseError as exc:
+                self.metrics.chat_api_error("teams", method, str(exc.status))
                 if exc.status not in RETRY_STATUSES or attempt == ATTEMPTS:
                     raise
                 delay = self.retry_delay * 2 ** (attempt - 1)
@@ -191,6 +196,7 @@ class Connector:
         outgoing = without_nulls(activity)
         async with self.client(where.service_url) as client:
             response = await self._retrying(
+                "send_to_conversation",
                 lambda: client.conversations.send_to_conversation(where.conversation_id, outgoing))
         return where.with_activity(response.id or "")
 
@@ -203,6 +209,7 @@ class Connector:
         outgoing = without_nulls(activity)
         async with self.client(where.service_url) as client:
             await self._retrying(
+                "update_activity",
                 lambda: client.conversations.update_activity(where.conversation_id, where.activity_id, outgoing))
 
     async def open_personal_chat(self, service_url: str, tenant_id: str, user_id: str, bot_id: str) -> ConversationRef:
@@ -214,7 +221,8 @@ class Connector:
             raw |= {"tenantId": tenant_id, "channelData": {"tenant": {"id": tenant_id}}}
         parameters = ConversationParameters.model_validate(raw)
         async with self.client(service_url) as client:
-            created = await self._retrying(lambda: client.conversations.create_conversation(parameters))
+            created = await self._retrying("create_conversation",
+                                           lambda: client.conversations.create_conversation(parameters))
         if not created.id:
             raise DeliveryError("the connector created no conversation")
         return ConversationRef(created.service_url or service_url, created.id, tenant_id)

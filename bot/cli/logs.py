@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -70,8 +71,13 @@ class LogFormatter(logging.Formatter):
         return " ".join(f"{key}={_quote(str(value))}" for key, value in fields.items())
 
 
-def configure_logging(verbose: bool, *, stream: IO[str] | None = None, style: str | None = None) -> None:
-    """Route every logger (the SDKs' included) through one formatter on stderr."""
+def configure_logging(verbose: bool, *, stream: IO[str] | None = None,
+                      style: str | None = None) -> Callable[[], None]:
+    """Route every logger (the SDKs' included) through one formatter on stderr; returns an undo.
+
+    The undo puts the root logger back as it was: `main()` called in-process (the tests, an embedding
+    program) must not leave a handler on a stream that its caller closes afterwards.
+    """
     style = style or os.environ.get("JITPASS_LOG_FORMAT", "kv").strip().lower() or "kv"
     if style not in LOG_FORMATS:
         print(f"jitpass: JITPASS_LOG_FORMAT={style!r} is not one of {', '.join(LOG_FORMATS)}; using kv",
@@ -80,10 +86,23 @@ def configure_logging(verbose: bool, *, stream: IO[str] | None = None, style: st
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(LogFormatter(style))
     root = logging.getLogger()
-    for old in list(root.handlers):  # ours from an earlier call, or a default stderr handler; others stay
-        if isinstance(old.formatter, LogFormatter) or type(old) is logging.StreamHandler:
-            root.removeHandler(old)
+    before_level = root.level
+    noisy_levels = {name: logging.getLogger(name).level for name in _NOISY}
+    removed = [old for old in root.handlers  # ours from an earlier call, or a default stderr handler
+               if isinstance(old.formatter, LogFormatter) or type(old) is logging.StreamHandler]
+    for old in removed:
+        root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    def undo() -> None:
+        root.removeHandler(handler)
+        for old in removed:
+            root.addHandler(old)
+        root.setLevel(before_level)
+        for name, level in noisy_levels.items():
+            logging.getLogger(name).setLevel(level)
+
+    return undo

@@ -50,7 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `jitpass` and `python -m bot`."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose)
+    undo_logging = configure_logging(args.verbose)
+    try:
+        return _run(args)
+    finally:
+        undo_logging()
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the chosen command; every error ends as an exit code and one line on stderr."""
     handler: Handler = args.handler
     try:
         return asyncio.run(handler(args))

@@ -117,11 +117,21 @@ class Settings:
     max_running: int = 16
     max_queued: int = 256
     ack_budget: float = 2.0
+    # /metrics (Prometheus): on the main port only with this bearer token (JITPASS_METRICS_TOKEN), and/or on
+    # a listener of its own (JITPASS_METRICS_PORT, bound to JITPASS_METRICS_HOST, loopback by default).
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Where jitpass lives (JITPASS_HOME, default ~/.local/share/jitpass): one answer for `serve` and
     # every CLI command, whatever the working directory. `home_source` says how it was chosen.
     home: Path = Path("jitpass-home")
     home_source: str = "built-in default"
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """/metrics is served (and counted) only when a token or a metrics port is set."""
+        return bool(self.metrics_token or self.metrics_port)
 
     def where(self) -> str:
         """One line saying where the store, key and policy were looked for, and why there."""
@@ -164,6 +174,13 @@ class Settings:
         else:
             home, home_source = default_home(env), "default; set JITPASS_HOME to choose"
         home_policy = home / HOME_POLICY
+        metrics_token = (env.get("JITPASS_METRICS_TOKEN") or "").strip()
+        if metrics_token and len(metrics_token) < MIN_METRICS_TOKEN:
+            raise InputError(f"JITPASS_METRICS_TOKEN is {len(metrics_token)} characters long; use at least "
+                             f"{MIN_METRICS_TOKEN} random ones (for example `openssl rand -hex 24`)")
+        metrics_port = (env.get("JITPASS_METRICS_PORT") or "").strip()
+        if metrics_port and (not metrics_port.isdigit() or not 0 < int(metrics_port) < 65536):
+            raise InputError(f"JITPASS_METRICS_PORT={metrics_port!r} is not a TCP port number")
         return cls(
             store_url=env.get("JITPASS_STORE") or f"sqlite:///{home / HOME_STORE}",
             mongodb_allow_standalone=parse_bool(
@@ -201,11 +218,15 @@ class Settings:
             max_running=_count(env, "JITPASS_MAX_RUNNING", 16, low=1),
             max_queued=_count(env, "JITPASS_MAX_QUEUED", 256, low=0),
             ack_budget=_seconds(env, "JITPASS_ACK_BUDGET", 2.0, most=2.5, zero=True),
+            metrics_token=metrics_token or None,
+            metrics_port=int(metrics_port) if metrics_port else None,
+            metrics_host=(env.get("JITPASS_METRICS_HOST") or "127.0.0.1").strip(),
             environ=env,
         )
 
 
 INSECURE_ALLOW = "insecure-allow"
+MIN_METRICS_TOKEN = 16
 
 
 def _insecure_allow(name: str, value: str | None) -> bool:

@@ -878,6 +878,17 @@ class MongoStore:
             wipes = await collection.count_documents({"status": "failed", "kind": "wipe"})
         return {"pending": pending, "failed": failed, "failed_wipes": wipes}
 
+    async def effects_by_kind(self) -> dict[str, dict[str, int]]:
+        """Pending and failed effects per kind (for /metrics): one aggregation over the status index."""
+        counts: dict[str, dict[str, int]] = {"pending": {}, "failed": {}}
+        pipeline: list[Doc] = [{"$match": {"status": {"$in": ["pending", "failed"]}}},
+                               {"$group": {"_id": {"status": "$status", "kind": "$kind"}, "n": {"$sum": 1}}}]
+        with self._errors("counting effects"):
+            cursor = await self._collection("effects").aggregate(pipeline)
+            async for doc in cursor:
+                counts[str(doc["_id"]["status"])][str(doc["_id"]["kind"])] = int(doc["n"])
+        return counts
+
     async def effects_of(self, request_id: str) -> list[Effect]:
         """Every effect of one request, oldest first."""
         with self._errors("reading effects"):

@@ -829,6 +829,15 @@ class SqliteStore:
         pending, failed, wipes = rows[0] if rows else (0, 0, 0)
         return {"pending": int(pending or 0), "failed": int(failed or 0), "failed_wipes": int(wipes or 0)}
 
+    async def effects_by_kind(self) -> dict[str, dict[str, int]]:
+        """Pending and failed effects per kind (for /metrics): one grouped read over the status index."""
+        rows = await self._read("SELECT status, kind, count(*) FROM effects WHERE status IN ('pending', 'failed') "
+                                "GROUP BY status, kind")
+        counts: dict[str, dict[str, int]] = {"pending": {}, "failed": {}}
+        for status, kind, n in rows:
+            counts[str(status)][str(kind)] = int(n)
+        return counts
+
     async def effects_of(self, request_id: str) -> list[Effect]:
         """Every effect of one request, oldest first."""
         rows = await self._read("SELECT * FROM effects WHERE request_id = ? ORDER BY seq", (request_id,))

@@ -90,3 +90,16 @@ def test_free_text_and_tracebacks_stay_on_one_line_and_parse_back() -> None:
     assert ours is not None and ours["event"] == "thing" and ours["note"] == "two words"
     assert sdk is not None and sdk["msg"] == 'Config:\n  host = "x"\n  id=3' and sdk["logger"] == "some.sdk"
     assert failed is not None and failed["exc"] == "ValueError: bad\nvalue" and "raise ValueError" in failed["trace"]
+
+
+def test_main_called_in_process_puts_the_root_logger_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`main()` in-process (tests, an embedding program) leaves no handler on a stream its caller may close."""
+    from bot.cli.main import main
+
+    monkeypatch.setenv("JITPASS_HOME", str(tmp_path))
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    assert main(["-v", "audit", "verify"]) != 0  # nothing here yet: a read-only command refuses, logs, exits
+    assert (list(root.handlers), root.level) == before
+    assert "jitpass:" in capsys.readouterr().err
