@@ -143,8 +143,10 @@ async def test_a_mongodb_outage_across_the_window_end_reveals_nothing_unaudited_
     assert not _ephemeral_secrets(w) and not w.secret_messages("DUREQ2")
     assert "expired" in str(_card_of(w, request_id)["blocks"]).lower()
     # A's wipe, in flight at the outage, was carried out again after it (its lease ran out): recorded once,
-    # on the second attempt, the first attempt's outcome lost with the store.
+    # on a later attempt, the first attempt's outcome lost with the store. (How many claims fall around the
+    # cut is timing: the effects loop may claim once more before the store goes away.)
     a_events = w.events(ended_early)
-    assert [d["attempt"] for t, d in a_events if t == "grant.wiped"] == [2]
+    wiped = [d["attempt"] for t, d in a_events if t == "grant.wiped"]
+    assert len(wiped) == 1 and wiped[0] >= 2, wiped
     assert ("wipe", "done") in _effect_states(w, ended_early)
     assert CANARY_PASSWORD not in w.log.read_text()
