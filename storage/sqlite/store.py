@@ -563,15 +563,24 @@ class SqliteStore:
 
     def _add_effects_now(self, unit: _Unit, batch: Sequence[tuple[AccessRequest, Sequence[EffectDraft]]]) -> None:
         """`_add_effects_many` inside `unit` (on the thread)."""
+        for sql, params, many in self._effect_statements(batch):
+            (unit.conn.executemany if many else unit.conn.execute)(sql, params)
+
+    def _effect_statements(self, batch: Sequence[tuple[AccessRequest, Sequence[EffectDraft]]]
+                           ) -> list[tuple[str, Any, bool]]:
+        """The statements adding several requests' effects: an UPDATE per 500 requests whose pending card
+        updates are superseded, then one insert batch (`many`: run with executemany)."""
         batch = [(r, e) for r, e in batch if e]
         if not batch:
-            return
-        at = format_time(self._clock.now())
+            return []
+        now = self._clock.now()
+        at = format_time(now)
         superseding = sorted({r.id for r, e in batch if supersedes(e)})
-        for start in range(0, len(superseding), 500):
-            chunk = superseding[start:start + 500]
-            unit.conn.execute(_supersede_sql(len(chunk)), (at, *chunk, at))
-        unit.conn.executemany(_INSERT_EFFECT, _effect_rows(batch, self._clock.now()))
+        statements: list[tuple[str, Any, bool]] = [
+            (_supersede_sql(len(chunk)), (at, *chunk, at), False)
+            for chunk in (superseding[start:start + 500] for start in range(0, len(superseding), 500))]
+        statements.append((_INSERT_EFFECT, _effect_rows(batch, now), True))
+        return statements
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         if _is_corruption(exc):
@@ -871,15 +880,8 @@ class SqliteStore:
     async def _add_effects_many(self, conn: aiosqlite.Connection,
                                 batch: Sequence[tuple[AccessRequest, Sequence[EffectDraft]]]) -> None:
         """The effects of several requests: one UPDATE for the superseded card updates, one insert batch."""
-        batch = [(r, e) for r, e in batch if e]
-        if not batch:
-            return
-        at = format_time(self._clock.now())
-        superseding = sorted({r.id for r, e in batch if supersedes(e)})
-        for start in range(0, len(superseding), 500):
-            chunk = superseding[start:start + 500]
-            await conn.execute(_supersede_sql(len(chunk)), (at, *chunk, at))
-        await conn.executemany(_INSERT_EFFECT, _effect_rows(batch, self._clock.now()))
+        for sql, params, many in self._effect_statements(batch):
+            await (conn.executemany if many else conn.execute)(sql, params)
 
     # -- durable chat effects -----------------------------------------------------------------
     async def claim_effects(self, now: datetime, owner: str, lease_until: datetime, *, platforms: Collection[str],

@@ -17,18 +17,15 @@ from bot.domain.report_data import AccessRow, LatencyStats, Report, UserFilter
 from bot.reports.build import build_report, next_purge_at, parse_period, working_intervals
 from storage.sqlite.store import SqliteStore
 from tests.support.app import FakeClock
-from tests.unit.test_reports_trail import EVENT_COUNT, NOW, SINCE, UNTIL, Trail, at, build_trail, policy
+from tests.unit.test_reports_trail import EVENT_COUNT, NOW, SINCE, UNTIL, Trail, at, opened_trail, policy
 
 AMS = ZoneInfo("Europe/Amsterdam")
 
 
 @pytest.fixture
 async def trail(tmp_path: Path) -> AsyncIterator[Trail]:
-    built = await build_trail(tmp_path)
-    try:
+    async with opened_trail(tmp_path) as built:
         yield built
-    finally:
-        await built.store.close()
 
 
 @pytest.fixture

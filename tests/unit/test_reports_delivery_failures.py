@@ -22,18 +22,15 @@ from tests.unit.test_reports_trail import (
     add_delivery_failures,
     at,
     build_trail,
+    opened_trail,
     policy,
 )
 
 
 @pytest.fixture
 async def trail(tmp_path: Path) -> AsyncIterator[Trail]:
-    built = await build_trail(tmp_path)
-    await add_delivery_failures(built)
-    try:
+    async with opened_trail(tmp_path, add_delivery_failures) as built:
         yield built
-    finally:
-        await built.store.close()
 
 
 @pytest.fixture

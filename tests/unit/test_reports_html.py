@@ -17,16 +17,13 @@ from bot.domain.report_data import AccessRow, Report
 from bot.reports.build import build_report
 from bot.reports.html import render_html
 from bot.reports.render import render_csv, render_summary, render_table
-from tests.unit.test_reports_trail import ANN, LEE, NOW, SINCE, UNTIL, Trail, at, build_trail, policy
+from tests.unit.test_reports_trail import ANN, LEE, NOW, SINCE, UNTIL, Trail, at, build_trail, opened_trail, policy
 
 
 @pytest.fixture
 async def trail(tmp_path: Path) -> AsyncIterator[Trail]:
-    built = await build_trail(tmp_path)
-    try:
+    async with opened_trail(tmp_path) as built:
         yield built
-    finally:
-        await built.store.close()
 
 
 @pytest.fixture

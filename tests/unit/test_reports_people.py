@@ -13,17 +13,13 @@ from bot.domain.report_data import Report
 from bot.reports.build import build_report
 from bot.reports.render import render_table
 from tests.unit.test_reports import figures
-from tests.unit.test_reports_trail import NOW, SINCE, UNTIL, Trail, add_teams_bob, build_trail, policy
+from tests.unit.test_reports_trail import NOW, SINCE, UNTIL, Trail, add_teams_bob, opened_trail, policy
 
 
 @pytest.fixture
 async def trail(tmp_path: Path) -> AsyncIterator[Trail]:
-    built = await build_trail(tmp_path)
-    await add_teams_bob(built)
-    try:
+    async with opened_trail(tmp_path, add_teams_bob) as built:
         yield built
-    finally:
-        await built.store.close()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ Mon-Fri 08:00-18:00 local = 07:00-17:00 UTC. The report period is the week of Mo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -273,6 +273,19 @@ async def add_teams_bob(trail: Trail) -> None:
 
 
 EVENT_COUNT = 47  # 6 item.added + 39 request/grant events + 2 refusals
+
+
+
+@asynccontextmanager
+async def opened_trail(directory: Path, *additions: Callable[[Trail], Awaitable[None]]) -> AsyncIterator[Trail]:
+    """`build_trail` plus `additions` (e.g. `add_pending`), its store closed when the block ends."""
+    built = await build_trail(directory)
+    try:
+        for add in additions:
+            await add(built)
+        yield built
+    finally:
+        await built.store.close()
 
 
 @asynccontextmanager
