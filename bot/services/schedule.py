@@ -20,7 +20,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bot.domain.model import AccessRequest, RequestKind, Status
 from bot.services.access import AccessService
 
-__all__ = ["GrantScheduler"]
+__all__ = ["TICK_RETRY_MAX", "GrantScheduler"]
+
+TICK_RETRY_MAX = timedelta(seconds=30)
 
 log = logging.getLogger("jitpass.schedule")
 
@@ -37,6 +39,7 @@ class GrantScheduler:
         self._replan_queued = False
         # The moment the next-due job was planned for (the service's clock), None: nothing planned.
         self._planned: datetime | None = None
+        self._failures = 0  # ticks failed in a row: the retry waits 2, 4, 8 … seconds, at most TICK_RETRY_MAX
         service.on_change.append(self._request_changed)
 
     async def start(self) -> None:
@@ -79,9 +82,14 @@ class GrantScheduler:
                 ran = await self.service.run_due()
                 await self.service.summarise_refusal_bursts()
                 self._plan(await self.service.store.next_due_at())
-            except Exception:  # keep the scheduler alive; the next tick retries
+            except Exception:  # keep the scheduler alive and try again soon (a store outage, say)
                 log.exception("scheduler tick failed")
+                self._failures += 1
+                # What was planned did not happen: wake again within seconds, not at the next replan interval
+                # (a window that ended during a store outage must end as soon as the store is back).
+                self._plan(self.service.clock.now() + min(TICK_RETRY_MAX, timedelta(seconds=2 ** self._failures)))
                 return 0
+            self._failures = 0
             return ran
 
     def _plan(self, at: datetime | None) -> None:
