@@ -254,25 +254,42 @@ class MemberDirectory:
 
     Only the `email` the tenant's directory gives counts (not `userPrincipalName`, which need not be a
     mailbox). A member Teams does not know there (404), no e-mail or a failed call is "": the account is
-    then only itself (fail closed), and a failure is not cached, so the next activity asks again."""
+    then only itself (fail closed).
 
-    def __init__(self, connector: Connector, *, ttl: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    The lookup runs before a turn is answered, so it is bounded by `timeout` (no retry waits), and a failed
+    or timed-out one is remembered for `retry_after` seconds: a slow or unreachable connector costs each
+    person one short wait per `retry_after`, never every message and card press."""
+
+    def __init__(self, connector: Connector, *, ttl: float = 300.0, timeout: float = 2.0,
+                 retry_after: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.connector = connector
         self.ttl = ttl
+        self.timeout = timeout
+        self.retry_after = retry_after
         self.clock = clock
         self._emails: dict[str, tuple[float, str]] = {}
+        self._asking: dict[str, asyncio.Future[str]] = {}
 
     async def email(self, object_id: str, teams_id: str, service_url: str, conversation_id: str) -> str:
-        """The person's directory e-mail, lower case, or "" (see the class)."""
+        """The person's directory e-mail, lower case, or "" (see the class). Presses that arrive while one
+        lookup for the person is in flight wait for that one instead of asking again."""
         cached = self._emails.get(object_id)
         if cached is not None and cached[0] > self.clock():
             return cached[1]
+        asking = self._asking.get(object_id)
+        if asking is None:
+            asking = asyncio.ensure_future(self._look_up(object_id, teams_id, service_url, conversation_id))
+            self._asking[object_id] = asking
+            asking.add_done_callback(lambda _: self._asking.pop(object_id, None))
+        return await asyncio.shield(asking)
+
+    async def _look_up(self, object_id: str, teams_id: str, service_url: str, conversation_id: str) -> str:
         try:
-            found = await self.connector.member_email(service_url, conversation_id, teams_id or object_id)
+            async with asyncio.timeout(self.timeout):
+                found = await self.connector.member_email(service_url, conversation_id, teams_id or object_id)
         except (DeliveryError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("event=teams_email_lookup_failed error=%s", type(exc).__name__)
+            self._emails[object_id] = (self.clock() + self.retry_after, "")
             return ""
         self._emails[object_id] = (self.clock() + self.ttl, found or "")
         return found or ""
-

@@ -7,9 +7,12 @@ Connector stand-ins (the connector answers 404 MemberNotFoundInConversation for 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+import pytest
 
 from adapters.slack import SlackAdapter
 from adapters.slack.blocks import Actions
@@ -99,3 +102,22 @@ async def test_without_users_read_email_slack_gives_no_email_and_nothing_is_join
         assert answer["statusCode"] == 200, answer
         assert not [e for e in await slack.events(request_id) if e.type == "access.refused"]
         assert [c for c in slack.fake.calls if c.method == "users.info" and c.args.get("user") == "UREQ"]
+
+
+async def test_a_slow_connector_delays_a_teams_press_once_and_only_briefly(
+        tmp_path: Path, connector: FakeConnector, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    """The e-mail lookup runs before the turn is answered: bounded (2 s), and a failure is remembered, so the
+    next presses do not wait again. The e-mail stays unknown, so it joins no one."""
+    async with both(tmp_path, connector, clock) as (slack, teams):
+        slack.fake.emails["UREQ"] = ONE
+        connector.directory[LEAD.aad_object_id] = ONE
+        connector.member_delay = 10.0
+        _, first = await slack.request(REQUEST, user_id="UREQ")
+        _, second = await slack.request(REQUEST, user_id="UREQ2")
+        started = asyncio.get_running_loop().time()
+        answer = await teams.press(LEAD, "approve", first)
+        assert asyncio.get_running_loop().time() - started < 5  # not the connector's 10 s
+        assert answer["statusCode"] == 200, answer  # unknown e-mail: a separate person, so the approval stands
+        assert (await teams.press(LEAD, "approve", second))["statusCode"] == 200
+        # The failed lookup is remembered: the second press does not ask (and wait) again.
+        assert caplog.text.count("event=teams_email_lookup_failed") == 1

@@ -132,6 +132,7 @@ class FakeConnector:
     # The tenant's directory: Entra object id -> e-mail. A user not in it is in no conversation (404).
     directory: dict[str, str] = field(default_factory=dict)
     member_lookups: list[tuple[str, str, int]] = field(default_factory=list)  # (conversation, member, status)
+    member_delay: float = 0.0  # seconds before the members endpoint answers (a slow connector)
 
     def create_app(self) -> web.Application:
         app = web.Application()
@@ -207,6 +208,8 @@ class FakeConnector:
         only its user). The member may be named by Teams id (`29:…`) or Entra object id, as Teams allows."""
         conversation_id, member_id = request.match_info["conversation_id"], request.match_info["member_id"]
         object_id = member_id.removeprefix("29:")
+        if self.member_delay:
+            await asyncio.sleep(self.member_delay)
         email = self.directory.get(object_id)
         in_it = conversation_id.startswith("19:") or conversation_id == f"a:chat-{object_id}"
         status = 200 if email is not None and in_it else 404
