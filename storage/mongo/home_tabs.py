@@ -8,6 +8,7 @@ markers written since it last looked (`since`). One document write: no transacti
 
 from __future__ import annotations
 
+from contextlib import suppress
 from datetime import datetime
 from typing import Any
 
@@ -27,13 +28,12 @@ Doc = dict[str, Any]
 
 async def mark(collection: AsyncCollection[Doc], platform: str, user_id: str, at: datetime) -> None:
     """Insert the marker unless it exists (the first opening is kept)."""
-    try:
+    # Two processes inserting it at once: one upsert loses with a duplicate key, and the other's marker stands.
+    with suppress(DuplicateKeyError):
         await collection.update_one(
             {"_id": f"{platform}:{user_id}"},
             {"$setOnInsert": {"platform": platform, "user_id": user_id, "opened_at": format_time(at)}},
             upsert=True)
-    except DuplicateKeyError:  # two processes inserted it at once: the other one's marker stands
-        pass
 
 
 async def openers(collection: AsyncCollection[Doc], platform: str, since: datetime | None) -> set[str]:
