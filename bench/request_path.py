@@ -499,11 +499,37 @@ async def _start(args: list[str], env: dict[str, str], log: Path, root: Path = R
                                                     stdout=asyncio.subprocess.DEVNULL, stderr=out)
 
 
-async def _home(tmp: Path, fake: FakeSlack) -> dict[str, str]:
-    settings = test_settings(tmp)
-    runtime = await open_runtime(settings)
+# The catalogue of a home served from another checkout (--before), written by that checkout's own code: a
+# store created by this code may carry a schema migration the older code refuses to open.
+_SEED = """
+import asyncio, os, sys
+from pathlib import Path
+from bot.bootstrap import open_runtime
+from bot.domain.model import SYSTEM
+from tests.support.app import canary_items, test_settings
+
+async def seed() -> None:
+    runtime = await open_runtime(test_settings(Path(sys.argv[1]), master_key=os.environ["JITPASS_MASTER_KEY"]))
     await runtime.catalog.add(canary_items(), SYSTEM, source="bench")
     await runtime.close()
+
+asyncio.run(seed())
+"""
+
+
+async def _home(tmp: Path, fake: FakeSlack, root: Path = ROOT) -> dict[str, str]:
+    settings = test_settings(tmp)
+    if root == ROOT:
+        runtime = await open_runtime(settings)
+        await runtime.catalog.add(canary_items(), SYSTEM, source="bench")
+        await runtime.close()
+    else:
+        seed = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _SEED, str(tmp), cwd=root, stdout=asyncio.subprocess.DEVNULL,
+            env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(root), "JITPASS_DOTENV": str(tmp / "no.env"),
+                 "JITPASS_MASTER_KEY": settings.master_key or ""})
+        if await seed.wait() != 0:
+            raise RuntimeError(f"could not create the catalogue with the code in {root}")
     policy = tmp / "policy.toml"
     policy.write_text(TEST_POLICY, encoding="utf-8")
     return {"PATH": os.environ.get("PATH", ""), "JITPASS_DOTENV": str(tmp / "no.env"), "JITPASS_HOME": str(tmp),
@@ -534,7 +560,7 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
     c: Target | None = None
     if before is not None:
         (tmp / "before").mkdir(exist_ok=True)
-        env_c = await _home(tmp / "before", fake)
+        env_c = await _home(tmp / "before", fake, before)
         c_port = _port()
         old = await _start(["-m", "bot", "serve", "--port", str(c_port)], env_c, tmp / "before.log", before)
         processes.append(old)
