@@ -104,6 +104,21 @@ async def test_an_approval_edits_the_card_once_and_publishes_an_opened_home_once
     assert {"request.approved", "grant.activated", "grant.revealed"} <= set(await slack.event_types(request_id))
 
 
+async def test_no_refresher_runs_for_a_tab_slack_did_not_take(slack: SlackHarness) -> None:
+    await _open_home(slack)
+    _, request_id = await slack.request("acme-zendesk fix broken trigger for 1h", "UREQ")
+    slack.fake.fail_next("views.publish", "internal_error")
+
+    await slack.users.press(Actions.APPROVE, request_id, "ULEAD1")
+    await slack.settle()
+
+    refused = slack.fake.calls_to("views.publish", ok=None)[-1]
+    assert not refused.ok and refused.args["user_id"] == "UREQ", "the activation's publish was refused"
+    assert slack.adapter.home.refreshing == frozenset(), "nothing with a code reached the tab: nothing to refresh"
+    await _open_home(slack)  # the user switches to the tab: published, with the code, and refreshed from then on
+    assert slack.adapter.home.refreshing == {"UREQ"}
+
+
 async def test_an_unseen_users_grant_that_ends_is_still_published_once_and_shows_no_code(
         slack: SlackHarness) -> None:
     # Two grants, neither tab opened: when the short one expires, the tab is republished (an older version
