@@ -12,6 +12,9 @@ current code, and opening it publishes the code, audited). One exception, so tha
 on a tab: when an active grant ends (expired, revoked, done) the tab is republished even without a
 marker, with no code on it at all (a tab published by an older version, before markers, may show one).
 
+A press on a button of the tab (Cancel, Done, New code, …) also counts as having it, so a tab an older
+version published is kept current from the first press on it.
+
 Who has a marker (`OpenedTabs`): read from the store once (all markers), then kept in memory; a marker
 this process writes is known at once. A marker another worker process wrote is learnt by reading only
 the markers written since the last read, at most once per `SYNC_EVERY` seconds for the whole process,
@@ -112,10 +115,14 @@ class OpenedTabs:
             self._stored |= found
             self._read_at = started
 
+    def remember(self, user_id: str) -> bool:
+        """`user_id` has the tab: known here from now on; True if their marker still has to be written."""
+        self._known.add(user_id)
+        return user_id not in self._stored
+
     async def mark(self, user_id: str) -> None:
         """`user_id` opened the tab: known here at once, and recorded in the store unless it already is."""
-        self._known.add(user_id)
-        if user_id in self._stored:
+        if not self.remember(user_id):
             return
         try:
             await self.store.mark_home_opened(PLATFORM, user_id, self.clock.now())
@@ -174,6 +181,12 @@ class HomeTab:
             self._looking.add(who.user_id)
         self._schedule(who.user_id)
 
+    def pressed(self, user_id: str) -> None:
+        """A button on `user_id`'s Home tab was pressed: they have the tab (perhaps one an older version
+        published, before markers), so what the press changes is published there, and the marker written."""
+        if self.tabs.remember(user_id):
+            self.background.spawn(self.tabs.mark(user_id), name="home-marker")
+
     def _schedule(self, user_id: str) -> None:
         self._dirty.add(user_id)
         if user_id not in self._running:
@@ -207,7 +220,6 @@ class HomeTab:
 
     async def show_new_code(self, who: Identity, request_id: str) -> None:
         """New code pressed on the tab: audit that grant's code (refusals raise), then republish."""
-        await self.tabs.mark(who.user_id)  # a press on the tab: they have it
         async with self._lock(who.user_id):
             await self.service.live_code(request_id, who, via=VIA, audit=True)
             self._audited.setdefault(who.user_id, set()).add(request_id)

@@ -104,6 +104,19 @@ async def test_an_approval_edits_the_card_once_and_publishes_an_opened_home_once
     assert {"request.approved", "grant.activated", "grant.revealed"} <= set(await slack.event_types(request_id))
 
 
+async def test_a_press_on_a_tab_an_older_version_published_keeps_that_tab_current(slack: SlackHarness) -> None:
+    # No app_home_opened since markers exist, but the user presses Cancel on their Home tab: they have it.
+    _, request_id = await slack.request("acme-zendesk fix broken trigger for 1h", "UREQ")
+    mark = len(slack.fake.calls)
+
+    await slack.users.press(Actions.CANCEL, request_id, "UREQ", home=True)
+    await slack.settle()
+
+    homes = _since(slack, mark, "views.publish")
+    assert [c.args["user_id"] for c in homes] == ["UREQ"] and "Cancelled" in homes[-1].text()
+    assert await slack.runtime.store.home_openers("slack") == {"UREQ"}, "and the marker is written"
+
+
 async def test_no_refresher_runs_for_a_tab_slack_did_not_take(slack: SlackHarness) -> None:
     await _open_home(slack)
     _, request_id = await slack.request("acme-zendesk fix broken trigger for 1h", "UREQ")
