@@ -322,6 +322,15 @@ class Store(ReportSource, Protocol):
         caller), and delete the windows with nothing left in them (the table stays bounded)."""
         ...
 
+    # -- home tabs opened (Slack App Home: a view only matters to someone who has the tab) -----
+    async def mark_home_opened(self, platform: str, user_id: str, at: datetime) -> None:
+        """Record that `user_id` has opened the app's home tab on `platform`; the first `at` is kept (idempotent)."""
+        ...
+
+    async def home_openers(self, platform: str, *, since: datetime | None = None) -> set[str]:
+        """The users on `platform` with a home-tab marker (only those first recorded at or after `since`)."""
+        ...
+
     # -- audit trail ---------------------------------------------------------------------------
     async def append_event(self, event: EventDraft) -> Event:
         """Give the event the next sequence number and chain it to the last one (safe across

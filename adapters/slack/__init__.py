@@ -19,7 +19,7 @@ from adapters.slack.api import SlackApi, normalise_api_url, quiet_logger
 from adapters.slack.app import SlackInteractions, build_bolt_app
 from adapters.slack.background import Background
 from adapters.slack.groups import GroupDirectory
-from adapters.slack.home import HomeTab
+from adapters.slack.home import HomeTab, OpenedTabs
 from adapters.slack.http import SlackEventsEndpoint
 from adapters.slack.notifier import SlackNotifier
 from adapters.slack.queued import QueuedCommand, QueuedJournal
@@ -73,10 +73,14 @@ class SlackAdapter:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
         self.api = SlackApi(self.settings.slack_bot_token, self.settings.slack_api_url, self._session,
                             timeout=timeout, metrics=core.metrics)
-        home = self.home = HomeTab(self.api, core.access, core.policy.timezone, self.background)
+        home = self.home = HomeTab(self.api, core.access, core.policy.timezone, self.background,
+                                   OpenedTabs(core.store, core.clock))
         self.notifier = SlackNotifier(self.api, core.policy, core.clock)
-        # One App Home publish per change of a user's request (HomeTab coalesces bursts per user).
-        core.access.on_change.append(lambda request: home.refresh(request.requester))
+        # One App Home publish per change of a user's request, to people who have the tab (HomeTab coalesces
+        # bursts per user; a grant that ends is published to everyone, so no code stays on a tab).
+        core.access.on_change.append(home.changed)
+        # Who has the tab, read now so that the first requests need no read of their own.
+        self.background.spawn(home.tabs.sync(force=True), name="home-markers")
         directory = GroupDirectory(self.api, core.policy.approver_group_ids("slack"))
         core.access.register_notifier(self.notifier)
         bolt = build_bolt_app(self.api.client, self.settings.slack_signing_secret or "")

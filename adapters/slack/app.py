@@ -473,6 +473,9 @@ class SlackInteractions:
     # -- the approval card -----------------------------------------------------------------------
 
     def _act(self, action: ActionInput, work: Coroutine[Any, Any, str | None], where: str) -> None:
+        if action.view_type == "home" and action.user_id:
+            self.home.pressed(action.user_id)  # before the work: the change it makes is published to that tab
+
         async def run() -> None:
             outcome = await self._capture(work, where, action.value)
             text = outcome.value if outcome.error is None and not outcome.apology else self._words(outcome)

@@ -105,7 +105,7 @@ from storage.common import (
     settled_changes,
     supersedes,
 )
-from storage.mongo import rate_limits
+from storage.mongo import home_tabs, rate_limits
 from storage.mongo.reports import REPORT_INDEXES
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ PURGE_BATCH = 5_000
 # beside other writers (bench/mongo_round_trips.py --other-writes).
 TRANSITION_BATCH = 25
 ALLOW_STANDALONE_VAR = "JITPASS_MONGODB_ALLOW_STANDALONE"
-_COLLECTIONS = ("items", "requests", "events", "meta", "effects", rate_limits.COLLECTION)
+_COLLECTIONS = ("items", "requests", "events", "meta", "effects", rate_limits.COLLECTION, home_tabs.COLLECTION)
 _ILLEGAL_OPERATION = 20  # what a standalone mongod answers a transaction
 _WRITE_CONFLICT = 112
 _DUPLICATE_KEY = 11000
@@ -366,6 +366,7 @@ class MongoStore:
                        name="lane"),
         ])
         await self._collection(rate_limits.COLLECTION).create_indexes(rate_limits.RATE_INDEXES)
+        await self._collection(home_tabs.COLLECTION).create_indexes(home_tabs.HOME_TAB_INDEXES)
 
     async def close(self) -> None:
         """Close the client; safe to call twice."""
@@ -1173,6 +1174,17 @@ class MongoStore:
         """Claim the bursts of refusals that are over (one update each) and delete the empty windows."""
         with self._errors("ending rate-limit bursts"):
             return await rate_limits.end_bursts(self._collection(rate_limits.COLLECTION), now)
+
+    # -- home tabs opened ---------------------------------------------------------------------
+    async def mark_home_opened(self, platform: str, user_id: str, at: datetime) -> None:
+        """Record that `user_id` has opened the app's home tab on `platform`; the first `at` is kept."""
+        with self._errors("recording a home tab opened"):
+            await home_tabs.mark(self._collection(home_tabs.COLLECTION), platform, user_id, at)
+
+    async def home_openers(self, platform: str, *, since: datetime | None = None) -> set[str]:
+        """The users on `platform` with a home-tab marker (only those first recorded at or after `since`)."""
+        with self._errors("reading home tabs opened"):
+            return await home_tabs.openers(self._collection(home_tabs.COLLECTION), platform, since)
 
     # -- audit trail --------------------------------------------------------------------------
     async def append_event(self, event: EventDraft) -> Event:

@@ -236,5 +236,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX rate_windows_expires ON rate_windows (expires_at)",
         "CREATE INDEX rate_windows_bursts ON rate_windows (retry_at) WHERE refused > 0",
     ),
+    (
+        # Migration 8. Who has opened the app's home tab (Slack App Home), first time only: a change is
+        # published to the tabs of these people (storage/sqlite/home_tabs.py, adapters/slack/home.py).
+        """CREATE TABLE home_tabs (
+            platform TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            opened_at TEXT NOT NULL,
+            PRIMARY KEY (platform, user_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX home_tabs_opened ON home_tabs (platform, opened_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -63,7 +63,7 @@ from storage.common import (
     settled_changes,
     supersedes,
 )
-from storage.sqlite import rate_limits
+from storage.sqlite import home_tabs, rate_limits
 from storage.sqlite.schema import FACTS_CREATED_V3, FACTS_FROM_EVENTS_V3, MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -1012,6 +1012,16 @@ class SqliteStore:
         """Claim the bursts of refusals that are over and delete the empty windows, in one transaction."""
         async with self._write() as conn:
             return await rate_limits.end_bursts(conn, now)
+
+    # -- home tabs opened ---------------------------------------------------------------------
+    async def mark_home_opened(self, platform: str, user_id: str, at: datetime) -> None:
+        """Record that `user_id` has opened the app's home tab on `platform`; the first `at` is kept."""
+        async with self._write(begin=False) as conn:  # one statement: its own transaction
+            await conn.execute(home_tabs.MARK, home_tabs.mark_params(platform, user_id, at))
+
+    async def home_openers(self, platform: str, *, since: datetime | None = None) -> set[str]:
+        """The users on `platform` with a home-tab marker (only those first recorded at or after `since`)."""
+        return home_tabs.openers(await self._read(*home_tabs.openers_query(platform, since)))
 
     # -- audit trail --------------------------------------------------------------------------
     async def append_event(self, event: EventDraft) -> Event:

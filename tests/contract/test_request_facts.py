@@ -204,6 +204,7 @@ async def test_a_store_from_the_previous_schema_is_backfilled_on_open(tmp_path: 
             conn.execute(f"DROP INDEX requests_{claim}")
             conn.execute(f"ALTER TABLE requests DROP COLUMN {claim}")
         conn.execute("DROP TABLE rate_windows")  # migration 7 (rate limits held by the store)
+        conn.execute("DROP TABLE home_tabs")  # migration 8 (home tabs opened)
         conn.execute("DELETE FROM schema_version WHERE version > 2")
         conn.commit()
     assert len(MIGRATIONS) >= 3

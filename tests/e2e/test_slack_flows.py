@@ -361,12 +361,13 @@ async def _open_home(slack: SlackHarness, user_id: str = "UREQ") -> None:
 
 async def test_home_tab_shows_the_live_code_of_an_active_grant_audited_once_and_never_the_password(
         slack: SlackHarness) -> None:
+    await _open_home(slack)  # the tab is theirs: a change now publishes to it
     request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
 
     home = _home(slack)
     assert request_id in home and Actions.NEW_CODE in home and Actions.DONE in home
     assert pyotp.TOTP(CANARY_SEED).verify(_code_in(home), for_time=slack.running.clock.now())
-    # Published before anyone opened the tab: audited at once, before the code left.
+    # Published on activation, while the user may not be looking: audited at once, before the code left.
     assert await slack.codes_shown(request_id) == ["app_home"]
     shown = next(e for e in await slack.events(request_id) if e.type == "grant.code_shown")
     assert shown.details == {"password": False, "code": True, "via": "app_home"}
@@ -411,6 +412,7 @@ async def test_refresher_republishes_by_itself_at_the_period_boundary(tmp_path: 
     # One second before a TOTP boundary: the refresher's real sleep is one second long.
     clock = FakeClock(datetime(2026, 3, 10, 9, 0, 29, tzinfo=UTC))
     async with slack_harness(tmp_path, clock=clock) as slack:
+        await _open_home(slack)
         request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
         events = await slack.codes_shown(request_id)
         before = len(slack.fake.calls)
@@ -451,6 +453,7 @@ async def test_done_on_the_home_tab_takes_the_code_off_it(slack: SlackHarness) -
 
 
 async def test_another_users_home_never_shows_someone_elses_grant(slack: SlackHarness) -> None:
+    await _open_home(slack)
     request_id = await _approved(slack, "acme-zendesk fix broken trigger for 1h")
 
     await _open_home(slack, "UOTHER")
