@@ -123,7 +123,8 @@ class ClaimBatch:
     """What one claim leased, and when to look again.
 
     `next_at` (only when fewer than `limit` were leased, else None: claim again at once): when the earliest
-    pending effect becomes due or its lease ends, read right after the claim (None: nothing pending)."""
+    pending effect becomes due or its lease ends, read right after the claim (None: nothing pending). A store
+    may leave out effects waiting behind another pending one in their lane (claimable only once it ends)."""
 
     claimed: list[Claimed]
     next_at: datetime | None = None

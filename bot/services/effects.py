@@ -53,6 +53,9 @@ __all__ = ["EffectRunner", "RetryPolicy"]
 
 log = logging.getLogger("jitpass.effects")
 
+# Seconds before a worker looks again when only effects behind another in their lane are due (see `_loop`).
+_RECHECK_BLOCKED = 1.0
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -117,6 +120,7 @@ class EffectRunner:
         self._running: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._claiming = False  # a claim in flight: what it leases is not running yet, so not idle (`drain`)
         self._renewer: asyncio.Task[None] | None = None
         # Outcomes waiting to be recorded: effects finishing together are settled in one store transaction.
         self._to_settle: list[tuple[Effect, EffectOutcome, asyncio.Future[bool]]] = []
@@ -174,8 +178,13 @@ class EffectRunner:
                     continue  # more may be due already
             except Exception as exc:  # the store is down: try again shortly, keep the loop alive
                 log.warning("event=effects_claim_failed error=%s", type(exc).__name__)
-                nxt = self.clock.now() + timedelta(seconds=1)
+                again, nxt = False, self.clock.now() + timedelta(seconds=1)
             wait = 30.0 if nxt is None else max(0.0, (nxt - self.clock.now()).total_seconds())
+            if wait <= 0:
+                # The short batch took everything claimable: what is due now waits behind an effect in its lane
+                # (its end wakes this loop, or another process picks the lane up), so claiming again at once
+                # would only spin. Look again soon in case that effect's worker died (its lease then ends).
+                wait = _RECHECK_BLOCKED
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=min(wait, 30.0))
@@ -196,8 +205,12 @@ class EffectRunner:
         now = self.clock.now()
         limit = min(free, self.batch)
         # One store call: the leases, each effect's request and item rows, and when to look again.
-        batch = await self.store.claim_effects_with_rows(now, self.owner, now + self.policy.lease,
-                                                         platforms=set(self.notifiers), limit=limit)
+        self._claiming = True
+        try:
+            batch = await self.store.claim_effects_with_rows(now, self.owner, now + self.policy.lease,
+                                                             platforms=set(self.notifiers), limit=limit)
+        finally:
+            self._claiming = False
         for claimed in batch.claimed:
             self._spawn(claimed)
         return len(batch.claimed) >= limit, batch.next_at
@@ -253,7 +266,7 @@ class EffectRunner:
         while True:
             await asyncio.wait_for(self._idle.wait(), max(0.01, deadline - loop.time()))
             nxt = await self.store.next_effect_at(set(self.notifiers))
-            if self._idle.is_set() and (nxt is None or nxt > self.clock.now()):
+            if self._idle.is_set() and not self._claiming and (nxt is None or nxt > self.clock.now()):
                 return
             if loop.time() > deadline:
                 raise TimeoutError("effects still due")

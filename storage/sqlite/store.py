@@ -133,6 +133,14 @@ _CLAIM_EFFECTS = (
 )
 _NEXT_EFFECT = ("SELECT min(max(due_at, coalesce(lease_until, due_at))) FROM effects WHERE status = 'pending' "
                 "AND platform IN ({platforms})")
+# For the claim's `next_at`: lane heads only. An effect behind another pending one in its lane is claimable
+# only when that one ends (which wakes the worker running it); counting its own due time, already past,
+# would send the worker straight back to claim nothing until the head ends.
+_NEXT_CLAIMABLE = (
+    "SELECT min(max(e.due_at, coalesce(e.lease_until, e.due_at))) FROM effects e WHERE e.status = 'pending' "
+    "AND e.platform IN ({platforms}) AND NOT EXISTS (SELECT 1 FROM effects p WHERE p.request_id = e.request_id "
+    "AND p.lane = e.lane AND p.status = 'pending' AND p.seq < e.seq)"
+)
 _NEXT_DUE = "SELECT min(due) FROM (" + " UNION ALL ".join(
     f"SELECT min({field}) AS due FROM requests WHERE {_due_where(status, extra)}" for status, field, extra in DUE_RULES
 ) + ")"
@@ -908,7 +916,7 @@ class SqliteStore:
         sql = _CLAIM_EFFECTS.format(platforms=", ".join(f":{n}" for n in names))
         params = {"owner": owner, "lease_until": format_time(lease_until), "now": format_time(now),
                   "limit": limit, **names}
-        next_sql = _NEXT_EFFECT.format(platforms=", ".join(f":{n}" for n in names))
+        next_sql = _NEXT_CLAIMABLE.format(platforms=", ".join(f":{n}" for n in names))
 
         def claim(unit: _Unit) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row], Any]:
             rows = unit.conn.execute(sql, params).fetchall()
@@ -1041,9 +1049,9 @@ class SqliteStore:
     # -- rate limits --------------------------------------------------------------------------
     async def take_rate_token(self, key: str, count: int, per: timedelta, now: datetime,
                               actor: Identity) -> RateTake:
-        """Count one attempt for `key` within its sliding window; read and write under one write lock."""
-        async with self._write() as conn:
-            return await rate_limits.take(conn, key, count, per, now, actor)
+        """Count one attempt for `key` within its sliding window; read and write under one write lock, as one
+        unit on aiosqlite's thread (one hand-off instead of BEGIN, SELECT, UPSERT, COMMIT)."""
+        return await self._unit(lambda unit: rate_limits.take(unit.conn, key, count, per, now, actor))
 
     async def end_rate_bursts(self, now: datetime) -> list[RefusalBurst]:
         """Claim the bursts of refusals that are over and delete the empty windows, in one transaction."""
