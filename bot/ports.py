@@ -40,6 +40,8 @@ __all__ = [
     "ChatMetrics",
     "ChatReports",
     "Checkpoint",
+    "ClaimBatch",
+    "Claimed",
     "Clock",
     "Failed",
     "ItemFeed",
@@ -104,6 +106,28 @@ class RefusalBurst:
     refused: int
     first_at: datetime
     last_at: datetime
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A leased effect with the rows running it reads, from the claim itself (`Store.claim_effects_with_rows`):
+    its request and its item's metadata (no secret), each None when gone."""
+
+    effect: Effect
+    request: AccessRequest | None
+    item: Item | None
+
+
+@dataclass(frozen=True)
+class ClaimBatch:
+    """What one claim leased, and when to look again.
+
+    `next_at` (only when fewer than `limit` were leased, else None: claim again at once): when the earliest
+    pending effect becomes due or its lease ends, read right after the claim (None: nothing pending). A store
+    may leave out effects waiting behind another pending one in their lane (claimable only once it ends)."""
+
+    claimed: list[Claimed]
+    next_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +293,13 @@ class Store(ReportSource, Protocol):
                             limit: int) -> list[Effect]:
         """Lease up to `limit` pending effects due by `now` whose lease is free and that have no
         earlier pending effect in their request's lane; `attempts` goes up by one for each."""
+        ...
+
+    async def claim_effects_with_rows(self, now: datetime, owner: str, lease_until: datetime, *,
+                                      platforms: Collection[str], limit: int) -> ClaimBatch:
+        """`claim_effects`, returning each claimed effect with its request and item rows, and (for a short
+        batch) `next_effect_at`, all read with the claim: the effects worker's one store call per batch
+        instead of a claim, two reads per effect and a planning read."""
         ...
 
     async def settle_effect(self, effect: Effect, owner: str, outcome: EffectOutcome) -> bool:

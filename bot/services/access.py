@@ -201,7 +201,8 @@ class AccessService:
                              field=FIELD_START)
         if vault.approvers.is_empty():
             raise NotAllowed(f"Nobody is set up to approve requests for vault '{item.vault}'; ask an admin.")
-        await self._refuse_second_open(requester, item.name)
+        # No look for an open request first: the create unit refuses a second one atomically (the store's
+        # unique open claim, ClaimTaken below), which a read before it could not (two at once both pass it).
         notes = [f"{limits.approvals_required} approvals needed"] if limits.approvals_required > 1 else []
         if not self.policy.in_working_hours(window.start or now):
             notes.append("outside working hours")
@@ -224,7 +225,7 @@ class AccessService:
                 "start": window.start.isoformat() if window.start else None,
                 "notes": notes,
             }), (*self._effects(request, EffectKind.POST_CARD), *self._answer_effect(request, answer)))
-        except ClaimTaken:  # a request of this person's won the race, or came from their other account
+        except ClaimTaken:  # this person already has one open (a second at once, or from another account)
             await self._refuse_second_open(requester, item.name)
             raise Conflict(f"You already have an open request for {item.name} (from another chat account).",
                            hint="Cancel it there first.") from None

@@ -41,9 +41,10 @@ from bot.domain.model import (
     EffectOutcome,
     EffectStatus,
     EventDraft,
+    Item,
     Status,
 )
-from bot.ports import Failed, Notifier, NotifyResult, Sent
+from bot.ports import Claimed, Failed, Notifier, NotifyResult, Sent
 
 if TYPE_CHECKING:
     from bot.services.access import AccessService
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
 __all__ = ["EffectRunner", "RetryPolicy"]
 
 log = logging.getLogger("jitpass.effects")
+
+# Seconds before a worker looks again when only effects behind another in their lane are due (see `_loop`).
+_RECHECK_BLOCKED = 1.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class EffectRunner:
         self._running: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._claiming = False  # a claim in flight: what it leases is not running yet, so not idle (`drain`)
         self._renewer: asyncio.Task[None] | None = None
         # Outcomes waiting to be recorded: effects finishing together are settled in one store transaction.
         self._to_settle: list[tuple[Effect, EffectOutcome, asyncio.Future[bool]]] = []
@@ -168,36 +173,47 @@ class EffectRunner:
         while True:
             self._wake.clear()
             try:
-                if await self._claim_and_start():
+                again, nxt = await self._claim_and_start()
+                if again:
                     continue  # more may be due already
-                nxt = await self.store.next_effect_at(set(self.notifiers))
             except Exception as exc:  # the store is down: try again shortly, keep the loop alive
                 log.warning("event=effects_claim_failed error=%s", type(exc).__name__)
-                nxt = self.clock.now() + timedelta(seconds=1)
+                again, nxt = False, self.clock.now() + timedelta(seconds=1)
             wait = 30.0 if nxt is None else max(0.0, (nxt - self.clock.now()).total_seconds())
+            if wait <= 0:
+                # The short batch took everything claimable: what is due now waits behind an effect in its lane
+                # (its end wakes this loop, or another process picks the lane up), so claiming again at once
+                # would only spin. Look again soon in case that effect's worker died (its lease then ends).
+                wait = _RECHECK_BLOCKED
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=min(wait, 30.0))
 
-    async def _claim_and_start(self) -> bool:
+    async def _claim_and_start(self) -> tuple[bool, datetime | None]:
         """Claim and start what is due; True: claim again at once (the batch was full, or the loop must wait
         for expiries or a slot). A short batch took everything claimable now: what is left is not due yet,
-        leased, or behind an effect in its lane, and `next_effect_at` or that effect's end wakes the loop."""
+        leased, or behind an effect in its lane, and the moment the claim returns (`next_effect_at`, read with
+        it) or that effect's end wakes the loop."""
         if self.service.ending:
             # Expiries first: chat work waits while the store is ending grants.
             await self.service.expiries_done(timeout=1.0)
-            return True
+            return True, None
         free = self._free_slots()
         if free <= 0:
             await self._wait_for_a_slot()
-            return True
+            return True, None
         now = self.clock.now()
         limit = min(free, self.batch)
-        effects = await self.store.claim_effects(now, self.owner, now + self.policy.lease,
-                                                 platforms=set(self.notifiers), limit=limit)
-        for effect in effects:
-            self._spawn(effect)
-        return len(effects) >= limit
+        # One store call: the leases, each effect's request and item rows, and when to look again.
+        self._claiming = True
+        try:
+            batch = await self.store.claim_effects_with_rows(now, self.owner, now + self.policy.lease,
+                                                             platforms=set(self.notifiers), limit=limit)
+        finally:
+            self._claiming = False
+        for claimed in batch.claimed:
+            self._spawn(claimed)
+        return len(batch.claimed) >= limit, batch.next_at
 
     def _free_slots(self) -> int:
         return self._slots._value
@@ -206,9 +222,10 @@ class EffectRunner:
         if self._running:
             await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
 
-    def _spawn(self, effect: Effect) -> None:
+    def _spawn(self, claimed: Claimed) -> None:
         self._idle.clear()
-        task = asyncio.get_running_loop().create_task(self._guarded(effect), name=f"jitpass-effect-{effect.kind}")
+        task = asyncio.get_running_loop().create_task(self._guarded(claimed),
+                                                      name=f"jitpass-effect-{claimed.effect.kind}")
         self._running.add(task)
         task.add_done_callback(self._finished)
 
@@ -218,10 +235,11 @@ class EffectRunner:
             self._idle.set()
         self.wake()
 
-    async def _guarded(self, effect: Effect) -> None:
+    async def _guarded(self, claimed: Claimed) -> None:
+        effect = claimed.effect
         async with self._slots:
             try:
-                await self.run_one(effect)
+                await self.run_one(effect, rows=claimed)
             except Exception as exc:  # the store failed while recording: the lease runs out, it is retried
                 # Not a JitpassError (those are recorded as failures): a store outage, or a bug.
                 log.error("event=effect_not_recorded effect=%s kind=%s request_id=%s error=%s", effect.id,
@@ -233,12 +251,12 @@ class EffectRunner:
         ran = 0
         for _ in range(rounds):
             now = self.clock.now()
-            effects = await self.store.claim_effects(now, self.owner, now + self.policy.lease,
-                                                     platforms=set(self.notifiers), limit=self.batch)
-            if not effects:
+            batch = await self.store.claim_effects_with_rows(now, self.owner, now + self.policy.lease,
+                                                             platforms=set(self.notifiers), limit=self.batch)
+            if not batch.claimed:
                 break
-            await asyncio.gather(*(self._guarded(e) for e in effects))
-            ran += len(effects)
+            await asyncio.gather(*(self._guarded(c) for c in batch.claimed))
+            ran += len(batch.claimed)
         return ran
 
     async def drain(self, timeout: float = 10.0) -> None:
@@ -248,7 +266,7 @@ class EffectRunner:
         while True:
             await asyncio.wait_for(self._idle.wait(), max(0.01, deadline - loop.time()))
             nxt = await self.store.next_effect_at(set(self.notifiers))
-            if self._idle.is_set() and (nxt is None or nxt > self.clock.now()):
+            if self._idle.is_set() and not self._claiming and (nxt is None or nxt > self.clock.now()):
                 return
             if loop.time() > deadline:
                 raise TimeoutError("effects still due")
@@ -257,16 +275,25 @@ class EffectRunner:
 
     # -- one effect --------------------------------------------------------------------------
 
-    async def run_one(self, effect: Effect) -> None:
-        """Carry out one claimed effect and record how it went."""
+    async def run_one(self, effect: Effect, *, rows: Claimed | None = None) -> None:
+        """Carry out one claimed effect and record how it went (`rows`: its request and item as read with the
+        claim; without them they are read here)."""
         notifier = self.notifiers.get(effect.platform)
-        request = await self.store.get_request(effect.request_id)
+        item: Item | None = None
+        if rows is not None:
+            request, item = rows.request, rows.item
+        else:
+            request = await self.store.get_request(effect.request_id)
+            if request is not None:
+                item = await self.service.item_of(request)
         if notifier is None or request is None:
             await self._settle(effect, EffectOutcome(EffectStatus.DROPPED, error="no such request or platform"))
             return
         try:
             async with asyncio.timeout(self.policy.deadline):
-                outcome = await self._attempt(effect, notifier, request)
+                # An item deleted since the request: its card still renders from the request's own fields.
+                outcome = await self._attempt(effect, notifier, request,
+                                              item or Item(name=request.item, vault=request.vault))
         except TimeoutError:
             outcome = self._failure(effect, request, Failed("timeout"))
         except JitpassError as exc:  # e.g. the audit event before a delivery could not be written
@@ -320,18 +347,18 @@ class EffectRunner:
         if not done.done():
             done.set_result(ok[0])
 
-    async def _attempt(self, effect: Effect, notifier: Notifier, request: AccessRequest) -> EffectOutcome:
+    async def _attempt(self, effect: Effect, notifier: Notifier, request: AccessRequest,
+                       item: Item) -> EffectOutcome:
         kind = effect.kind
         if kind is EffectKind.DELIVER:
             return await self._deliver(effect, notifier, request)
         if kind is EffectKind.WIPE:
-            result = await self._call(notifier.secret_revoked(request, await self.service.item_of(request)))
+            result = await self._call(notifier.secret_revoked(request, item))
             return self._wipe_outcome(effect, request, result)
         if kind is EffectKind.POST_CARD:
-            result = await self._call(notifier.request_posted(request, await self.service.item_of(request),
-                                                              attempt=effect.attempts))
+            result = await self._call(notifier.request_posted(request, item, attempt=effect.attempts))
         elif kind is EffectKind.UPDATE_CARD:
-            result = await self._call(notifier.request_updated(request, await self.service.item_of(request)))
+            result = await self._call(notifier.request_updated(request, item))
         else:
             message = str(effect.payload.get("message", ""))
             # A reply answers a command acknowledged before its outcome was known ("queued").

@@ -1,6 +1,7 @@
 """Rate limits on the SQLite file: a sliding window per key, checked and counted in one IMMEDIATE transaction.
 
-The caller (`SqliteStore`) runs each function inside its `_write` unit of work, whose `BEGIN IMMEDIATE`
+The caller (`SqliteStore`) runs each function inside a unit of work (`take`: on aiosqlite's thread, one
+hand-off for the whole step; `end_bursts`: `_write`), whose `BEGIN IMMEDIATE`
 takes the file's write lock before the row is read: two processes taking a token for one key queue
 on that lock, so the count they read is never stale and the budget is shared exactly.
 """
@@ -8,6 +9,7 @@ on that lock, so the count they read is never stale and the budget is shared exa
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import datetime, timedelta
 
 import aiosqlite
@@ -43,29 +45,28 @@ def _burst(key: str, refused: int, first_at: str, last_at: str, actor: str) -> R
     return RefusalBurst(key, identity_from_doc(json.loads(actor)), refused, parse_time(first_at), parse_time(last_at))
 
 
-async def take(conn: aiosqlite.Connection, key: str, count: int, per: timedelta, now: datetime,
-               actor: Identity) -> RateTake:
-    """Count one attempt for `key` (inside the caller's IMMEDIATE transaction)."""
+def take(conn: sqlite3.Connection, key: str, count: int, per: timedelta, now: datetime, actor: Identity) -> RateTake:
+    """Count one attempt for `key` (inside the caller's IMMEDIATE transaction, on aiosqlite's thread)."""
     at = format_time(now)
-    rows = list(await conn.execute_fetchall(_SELECT, (key,)))
+    row = conn.execute(_SELECT, (key,)).fetchone()
     until: list[str] = []
     refused, first_at, first_actor = 0, "", ""
     ended: RefusalBurst | None = None
-    if rows:
-        until = [t for t in json.loads(rows[0][0]) if t > at]  # format_time texts sort as the instants do
-        refused = int(rows[0][1])
+    if row is not None:
+        until = [t for t in json.loads(row[0]) if t > at]  # format_time texts sort as the instants do
+        refused = int(row[1])
         if refused:  # an open burst: its start, its first account, and (for `ended`) its last refusal
-            first_at, first_actor = str(rows[0][2]), str(rows[0][4])
-            ended = _burst(key, refused, first_at, str(rows[0][3]), first_actor)
+            first_at, first_actor = str(row[2]), str(row[4])
+            ended = _burst(key, refused, first_at, str(row[3]), first_actor)
     if len(until) < count:
         until.append(format_time(now + per))
-        await conn.execute(_UPSERT, (key, json.dumps(until), until[-1], 0, None, None, None, None))
+        conn.execute(_UPSERT, (key, json.dumps(until), until[-1], 0, None, None, None, None))
         return RateTake(True, ended=ended)
     refused += 1
     if refused == 1:
         first_at, first_actor = at, json.dumps(identity_to_doc(actor))
     retry_at = until[len(until) - count]  # when one fewer than `count` are left (count may have shrunk)
-    await conn.execute(_UPSERT, (key, json.dumps(until), until[-1], refused, first_at, at, retry_at, first_actor))
+    conn.execute(_UPSERT, (key, json.dumps(until), until[-1], refused, first_at, at, retry_at, first_actor))
     return RateTake(False, retry_at=parse_time(retry_at), refused=refused)
 
 

@@ -38,7 +38,7 @@ from bot.domain.model import (
     Status,
     TransitionDraft,
 )
-from bot.ports import Checkpoint, Clock, PurgeResult, RateTake, RefusalBurst
+from bot.ports import Checkpoint, ClaimBatch, Claimed, Clock, PurgeResult, RateTake, RefusalBurst
 from storage.codec import (
     effect_from_doc,
     item_from_doc,
@@ -130,6 +130,16 @@ _CLAIM_EFFECTS = (
     "AND NOT EXISTS (SELECT 1 FROM effects p WHERE p.request_id = e.request_id AND p.lane = e.lane "
     "AND p.status = 'pending' AND p.seq < e.seq) "
     "ORDER BY e.due_at, e.seq LIMIT :limit) RETURNING *"
+)
+_NEXT_EFFECT = ("SELECT min(max(due_at, coalesce(lease_until, due_at))) FROM effects WHERE status = 'pending' "
+                "AND platform IN ({platforms})")
+# For the claim's `next_at`: lane heads only. An effect behind another pending one in its lane is claimable
+# only when that one ends (which wakes the worker running it); counting its own due time, already past,
+# would send the worker straight back to claim nothing until the head ends.
+_NEXT_CLAIMABLE = (
+    "SELECT min(max(e.due_at, coalesce(e.lease_until, e.due_at))) FROM effects e WHERE e.status = 'pending' "
+    "AND e.platform IN ({platforms}) AND NOT EXISTS (SELECT 1 FROM effects p WHERE p.request_id = e.request_id "
+    "AND p.lane = e.lane AND p.status = 'pending' AND p.seq < e.seq)"
 )
 _NEXT_DUE = "SELECT min(due) FROM (" + " UNION ALL ".join(
     f"SELECT min({field}) AS due FROM requests WHERE {_due_where(status, extra)}" for status, field, extra in DUE_RULES
@@ -896,6 +906,42 @@ class SqliteStore:
         rows = await self._unit(lambda unit: unit.conn.execute(sql, params).fetchall())
         return sorted((_effect_from_row(r) for r in rows), key=lambda e: (e.due_at, int(e.id)))
 
+    async def claim_effects_with_rows(self, now: datetime, owner: str, lease_until: datetime, *,
+                                      platforms: Collection[str], limit: int) -> ClaimBatch:
+        """`claim_effects` with each effect's request and item rows and, for a short batch, `next_effect_at`:
+        one unit on aiosqlite's thread (one hand-off) instead of four or more."""
+        if not platforms or limit <= 0:
+            return ClaimBatch([])
+        names = {f"p{i}": p for i, p in enumerate(sorted(platforms))}
+        sql = _CLAIM_EFFECTS.format(platforms=", ".join(f":{n}" for n in names))
+        params = {"owner": owner, "lease_until": format_time(lease_until), "now": format_time(now),
+                  "limit": limit, **names}
+        next_sql = _NEXT_CLAIMABLE.format(platforms=", ".join(f":{n}" for n in names))
+
+        def claim(unit: _Unit) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row], Any]:
+            rows = unit.conn.execute(sql, params).fetchall()
+            # Rows are read inside the claim's write transaction: what each effect is run with is the state
+            # committed before the claim, exactly as a read right after it would see.
+            request_ids = sorted({str(r["request_id"]) for r in rows})
+            requests = unit.conn.execute(f"SELECT * FROM requests WHERE id IN ({_placeholders(len(request_ids))})",
+                                         request_ids).fetchall() if request_ids else []
+            item_names = sorted({str(r["item"]) for r in requests})
+            items = unit.conn.execute(
+                f"SELECT {', '.join(_ITEM_META_COLUMNS)} FROM items WHERE name IN ({_placeholders(len(item_names))})",
+                item_names).fetchall() if item_names else []
+            nxt = unit.conn.execute(next_sql, names).fetchone()[0] if len(rows) < limit else None
+            return rows, requests, items, nxt
+
+        rows, request_rows, item_rows, nxt = await self._unit(claim)
+        requests = {r.id: r for r in map(_request_from_row, request_rows)}
+        items = {i.name: i for i in (item_from_doc(_item_doc(r)) for r in item_rows)}
+        effects = sorted((_effect_from_row(r) for r in rows), key=lambda e: (e.due_at, int(e.id)))
+        claimed = []
+        for effect in effects:
+            request = requests.get(effect.request_id)
+            claimed.append(Claimed(effect, request, items.get(request.item) if request is not None else None))
+        return ClaimBatch(claimed, None if nxt is None else _parse(nxt))
+
     async def settle_effect(self, effect: Effect, owner: str, outcome: EffectOutcome) -> bool:
         """Record an attempt's outcome while `owner` holds the lease, with its event, refs and follow-ups."""
         return (await self.settle_effects([(effect, outcome)], owner))[0]
@@ -949,9 +995,8 @@ class SqliteStore:
         """When the earliest pending effect is due, or its lease runs out."""
         if not platforms:
             return None
-        rows = await self._read(
-            f"SELECT min(max(due_at, coalesce(lease_until, due_at))) FROM effects WHERE status = 'pending' "
-            f"AND platform IN ({_placeholders(len(platforms))})", tuple(sorted(platforms)))
+        rows = await self._read(_NEXT_EFFECT.format(platforms=_placeholders(len(platforms))),
+                                tuple(sorted(platforms)))
         value = rows[0][0] if rows else None
         return None if value is None else _parse(value)
 
@@ -1004,9 +1049,9 @@ class SqliteStore:
     # -- rate limits --------------------------------------------------------------------------
     async def take_rate_token(self, key: str, count: int, per: timedelta, now: datetime,
                               actor: Identity) -> RateTake:
-        """Count one attempt for `key` within its sliding window; read and write under one write lock."""
-        async with self._write() as conn:
-            return await rate_limits.take(conn, key, count, per, now, actor)
+        """Count one attempt for `key` within its sliding window; read and write under one write lock, as one
+        unit on aiosqlite's thread (one hand-off instead of BEGIN, SELECT, UPSERT, COMMIT)."""
+        return await self._unit(lambda unit: rate_limits.take(unit.conn, key, count, per, now, actor))
 
     async def end_rate_bursts(self, now: datetime) -> list[RefusalBurst]:
         """Claim the bursts of refusals that are over and delete the empty windows, in one transaction."""

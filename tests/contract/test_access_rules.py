@@ -3,6 +3,7 @@ under test (SQLite file or MongoDB), with a notifier that records what the core 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -152,3 +153,23 @@ async def test_a_refusal_stands_when_the_store_cannot_record_it(core: Core) -> N
     await core.harness.break_audit()
     with pytest.raises(Conflict, match="is over: nothing to show"):
         await core.service.new_code(grant_id, ALICE)
+
+
+async def test_two_identical_requests_at_once_create_one_and_the_other_is_told_which(core: Core) -> None:
+    # No read for an open request before the create: the create unit itself refuses the second (the
+    # store's open claim), so two sent at the same moment cannot both pass a check and both be created.
+    text = "acme-zendesk fix broken trigger for 1h"
+    results = await asyncio.gather(core.service.request_access(ALICE, text), core.service.request_access(ALICE, text),
+                                   return_exceptions=True)
+    made = [r for r in results if isinstance(r, AccessRequest)]
+    refused = [r for r in results if isinstance(r, Conflict)]
+    assert len(made) == 1 and len(refused) == 1, results
+    assert f"You already have request {made[0].id} for acme-zendesk (pending)" in refused[0].message
+    opened = await core.harness.store.find_requests(requester=ALICE)
+    assert [r.id for r in opened] == [made[0].id]
+    assert [e.type for e in await core.events() if e.type.startswith("request.")] == ["request.created"]
+    assert [e.kind.value for e in await core.harness.store.effects_of(made[0].id)] == ["post_card"]
+    # Later, one after the other: the same friendly refusal, nothing written.
+    with pytest.raises(Conflict, match=f"You already have request {made[0].id}"):
+        await core.service.request_access(ALICE, text)
+    assert len(await core.harness.store.find_requests(requester=ALICE)) == 1

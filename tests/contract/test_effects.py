@@ -12,7 +12,7 @@ from bot.domain.errors import AuditWriteError
 from bot.domain.model import EffectDraft, EffectKind, EffectOutcome, EffectStatus, Status, TransitionDraft
 from bot.ports import Store
 from tests.contract.conftest import Harness
-from tests.support.stores import FakeClock, draft, make_request
+from tests.support.stores import FakeClock, draft, make_request, make_sealed
 
 PLATFORMS = {"slack"}
 LEASE = timedelta(seconds=10)
@@ -266,3 +266,66 @@ async def test_the_background_handle_sees_and_writes_the_same_store(store: Store
     seqs = [e.seq async for e in store.events()]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     assert (await store.get_request("R1")).status is Status.CANCELLED  # type: ignore[union-attr]
+
+
+async def test_a_claim_with_rows_returns_each_effect_with_its_request_and_item_in_one_call(
+        store: Store, clock: FakeClock) -> None:
+    await store.add_items([make_sealed("item-r1")], [])
+    await _pending_request(store, "R1", EffectKind.POST_CARD, EffectKind.TELL)
+    await _pending_request(store, "R2", EffectKind.POST_CARD)  # its item was never added (or was removed)
+    now = clock.now()
+    batch = await store.claim_effects_with_rows(now, "w1", now + LEASE, platforms=PLATFORMS, limit=10)
+    got = {(c.effect.request_id, c.effect.kind): c for c in batch.claimed}
+    assert sorted(got) == [("R1", EffectKind.POST_CARD), ("R1", EffectKind.TELL), ("R2", EffectKind.POST_CARD)]
+    one = got[("R1", EffectKind.POST_CARD)]
+    assert one.request == await store.get_request("R1")
+    assert one.item is not None and one.item == (await store.get_item("item-r1")).item  # type: ignore[union-attr]
+    assert one.effect.attempts == 1 and one.effect.lease_owner == "w1"
+    assert got[("R2", EffectKind.POST_CARD)].request is not None and got[("R2", EffectKind.POST_CARD)].item is None
+    # A short batch says when to look again, read with the claim: here when the leases just taken run out.
+    assert batch.next_at == now + LEASE == await store.next_effect_at(PLATFORMS)
+    # Leased: a second claim gets nothing, and says the same moment.
+    again = await store.claim_effects_with_rows(now, "w2", now + LEASE, platforms=PLATFORMS, limit=10)
+    assert again.claimed == [] and again.next_at == now + LEASE
+
+
+async def test_a_full_claim_with_rows_says_claim_again_and_a_short_one_when_the_next_is_due(
+        store: Store, clock: FakeClock) -> None:
+    for n in range(3):
+        await _pending_request(store, f"R{n}", EffectKind.TELL)
+    now = clock.now()
+    full = await store.claim_effects_with_rows(now, "w1", now + LEASE, platforms=PLATFORMS, limit=2)
+    assert len(full.claimed) == 2 and full.next_at is None  # full: claim again at once
+    rest = await store.claim_effects_with_rows(now, "w1", now + LEASE, platforms=PLATFORMS, limit=2)
+    assert [c.effect.request_id for c in rest.claimed] == ["R2"]
+    assert rest.next_at == now + LEASE
+    for claimed in (*full.claimed, *rest.claimed):
+        retry_at = now + timedelta(seconds=3)
+        assert await store.settle_effect(claimed.effect, "w1", EffectOutcome(EffectStatus.PENDING, error="x",
+                                                                             retry_at=retry_at))
+    later = await store.claim_effects_with_rows(now, "w1", now + LEASE, platforms=PLATFORMS, limit=2)
+    assert later.claimed == [] and later.next_at == now + timedelta(seconds=3)
+    nothing = await store.claim_effects_with_rows(now, "w1", now + LEASE, platforms={"teams"}, limit=2)
+    assert nothing.claimed == [] and nothing.next_at is None
+
+
+async def test_the_next_claimable_moment_skips_effects_waiting_behind_their_lanes_head(
+        store: Store, clock: FakeClock) -> None:
+    await _pending_request(store, "R1", EffectKind.POST_CARD)
+    now = clock.now()
+    posting = await store.claim_effects_with_rows(now, "w1", now + LEASE, platforms=PLATFORMS, limit=10)
+    assert [c.effect.kind for c in posting.claimed] == [EffectKind.POST_CARD]
+    # While the card is being posted, an approval writes the card's update: due now, but behind the post.
+    clock.advance(seconds=1)
+    await store.transition("R1", {Status.PENDING}, {"status": Status.DECLINED},
+                           draft("request.declined", request_id="R1"), effects=[EffectDraft(EffectKind.UPDATE_CARD)])
+    now = clock.now()
+    blocked = await store.claim_effects_with_rows(now, "w1", now + LEASE, platforms=PLATFORMS, limit=10)
+    assert blocked.claimed == []
+    assert blocked.next_at is not None
+    if store.kind == "sqlite":  # exact: the post's lease end (a store may say "now"; the worker then waits a bit)
+        assert blocked.next_at == posting.claimed[0].effect.lease_until
+    assert await store.settle_effect(posting.claimed[0].effect, "w1", EffectOutcome(EffectStatus.DONE))
+    after = await store.claim_effects_with_rows(now, "w1", now + LEASE, platforms=PLATFORMS, limit=10)
+    assert [c.effect.kind for c in after.claimed] == [EffectKind.UPDATE_CARD]
+    assert after.claimed[0].request is not None and after.claimed[0].request.status is Status.DECLINED

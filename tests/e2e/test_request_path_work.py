@@ -214,3 +214,24 @@ async def test_a_failed_dm_channel_lookup_fails_every_caller_waiting_for_it_and_
 
     assert [getattr(f, "error", None) for f in failed] == ["user_not_found", "user_not_found"]
     assert later == "DUREQ" and len(fake.calls_to("conversations.open", ok=None)) == 2
+
+
+async def test_a_request_costs_one_claim_that_brings_the_cards_rows_and_no_reads_after_it(tmp_path: Path) -> None:
+    # Counted by the metered store (every call is timed under its operation's name), in the serving process.
+    async with slack_harness(tmp_path, metrics_token="metrics-token-" + "5e1f0c9a7b3d2e84") as slack:
+        metrics = slack.runtime.metrics
+        assert metrics is not None
+
+        def calls() -> dict[str, float]:
+            return {s.labels["operation"]: s.value for family in metrics.registry.collect()
+                    for s in family.samples if s.name == "jitpass_store_operation_seconds_count"}
+
+        before = calls()
+        _, request_id = await slack.request("acme-zendesk fix broken trigger for 1h", "UREQ")
+        made = {op: n - before.get(op, 0.0) for op, n in calls().items() if n - before.get(op, 0.0)}
+
+    assert request_id and made["create_request"] == 1
+    # The card effect ran with the request and item rows its claim returned: no read of either by the worker.
+    assert made.get("claim_effects_with_rows", 0) >= 1 and "claim_effects" not in made
+    assert "get_request" not in made, made
+    assert made.get("get_item") == 1, made  # the request path's own read of the item, once
