@@ -62,7 +62,9 @@ def _run(args: argparse.Namespace) -> int:
     """Run the chosen command; every error ends as an exit code and one line on stderr."""
     handler: Handler = args.handler
     try:
-        return asyncio.run(handler(args), loop_factory=loop_factory())
+        factory = loop_factory()
+        log.debug("event=command command=%s loop=%s", args.command, "asyncio" if factory is None else "uvloop")
+        return asyncio.run(handler(args), loop_factory=factory)
     except JitpassError as exc:
         print(f"jitpass: {exc.user_message()}", file=sys.stderr)
         return 2
