@@ -326,7 +326,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, policy: Policy
             # aiohttp runs no on_cleanup after a failed start-up: close what was opened here.
             await stop(app)
             raise
-        log.info("event=started store=%s platforms=%s", runtime.store.kind, ",".join(a.platform for a in chat))
+        log.info("event=started store=%s platforms=%s loop=%s", runtime.store.kind,
+                 ",".join(a.platform for a in chat), type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     async def stop(app: web.Application) -> None:
         while listeners:

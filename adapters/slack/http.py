@@ -82,10 +82,17 @@ def parse_slack_body(raw: str, content_type: str) -> dict[str, Any]:
 _OBJECT_FIELDS = ("user", "team", "channel", "view", "message", "container", "enterprise", "event", "state")
 
 
+# Top-level fields bolt's listener matchers run a regular expression over whenever they are present.
+_STRING_FIELDS = ("command", "callback_id")
+
+
 def _check_objects(body: Mapping[str, Any]) -> None:
     for name in _OBJECT_FIELDS:
         if name in body and not isinstance(body[name], Mapping):
             raise MalformedRequest(f"`{name}` must be an object")
+    for name in _STRING_FIELDS:
+        if name in body and not isinstance(body[name], str):
+            raise MalformedRequest(f"`{name}` must be a string")
 
 
 def _check_event(body: Mapping[str, Any]) -> None:
@@ -113,8 +120,10 @@ def _check_interaction(body: Mapping[str, Any]) -> None:
     if kind == "block_actions":
         actions = body.get("actions")
         if not isinstance(actions, list) or not actions or not all(
-                isinstance(a, Mapping) and isinstance(a.get("action_id"), str) for a in actions):
-            raise MalformedRequest("block_actions needs a non-empty `actions` list, each with an `action_id`")
+                isinstance(a, Mapping) and isinstance(a.get("action_id"), str)
+                and isinstance(a.get("block_id", ""), str) for a in actions):
+            raise MalformedRequest("block_actions needs a non-empty `actions` list, each with an `action_id` "
+                                   "(and a `block_id`, when there is one, that is a string)")
     if kind in {"view_submission", "view_closed"}:
         view = body.get("view")
         if not isinstance(view, Mapping) or not isinstance(view.get("callback_id"), str):

@@ -13,6 +13,7 @@ from bot.cli import audit, items, keys, policy, reports, retention, serve
 from bot.cli.common import Handler
 from bot.cli.help import SuggestingParser, described
 from bot.cli.logs import configure_logging
+from bot.cli.loop import loop_factory
 from bot.domain.errors import JitpassError, new_error_id
 
 __all__ = ["build_parser", "main"]
@@ -61,7 +62,9 @@ def _run(args: argparse.Namespace) -> int:
     """Run the chosen command; every error ends as an exit code and one line on stderr."""
     handler: Handler = args.handler
     try:
-        return asyncio.run(handler(args))
+        factory = loop_factory()
+        log.debug("event=command command=%s loop=%s", args.command, "asyncio" if factory is None else "uvloop")
+        return asyncio.run(handler(args), loop_factory=factory)
     except JitpassError as exc:
         print(f"jitpass: {exc.user_message()}", file=sys.stderr)
         return 2

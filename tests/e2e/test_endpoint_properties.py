@@ -180,3 +180,25 @@ def test_teams_messages_never_5xx_never_a_traceback(served: Served, caplog: pyte
 
     with caplog.at_level(logging.INFO):
         one()
+
+
+# Found by the property test above: fields bolt reads as strings, holding something else.
+NON_STRING_FIELDS = [
+    ({"type": "foo", "command": []}, "application/json"),
+    ({"type": "event_callback", "event": {"type": "app_home_opened"}, "command": {"a": 1}}, "application/json"),
+    ({"type": "foo", "callback_id": 5}, "application/json"),
+    ({"type": "shortcut", "callback_id": [], "user": {"id": "UREQ"}}, "payload"),
+    ({"type": "block_actions", "user": {"id": "UREQ"}, "actions": [{"action_id": "approve", "block_id": 3}]},
+     "payload"),
+]
+
+
+@pytest.mark.parametrize(("body", "shape"), NON_STRING_FIELDS)
+def test_slack_fields_of_the_wrong_type_are_refused_not_5xx(served: Served, caplog: pytest.LogCaptureFixture,
+                                                           body: dict[str, object], shape: str) -> None:
+    if shape == "payload":
+        raw, content_type = urlencode({"payload": json.dumps(body)}).encode(), "application/x-www-form-urlencoded"
+    else:
+        raw, content_type = json.dumps(body).encode(), shape
+    with caplog.at_level(logging.INFO):
+        _check(served, caplog, "/slack/events", raw, content_type)
