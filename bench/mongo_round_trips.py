@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -44,6 +45,40 @@ class _Commands(monitoring.CommandListener):
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
+
+
+def _cpu(pid: int | None) -> tuple[float, float]:
+    """(this process's CPU seconds, the mongoeco server's), from /proc (nan when not ours)."""
+    mine = time.process_time()
+    if pid is None:
+        return mine, float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return mine, float("nan")
+    return mine, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_split(pid: int | None, before: tuple[float, float]) -> dict[str, float]:
+    """CPU seconds since `before`: jitpass's code (this process) and the store server's."""
+    now = _cpu(pid)
+    return {"cpu_jitpass_s": round(now[0] - before[0], 3), "cpu_store_server_s": round(now[1] - before[1], 3)}
+
+
+def _server_pid() -> int | None:
+    """The mongoeco server this process started (a child running tests/support/mongoeco_server.py)."""
+    me = str(os.getpid())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == me and b"mongoeco_server.py" in cmdline:
+            return int(proc.name)
+    return None
 
 
 async def _run(grants: int, tmp: Path, counter: _Commands, background: float) -> dict[str, Any]:
@@ -95,29 +130,33 @@ async def _run(grants: int, tmp: Path, counter: _Commands, background: float) ->
                     writes[0] += 1
 
             writer = asyncio.get_running_loop().create_task(other_writer()) if background > 0 else None
+            server_pid = _server_pid()
             counter.names.clear()
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), _cpu(server_pid)
             ended = await runtime.service.expire_many(batch)
             result["expire_many"] = {"ended": len(ended), "seconds": round(time.perf_counter() - began, 3),
+                                     **_cpu_split(server_pid, cpu),
                                      "commands": sum(counter.names.values()) - writes[0],
                                      "by_command": dict(counter.names), "other_writes": writes[0]}
             if writer is not None:
                 writer.cancel()
 
             counter.names.clear()
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), _cpu(server_pid)
             at = datetime.now(UTC)
             claimed = await store.claim_effects(at, "bench", at + timedelta(seconds=60), platforms={"slack"}, limit=64)
             result["claim_effects"] = {"claimed": len(claimed), "seconds": round(time.perf_counter() - began, 3),
+                                       **_cpu_split(server_pid, cpu),
                                        "commands": sum(counter.names.values()), "by_command": dict(counter.names)}
 
             outcomes = [(e, EffectOutcome(EffectStatus.DONE, event=EventDraft(
                 type="grant.wiped", actor=SYSTEM, request_id=e.request_id, item="acme-zendesk", vault="acme",
                 details={"attempt": 1}))) for e in claimed]
             counter.names.clear()
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), _cpu(server_pid)
             kept = await store.settle_effects(outcomes, "bench")
             result["settle_effects"] = {"settled": sum(kept), "seconds": round(time.perf_counter() - began, 3),
+                                        **_cpu_split(server_pid, cpu),
                                         "commands": sum(counter.names.values()), "by_command": dict(counter.names)}
             events = [e async for e in store.events()]
             result["events"] = len(events)

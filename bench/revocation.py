@@ -43,14 +43,17 @@ from statistics import quantiles
 from typing import Any
 
 import aiohttp
-from pymongo import MongoClient
+from pymongo import AsyncMongoClient, MongoClient, UpdateOne
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.bootstrap import open_runtime
-from bot.domain.audit import format_time
-from bot.domain.model import SYSTEM, AccessRequest, Identity, Status, Window
+from bot.domain.audit import GENESIS_HASH, event_to_dict, format_time, seal_event
+from bot.domain.model import SYSTEM, AccessRequest, EffectDraft, EffectKind, EventDraft, Identity, Status, Window
+from bot.ports import SystemClock
 from storage.codec import request_to_doc
+from storage.common import effect_docs
+from storage.mongo.store import MongoStore
 from storage.sqlite.store import _INSERT_REQUEST, _request_row
 from tests.support.app import TEST_POLICY, canary_items, test_settings
 from tests.support.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
@@ -125,14 +128,17 @@ class MongoBackend:
         base, _, options = uri.partition("?")
         scheme, _, rest = base.partition("://")
         self.store_url = f"{scheme}://{rest.split('/', 1)[0]}/{self.db_name}" + (f"?{options}" if options else "")
+        self.uri = uri
         self.client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000)
         self.db = self.client[self.db_name]
+        self.server_pid: int | None = None  # the mongoeco process, when this run started it (CPU split)
 
-    def seed(self, grants: list[AccessRequest]) -> None:
+    def seed(self, grants: list[AccessRequest], db_name: str | None = None) -> None:
         # The store's own documents (its codec), as `create_request` writes them; batches mongoeco takes well.
+        db = self.client[db_name or self.db_name]
         docs = [{"_id": g.id, **request_to_doc(g), "created_seq": 0} for g in grants]
         for start in range(0, len(docs), 250):
-            self.db["requests"].insert_many(docs[start:start + 250], ordered=False)
+            db["requests"].insert_many(docs[start:start + 250], ordered=False)
 
     def trail(self) -> dict[str, list[tuple[str, str]]]:
         found: dict[str, list[tuple[str, str]]] = {}
@@ -191,6 +197,151 @@ async def _baseline(fake: FakeSlack, ends: list[datetime]) -> dict[str, float]:
     return _pct(late)
 
 
+FLOOR_BATCH = 25  # grants per floor transaction: jitpass's TRANSITION_BATCH
+
+
+async def _floor(fake: FakeSlack, backend: MongoBackend, ends: list[datetime],
+                 batch: int = FLOOR_BATCH, *, due_only: bool = False) -> dict[str, Any]:
+    """The store floor: only the irreducible store work of each expiry, on the same server, in a database
+    the MongoStore opened (the same collections and indexes) holding the same grants.
+
+    One loop, as a scheduler: sleep until the next end, then take every grant ended by now (at most `batch`)
+    and in ONE transaction move them (one guarded `UpdateOne` each: `_id` + status + version, in a
+    `bulk_write`), insert their `grant.expired` events (chained in memory, seq as `_id`, as jitpass stores
+    them) and one wipe effect each (`insert_many`). Then, concurrently with the next batch, the wipe floor:
+    one `chat.update` per grant to the stand-in, then one transaction settling those effects
+    (`bulk_write`) with their `grant.wiped` events. Lateness = commit time - window end. No effect claim,
+    no lease, no re-read, no App Home, no card: what any design must at least do per expiry.
+    `due_only`: only the grants already ended when it starts (start-up with a backlog); the rest stay stored.
+    """
+    db_name = new_db_name("jitpass_floor")
+    base, _, options = backend.uri.partition("?")
+    scheme, _, rest = base.partition("://")
+    url = f"{scheme}://{rest.split('/', 1)[0]}/{db_name}" + (f"?{options}" if options else "")
+    store = MongoStore(url, SystemClock())
+    await store.open()
+    await store.close()
+    began = datetime.now(UTC)
+    order = sorted(range(len(ends)), key=lambda i: ends[i])
+    backend.seed([_grant(i, ends[i], fake) for i in order], db_name)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(backend.uri, serverSelectionTimeoutMS=10_000)
+    db = client[db_name]
+    expired: list[float] = []
+    wiped: list[float] = []
+    conflicts = [0]
+    chain: list[Any] = [0, GENESIS_HASH]  # the tail (seq, hash), kept in memory as the only writer
+    wipes: list[asyncio.Task[None]] = []
+
+    def sealed(kind: str, request_id: str) -> dict[str, Any]:
+        draft = EventDraft(type=kind, actor=SYSTEM, request_id=request_id, item="acme-zendesk", vault="acme",
+                           details={"ended_at": format_time(datetime.now(UTC))})
+        event = seal_event(draft, seq=int(chain[0]) + 1, prev_hash=str(chain[1]), at=datetime.now(UTC))
+        chain[0], chain[1] = event.seq, event.hash
+        return {"_id": event.seq, **event_to_dict(event)}
+
+    one_writer = asyncio.Lock()  # the floor's transactions one at a time: the chain tail stays in memory
+
+    async def transaction(work: Any) -> None:
+        async with one_writer, client.start_session() as session:
+            while True:
+                seq, tail = chain[0], chain[1]
+                try:
+                    await session.with_transaction(work)
+                    return
+                except Exception:  # a conflict with the other floor transaction: redo, as jitpass does
+                    chain[0], chain[1] = seq, tail
+                    conflicts[0] += 1
+                    await asyncio.sleep(0.001)
+
+    async def wipe(group: list[tuple[int, str]], ids: list[str]) -> None:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(http.post(f"{fake.url}chat.update",
+                                             headers={"Authorization": f"Bearer {BOT_TOKEN}"},
+                                             json={"channel": f"DU{i:06d}", "ts": f"1700000000.{2 * i + 1:06d}",
+                                                   "text": "ended"}) for i, _ in group))
+
+        async def settle(session: Any) -> None:
+            at = format_time(datetime.now(UTC))
+            await db["effects"].bulk_write([UpdateOne({"_id": e, "status": "pending"},
+                                                      {"$set": {"status": "done", "updated_at": at}}) for e in ids],
+                                           ordered=True, session=session)
+            await db["events"].insert_many([sealed("grant.wiped", r) for _, r in group], session=session)
+
+        await transaction(settle)
+        now = datetime.now(UTC)
+        wiped.extend((now - ends[i]).total_seconds() for i, _ in group)
+
+    if due_only:
+        order = [i for i in order if ends[i] <= began]
+    started = time.monotonic()
+    try:
+        position = 0
+        while position < len(order):
+            await asyncio.sleep(max(0.0, (ends[order[position]] - datetime.now(UTC)).total_seconds()))
+            now = datetime.now(UTC)
+            group: list[tuple[int, str]] = []
+            while position < len(order) and ends[order[position]] <= now and len(group) < batch:
+                group.append((order[position], f"R-B{order[position]:07d}"))
+                position += 1
+            ids = [f"floor-{request_id}" for _, request_id in group]
+
+            async def expire(session: Any, group: list[tuple[int, str]] = group, ids: list[str] = ids) -> None:
+                at = format_time(datetime.now(UTC))
+                moved = await db["requests"].bulk_write(
+                    [UpdateOne({"_id": r, "status": "active", "version": 0},
+                               {"$set": {"status": "expired", "updated_at": at}, "$inc": {"version": 1}})
+                     for _, r in group], ordered=True, session=session)
+                if moved.matched_count != len(group):
+                    raise RuntimeError("a floor grant moved twice")
+                await db["events"].insert_many([sealed("grant.expired", r) for _, r in group], session=session)
+                docs = effect_docs("-", "slack", [EffectDraft(EffectKind.WIPE)], datetime.now(UTC))[0]
+                await db["effects"].insert_many([{**docs, "_id": e, "request_id": r}
+                                                 for e, (_, r) in zip(ids, group, strict=True)], session=session)
+
+            await transaction(expire)
+            now = datetime.now(UTC)
+            expired.extend((now - ends[i]).total_seconds() for i, _ in group)
+            wipes.append(asyncio.get_running_loop().create_task(wipe(group, ids)))
+        all_expired = time.monotonic() - started
+        await asyncio.gather(*wipes)
+        all_wiped = time.monotonic() - started
+    finally:
+        for task in wipes:
+            task.cancel()
+        await client.drop_database(db_name)
+        await client.close()
+    return {"batch": batch, "expired_lateness_s": _pct(expired), "wipe_lateness_s": _pct(wiped),
+            "conflicts_redone": conflicts[0], "all_expired_s": round(all_expired, 2),
+            "all_wiped_s": round(all_wiped, 2)}
+
+
+def _cpu_s(pid: int | None) -> float:
+    """utime + stime of a process (all its threads), in seconds; nan when it is not ours to read."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _mongoeco_pid() -> int | None:
+    """The mongoeco server this process started (a child running tests/support/mongoeco_server.py)."""
+    me = str(os.getpid())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == me and b"mongoeco_server.py" in cmdline:
+            return int(proc.name)
+    return None
+
+
 def _at(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
@@ -202,12 +353,16 @@ def _vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
+# The checkout whose `jitpass serve` runs (`--code`): `python -m bot` imports bot/ and storage/ from its cwd.
+CODE = ROOT
+
+
 async def _serve(env: dict[str, str], log: Path) -> tuple[asyncio.subprocess.Process, str, float]:
     port = _port()
     started = time.monotonic()
     with log.open("ab") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "serve", "--port", str(port), cwd=ROOT, env=env,
+            sys.executable, "-m", "bot", "serve", "--port", str(port), cwd=CODE, env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=out)
     return process, f"http://127.0.0.1:{port}", started
 
@@ -225,10 +380,24 @@ async def _healthy(url: str, started: float, timeout: float = 120) -> float:
     raise TimeoutError("no /healthz")
 
 
+async def _floor_run(fake: FakeSlack, backend: MongoBackend, grants: int, window: float,
+                     batch: int) -> dict[str, Any]:
+    """The store floor over the same number of grants and window, with the store server's CPU it took."""
+    ends = [datetime.now(UTC) + timedelta(seconds=2 + random.uniform(0, window)) for _ in range(grants)]
+    for i in range(grants):
+        fake.messages.setdefault((f"DU{i:06d}", f"1700000000.{2 * i + 1:06d}"), {
+            "channel": f"DU{i:06d}", "ts": "x", "text": "", "blocks": [], "history": []})
+    cpu0 = _cpu_s(backend.server_pid)
+    result = await _floor(fake, backend, ends, batch)
+    result["store_server_cpu_s"] = round(_cpu_s(backend.server_pid) - cpu0, 2)
+    return result
+
+
 async def lateness(grants: int, window: float, tmp: Path, backend: Backend, lead: float = 15.0,
-                   grace: float = 20.0) -> dict[str, Any]:
+                   grace: float = 20.0, floor_batch: int = FLOOR_BATCH, floor_after: bool = True) -> dict[str, Any]:
     """`lead`: seconds from now to the first end, room for set-up and start-up; `grace`: how long after the
-    last end a grant may still be recorded before it counts as missed."""
+    last end a grant may still be recorded before it counts as missed. On MongoDB the store floor
+    (`_floor`) runs before and after jitpass (A/B/A); the asyncio-timer baseline before only."""
     fake = FakeSlack()
     await fake.start()
     results: dict[str, Any] = {"store": backend.name, "grants": grants, "window_s": window}
@@ -238,15 +407,23 @@ async def lateness(grants: int, window: float, tmp: Path, backend: Backend, lead
             fake.messages[(f"DU{i:06d}", f"1700000000.{2 * i + 1:06d}")] = {
                 "channel": f"DU{i:06d}", "ts": "x", "text": "", "blocks": [], "history": []}
         results["baseline_before"] = await _baseline(fake, base_ends)
+        mongo = backend if isinstance(backend, MongoBackend) else None
+        if mongo is not None:
+            results["floor_before"] = await _floor_run(fake, mongo, grants, window, floor_batch)
         t0 = datetime.now(UTC) + timedelta(seconds=lead)
         ends = [t0 + timedelta(seconds=random.uniform(0, window)) for _ in range(grants)]
         env = await _world(tmp, ends, fake, backend)
         results["seeded_before_first_end_s"] = round((t0 - datetime.now(UTC)).total_seconds(), 2)
+        store_pid = mongo.server_pid if mongo is not None else None
+        store_cpu0 = _cpu_s(store_pid)
         process, url, started = await _serve(env, tmp / "server.log")
         try:
             results["healthz_s"] = round(await _healthy(url, started), 2)
             await asyncio.sleep(max(0.0, (max(ends) - datetime.now(UTC)).total_seconds()) + grace)
             results["server_rss_peak_mb"] = _vm_hwm_mb(process.pid)
+            # CPU from process start to the end of the grace: jitpass's server vs the store server.
+            results["cpu_s"] = {"jitpass": round(_cpu_s(process.pid), 2),
+                                "store_server": round(_cpu_s(store_pid) - store_cpu0, 2)}
         finally:
             process.kill()
             await process.wait()
@@ -264,21 +441,46 @@ async def lateness(grants: int, window: float, tmp: Path, backend: Backend, lead
             wiped += [(x - end).total_seconds() for x in w[:1]]
         results |= {"expired_lateness_s": _pct(expired), "wipe_lateness_s": _pct(wiped), "missed": missed,
                     "doubled": doubled, "wiped": len(wiped)}
-        results["baseline_after"] = await _baseline(fake, [datetime.now(UTC) + timedelta(seconds=1 + random.uniform(
-            0, window)) for _ in range(grants)])
+        if mongo is not None:
+            if floor_after:
+                results["floor_after"] = await _floor_run(fake, mongo, grants, window, floor_batch)
+        else:
+            results["baseline_after"] = await _baseline(fake, [datetime.now(UTC) + timedelta(
+                seconds=1 + random.uniform(0, window)) for _ in range(grants)])
+        floors = [results[k]["expired_lateness_s"]["p99"] for k in ("floor_before", "floor_after") if k in results]
+        if floors:
+            results["expired_p99_over_floor_p99"] = round(results["expired_lateness_s"]["p99"] / max(floors), 1)
     finally:
         await fake.stop()
     return results
 
 
-async def startup(stored: int, overdue: int, tmp: Path, backend: Backend) -> dict[str, Any]:
+async def startup(stored: int, overdue: int, tmp: Path, backend: Backend,
+                  floor_after: bool = True) -> dict[str, Any]:
+    """On MongoDB the store floor clears the same backlog (same stored set) before and after jitpass."""
     fake = FakeSlack()
     await fake.start()
     now = datetime.now(UTC)
     ends = [now - timedelta(seconds=random.uniform(1, 600)) if i < overdue else now + timedelta(days=1, seconds=i)
             for i in range(stored)]
+    mongo = backend if isinstance(backend, MongoBackend) else None
+    floors: dict[str, Any] = {}
+
+    async def floor() -> dict[str, Any]:
+        assert mongo is not None
+        cpu0 = _cpu_s(mongo.server_pid)
+        # The same stored set, ended as long ago as in the jitpass run.
+        moment = datetime.now(UTC)
+        result = await _floor(fake, mongo, [moment - (now - e) for e in ends], due_only=True)
+        result["store_server_cpu_s"] = round(_cpu_s(mongo.server_pid) - cpu0, 2)
+        return result
+
     try:
+        if mongo is not None:
+            floors["floor_before"] = await floor()
         env = await _world(tmp, ends, fake, backend)
+        now = datetime.now(UTC)  # the overdue count below is of grants ended before this moment
+        store_cpu0 = _cpu_s(mongo.server_pid if mongo else None)
         process, url, started = await _serve(env, tmp / "server.log")
         try:
             health = await _healthy(url, started)
@@ -297,14 +499,18 @@ async def startup(stored: int, overdue: int, tmp: Path, backend: Backend) -> dic
                 await asyncio.sleep(0.2)
             done = time.monotonic() - started
             rss = _vm_hwm_mb(process.pid)
+            cpu = {"jitpass": round(_cpu_s(process.pid), 2),
+                   "store_server": round(_cpu_s(mongo.server_pid if mongo else None) - store_cpu0, 2)}
         finally:
             process.kill()
             await process.wait()
+        if mongo is not None and floor_after:
+            floors["floor_after"] = await floor()
     finally:
         await fake.stop()
     return {"store": backend.name, "stored": stored, "overdue": overdue, "healthz_s": round(health, 2),
             "all_overdue_expired_s": round(revoked, 2), "all_wiped_s": round(done, 2), "wiped": wiped,
-            "server_rss_peak_mb": rss}
+            "server_rss_peak_mb": rss, "cpu_s": cpu, **floors}
 
 
 def main() -> None:
@@ -325,7 +531,16 @@ def main() -> None:
         p.add_argument("--mongoeco", action="store_true",
                        help="MongoStore on a local mongoeco server started for the run (.venv-mongo)")
         p.add_argument("--mongodb-uri", help="MongoStore on this server (a replica set, Atlas)")
+        p.add_argument("--code", type=Path, default=ROOT,
+                       help="the checkout whose `jitpass serve` runs (e.g. main's, for an A/B); the bench, "
+                            "its seeding and its floor stay this tree's")
+        p.add_argument("--floor-batch", type=int, default=FLOOR_BATCH,
+                       help="grants per transaction of the MongoDB store floor (default 25)")
+        p.add_argument("--no-floor-after", action="store_true",
+                       help="MongoDB: run the store floor only before jitpass (shorter; no A/B/A)")
     args = parser.parse_args()
+    global CODE
+    CODE = args.code.resolve()
     args.dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         backend: Backend = SqliteBackend(args.dir)
@@ -336,11 +551,14 @@ def main() -> None:
 
                 uri = stack.enter_context(mongoeco_server()).uri
             backend = MongoBackend(uri)
+            backend.server_pid = _mongoeco_pid() if args.mongoeco else None
             stack.callback(backend.close)
         if args.what == "lateness":
-            result = asyncio.run(lateness(args.grants, args.window, args.dir, backend, args.lead, args.grace))
+            result = asyncio.run(lateness(args.grants, args.window, args.dir, backend, args.lead, args.grace,
+                                          args.floor_batch, not args.no_floor_after))
         else:
-            result = asyncio.run(startup(args.stored, args.overdue, args.dir, backend))
+            result = asyncio.run(startup(args.stored, args.overdue, args.dir, backend, not args.no_floor_after))
+    result["code"] = str(CODE)
     print(json.dumps(result, indent=2))
 
 
