@@ -412,9 +412,10 @@ async def approvals(slack: Slack, target: Target, pool: list[tuple[str, str]], p
 
 
 async def teams_approvals(base_url: str, connector: TimedConnector, session: aiohttp.ClientSession, count: int,
-                          rate: float, target: Target) -> Phase:
-    """Teams requesters ask in their 1:1 chat; a lead approves on the card; time until the password card."""
-    users = [TeamsUser(f"bench-oid-{i:05d}", f"Bench {i:05d}") for i in range(count)]
+                          rate: float, target: Target, prefix: str = "") -> Phase:
+    """Teams requesters ask in their 1:1 chat; a lead approves on the card; time until the password card.
+    The phase's calls are the Bot Connector calls per approval, by kind ("teams send", "teams update", ...)."""
+    users = [TeamsUser(f"bench-oid-{prefix}{i:05d}", f"Bench {prefix}{i:05d}") for i in range(count)]
     cards: dict[str, str] = {}
     arrived: dict[str, asyncio.Future[float]] = {}
     pressed: dict[str, float] = {}
@@ -451,9 +452,9 @@ async def teams_approvals(base_url: str, connector: TimedConnector, session: aio
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(posted.wait(), 1.0)
     await target.idle()
-    phase = Phase("approve -> password (Teams 1:1)", "jitpass")
+    phase = Phase("approve -> password (Teams 1:1)", target.name)
     loop = asyncio.get_running_loop()
-    cpu = target.cpu
+    cpu, mark = target.cpu, len(connector.calls)
     start = loop.time()
     presses = []
     for i, user in enumerate(u for u in users if u.aad_object_id in cards):
@@ -471,6 +472,8 @@ async def teams_approvals(base_url: str, connector: TimedConnector, session: aio
     phase.seconds = loop.time() - start
     await target.idle()
     phase.cpu_s = target.cpu - cpu
+    for call in connector.calls[mark:]:
+        phase.calls[f"teams {call.kind}"] = phase.calls.get(f"teams {call.kind}", 0) + 1
     connector.listeners.remove(heard)
     return phase
 
@@ -542,7 +545,8 @@ PHASES = ("help", "rates", "closed", "approvals")
 
 
 async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
-              rates: tuple[int, ...] = (50, 200, 500), before: Path | None = None) -> dict[str, Any]:
+              rates: tuple[int, ...] = (50, 200, 500), before: Path | None = None,
+              approval_count: int = 0) -> dict[str, Any]:
     fake = TimedSlack()
     await fake.start()
     connector = TimedConnector()
@@ -600,37 +604,46 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
             if "approvals" not in phases:
                 return _result(rows, scale)
             # Approvals: fresh requesters; 15-min windows deliver through the command's response_url.
-            count = max(10, int(30 * scale))
+            count = approval_count or max(10, int(30 * scale))
             ephemeral: dict[str, str] = {}  # response_url name -> requester
             deliveries = Deliveries()
             fake.listeners.append(_slack_listener(deliveries, ephemeral))
-            short_pool: list[tuple[str, str]] = []
-            for _ in range(count):
-                user = next(users)
-                body, name = slack.command(user, "acme-zendesk benchmark run for 15m")
-                ephemeral[name] = user
-                _, text = await slack.post(a.url, body)
-                if found := REQUEST_ID.search(text):
-                    short_pool.append((user, found.group(1)))
-            long_pool: list[tuple[str, str]] = []
-            for _ in range(count):
-                user = next(users)
-                # The App Home is published only to people who opened it: these have, so that the "home"
-                # path still times the publish that carries the live code.
-                await slack.post(a.url, slack.home_opened(user), "application/json")
-                _, text = await slack.post(a.url, slack.command(user, "acme-zendesk benchmark run for 1h")[0])
-                if found := REQUEST_ID.search(text):
-                    long_pool.append((user, found.group(1)))
-            await a.idle()
-            base_pool = [(f"R-BASE{i:04d}", f"R-BASE{i:04d}") for i in range(count)]
-            found_phases = await approvals(slack, a, short_pool, ("ephemeral",), deliveries, 10,
-                                           "approve -> password")
-            rows += [p.row() for p in found_phases.values()]
-            rows += [p.row() for p in (await approvals(slack, b, base_pool, ("baseline",), deliveries, 10,
-                                                       "approve -> message")).values()]
-            rows += [p.row() for p in (await approvals(slack, a, long_pool, ("dm", "home"), deliveries, 10,
-                                                       "approve -> password")).values()]
-            rows.append((await teams_approvals(a.url, connector, session, count, 10, a)).row())
+
+            async def slack_approvals(target: Target) -> list[dict[str, Any]]:
+                short_pool: list[tuple[str, str]] = []
+                for _ in range(count):
+                    user = next(users)
+                    body, name = slack.command(user, "acme-zendesk benchmark run for 15m")
+                    ephemeral[name] = user
+                    _, text = await slack.post(target.url, body)
+                    if found := REQUEST_ID.search(text):
+                        short_pool.append((user, found.group(1)))
+                long_pool: list[tuple[str, str]] = []
+                for _ in range(count):
+                    user = next(users)
+                    # The App Home is published only to people who opened it: these have, so that the "home"
+                    # path still times the publish that carries the live code.
+                    await slack.post(target.url, slack.home_opened(user), "application/json")
+                    _, text = await slack.post(target.url,
+                                               slack.command(user, "acme-zendesk benchmark run for 1h")[0])
+                    if found := REQUEST_ID.search(text):
+                        long_pool.append((user, found.group(1)))
+                await target.idle()
+                found = await approvals(slack, target, short_pool, ("ephemeral",), deliveries, 10,
+                                        "approve -> password")
+                found |= await approvals(slack, target, long_pool, ("dm", "home"), deliveries, 10,
+                                         "approve -> password")
+                return [p.row() for p in found.values()]
+
+            # With --before: A C C A, each round with requesters of its own (the worse p99 of a target's rounds).
+            for n, target in enumerate((a,) if c is None else (a, c, c, a)):
+                rows += await slack_approvals(target)
+                if n == 0:
+                    base_pool = [(f"R-BASE{i:04d}", f"R-BASE{i:04d}") for i in range(count)]
+                    rows += [p.row() for p in (await approvals(slack, b, base_pool, ("baseline",), deliveries, 10,
+                                                               "approve -> message")).values()]
+                rows.append((await teams_approvals(target.url, connector, session, count, 10, target,
+                                                   prefix=f"r{n}-")).row())
     finally:
         for process in processes:
             if process.returncode is None:
@@ -849,7 +862,8 @@ def markdown(result: dict[str, Any]) -> str:
     for row in rows:
         if row["target"] in ("jitpass", "before") and row["what"].startswith("real"):
             lines.append(f"- {_label(row)}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["replies"].items())))
-    lines += ["", "Slack Web API calls at the stand-in per request (per approval), by method:", ""]
+    lines += ["", "Calls at the Slack stand-in (`teams …`: at the Bot Connector stand-in) per request (per approval), "
+              "by method:", ""]
     for row in rows:
         calls = row.get("slack_calls_per_request")
         if row["target"] in ("jitpass", "before") and calls and not row["what"].startswith("/access"):
@@ -879,6 +893,9 @@ def main() -> None:
     parser.add_argument("--before", type=Path, metavar="CHECKOUT",
                         help="also run `jitpass serve` from this checkout (e.g. `git archive main | tar -x -C "
                         "/tmp/main`) as a third target, alternated with the other two: rows marked ', before'")
+    parser.add_argument("--approvals", type=int, default=0, metavar="N",
+                        help="approvals per delivery path and round (default: 30 × --scale, at least 10); with "
+                        "--before the approval phase runs A C C A (e.g. --phases approvals --approvals 60)")
     parser.add_argument("--dir", type=Path, help="keep the jitpass home and logs here (default: a temporary one)")
     parser.add_argument("--profile", type=Path, metavar="OUT",
                         help="instead: py-spy on jitpass during 8 s of real requests offered at the first of --rates "
@@ -914,10 +931,10 @@ def main() -> None:
         return
     if args.dir:
         args.dir.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(run(args.dir, scale, phases, rates, args.before))
+        result = asyncio.run(run(args.dir, scale, phases, rates, args.before, args.approvals))
     else:
         with tempfile.TemporaryDirectory(prefix="jitpass-bench-") as tmp:
-            result = asyncio.run(run(Path(tmp), scale, phases, rates, args.before))
+            result = asyncio.run(run(Path(tmp), scale, phases, rates, args.before, args.approvals))
     print(json.dumps(result, indent=2))
     text = markdown(result)
     print(text)

@@ -20,14 +20,19 @@ from microsoft_agents.activity import Activity
 from microsoft_agents.authentication.msal import MsalConnectionManager
 from microsoft_agents.hosting.aiohttp import CloudAdapter
 from microsoft_agents.hosting.core import TurnContext
-from microsoft_agents.hosting.core.rest_channel_service_client_factory import RestChannelServiceClientFactory
 from pydantic import ValidationError
 
 from adapters.downloads import ROUTE as DOWNLOAD_ROUTE
 from adapters.downloads import ReportLinks, redact_access_log
 from adapters.teams.agent import TeamsAgent, apology, report_unexpected
 from adapters.teams.auth import CONNECTION, InboundAuth, auth_configuration
-from adapters.teams.connector import Connector, MemberDirectory, ServiceUrlBook, ServiceUrlValidator
+from adapters.teams.connector import (
+    Connector,
+    MemberDirectory,
+    ServiceUrlBook,
+    ServiceUrlValidator,
+    SharedClientFactory,
+)
 from adapters.teams.notifier import TeamsNotifier
 from bot.domain.admission import Admission
 from bot.domain.config import Settings
@@ -105,7 +110,8 @@ class TeamsAdapter:
         self.validator = ServiceUrlValidator(enabled=settings.teams_service_url_validation,
                                              allow_loopback=self.app_id is None)
         self.connections = MsalConnectionManager(connections_configurations={CONNECTION: self.auth_config})
-        self.client_factory = RestChannelServiceClientFactory(self.connections)
+        # One long-lived connector client per service URL and token, for inbound turns and outbound calls alike.
+        self.client_factory = SharedClientFactory(self.connections)
         self.cloud = CloudAdapter(channel_service_client_factory=self.client_factory, host_validator=self.validator)
         self.cloud.on_turn_error = self._on_turn_error
         self.connector = Connector(self.client_factory, self.validator, self.app_id)
@@ -161,6 +167,7 @@ class TeamsAdapter:
     async def stop(self) -> None:
         if self.agent is not None:
             await self.agent.drain(timeout=5.0)  # card actions answered early, service URLs being saved
+        await self.client_factory.close()
         self.agent = None
         self.report_links = None  # the files live in memory only: a restart forgets every link
 

@@ -4,19 +4,26 @@ Proactive messages (the leads' card, the 1:1 delivery, updates in place) need th
 `serviceUrl` Teams gave us in an inbound activity. We check it against the known Bot
 Framework / Teams hosts before every call (unless validation is switched off), remember the
 latest one per tenant in memory and in the store's meta (it must survive a restart), and
-create a connector client through the Agents SDK's client factory, which attaches an Entra
+take a connector client from the Agents SDK's client factory, which attaches an Entra
 token when app credentials are configured and none in anonymous mode.
+
+`SharedClientFactory` is that factory with long-lived clients: the SDK's own makes a new aiohttp
+session (so a new TCP and TLS connection, and a package-metadata scan for its User-Agent) for every
+outbound call and two for every inbound activity; on the approve -> password path that was a fifth
+of the event loop's time and most of the Teams tail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,10 +34,13 @@ from microsoft_agents.activity import (
     Attachment,
     ConversationAccount,
     ConversationParameters,
+    RoleTypes,
 )
-from microsoft_agents.hosting.core import OutboundHostValidator
-from microsoft_agents.hosting.core.authorization import AuthenticationConstants, ClaimsIdentity
+from microsoft_agents.hosting.core import OutboundHostValidator, TurnContext
+from microsoft_agents.hosting.core.authorization import AuthenticationConstants, ClaimsIdentity, Connections
 from microsoft_agents.hosting.core.connector import ConnectorClientBase
+from microsoft_agents.hosting.core.connector.client import UserTokenClient
+from microsoft_agents.hosting.core.connector.teams import TeamsConnectorClient
 from microsoft_agents.hosting.core.rest_channel_service_client_factory import RestChannelServiceClientFactory
 
 from adapters.teams.cards import CARD_CONTENT_TYPE
@@ -39,7 +49,7 @@ from bot.domain.errors import DeliveryError
 from bot.ports import ChatMetrics, NoMetrics, Store
 
 __all__ = ["SERVICE_URL_HOSTS", "Connector", "MemberDirectory", "ServiceUrlBook", "ServiceUrlValidator",
-           "card_activity", "without_nulls"]
+           "SharedClientFactory", "card_activity", "without_nulls"]
 
 log = logging.getLogger("jitpass.teams")
 
@@ -75,6 +85,127 @@ class ServiceUrlValidator(OutboundHostValidator):
         if self.enabled and self.allow_loopback and _is_loopback(str(url)):
             return True
         return bool(super().is_allowed(url))
+
+
+@dataclass
+class _Slot:
+    """One shared client, the token its session carries, and how many calls or turns hold it now."""
+
+    token: str
+    client: _SharedConnectorClient | _SharedUserTokenClient
+    users: int = 0
+    retired: bool = False  # a newer token replaced it: closed when its last user lets go
+
+
+class _SharedConnectorClient(TeamsConnectorClient):
+    """A connector client whose `close()` (called by the SDK after each turn, by `Connector` after each
+    call) gives it back to its factory instead of closing its session."""
+
+    def __init__(self, factory: SharedClientFactory, key: tuple[str, ...], endpoint: str, token: str) -> None:
+        super().__init__(endpoint=endpoint, token=token)
+        self._factory, self._key = factory, key
+
+    async def close(self) -> None:
+        await self._factory.release(self._key, self)
+
+    async def shut(self) -> None:
+        await super().close()
+
+
+class _SharedUserTokenClient(UserTokenClient):
+    """The same for the user-token client the SDK makes for every turn (jitpass uses no OAuth flow)."""
+
+    def __init__(self, factory: SharedClientFactory, key: tuple[str, ...], endpoint: str, token: str,
+                 app_id: str | None) -> None:
+        super().__init__(endpoint=endpoint, token=token, app_id=app_id)
+        self._factory, self._key = factory, key
+
+    async def close(self) -> None:
+        await self._factory.release(self._key, self)
+
+    async def shut(self) -> None:
+        await super().close()
+
+
+class SharedClientFactory(RestChannelServiceClientFactory):
+    """The SDK's client factory, handing out one long-lived client per endpoint and token.
+
+    The token is asked of the connection's provider for every client handed out, exactly as the SDK's
+    factory does (MSAL answers from its cache until the token is due for renewal); a client whose token
+    changed is retired and closed when the last call or turn using it is done, so a renewed token is
+    used from the next call on. Agentic and Copilot Studio requests take the SDK's own path."""
+
+    def __init__(self, connections: Connections) -> None:
+        super().__init__(connections)
+        self.connections = connections
+        self._slots: dict[tuple[str, ...], _Slot] = {}
+        self._retired: list[_Slot] = []
+
+    async def create_connector_client(self, context: TurnContext | None, claims_identity: ClaimsIdentity,
+                                      service_url: str, audience: str, scopes: list[str] | None = None,
+                                      use_anonymous: bool = False) -> ConnectorClientBase:
+        if context is not None and (context.activity.is_agentic_request() or (
+                context.activity.recipient and context.activity.recipient.role == RoleTypes.connector_user)):
+            return await super().create_connector_client(context, claims_identity, service_url, audience, scopes,
+                                                         use_anonymous)
+        if not service_url or not audience:
+            raise TypeError("create_connector_client needs a service_url and an audience")
+        provider = self._ANONYMOUS_TOKEN_PROVIDER if use_anonymous else \
+            self.connections.get_token_provider(claims_identity, service_url)
+        token = await provider.get_access_token(audience, scopes or claims_identity.get_token_scope())
+        key = ("connector", service_url, audience, claims_identity.get_app_id() or "")
+        client = self._take(key, token, lambda: _SharedConnectorClient(self, key, service_url, token))
+        assert isinstance(client, _SharedConnectorClient)
+        return client
+
+    async def create_user_token_client(self, context: TurnContext, claims_identity: ClaimsIdentity,
+                                       use_anonymous: bool = False) -> UserTokenClient:
+        if context.activity.is_agentic_request():
+            return await super().create_user_token_client(context, claims_identity, use_anonymous)
+        app_id = claims_identity.get_app_id()
+        endpoint = self._token_service_endpoint
+        token = ""
+        if not use_anonymous:
+            provider = self.connections.get_token_provider(claims_identity, endpoint)
+            token = await provider.get_access_token(self._token_service_audience, claims_identity.get_token_scope())
+            if not token:
+                raise ValueError("Failed to obtain token for user token client")
+        key = ("user_token", endpoint, app_id or "")
+        client = self._take(key, token, lambda: _SharedUserTokenClient(self, key, endpoint, token, app_id))
+        assert isinstance(client, _SharedUserTokenClient)
+        return client
+
+    def _take(self, key: tuple[str, ...], token: str,
+              make: Callable[[], _SharedConnectorClient | _SharedUserTokenClient]) -> Any:
+        """The client for `key` with this token (a new one when the token changed), held once more."""
+        slot = self._slots.get(key)
+        if slot is None or slot.token != token:
+            if slot is not None:
+                slot.retired = True
+                self._retired.append(slot)
+            slot = self._slots[key] = _Slot(token, make())
+        slot.users += 1
+        return slot.client
+
+    async def release(self, key: tuple[str, ...], client: _SharedConnectorClient | _SharedUserTokenClient) -> None:
+        """A call or turn is done with `client`; a retired client is closed once nobody holds it."""
+        current = self._slots.get(key)
+        slot = current if current is not None and current.client is client else next(
+            (s for s in self._retired if s.client is client), None)
+        if slot is None:
+            return
+        slot.users = max(0, slot.users - 1)
+        if slot.retired and slot.users == 0:
+            self._retired.remove(slot)
+            await slot.client.shut()
+
+    async def close(self) -> None:
+        """Close every client (the server is stopping)."""
+        slots = [*self._slots.values(), *self._retired]
+        self._slots, self._retired = {}, []
+        for slot in slots:
+            with contextlib.suppress(Exception):  # a session already gone: nothing left to release
+                await slot.client.shut()
 
 
 class ServiceUrlBook:

@@ -5,7 +5,8 @@ connector client makes (create conversation, send, reply, update), stateful like
 one: it assigns conversation and activity ids, refuses to update a message it never saw
 (404), refuses cards over Teams' size limit (413), and refuses with 400 every activity the
 Microsoft 365 Agents Playground's connector refuses (explicit nulls, missing fields, empty
-messages, broken mentions: see `tests/support/connector_schema.py`). Every call is recorded with its body;
+messages, broken mentions: see `tests/support/connector_schema.py`). Every call is recorded with its body
+and the TCP connection it came over (so tests can count new connections);
 tests wait for calls with `wait_for` (an asyncio.Condition, no sleeping).
 
 `TeamsUser` and the `*_activity` builders produce the JSON Teams posts to /api/messages, with
@@ -66,6 +67,7 @@ class ConnectorCall:
     authorization: str | None
     status: int = 0
     result_id: str = ""  # the id the connector assigned (conversation or activity)
+    connection: str = ""  # the client's end of the TCP connection it came over ("host:port")
 
     @property
     def kind(self) -> str:
@@ -224,8 +226,10 @@ class FakeConnector:
 
     async def _record(self, request: web.Request, conversation_id: str, activity_id: str) -> ConnectorCall:
         body = await request.json()
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         call = ConnectorCall(request.method, request.path, conversation_id, activity_id, body,
-                             request.headers.get("Authorization"))
+                             request.headers.get("Authorization"),
+                             connection=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "")
         self.calls.append(call)
         return call
 
