@@ -36,6 +36,7 @@ RESTART_DELAY = 1.0  # seconds before a dead worker is started again
 class _Worker:
     index: int
     process: asyncio.subprocess.Process
+    stdin: int = -1  # the write end of the worker's stdin pipe, held open for as long as it runs
     pump: asyncio.Task[None] | None = field(default=None)
 
 
@@ -65,20 +66,32 @@ async def _start(index: int, argv: list[str], *, workers: int, demo: bool) -> _W
     # of queued requests belong to no worker of this run.
     env = dict(os.environ, JITPASS_WORKER=str(index), JITPASS_WORKERS=str(workers))
     args = [*argv, "--demo"] if demo else argv
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", *args, env=env,
-                                                   stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    # The worker's stdin: a plain pipe whose write end only this process holds (os.pipe is close-on-exec, so no
+    # other worker inherits it); when this process dies, however, the worker reads end of file and stops. Not
+    # the loop's own stdin PIPE: uvloop makes that a socket pair, and with it the workers outlived a kill -9.
+    read_end, write_end = os.pipe()
+    try:
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", *args, env=env,
+                                                       stdin=read_end, stdout=asyncio.subprocess.PIPE)
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
     assert process.stdout is not None
     try:
         line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT)
     except TimeoutError:
+        os.close(write_end)
         process.kill()
         await process.wait()
         raise StartupError(f"worker {index} did not start listening within {START_TIMEOUT:.0f} s") from None
     if b"listening" not in line:
+        os.close(write_end)
         await process.wait()
         raise StartupError(f"worker {index} stopped before it was listening (exit {process.returncode}); "
                            "its log is above")
-    worker = _Worker(index, process)
+    worker = _Worker(index, process, stdin=write_end)
     worker.pump = asyncio.get_running_loop().create_task(_pump(worker), name=f"jitpass-worker-{index}-stdout")
     log.info("event=worker_started worker=%d pid=%d", index, process.pid)
     return worker
@@ -98,6 +111,14 @@ async def _stop(workers: list[_Worker]) -> None:
         if worker.pump is not None:
             worker.pump.cancel()
             await asyncio.gather(worker.pump, return_exceptions=True)
+        _release(worker)
+
+
+def _release(worker: _Worker) -> None:
+    """Close our end of a worker's stdin pipe once it has exited."""
+    if worker.stdin >= 0:
+        os.close(worker.stdin)
+        worker.stdin = -1
 
 
 async def supervise(*, host: str, port: int, workers: int, demo: bool, verbose: bool) -> None:
@@ -131,6 +152,7 @@ async def supervise(*, host: str, port: int, workers: int, demo: bool, verbose: 
                           dead.process.returncode)
                 if dead.pump is not None:
                     dead.pump.cancel()
+                _release(dead)
                 running.remove(dead)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), RESTART_DELAY)
