@@ -167,6 +167,10 @@ class _SeqTaken(Exception):
     """Another writer took the next seq inside our transaction: run the whole unit again."""
 
 
+class _LeaseLost(Exception):
+    """A settle assumed every lease was still its own and one was not: settle again, reading them first."""
+
+
 class _OneByOne(Exception):
     """A batched write met a unique-index clash: run the batch draft by draft, which names the clash."""
 
@@ -241,6 +245,13 @@ class MongoStore:
         self._client: AsyncMongoClient[Doc] | None = None
         self._db: AsyncDatabase[Doc] | None = None
         self._transactions = False
+        # The chain tail (seq, hash) this process last wrote or read, committed: the next append goes after
+        # it without reading the tail (on mongoeco that read is a scan and sort of every event). The guess is
+        # checked by the events' `_id` (the seq): if another writer appended since, the insert clashes with a
+        # duplicate key (or the transaction conflicts) and the true tail is read. A tail written inside a
+        # transaction waits in `_written_tails` until `_unit` sees it commit, so a guess is never ahead.
+        self._tail_guess: tuple[int, str] | None = None
+        self._written_tails: dict[int, tuple[int, str]] = {}
 
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -431,17 +442,43 @@ class MongoStore:
         with self._errors(what):
             if not self._transactions or self._client is None:
                 return await body(None)
+            async def attempt_body(session: AsyncClientSession) -> T:
+                # with_transaction may run the body again after an abort: what an aborted try wrote is gone.
+                self._written_tails.pop(id(session), None)
+                return await body(session)
+
             async with self._client.start_session() as session:
                 for attempt in range(APPEND_ATTEMPTS):
                     try:
-                        return await session.with_transaction(body, read_preference=ReadPreference.PRIMARY)
+                        result = await session.with_transaction(attempt_body,
+                                                                read_preference=ReadPreference.PRIMARY)
                     except _SeqTaken:
-                        pass
+                        self._tail_guess = None  # another writer appended: read the true tail
                     except OperationFailure as exc:
+                        self._tail_guess = None
                         if not _is_write_conflict(exc):
                             raise
+                    else:
+                        written = self._written_tails.pop(id(session), None)
+                        if written is not None:
+                            self._guess_tail(written)  # committed: the next append may start from it
+                        return result
+                    finally:
+                        self._written_tails.pop(id(session), None)
                     await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
         raise AuditWriteError(f"the audit trail is too busy to record {what}; nothing was changed")
+
+    def _guess_tail(self, tail: tuple[int, str]) -> None:
+        """Remember a committed tail, unless a later one is already remembered."""
+        if self._tail_guess is None or tail[0] > self._tail_guess[0]:
+            self._tail_guess = tail
+
+    def _wrote_tail(self, session: Session, tail: tuple[int, str]) -> None:
+        """A tail this process just wrote: known at once outside a transaction, after its commit inside one."""
+        if session is None:
+            self._guess_tail(tail)
+        else:
+            self._written_tails[id(session)] = tail
 
     async def _compensate(self, what: str, undo: Awaitable[object]) -> None:
         """Undo a standalone write whose event failed; if the undo fails too, say so instead of hiding it."""
@@ -455,6 +492,13 @@ class MongoStore:
             ) from None
 
     async def _tail(self, session: Session) -> tuple[int, str]:
+        """The tail to append after: this process's committed guess, else read (the newest event, or the
+        checkpoint when a purge left none). Inside a transaction that appended already, its own last event."""
+        own = self._written_tails.get(id(session)) if session is not None else None
+        if own is not None:
+            return own
+        if self._tail_guess is not None:
+            return self._tail_guess
         last = await self._collection("events").find_one({}, sort=[("_id", DESCENDING)], session=session)
         if last is not None:
             return int(last["_id"]), str(last["hash"])
@@ -469,8 +513,10 @@ class MongoStore:
                 seq, prev_hash = await self._tail(session)
                 event = seal_event(draft, seq=seq + 1, prev_hash=prev_hash, at=self._clock.now())
                 await events.insert_one({"_id": event.seq, **event_to_dict(event)}, session=session)
+                self._wrote_tail(session, (event.seq, event.hash))
                 return as_recorded(event)
             except DuplicateKeyError as exc:
+                self._tail_guess = None  # the guess (or the read) was overtaken: read the true tail
                 pattern = (exc.details or {}).get("keyPattern") or {"_id": 1}
                 if "_id" not in pattern:
                     raise AuditWriteError(
@@ -508,6 +554,7 @@ class MongoStore:
             await self._collection("events").insert_many(
                 [{"_id": e.seq, **event_to_dict(e)} for e in sealed], ordered=True, session=session)
         except BulkWriteError as exc:
+            self._tail_guess = None
             pattern = _duplicate_key(exc)
             if pattern is not None and "_id" in pattern:
                 raise _SeqTaken from None
@@ -524,6 +571,7 @@ class MongoStore:
             raise AuditWriteError(
                 f"the audit events could not be written to MongoDB at {self.hosts} ({type(exc).__name__}); "
                 "nothing was changed") from None
+        self._wrote_tail(session, (sealed[-1].seq, sealed[-1].hash))
         return [as_recorded(e) for e in sealed]
 
     async def _checkpoint(self, session: Session = None) -> Checkpoint | None:
@@ -945,17 +993,26 @@ class MongoStore:
                 lane = (str(d["request_id"]), str(d["lane"]))
                 if lane not in heads or str(d["_id"]) < heads[lane]:
                     heads[lane] = str(d["_id"])
+            read = {d["_id"]: d for d in candidates}
             eligible = [d["_id"] for d in candidates if heads.get((d["request_id"], d["lane"])) == d["_id"]]
-            # One update per round; the token tells which this call won. Another worker may win some
-            # first: then the next eligible ones are tried, so racing workers share the work out.
+            # One bulk write per round, each effect guarded by its `_id`, a free lease and the attempt count
+            # read (a claim always counts one, so an unchanged count means nobody claimed it since: the
+            # document is as read). All won, the common case: the claimed effects are what was read plus
+            # the lease, without reading them back. Some lost to another worker: the token tells which this
+            # call won, and the next eligible ones are tried, so racing workers share the work out.
             token = secrets.token_hex(8)
+            lease = {"lease_owner": owner, "lease_until": format_time(lease_until), "updated_at": at,
+                     "lease_token": token}
             while eligible and len(claimed) < limit:
                 chosen, eligible = eligible[:limit - len(claimed)], eligible[limit - len(claimed):]
-                await collection.update_many(
-                    {"_id": {"$in": chosen}, **free},
-                    {"$set": {"lease_owner": owner, "lease_until": format_time(lease_until), "updated_at": at,
-                              "lease_token": token}, "$inc": {"attempts": 1}})
-                won = {d["_id"]: d async for d in collection.find({"_id": {"$in": chosen}, "lease_token": token})}
+                done = await collection.bulk_write(
+                    [UpdateOne({"_id": i, "attempts": read[i].get("attempts", 0), **free},
+                               {"$set": lease, "$inc": {"attempts": 1}}) for i in chosen], ordered=False)
+                if done.modified_count == len(chosen):
+                    won = {i: {**read[i], **lease, "attempts": int(read[i].get("attempts", 0)) + 1} for i in chosen}
+                else:
+                    won = {d["_id"]: d async for d in collection.find({"_id": {"$in": chosen},
+                                                                       "lease_token": token})}
                 claimed += [effect_from_doc({**won[i], "id": i}) for i in chosen if i in won]
         return claimed
 
@@ -998,21 +1055,32 @@ class MongoStore:
                 kept.append(await self._unit("recording an effect", one))
             return kept
 
-        async def body(session: Session) -> list[bool]:
-            assert session is not None
-            return await self._settle_batch(session, settled, owner)
+        def body(read_first: bool) -> Callable[[Session], Awaitable[list[bool]]]:
+            async def run(session: Session) -> list[bool]:
+                assert session is not None
+                return await self._settle_batch(session, settled, owner, read_first)
+            return run
 
-        return await self._unit("recording effects", body)
+        try:
+            # Usually every lease is still ours: write at once; the guarded writes say whether they all were.
+            return await self._unit("recording effects", body(read_first=False))
+        except _LeaseLost:
+            return await self._unit("recording effects", body(read_first=True))
 
     async def _settle_batch(self, session: AsyncClientSession, settled: Sequence[tuple[Effect, EffectOutcome]],
-                            owner: str) -> list[bool]:
-        """`_settle_in` for many outcomes in a few round trips: which leases are still ours, one bulk update
-        of the effects, one read and one bulk update of their requests, the follow-ups and events at once."""
+                            owner: str, read_first: bool = True) -> list[bool]:
+        """`_settle_in` for many outcomes in a few round trips: one bulk update of the effects guarded by the
+        lease, one read and one bulk update of their requests, the follow-ups and events at once.
+        `read_first`: first read which leases are still ours; otherwise assume all are, and raise
+        `_LeaseLost` (the transaction is abandoned) if the guarded update says one was not."""
         effects = self._collection("effects")
         requests = self._collection("requests")
         ids = [effect.id for effect, _ in settled]
-        ours = {str(d["_id"]) async for d in effects.find(
-            {"_id": {"$in": ids}, "lease_owner": owner, "status": "pending"}, {"_id": 1}, session=session)}
+        if read_first:
+            ours = {str(d["_id"]) async for d in effects.find(
+                {"_id": {"$in": ids}, "lease_owner": owner, "status": "pending"}, {"_id": 1}, session=session)}
+        else:
+            ours = set(ids)
         now = self._clock.now()
         at = format_time(now)
         kept: list[bool] = []
@@ -1032,6 +1100,8 @@ class MongoStore:
             return kept
         done = await effects.bulk_write(ops, ordered=True, session=session)
         if done.matched_count != len(ops):
+            if not read_first:
+                raise _LeaseLost  # a lease is no longer ours: read which before writing
             raise _SeqTaken  # a lease changed since our read: run the unit again
         mine = [(effect, outcome) for (effect, outcome), ok in zip(settled, kept, strict=True) if ok]
         request_ids = sorted({effect.request_id for effect, _ in mine})

@@ -14,7 +14,7 @@ from pymongo import AsyncMongoClient, monitoring
 
 from bot.domain.audit import verify_chain
 from bot.domain.errors import AuditWriteError, StoreError
-from bot.domain.model import EffectDraft, EffectKind, Status, TransitionDraft
+from bot.domain.model import EffectDraft, EffectKind, EffectOutcome, EffectStatus, Status, TransitionDraft
 from storage.mongo.store import ALLOW_STANDALONE_VAR, MongoStore, client_options
 from tests.contract.conftest import refuse_inserts_mongo
 from tests.support.mongo import new_db_name
@@ -293,3 +293,115 @@ async def test_a_batch_longer_than_one_transaction_moves_each_once_with_its_even
         await opened.admin.drop_database(opened.db_name)
         await opened.admin.close()
 
+
+
+# -- fewer reads per unit of work: the tail this process wrote, claims and settles not read back ----------
+
+def _reads_of(commands: _Commands, collection: str) -> int:
+    return sum(1 for name, c in commands.seen if name == "find" and c.get("find") == collection)
+
+
+async def test_appends_follow_the_tail_this_process_wrote_and_another_writers_append_is_caught(
+        server: tuple[str, bool], commands: _Commands) -> None:
+    first, second = _Opened(*server), None
+    try:
+        await first.store.open()
+        second = _Opened(*server)
+        second.db_name = first.db_name
+        second.store = MongoStore(first.uri, first.clock, db_name=first.db_name, **first.options)
+        await second.store.open()
+        await first.store.append_event(draft(details={"n": 1}))
+        commands.db_name, commands.seen = first.db_name, []
+        await first.store.append_event(draft(details={"n": 2}))
+        assert _reads_of(commands, "events") == 0  # after its own committed append: no tail read
+        await second.store.append_event(draft(details={"n": 3}))  # the first one's guess is now behind
+        await first.store.create_request(make_request("R1"), draft("request.created", request_id="R1"))
+        await first.store.append_event(draft(details={"n": 5}))
+        events = [e async for e in first.store.events()]
+        assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+        assert [e.details.get("n") for e in events] == [1, 2, 3, None, 5]
+        assert (await verify_chain(first.store.events())).ok
+    finally:
+        if second is not None:
+            await second.store.close()
+        await first.store.close()
+        await first.admin.drop_database(first.db_name)
+        await first.admin.close()
+
+
+async def _accept_inserts(db: Any, name: str) -> None:
+    """Undo `refuse_inserts_mongo`: the collection again, same documents and indexes, no validator."""
+    collection = db[name]
+    docs = [d async for d in collection.find({})]
+    indexes = [i async for i in await collection.list_indexes() if i["name"] != "_id_"]
+    await collection.drop()
+    await db.create_collection(name)
+    if docs:
+        await collection.insert_many(docs)
+    for index in indexes:
+        await collection.create_index(list(index["key"].items()),
+                                      **{k: v for k, v in index.items() if k not in ("key", "v", "ns")})
+
+
+async def test_a_transaction_that_lost_its_append_does_not_leave_its_tail_behind(mongodb_uri: str) -> None:
+    opened = _Opened(mongodb_uri, False)
+    try:
+        await opened.store.open()
+        store = opened.store
+        await store.create_request(make_request("R1"), draft("request.created", request_id="R1"))
+        # An audit failure inside a transaction: the change and its event are rolled back together ...
+        await refuse_inserts_mongo(opened.db, "events")
+        with pytest.raises((AuditWriteError, StoreError)):
+            await store.transition("R1", {Status.PENDING}, {"status": Status.DECLINED},
+                                   draft("request.declined", request_id="R1"))
+        await _accept_inserts(opened.db, "events")
+        # ... and the next event takes seq 2, right after the one that committed.
+        await store.append_event(draft(details={"n": 2}))
+        assert [e.seq async for e in store.events()] == [1, 2]
+        assert (await verify_chain(store.events())).ok
+    finally:
+        await opened.store.close()
+        await opened.admin.drop_database(opened.db_name)
+        await opened.admin.close()
+
+
+async def test_a_claim_that_wins_all_it_chose_returns_them_leased_without_reading_them_back(
+        server: tuple[str, bool], commands: _Commands) -> None:
+    opened = _Opened(*server)
+    store, clock = opened.store, opened.clock
+    try:
+        await store.open()
+        for n in range(3):
+            await store.create_request(make_request(f"R{n}", item=f"item-{n}"),
+                                       draft("request.created", request_id=f"R{n}"), [EffectDraft(EffectKind.TELL)])
+        commands.db_name, commands.seen = opened.db_name, []
+        now = clock.now()
+        claimed = await store.claim_effects(now, "w1", now + timedelta(seconds=30), platforms={"slack"}, limit=10)
+        assert _reads_of(commands, "effects") == 2  # the due ones and their lanes' heads; nothing read back
+        stored = [(await store.effects_of(f"R{n}"))[0] for n in range(3)]
+        assert claimed == stored
+        assert [(e.attempts, e.lease_owner, e.lease_until) for e in claimed] == [
+            (1, "w1", now + timedelta(seconds=30))] * 3
+    finally:
+        await store.close()
+        await opened.admin.drop_database(opened.db_name)
+        await opened.admin.close()
+
+
+async def test_a_settle_of_several_where_one_lease_was_lost_keeps_the_others(mongo: _Opened) -> None:
+    store, clock = mongo.store, mongo.clock
+    for n in range(2):
+        await store.create_request(make_request(f"R{n}", item=f"item-{n}"),
+                                   draft("request.created", request_id=f"R{n}"), [EffectDraft(EffectKind.TELL)])
+    now = clock.now()
+    mine = await store.claim_effects(now, "w1", now + timedelta(seconds=30), platforms={"slack"}, limit=10)
+    clock.advance(seconds=31)
+    now = clock.now()
+    await store.claim_effects(now, "w2", now + timedelta(seconds=30), platforms={"slack"}, limit=1)  # takes R0's
+    kept = await store.settle_effects([(e, EffectOutcome(EffectStatus.DONE, event=draft(
+        "grant.wiped", request_id=e.request_id))) for e in mine], "w1")
+    assert kept == [False, True]
+    assert [e.request_id async for e in store.events(types={"grant.wiped"})] == ["R1"]
+    assert [(await store.effects_of(f"R{n}"))[0].status for n in range(2)] == [EffectStatus.PENDING,
+                                                                               EffectStatus.DONE]
+    assert (await verify_chain(store.events())).ok
