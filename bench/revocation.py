@@ -224,6 +224,7 @@ async def _floor(fake: FakeSlack, backend: MongoBackend, ends: list[datetime],
     began = datetime.now(UTC)
     order = sorted(range(len(ends)), key=lambda i: ends[i])
     backend.seed([_grant(i, ends[i], fake) for i in order], db_name)
+    cpu0 = _cpu_s(backend.server_pid)  # the store server's CPU for the floor's work, its seeding left out
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(backend.uri, serverSelectionTimeoutMS=10_000)
     db = client[db_name]
     expired: list[float] = []
@@ -305,6 +306,7 @@ async def _floor(fake: FakeSlack, backend: MongoBackend, ends: list[datetime],
         all_expired = time.monotonic() - started
         await asyncio.gather(*wipes)
         all_wiped = time.monotonic() - started
+        cpu = _cpu_s(backend.server_pid) - cpu0
     finally:
         for task in wipes:
             task.cancel()
@@ -312,7 +314,7 @@ async def _floor(fake: FakeSlack, backend: MongoBackend, ends: list[datetime],
         await client.close()
     return {"batch": batch, "expired_lateness_s": _pct(expired), "wipe_lateness_s": _pct(wiped),
             "conflicts_redone": conflicts[0], "all_expired_s": round(all_expired, 2),
-            "all_wiped_s": round(all_wiped, 2)}
+            "all_wiped_s": round(all_wiped, 2), "store_server_cpu_s": round(cpu, 2)}
 
 
 def _cpu_s(pid: int | None) -> float:
@@ -380,6 +382,18 @@ async def _healthy(url: str, started: float, timeout: float = 120) -> float:
     raise TimeoutError("no /healthz")
 
 
+async def _spy(out: Path, pids: dict[str, int | None], seconds: float) -> list[asyncio.subprocess.Process]:
+    """py-spy (50 Hz, raw collapsed stacks) on each process for `seconds`: `<out>.<name>.txt`."""
+    spies = []
+    for name, pid in pids.items():
+        if pid is not None:
+            spies.append(await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration",
+                str(max(1, int(seconds))), "--rate", "50", "--format", "raw", "--output",
+                f"{out}.{name}.txt", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
+    return spies
+
+
 async def _floor_run(fake: FakeSlack, backend: MongoBackend, grants: int, window: float,
                      batch: int) -> dict[str, Any]:
     """The store floor over the same number of grants and window, with the store server's CPU it took."""
@@ -387,17 +401,16 @@ async def _floor_run(fake: FakeSlack, backend: MongoBackend, grants: int, window
     for i in range(grants):
         fake.messages.setdefault((f"DU{i:06d}", f"1700000000.{2 * i + 1:06d}"), {
             "channel": f"DU{i:06d}", "ts": "x", "text": "", "blocks": [], "history": []})
-    cpu0 = _cpu_s(backend.server_pid)
-    result = await _floor(fake, backend, ends, batch)
-    result["store_server_cpu_s"] = round(_cpu_s(backend.server_pid) - cpu0, 2)
-    return result
+    return await _floor(fake, backend, ends, batch)
 
 
 async def lateness(grants: int, window: float, tmp: Path, backend: Backend, lead: float = 15.0,
-                   grace: float = 20.0, floor_batch: int = FLOOR_BATCH, floor_after: bool = True) -> dict[str, Any]:
+                   grace: float = 20.0, floor_batch: int = FLOOR_BATCH, floor_after: bool = True,
+                   profile: Path | None = None) -> dict[str, Any]:
     """`lead`: seconds from now to the first end, room for set-up and start-up; `grace`: how long after the
     last end a grant may still be recorded before it counts as missed. On MongoDB the store floor
-    (`_floor`) runs before and after jitpass (A/B/A); the asyncio-timer baseline before only."""
+    (`_floor`) runs before and after jitpass (A/B/A); the asyncio-timer baseline before only. `profile`:
+    py-spy on the jitpass server and the store server (mongoeco) while the grants end."""
     fake = FakeSlack()
     await fake.start()
     results: dict[str, Any] = {"store": backend.name, "grants": grants, "window_s": window}
@@ -419,7 +432,11 @@ async def lateness(grants: int, window: float, tmp: Path, backend: Backend, lead
         process, url, started = await _serve(env, tmp / "server.log")
         try:
             results["healthz_s"] = round(await _healthy(url, started), 2)
+            spies = await _spy(profile, {"serve": process.pid, "store": store_pid},
+                               (max(ends) - datetime.now(UTC)).total_seconds() + grace / 2) if profile else []
             await asyncio.sleep(max(0.0, (max(ends) - datetime.now(UTC)).total_seconds()) + grace)
+            for spy in spies:
+                await spy.wait()
             results["server_rss_peak_mb"] = _vm_hwm_mb(process.pid)
             # CPU from process start to the end of the grace: jitpass's server vs the store server.
             results["cpu_s"] = {"jitpass": round(_cpu_s(process.pid), 2),
@@ -468,12 +485,9 @@ async def startup(stored: int, overdue: int, tmp: Path, backend: Backend,
 
     async def floor() -> dict[str, Any]:
         assert mongo is not None
-        cpu0 = _cpu_s(mongo.server_pid)
         # The same stored set, ended as long ago as in the jitpass run.
         moment = datetime.now(UTC)
-        result = await _floor(fake, mongo, [moment - (now - e) for e in ends], due_only=True)
-        result["store_server_cpu_s"] = round(_cpu_s(mongo.server_pid) - cpu0, 2)
-        return result
+        return await _floor(fake, mongo, [moment - (now - e) for e in ends], due_only=True)
 
     try:
         if mongo is not None:
@@ -538,6 +552,9 @@ def main() -> None:
                        help="grants per transaction of the MongoDB store floor (default 25)")
         p.add_argument("--no-floor-after", action="store_true",
                        help="MongoDB: run the store floor only before jitpass (shorter; no A/B/A)")
+    one.add_argument("--profile", type=Path,
+                     help="py-spy (50 Hz) on jitpass serve and the mongoeco server while the grants end: "
+                          "collapsed stacks to PROFILE.serve.txt and PROFILE.store.txt")
     args = parser.parse_args()
     global CODE
     CODE = args.code.resolve()
@@ -555,7 +572,7 @@ def main() -> None:
             stack.callback(backend.close)
         if args.what == "lateness":
             result = asyncio.run(lateness(args.grants, args.window, args.dir, backend, args.lead, args.grace,
-                                          args.floor_batch, not args.no_floor_after))
+                                          args.floor_batch, not args.no_floor_after, args.profile))
         else:
             result = asyncio.run(startup(args.stored, args.overdue, args.dir, backend, not args.no_floor_after))
     result["code"] = str(CODE)
