@@ -5,6 +5,7 @@ Tampering is done with the plain sqlite3 module, as someone with access to the f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -18,7 +19,7 @@ import pytest
 from bot.domain.audit import verify_chain
 from bot.domain.errors import Conflict, StoreError
 from bot.domain.model import EffectDraft, EffectKind, EffectOutcome, EffectStatus
-from storage.sqlite.store import SCHEMA_VERSION, SqliteStore
+from storage.sqlite.store import CHECKPOINT_EVERY, SCHEMA_VERSION, SqliteStore
 from tests.support.stores import START, FakeClock, draft, make_request
 
 
@@ -241,3 +242,47 @@ async def test_the_store_file_and_its_wal_and_shm_are_created_owner_only(tmp_pat
         os.umask(old)
     assert set(modes) == {"private.db", "private.db-wal", "private.db-shm"}
     assert modes == {name: 0o600 for name in modes}
+
+
+async def test_a_unit_meeting_another_connections_write_lock_waits_off_the_loop(store: SqliteStore) -> None:
+    # Small units run on the event loop's thread; a write lock held elsewhere (another process) must make
+    # them wait on aiosqlite's thread, the loop going on meanwhile, and commit once the lock is free.
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    card = (EffectDraft(EffectKind.POST_CARD),)
+    unit = asyncio.create_task(store.create_request(make_request("R1"), draft("request.created", request_id="R1"),
+                                                    card))
+    ticks = 0
+    for _ in range(20):  # 20 turns of the loop, 10 ms apart: the unit is waiting on the lock meanwhile
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not unit.done()
+    holder.execute("COMMIT")
+    holder.close()
+    await asyncio.wait_for(unit, 10)
+
+    assert ticks == 20
+    assert store.inline_fallbacks == 1
+    assert (await store.get_request("R1")) is not None
+    assert len(await store.effects_of("R1")) == 1
+    assert (await verify_chain(store.events())).ok
+
+
+async def test_the_wal_is_checkpointed_off_the_loop_and_stays_bounded(store: SqliteStore) -> None:
+    # The store's connection never checkpoints inside a commit (wal_autocheckpoint = 0); every
+    # CHECKPOINT_EVERY commits a connection of its own does, so the WAL is reused instead of growing.
+    wal = store.path.with_name(store.path.name + "-wal")
+    card = (EffectDraft(EffectKind.POST_CARD),)
+    sizes = []
+    for i in range(4 * CHECKPOINT_EVERY):
+        await store.create_request(make_request(f"R{i}", item=f"item-{i}"),
+                                   draft("request.created", request_id=f"R{i}"), card)
+        if i % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
+            if store._checkpointing is not None:
+                await store._checkpointing
+            sizes.append(wal.stat().st_size)
+    with closing(sqlite3.connect(store.path)) as conn:
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000  # a new connection: SQLite's own
+    # Without the checkpoints each round of CHECKPOINT_EVERY units would add its frames to the file.
+    assert sizes[-1] <= sizes[1] * 1.5, sizes
+    assert (await store.count_events()) == 10 + 4 * CHECKPOINT_EVERY
