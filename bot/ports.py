@@ -43,6 +43,7 @@ __all__ = [
     "ClaimBatch",
     "Claimed",
     "Clock",
+    "EffectLease",
     "Failed",
     "ItemFeed",
     "ItemUsage",
@@ -106,6 +107,18 @@ class RefusalBurst:
     refused: int
     first_at: datetime
     last_at: datetime
+
+
+@dataclass(frozen=True)
+class EffectLease:
+    """Effects leased as they are written (`Store.create_request`), as a claim by `owner` would lease them at
+    that moment: those of `platforms`, the first of each lane, attempt 1, until `until`. The writer's own
+    worker then runs them at once, without a claim (one store round trip less per request); if it dies, the
+    lease runs out and any worker claims them, as after any claim."""
+
+    owner: str
+    until: datetime
+    platforms: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -233,8 +246,9 @@ class Store(ReportSource, Protocol):
 
     # -- requests ------------------------------------------------------------------------------
     async def create_request(self, request: AccessRequest, event: EventDraft,
-                             effects: Sequence[EffectDraft] = ()) -> None:
-        """Insert the request, its event and its chat effects in one unit of work."""
+                             effects: Sequence[EffectDraft] = (), *, lease: EffectLease | None = None) -> list[Effect]:
+        """Insert the request, its event and its chat effects in one unit of work; the effects `lease` leased
+        ([] without one)."""
         ...
 
     async def get_request(self, request_id: str) -> AccessRequest | None: ...

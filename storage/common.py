@@ -11,7 +11,7 @@ from typing import Any
 from bot.domain.audit import format_time, parse_time
 from bot.domain.model import AccessRequest, EffectDraft, EffectKind, EffectOutcome, Event, EventDraft, Identity
 from bot.domain.report_data import AccessRow
-from bot.ports import Checkpoint
+from bot.ports import Checkpoint, EffectLease
 
 from .codec import REQUEST_FIELDS
 
@@ -28,6 +28,7 @@ __all__ = [
     "checkpoint_to_json",
     "display_label",
     "effect_docs",
+    "lease_new_effects",
     "order_access_rows",
     "paged_events",
     "purge_cutoff",
@@ -149,6 +150,20 @@ def effect_docs(request_id: str, platform: str, drafts: Sequence[EffectDraft], n
     return [{"request_id": request_id, "platform": platform, "kind": d.kind.value, "lane": d.kind.lane,
              "payload": dict(d.payload), "status": "pending", "attempts": 0, "due_at": at, "created_at": at,
              "updated_at": at, "error": "", "lease_owner": None, "lease_until": None} for d in drafts]
+
+
+def lease_new_effects(docs: Sequence[dict[str, Any]], lease: EffectLease | None) -> list[dict[str, Any]]:
+    """Lease new effect documents (`effect_docs`, due now) as a claim by `lease.owner` would lease them now:
+    those of `lease.platforms`, the first of each lane (a later one waits behind it); the docs leased."""
+    if lease is None:
+        return []
+    leased, lanes = [], set()
+    for doc in docs:
+        if doc["platform"] in lease.platforms and doc["lane"] not in lanes:
+            doc.update(lease_owner=lease.owner, lease_until=format_time(lease.until), attempts=1)
+            leased.append(doc)
+        lanes.add(doc["lane"])
+    return leased
 
 
 def supersedes(drafts: Sequence[EffectDraft]) -> bool:

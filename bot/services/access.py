@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from bot.domain import wording
 from bot.domain.audit import format_time
@@ -63,7 +63,7 @@ from bot.domain.policy import Policy, VaultPolicy
 from bot.domain.request_text import RequestDraft, format_duration, parse_duration, parse_request
 from bot.domain.syntax import Hint, Typed, example
 from bot.domain.vault import Vault
-from bot.ports import Clock, Failed, Notifier, RefusalBurst, SecretRead, Store
+from bot.ports import Claimed, Clock, EffectLease, Failed, Notifier, RefusalBurst, SecretRead, Store
 from bot.services.cas import changing_too_quickly, retry_cas
 from bot.services.rate_limits import ACTIONS, action_of, rate_key
 from bot.services.rotation import note_password_read
@@ -81,6 +81,18 @@ EXAMPLE = example("", "acme-zendesk fix broken trigger for 1h")
 # Requests changed by the use case running in this task, told to `on_change` once when it finishes.
 _CHANGES: contextvars.ContextVar[dict[str, AccessRequest] | None] = contextvars.ContextVar("jitpass_changes",
                                                                                          default=None)
+
+
+class EffectLessee(Protocol):
+    """This process's effects worker (`EffectRunner`) as the service sees it."""
+
+    def lease(self) -> EffectLease:
+        """A lease for effects written now, to this worker."""
+        ...
+
+    def adopt(self, claimed: list[Claimed]) -> None:
+        """Run these effects, leased to this worker as they were written (committed)."""
+        ...
 
 
 class _Ending:
@@ -116,6 +128,18 @@ class AccessService:
         self._ending = _Ending()
         # Called after every state change: the scheduler re-plans from the store.
         self.on_change: list[Callable[[AccessRequest], None]] = []
+        # This process's effects worker, when it runs: a new request's effects are leased to it as they are
+        # written and handed to it, instead of its claiming them in a unit of their own. Shared by `using`
+        # twins (the worker runs on the background twin; requests are created on this one).
+        self._lessee: list[EffectLessee | None] = [None]
+
+    @property
+    def lessee(self) -> EffectLessee | None:
+        return self._lessee[0]
+
+    @lessee.setter
+    def lessee(self, worker: EffectLessee | None) -> None:
+        self._lessee[0] = worker
 
     @property
     def ending(self) -> int:
@@ -219,17 +243,22 @@ class AccessService:
             person=self.policy.person_of(requester), exclusive=vault.is_exclusive(item.name),
         )
         await self.check_rate(requester, "requests")  # after validation: only what would post a card counts
+        lessee = self.lessee
         try:
-            await self.store.create_request(request, self._draft("request.created", requester, request, reason, {
-                "duration": format_duration(window.duration),
-                "start": window.start.isoformat() if window.start else None,
-                "notes": notes,
-            }), (*self._effects(request, EffectKind.POST_CARD), *self._answer_effect(request, answer)))
+            leased = await self.store.create_request(request, self._draft(
+                "request.created", requester, request, reason, {
+                    "duration": format_duration(window.duration),
+                    "start": window.start.isoformat() if window.start else None,
+                    "notes": notes,
+                }), (*self._effects(request, EffectKind.POST_CARD), *self._answer_effect(request, answer)),
+                lease=lessee.lease() if lessee is not None else None)
         except ClaimTaken:  # this person already has one open (a second at once, or from another account)
             await self._refuse_second_open(requester, item.name)
             raise Conflict(f"You already have an open request for {item.name} (from another chat account).",
                            hint="Cancel it there first.") from None
         log.info("event=request_created request_id=%s item=%s requester=%s", request.id, item.name, requester.key)
+        if lessee is not None and leased:
+            lessee.adopt([Claimed(effect, request, item) for effect in leased])
         self._changed(request)
         return request  # exactly the row just written: no read back
 

@@ -44,7 +44,7 @@ from bot.domain.model import (
     Item,
     Status,
 )
-from bot.ports import Claimed, Failed, Notifier, NotifyResult, Sent
+from bot.ports import Claimed, EffectLease, Failed, Notifier, NotifyResult, Sent
 
 if TYPE_CHECKING:
     from bot.services.access import AccessService
@@ -117,7 +117,7 @@ class EffectRunner:
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[bool]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._claiming = False  # a claim in flight: what it leases is not running yet, so not idle (`drain`)
@@ -125,7 +125,13 @@ class EffectRunner:
         # Outcomes waiting to be recorded: effects finishing together are settled in one store transaction.
         self._to_settle: list[tuple[Effect, EffectOutcome, asyncio.Future[bool]]] = []
         self._settler: asyncio.Task[None] | None = None
-        service.on_change.append(lambda _request: self.wake())
+        # Requests whose new effects were handed over as written (`adopt`): their change needs no claim.
+        self._adopted: set[str] = set()
+        # Handed-over effects running, by request id; and those requests changed meanwhile (a later effect
+        # may wait behind one of them in its lane: its end must wake a claim).
+        self._handed: dict[str, int] = {}
+        self._touched: set[str] = set()
+        service.on_change.append(self._changed)
 
     @property
     def notifiers(self) -> Mapping[str, Notifier]:
@@ -138,6 +144,29 @@ class EffectRunner:
             loop = asyncio.get_running_loop()
             self._task = loop.create_task(self._loop(), name="jitpass-effects")
             self._renewer = loop.create_task(self._renew_leases(), name="jitpass-effects-leases")
+            self.service.lessee = self
+
+    def lease(self) -> EffectLease:
+        """A lease for effects written now (`Store.create_request`), to this worker: as a claim now would."""
+        return EffectLease(self.owner, self.clock.now() + self.policy.lease, frozenset(self.notifiers))
+
+    def adopt(self, claimed: list[Claimed]) -> None:
+        """Run effects leased to this worker as they were written, as if it had just claimed them: a new
+        request's card post starts without a claim unit. The change that wrote them wakes no claim (the rest
+        of their lanes waits behind them, and their end wakes the loop)."""
+        for one in claimed:
+            request_id = one.effect.request_id
+            self._adopted.add(request_id)
+            self._handed[request_id] = self._handed.get(request_id, 0) + 1
+            self._spawn(one, handed=True)
+
+    def _changed(self, request: AccessRequest) -> None:
+        if request.id in self._adopted:
+            self._adopted.discard(request.id)
+            return
+        if request.id in self._handed:
+            self._touched.add(request.id)
+        self.wake()
 
     async def _renew_leases(self) -> None:
         """Heartbeat: keep the leases of effects in flight here, so only a dead worker's are taken over."""
@@ -151,6 +180,8 @@ class EffectRunner:
                 log.warning("event=effects_lease_renewal_failed error=%s", type(exc).__name__)
 
     async def stop(self) -> None:
+        if self.service.lessee is self:
+            self.service.lessee = None
         task, self._task = self._task, None
         renewer, self._renewer = self._renewer, None
         for one in (task, renewer):
@@ -222,29 +253,50 @@ class EffectRunner:
         if self._running:
             await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
 
-    def _spawn(self, claimed: Claimed) -> None:
+    def _spawn(self, claimed: Claimed, *, handed: bool = False) -> None:
         self._idle.clear()
-        task = asyncio.get_running_loop().create_task(self._guarded(claimed),
+        task = asyncio.get_running_loop().create_task(self._guarded(claimed, handed=handed),
                                                       name=f"jitpass-effect-{claimed.effect.kind}")
         self._running.add(task)
         task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[bool]) -> None:
         self._running.discard(task)
         if not self._running:
             self._idle.set()
-        self.wake()
+        if task.cancelled() or task.exception() is not None or task.result():
+            self.wake()
 
-    async def _guarded(self, claimed: Claimed) -> None:
+    async def _guarded(self, claimed: Claimed, *, handed: bool = False) -> bool:
+        """Run one claimed effect; whether its end must wake a claim. A claimed effect's always does (what
+        waited behind it in its lane may run now; a retry is due at a time the last claim did not know). A
+        handed-over one's (`adopt`) only if it is to be retried or its request changed meanwhile: a new
+        request's effects are the only ones in their lanes until a later change, which wakes a claim itself
+        (and, made while they run, through `_touched`)."""
         effect = claimed.effect
-        async with self._slots:
-            try:
-                await self.run_one(effect, rows=claimed)
-            except Exception as exc:  # the store failed while recording: the lease runs out, it is retried
-                # Not a JitpassError (those are recorded as failures): a store outage, or a bug.
-                log.error("event=effect_not_recorded effect=%s kind=%s request_id=%s error=%s", effect.id,
-                          effect.kind, effect.request_id, type(exc).__name__,
-                          exc_info=not isinstance(exc, JitpassError))
+        status: EffectStatus | None = None
+        try:
+            if self.service.ending:  # handed over while grants are being ended: access ends first
+                await self.service.expiries_done(timeout=1.0)
+            async with self._slots:
+                try:
+                    status = await self.run_one(effect, rows=claimed)
+                except Exception as exc:  # the store failed while recording: the lease runs out, it is retried
+                    # Not a JitpassError (those are recorded as failures): a store outage, or a bug.
+                    log.error("event=effect_not_recorded effect=%s kind=%s request_id=%s error=%s", effect.id,
+                              effect.kind, effect.request_id, type(exc).__name__,
+                              exc_info=not isinstance(exc, JitpassError))
+        finally:
+            touched = False
+            if handed:
+                left = self._handed.pop(effect.request_id, 1) - 1
+                if left > 0:
+                    self._handed[effect.request_id] = left
+                    touched = effect.request_id in self._touched
+                else:
+                    touched = effect.request_id in self._touched
+                    self._touched.discard(effect.request_id)
+        return not handed or touched or status not in (EffectStatus.DONE, EffectStatus.DROPPED, EffectStatus.FAILED)
 
     async def run_due(self, *, rounds: int = 50) -> int:
         """Run everything due now (and what that makes due), in this task; for tests and the CLI."""
@@ -275,9 +327,9 @@ class EffectRunner:
 
     # -- one effect --------------------------------------------------------------------------
 
-    async def run_one(self, effect: Effect, *, rows: Claimed | None = None) -> None:
+    async def run_one(self, effect: Effect, *, rows: Claimed | None = None) -> EffectStatus | None:
         """Carry out one claimed effect and record how it went (`rows`: its request and item as read with the
-        claim; without them they are read here)."""
+        claim; without them they are read here); the status recorded (None: the lease was lost)."""
         notifier = self.notifiers.get(effect.platform)
         item: Item | None = None
         if rows is not None:
@@ -287,8 +339,8 @@ class EffectRunner:
             if request is not None:
                 item = await self.service.item_of(request)
         if notifier is None or request is None:
-            await self._settle(effect, EffectOutcome(EffectStatus.DROPPED, error="no such request or platform"))
-            return
+            dropped = EffectOutcome(EffectStatus.DROPPED, error="no such request or platform")
+            return EffectStatus.DROPPED if await self._settle(effect, dropped) else None
         try:
             async with asyncio.timeout(self.policy.deadline):
                 # An item deleted since the request: its card still renders from the request's own fields.
@@ -298,11 +350,13 @@ class EffectRunner:
             outcome = self._failure(effect, request, Failed("timeout"))
         except JitpassError as exc:  # e.g. the audit event before a delivery could not be written
             outcome = self._failure(effect, request, Failed(type(exc).__name__))
-        await self._settle(effect, outcome)
+        settled = await self._settle(effect, outcome)
         if effect.kind is EffectKind.DELIVER and outcome.revealed:
             await self.service.after_late_delivery(request.id)
+        return outcome.status if settled else None
 
-    async def _settle(self, effect: Effect, outcome: EffectOutcome) -> None:
+    async def _settle(self, effect: Effect, outcome: EffectOutcome) -> bool:
+        """Record the outcome (with others finishing together); False: the lease was lost meanwhile."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._to_settle.append((effect, outcome, done))
         if self._settler is None or self._settler.done():
@@ -310,12 +364,13 @@ class EffectRunner:
         if not await done:
             log.warning("event=effect_lease_lost effect=%s kind=%s request_id=%s", effect.id, effect.kind,
                         effect.request_id)
-            return
+            return False
         # A success at DEBUG: the adapter logs what it posted, the audit trail what it revealed (one INFO line
         # per effect less on the request path); a retry, drop or failure at INFO.
         log.log(logging.DEBUG if outcome.status is EffectStatus.DONE else logging.INFO,
                 "event=effect_%s effect=%s kind=%s request_id=%s attempt=%d%s", outcome.status.value, effect.id,
                 effect.kind, effect.request_id, effect.attempts, f" error={outcome.error}" if outcome.error else "")
+        return True
 
     async def _settle_queued(self, batch: int = 64) -> None:
         """Record queued outcomes, many per transaction: what finishes while one batch is written goes

@@ -76,7 +76,7 @@ from bot.domain.model import (
     Status,
     TransitionDraft,
 )
-from bot.ports import Checkpoint, ClaimBatch, Claimed, Clock, PurgeResult, RateTake, RefusalBurst
+from bot.ports import Checkpoint, ClaimBatch, Claimed, Clock, EffectLease, PurgeResult, RateTake, RefusalBurst
 from storage.codec import (
     CLAIM_FIELDS,
     KEY_FIELDS,
@@ -99,6 +99,7 @@ from storage.common import (
     checkpoint_from_json,
     checkpoint_to_json,
     effect_docs,
+    lease_new_effects,
     paged_events,
     purge_cutoff,
     purge_draft,
@@ -718,12 +719,15 @@ class MongoStore:
 
     # -- requests -----------------------------------------------------------------------------
     async def create_request(self, request: AccessRequest, event: EventDraft,
-                             effects: Sequence[EffectDraft] = ()) -> None:
-        """Insert a new request, its `request.created` event and its effects. Conflict if the id exists."""
+                             effects: Sequence[EffectDraft] = (), *, lease: EffectLease | None = None) -> list[Effect]:
+        """Insert a new request, its `request.created` event and its effects (those `lease` leases, leased);
+        Conflict if the id exists. The effects leased."""
         requests = self._collection("requests")
         doc = {"_id": request.id, **request_to_doc(request), "created_seq": None}
+        leased: list[Effect] = []
 
         async def body(session: Session) -> None:
+            leased.clear()  # a transaction retried after a transient error starts again
             try:
                 await requests.insert_one(dict(doc), session=session)
             except DuplicateKeyError as exc:
@@ -740,9 +744,10 @@ class MongoStore:
             await requests.update_one(
                 {"_id": request.id}, {"$set": {"created_seq": recorded.seq}}, session=session
             )
-            await self._add_effects(request, effects, session)
+            leased.extend(await self._add_effects(request, effects, session, lease=lease))
 
         await self._unit("creating a request", body)
+        return list(leased)
 
     async def get_request(self, request_id: str) -> AccessRequest | None:
         """The request with this id, or None."""
@@ -931,9 +936,11 @@ class MongoStore:
             return result
         return None
 
-    async def _add_effects(self, request: AccessRequest, effects: Sequence[EffectDraft], session: Session) -> None:
+    async def _add_effects(self, request: AccessRequest, effects: Sequence[EffectDraft], session: Session, *,
+                           lease: EffectLease | None = None) -> list[Effect]:
+        """Insert a request's new effects (superseding its unclaimed card updates); those `lease` leased."""
         if not effects:
-            return
+            return []
         collection = self._collection("effects")
         now = self._clock.now()
         at = format_time(now)
@@ -945,7 +952,9 @@ class MongoStore:
         # _id sorts like creation order (time, then this process's counter): the lane order of both stores.
         docs = [{"_id": f"{at}-{next(_EFFECT_ORDER):012d}-{secrets.token_hex(3)}", **doc}
                 for doc in effect_docs(request.id, request.platform, effects, now)]
+        leased = lease_new_effects(docs, lease)
         await collection.insert_many(docs, ordered=True, session=session)
+        return [effect_from_doc({**doc, "id": doc["_id"]}) for doc in leased]
 
     async def _add_effects_many(self, pairs: Sequence[tuple[AccessRequest, Sequence[EffectDraft]]],
                                 session: Session) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from bot.domain.errors import AuditWriteError
 from bot.domain.model import EffectDraft, EffectKind, EffectOutcome, EffectStatus, Status, TransitionDraft
-from bot.ports import Store
+from bot.ports import EffectLease, Store
 from tests.contract.conftest import Harness
 from tests.support.stores import FakeClock, draft, make_request, make_sealed
 
@@ -329,3 +329,44 @@ async def test_the_next_claimable_moment_skips_effects_waiting_behind_their_lane
     after = await store.claim_effects_with_rows(now, "w1", now + LEASE, platforms=PLATFORMS, limit=10)
     assert [c.effect.kind for c in after.claimed] == [EffectKind.UPDATE_CARD]
     assert after.claimed[0].request is not None and after.claimed[0].request.status is Status.DECLINED
+
+
+async def test_effects_leased_as_written_are_as_if_claimed_then(store: Store, clock: FakeClock) -> None:
+    # The writer's own worker gets the first of each lane on its platforms, leased (attempt 1), without a claim.
+    lease = EffectLease("w1", clock.now() + LEASE, frozenset(PLATFORMS))
+    leased = await store.create_request(
+        make_request("R1", item="item-r1"), draft("request.created", request_id="R1"),
+        [EffectDraft(EffectKind.POST_CARD), EffectDraft(EffectKind.UPDATE_CARD), EffectDraft(EffectKind.TELL)],
+        lease=lease)
+
+    assert sorted((e.kind, e.attempts, e.lease_owner) for e in leased) == [
+        (EffectKind.POST_CARD, 1, "w1"), (EffectKind.TELL, 1, "w1")]
+    stored = {e.kind: e for e in await store.effects_of("R1")}
+    assert {e.id for e in leased} == {stored[EffectKind.POST_CARD].id, stored[EffectKind.TELL].id}
+    assert stored[EffectKind.UPDATE_CARD].lease_owner is None  # behind the post in its lane
+    assert await _claim(store, clock, owner="w2") == []  # leased: nobody else gets them, nor what waits behind
+    card = next(e for e in leased if e.kind is EffectKind.POST_CARD)
+    assert await store.settle_effect(card, "w1", EffectOutcome(EffectStatus.DONE))
+    assert await _claim(store, clock, owner="w2") == ["R1:update_card"]
+
+
+async def test_a_lease_from_a_writer_that_died_runs_out_and_another_worker_claims(store: Store,
+                                                                                  clock: FakeClock) -> None:
+    lease = EffectLease("w1", clock.now() + LEASE, frozenset(PLATFORMS))
+    leased = await store.create_request(make_request("R1", item="item-r1"),
+                                        draft("request.created", request_id="R1"),
+                                        [EffectDraft(EffectKind.POST_CARD)], lease=lease)
+    assert [e.attempts for e in leased] == [1]
+    clock.advance(seconds=LEASE.total_seconds() + 1)
+    assert await _claim(store, clock, owner="w2") == ["R1:post_card"]
+    assert [(e.attempts, e.lease_owner) for e in await store.effects_of("R1")] == [(2, "w2")]
+    assert not await store.settle_effect(leased[0], "w1", EffectOutcome(EffectStatus.DONE))  # w1's lease is over
+
+
+async def test_no_lease_for_other_platforms_and_none_without_a_lease(store: Store, clock: FakeClock) -> None:
+    teams_only = EffectLease("w1", clock.now() + LEASE, frozenset({"teams"}))
+    assert await store.create_request(make_request("R1", item="item-r1"), draft("request.created", request_id="R1"),
+                                      [EffectDraft(EffectKind.POST_CARD)], lease=teams_only) == []
+    assert await store.create_request(make_request("R2", item="item-r2"), draft("request.created", request_id="R2"),
+                                      [EffectDraft(EffectKind.POST_CARD)]) == []
+    assert sorted(await _claim(store, clock)) == ["R1:post_card", "R2:post_card"]
