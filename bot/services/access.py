@@ -552,12 +552,12 @@ class AccessService:
         self._changed(updated)
         return updated
 
-    async def run_due(self, *, concurrency: int = 8) -> int:
-        """Apply every timeout, activation and expiry that is due now; returns how many ran. Expiries
-        first, `EXPIRY_BATCH` grants per store transaction; then timeouts and activations, `concurrency`
-        at a time. No chat call happens here (effects run later), so one slow chat API cannot delay
-        another grant's end."""
-        due = await self.store.due_requests(self.clock.now())
+    async def run_due(self, *, concurrency: int = 8, now: datetime | None = None) -> int:
+        """Apply every timeout, activation and expiry that is due now (`now`: the moment to apply up to,
+        default the clock's); returns how many ran. Expiries first, `EXPIRY_BATCH` grants per store
+        transaction; then timeouts and activations, `concurrency` at a time. No chat call happens here
+        (effects run later), so one slow chat API cannot delay another grant's end."""
+        due = await self.store.due_requests(now or self.clock.now())
         expiring = [r for r in due if r.status is Status.ACTIVE]
         others = [r for r in due if r.status is not Status.ACTIVE]
         left = [len(due)]  # still counted in `ending`; whatever a cancellation leaves is taken back below

@@ -39,16 +39,27 @@ class GrantScheduler:
         self._replan_queued = False
         # The moment the next-due job was planned for (the service's clock), None: nothing planned.
         self._planned: datetime | None = None
+        self._tick_waiting = False  # a tick started by `_fire` has not taken `_lock` yet
         self._failures = 0  # ticks failed in a row: the retry waits 2, 4, 8 … seconds, at most TICK_RETRY_MAX
         service.on_change.append(self._request_changed)
 
     async def start(self) -> None:
         """Start planning; overdue work runs in the background (the server answers meanwhile)."""
         self._scheduler = AsyncIOScheduler(timezone="UTC")
-        self._scheduler.add_job(self.tick, IntervalTrigger(seconds=self.replan_every.total_seconds()),
+        self._scheduler.add_job(self._fire, IntervalTrigger(seconds=self.replan_every.total_seconds()),
                                 id="replan", coalesce=True, max_instances=1)
         self._scheduler.start()
         self._spawn(self.tick())
+
+    async def _fire(self) -> None:
+        """The APScheduler jobs' function: start a tick as a task of ours and return at once. A tick plans the
+        next-due job while it runs; run by APScheduler itself, a job planned for a moment already here found
+        the planning tick still counted as running and was skipped (max_instances), and a skipped date job is
+        gone: every end after it waited for the next re-plan (a minute). `_lock` keeps ticks one at a time, and
+        one waiting tick covers every wake-up that comes meanwhile (it reads the store when it runs)."""
+        if not self._tick_waiting:
+            self._tick_waiting = True
+            self._spawn(self.tick())
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -78,10 +89,12 @@ class GrantScheduler:
     async def tick(self) -> int:
         """Apply everything due now and schedule a wake-up for the next due moment."""
         async with self._lock:
+            self._tick_waiting = False  # a wake-up from now on needs a tick after this one
             try:
-                ran = await self.service.run_due()
+                applied = self.service.clock.now()
+                ran = await self.service.run_due(now=applied)
                 await self.service.summarise_refusal_bursts()
-                self._plan(await self.service.store.next_due_at())
+                self._plan(await self.service.store.next_due_at(), applied=applied)
             except Exception:  # keep the scheduler alive and try again soon (a store outage, say)
                 log.exception("scheduler tick failed")
                 self._failures += 1
@@ -92,7 +105,9 @@ class GrantScheduler:
             self._failures = 0
             return ran
 
-    def _plan(self, at: datetime | None) -> None:
+    def _plan(self, at: datetime | None, *, applied: datetime | None = None) -> None:
+        """One date job for `at`. `applied`: the tick just applied what was due up to then; a moment after
+        it that is already past (it became due while the tick ran) is run at once."""
         if self._scheduler is None:
             return
         self._planned = at
@@ -101,13 +116,14 @@ class GrantScheduler:
                 self._scheduler.remove_job("next-due")
             return
         # Wait as long as the service's clock says is left (an injected clock need not be wall time). Wake
-        # exactly then; only a moment already past (something due that could not be applied) waits a little,
-        # so one stuck request cannot make the scheduler spin.
+        # exactly then. A moment already past waits a little only if it was due when the tick looked (it could
+        # not be applied: one stuck request must not make the scheduler spin); one that came due while the
+        # tick ran (ends arriving during a batch, the usual case under load) runs at once.
         delay = at - self.service.clock.now()
         if delay <= timedelta(0):
-            delay = timedelta(seconds=0.5)
+            delay = timedelta(0) if applied is not None and at > applied else timedelta(seconds=0.5)
         run_date = datetime.now(UTC) + delay
-        self._scheduler.add_job(self.tick, DateTrigger(run_date=run_date), id="next-due", replace_existing=True,
+        self._scheduler.add_job(self._fire, DateTrigger(run_date=run_date), id="next-due", replace_existing=True,
                                 misfire_grace_time=None, coalesce=True)
 
     def _request_changed(self, request: AccessRequest) -> None:
