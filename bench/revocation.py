@@ -6,6 +6,7 @@ answering at once.
     .venv/bin/python bench/revocation.py startup --stored 100000 --overdue 10000
     .venv/bin/python bench/revocation.py lateness --mongoeco --grants 1000 --window 60   # MongoStore on mongoeco
     .venv/bin/python bench/revocation.py startup --mongoeco --stored 10000 --overdue 1000
+    .venv/bin/python bench/revocation.py lateness --mongoeco --mongoeco-engine sqlite --grants 500 --window 60
     .venv/bin/python bench/revocation.py lateness --mongodb-uri 'mongodb://h1,h2,h3/?replicaSet=rs0'  # a real one
 
 `lateness`: N active grants (each with a posted card and a delivered DM in the stand-in) end at random
@@ -544,6 +545,8 @@ def main() -> None:
         p.add_argument("--dir", type=Path, default=Path("/tmp") / f"jitpass-bench-{os.getpid()}")
         p.add_argument("--mongoeco", action="store_true",
                        help="MongoStore on a local mongoeco server started for the run (.venv-mongo)")
+        p.add_argument("--mongoeco-engine", choices=["memory", "sqlite"], default="memory",
+                       help="mongoeco's storage engine (sqlite: a file in --dir; one transaction at a time)")
         p.add_argument("--mongodb-uri", help="MongoStore on this server (a replica set, Atlas)")
         p.add_argument("--code", type=Path, default=ROOT,
                        help="the checkout whose `jitpass serve` runs (e.g. main's, for an A/B); the bench, "
@@ -566,7 +569,9 @@ def main() -> None:
             if args.mongoeco:
                 from tests.support.mongo import mongoeco_server
 
-                uri = stack.enter_context(mongoeco_server()).uri
+                store_file = args.dir / "mongoeco.db"
+                store_file.unlink(missing_ok=True)
+                uri = stack.enter_context(mongoeco_server(engine=args.mongoeco_engine, path=store_file)).uri
             backend = MongoBackend(uri)
             backend.server_pid = _mongoeco_pid() if args.mongoeco else None
             stack.callback(backend.close)
@@ -576,6 +581,8 @@ def main() -> None:
         else:
             result = asyncio.run(startup(args.stored, args.overdue, args.dir, backend, not args.no_floor_after))
     result["code"] = str(CODE)
+    if args.mongoeco:
+        result["mongoeco_engine"] = args.mongoeco_engine
     print(json.dumps(result, indent=2))
 
 

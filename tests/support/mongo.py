@@ -5,6 +5,9 @@
 until it answers a ping (bounded), and stops it afterwards. A real replica set or Atlas given in
 JITPASS_TEST_MONGODB_URI always wins.
 
+JITPASS_TEST_MONGOECO_ENGINE=sqlite runs mongoeco's SQLite engine (a file in a temporary directory)
+instead of its memory engine, the default.
+
 When no server can be had, the MongoDB tests skip with the reason on a developer's machine and FAIL
 with it in CI (CI=true), so a run that never reached MongoDB cannot pass as green.
 """
@@ -23,9 +26,12 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["MONGODB_URI_VAR", "MongoServer", "mongodb_unavailable", "mongoeco_server", "new_db_name"]
+__all__ = ["MONGODB_URI_VAR", "MONGOECO_ENGINES", "MONGOECO_ENGINE_VAR", "MongoServer", "mongodb_unavailable",
+           "mongoeco_engine", "mongoeco_server", "new_db_name"]
 
 MONGODB_URI_VAR = "JITPASS_TEST_MONGODB_URI"
+MONGOECO_ENGINE_VAR = "JITPASS_TEST_MONGOECO_ENGINE"
+MONGOECO_ENGINES = ("memory", "sqlite")
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_PYTHON = ROOT / ".venv-mongo" / "bin" / "python"
 SERVER_SCRIPT = Path(__file__).with_name("mongoeco_server.py")
@@ -54,6 +60,14 @@ def mongodb_unavailable(reason: str) -> None:
     if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
         pytest.fail(f"MongoDB tests cannot run in CI: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def mongoeco_engine() -> str:
+    """The mongoeco engine the suite runs: JITPASS_TEST_MONGOECO_ENGINE, else memory."""
+    engine = os.environ.get(MONGOECO_ENGINE_VAR, "").strip().lower() or "memory"
+    if engine not in MONGOECO_ENGINES:
+        raise MongoUnavailable(f"{MONGOECO_ENGINE_VAR}={engine!r}: expected one of {', '.join(MONGOECO_ENGINES)}")
+    return engine
 
 
 def _ping(uri: str, deadline: float) -> None:
@@ -85,17 +99,22 @@ def _read_ready_line(proc: subprocess.Popen[str], timeout: float) -> str:
 
 
 @contextmanager
-def mongoeco_server(python: Path = SERVER_PYTHON, *, standalone: bool = False) -> Iterator[MongoServer]:
-    """Start mongoeco's wire server (memory engine) on 127.0.0.1:<free port>; stop it on exit.
+def mongoeco_server(python: Path = SERVER_PYTHON, *, standalone: bool = False, engine: str | None = None,
+                    path: Path | None = None) -> Iterator[MongoServer]:
+    """Start mongoeco's wire server on 127.0.0.1:<free port>; stop it on exit.
 
-    `standalone`: it refuses transactions, as a standalone mongod does.
+    `standalone`: it refuses transactions, as a standalone mongod does. `engine`: memory or sqlite
+    (default: `mongoeco_engine()`); `path`: the sqlite engine's file (default: in a temporary directory).
     """
     if not python.exists():
         raise MongoUnavailable(f"{python.relative_to(ROOT)} is missing: run ./dev setup (needs Python >= 3.13)")
+    engine = engine or mongoeco_engine()
     # stderr to a file, not a pipe: a chatty server can never block on it.
-    with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
-        [str(python), str(SERVER_SCRIPT), *(["--standalone"] if standalone else [])], cwd=ROOT, text=True,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+    with tempfile.TemporaryDirectory(prefix="jitpass-mongoeco-") as scratch, \
+            tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
+        [str(python), str(SERVER_SCRIPT), *(["--standalone"] if standalone else []), "--engine", engine,
+         *(["--path", str(path or Path(scratch) / "mongoeco.db")] if engine == "sqlite" else [])],
+        cwd=ROOT, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
     ) as proc:
         try:
             started = time.monotonic()

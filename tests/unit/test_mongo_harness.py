@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.mongo import MongoUnavailable, mongodb_unavailable, mongoeco_server
+from tests.support.mongo import MONGOECO_ENGINE_VAR, MongoUnavailable, mongodb_unavailable, mongoeco_server
 
 
 def test_a_missing_server_environment_is_reported_with_the_fix(tmp_path: Path) -> None:
@@ -33,3 +36,54 @@ def test_no_server_skips_the_test_on_a_developer_machine(monkeypatch: pytest.Mon
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="no server"):
         mongodb_unavailable("no server")
+
+
+def test_an_unknown_mongoeco_engine_is_reported_with_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MONGOECO_ENGINE_VAR, "wiredtiger")
+    with pytest.raises(MongoUnavailable, match="expected one of memory, sqlite"), mongoeco_server():
+        pass
+
+
+@pytest.mark.mongodb
+async def test_the_sqlite_engine_serves_other_clients_beside_an_open_transaction(tmp_path: Path) -> None:
+    # mongoeco's SQLite engine refuses every other session's command while one transaction is open; the
+    # server makes them wait their turn: they see the committed state, and nothing is refused or lost.
+    from pymongo import AsyncMongoClient
+
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(mongoeco_server(engine="sqlite", path=tmp_path / "mongoeco.db"))
+        except MongoUnavailable as exc:
+            mongodb_unavailable(str(exc))
+        holder: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(server.uri)
+        other: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(server.uri)
+        try:
+            await _hold_and_use_beside(holder, other)
+        finally:
+            await holder.close()
+            await other.close()
+
+
+async def _hold_and_use_beside(holder: Any, other: Any) -> None:
+    await holder.t.c.insert_one({"_id": 1, "v": 0})
+    opened = asyncio.Event()
+
+    async def hold() -> None:
+        async with holder.start_session() as session, await session.start_transaction():
+            await holder.t.c.update_one({"_id": 1}, {"$inc": {"v": 1}}, session=session)
+            opened.set()
+            await asyncio.sleep(0.3)
+            await holder.t.c.insert_one({"_id": 2}, session=session)
+
+    async def beside() -> tuple[object, bool]:
+        await opened.wait()
+        seen = await other.t.c.find_one({"_id": 1})
+        await other.t.c.insert_one({"_id": 3})
+        async with other.start_session() as session, await session.start_transaction():
+            await other.t.c.update_one({"_id": 1}, {"$inc": {"v": 10}}, session=session)
+        return seen, (await other.t.c.find_one({"_id": 2})) is not None
+
+    _, (seen, saw_commit) = await asyncio.wait_for(asyncio.gather(hold(), beside()), 30)
+    assert seen == {"_id": 1, "v": 1}  # read after the open transaction committed, not refused
+    assert saw_commit
+    assert await holder.t.c.find({}, sort=[("_id", 1)]).to_list() == [{"_id": 1, "v": 11}, {"_id": 2}, {"_id": 3}]
