@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sqlite3
 import time
@@ -74,13 +73,8 @@ if TYPE_CHECKING:
 __all__ = ["EVENT_COLUMNS", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStore", "event_row"]
 
 
-log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
-# Commits between two checkpoints of the WAL. SQLite's own automatic checkpoint comes every 1,000 pages
-# (4 MB); a unit of the request path dirties ~27 pages (the request, its event and effects with their
-# indexes and report facts), so 100 commits keep the WAL within ~11 MB.
-CHECKPOINT_EVERY = 100
 
 # Request fields kept in their own columns (for indexes and CAS); the rest live in `data`.
 _REQUEST_COLUMNS = (
@@ -315,9 +309,6 @@ class SqliteStore:
         self._background: SqliteStore | None = None
         self._is_background = False
         self._opens_lazily = False  # a background store until it is closed
-        self._commits = 0  # since the last checkpoint
-        self._checkpointing: asyncio.Task[None] | None = None
-        self._checkpointer: aiosqlite.Connection | None = None
         self.inline_fallbacks = 0  # inline work that met a lock and ran on aiosqlite's thread instead
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -345,8 +336,6 @@ class SqliteStore:
             # the last transactions. That buys an order of magnitude in appends per second.
             await conn.execute("PRAGMA synchronous = NORMAL")
             await conn.execute("PRAGMA foreign_keys = ON")
-            # Checkpoints run on a thread of their own (`_after_commit`), never inside a commit on the loop.
-            await conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._schema_version = await self._migrate(conn)
         except BaseException as exc:
             await conn.close()
@@ -426,11 +415,6 @@ class SqliteStore:
         if conn is not None:
             async with self._lock:
                 await conn.close()
-        if self._checkpointing is not None:
-            await self._checkpointing
-        checkpointer, self._checkpointer = self._checkpointer, None
-        if checkpointer is not None:
-            await checkpointer.close()
 
     async def describe(self) -> dict[str, Any]:
         """Kind, schema version, file and the last event's sequence number."""
@@ -503,7 +487,6 @@ class SqliteStore:
                 raise
             if self._pending_tail is not None:
                 self._tail, self._pending_tail = self._pending_tail, None
-            self._after_commit()
 
     @staticmethod
     async def _rollback(conn: aiosqlite.Connection) -> None:
@@ -536,8 +519,9 @@ class SqliteStore:
         (this process's other one, another process) or a WAL being recovered answers SQLITE_BUSY at once, and
         then `work` runs again on aiosqlite's thread with the usual busy timeout. SQLite has begun nothing
         when it answers BUSY at BEGIN or at a read; a unit that raises rolls back before it is retried.
-        Checkpoints are kept off the loop too: this connection never checkpoints by itself
-        (`wal_autocheckpoint = 0`); `_after_commit` has a connection of its own do it on a thread.
+        SQLite's own automatic checkpoint stays on (every 1,000 WAL pages, PASSIVE, inside the commit that
+        crosses it): a checkpoint kept off the commits fell behind under a backlog, and a WAL of millions of
+        frames made every page read slow (the start-up benchmark's wipes stalled).
         """
         raw = conn._conn
         raw.execute("PRAGMA busy_timeout = 0")
@@ -554,27 +538,7 @@ class SqliteStore:
         run: Callable[[Callable[[], T]], Awaitable[T]] = conn._execute
         return await run(work)
 
-    def _after_commit(self) -> None:
-        """Count the commits since the last checkpoint; past `CHECKPOINT_EVERY`, checkpoint (PASSIVE: it
-        waits for nobody and nobody waits for it) from a connection of its own on a thread of its own."""
-        self._commits += 1
-        if self._commits < CHECKPOINT_EVERY or self._checkpointing is not None:
-            return
-        self._commits = 0
-        self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
-
-    async def _checkpoint(self) -> None:
-        try:
-            if self._checkpointer is None:
-                self._checkpointer = await aiosqlite.connect(self.path, isolation_level=None)
-                await self._checkpointer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as exc:  # the next one tries again; the WAL only grows meanwhile
-            log.warning("event=wal_checkpoint_failed path=%s error=%s", self.path, exc)
-        finally:
-            self._checkpointing = None
-
-    async def _unit[T](self, work: Callable[[_Unit], T]) -> T:
+    async def _unit[T](self, work: Callable[[_Unit], T], *, inline: bool = True) -> T:
         """`work` as one IMMEDIATE transaction run whole in one go: on the event loop's thread when the write
         lock is free, else on aiosqlite's thread (`_inline`), instead of one awaited round trip per statement
         (BEGIN, each INSERT/UPDATE, COMMIT). Committed when `work` returns, rolled back when it raises;
@@ -604,7 +568,11 @@ class SqliteStore:
                 return result
 
             try:
-                result = await self._inline(conn, transaction)
+                if inline:
+                    result = await self._inline(conn, transaction)
+                else:
+                    run: Callable[[Callable[[], T]], Awaitable[T]] = conn._execute
+                    result = await run(transaction)
             except BaseException as exc:
                 self._tail = None  # unknown after a rollback (or a cancelled wait): read it again next time
                 if isinstance(exc, sqlite3.Error):
@@ -612,7 +580,6 @@ class SqliteStore:
                 raise
             if unit.appended:
                 self._tail = unit.tail
-            self._after_commit()
             return result
 
     def _append_now(self, unit: _Unit, drafts: Sequence[EventDraft]) -> Event | None:
@@ -994,7 +961,7 @@ class SqliteStore:
         sql = _CLAIM_EFFECTS.format(platforms=", ".join(f":{n}" for n in names))
         params = {"owner": owner, "lease_until": format_time(lease_until), "now": format_time(now),
                   "limit": limit, **names}
-        rows = await self._unit(lambda unit: unit.conn.execute(sql, params).fetchall())
+        rows = await self._unit(lambda unit: unit.conn.execute(sql, params).fetchall(), inline=False)
         return sorted((_effect_from_row(r) for r in rows), key=lambda e: (e.due_at, int(e.id)))
 
     async def claim_effects_with_rows(self, now: datetime, owner: str, lease_until: datetime, *,
@@ -1023,7 +990,9 @@ class SqliteStore:
             nxt = unit.conn.execute(next_sql, names).fetchone()[0] if len(rows) < limit else None
             return rows, requests, items, nxt
 
-        rows, request_rows, item_rows, nxt = await self._unit(claim)
+        # On aiosqlite's thread: a claim scans the pending effects (under a backlog, tens of thousands), work
+        # the loop must not hold still for; the request path's own effects are leased as written, no claim.
+        rows, request_rows, item_rows, nxt = await self._unit(claim, inline=False)
         requests = {r.id: r for r in map(_request_from_row, request_rows)}
         items = {i.name: i for i in (item_from_doc(_item_doc(r)) for r in item_rows)}
         effects = sorted((_effect_from_row(r) for r in rows), key=lambda e: (e.due_at, int(e.id)))
@@ -1072,7 +1041,7 @@ class SqliteStore:
             self._append_now(unit, events)
             return kept
 
-        return await self._unit(settle)
+        return await self._unit(settle, inline=len(settled) <= 4)  # a batch of many: on the thread
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
         """Extend every lease `owner` holds on a pending effect."""
