@@ -17,6 +17,7 @@ __all__ = [
     "CHAT_PLATFORMS",
     "FINAL_STATUSES",
     "OPEN_STATUSES",
+    "SECRET_LANE",
     "AccessRequest",
     "Approval",
     "CodeView",
@@ -309,6 +310,9 @@ class Event:
 
 # Platforms whose requests get chat effects (a CLI-made change on a Slack request still updates Slack).
 CHAT_PLATFORMS = frozenset({"slack", "teams"})
+# The lane of the secret's delivery and wipe. Workers claim it before every other lane: under a backlog, a
+# password reaches its requester, and leaves chat at the end, before cards and messages are brought up to date.
+SECRET_LANE = "secret"
 
 
 class EffectKind(enum.StrEnum):
@@ -323,7 +327,7 @@ class EffectKind(enum.StrEnum):
     @property
     def lane(self) -> str:
         """Effects of one request in one lane run in order: a wipe never overtakes its delivery."""
-        return {"post_card": "card", "update_card": "card", "deliver": "secret", "wipe": "secret"}.get(
+        return {"post_card": "card", "update_card": "card", "deliver": SECRET_LANE, "wipe": SECRET_LANE}.get(
             self.value, self.value)
 
 

@@ -62,6 +62,7 @@ from pymongo.errors import (
 from bot.domain.audit import GENESIS_HASH, event_from_dict, event_to_dict, format_time, seal_event
 from bot.domain.errors import AuditWriteError, ClaimTaken, Conflict, NotFound, StoreError
 from bot.domain.model import (
+    SECRET_LANE,
     AccessRequest,
     Effect,
     EffectDraft,
@@ -376,6 +377,9 @@ class MongoStore:
             IndexModel([("status", ASCENDING), ("due_at", ASCENDING)], name="status_due"),
             IndexModel([("request_id", ASCENDING), ("lane", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)],
                        name="lane"),
+            # The claim's first pass (`claim_effects`): only pending deliveries and wipes are in it.
+            IndexModel([("due_at", ASCENDING), ("_id", ASCENDING)], name="secret_due",
+                       partialFilterExpression={"status": "pending", "lane": SECRET_LANE}),
         ])
         await self._collection(rate_limits.COLLECTION).create_indexes(rate_limits.RATE_INDEXES)
         await self._collection(home_tabs.COLLECTION).create_indexes(home_tabs.HOME_TAB_INDEXES)
@@ -991,10 +995,21 @@ class MongoStore:
         free: Doc = {"status": "pending", "$or": [{"lease_until": None}, {"lease_until": {"$lte": at}}]}
         claimed: list[Effect] = []
         with self._errors("claiming effects"):
-            cursor = collection.find({**free, "due_at": {"$lte": at}, "platform": {"$in": sorted(platforms)}})
-            candidates = [d async for d in cursor.sort([("due_at", ASCENDING), ("_id", ASCENDING)]).limit(limit * 4)]
+            due: Doc = {**free, "due_at": {"$lte": at}, "platform": {"$in": sorted(platforms)}}
+            order = [("due_at", ASCENDING), ("_id", ASCENDING)]
+            window = limit * 4
+            candidates = [d async for d in collection.find(due).sort(order).limit(window)]
             if not candidates:
                 return []
+            # The secret lane (deliveries, wipes) first, whatever the due times: under a backlog a password
+            # reaches its requester, and leaves chat, before cards and messages are brought up to date. A
+            # short read saw every due effect; a full one is a backlog, whose secret ones may lie beyond it.
+            if len(candidates) == window:
+                secret = [d async for d in collection.find({**due, "lane": SECRET_LANE}).sort(order).limit(window)]
+                seen = {d["_id"] for d in secret}
+                candidates = secret + [d for d in candidates if d["_id"] not in seen]
+            else:
+                candidates.sort(key=lambda d: d.get("lane") != SECRET_LANE)  # stable: due order within each
             # Only the first pending effect of each lane may run: find every lane's head in one read.
             heads: dict[tuple[str, str], str] = {}
             async for d in collection.find({"request_id": {"$in": sorted({d["request_id"] for d in candidates})},

@@ -247,5 +247,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX home_tabs_opened ON home_tabs (platform, opened_at)",
     ),
+    (
+        # Migration 9. The secret lane (deliveries, wipes) is claimed before the other effects: under a
+        # backlog (a restart after downtime) a password leaves chat before cards and messages are tidied.
+        # The claim's first pass walks only these (storage/sqlite/store.py `_CLAIM_SECRET`).
+        "CREATE INDEX effects_secret_due ON effects (due_at) WHERE status = 'pending' AND lane = 'secret'",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

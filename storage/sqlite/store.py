@@ -24,6 +24,7 @@ import aiosqlite
 from bot.domain.audit import GENESIS_HASH, event_from_dict, event_to_dict, format_time, parse_time, seal_event
 from bot.domain.errors import AuditWriteError, ClaimTaken, Conflict, NotFound, StoreError
 from bot.domain.model import (
+    SECRET_LANE,
     AccessRequest,
     Effect,
     EffectDraft,
@@ -127,12 +128,18 @@ _INSERT_EFFECT = _insert_sql("effects", _EFFECT_COLUMNS)
 _CLAIM_EFFECTS = (
     "UPDATE effects SET lease_owner = :owner, lease_until = :lease_until, attempts = attempts + 1, "
     "updated_at = :now WHERE seq IN ("
-    "SELECT e.seq FROM effects e WHERE e.status = 'pending' AND e.due_at <= :now "
+    "SELECT e.seq FROM effects e{index} WHERE e.status = 'pending' AND e.due_at <= :now{lane} "
     "AND (e.lease_until IS NULL OR e.lease_until <= :now) AND e.platform IN ({platforms}) "
     "AND NOT EXISTS (SELECT 1 FROM effects p WHERE p.request_id = e.request_id AND p.lane = e.lane "
     "AND p.status = 'pending' AND p.seq < e.seq) "
     "ORDER BY e.due_at, e.seq LIMIT :limit) RETURNING *"
 )
+# The first pass of a claim: deliveries and wipes (the secret lane) before any other effect, whatever their
+# due times, through the partial index effects_secret_due (its WHERE is implied by this one's). Named: without
+# statistics the planner takes effects_due, which walks every pending effect when none is a secret's.
+_CLAIM_SECRET = _CLAIM_EFFECTS.replace("{index}", " INDEXED BY effects_secret_due").replace(
+    "{lane}", f" AND e.lane = '{SECRET_LANE}'")
+_CLAIM_ANY = _CLAIM_EFFECTS.replace("{index}", "").replace("{lane}", "")
 _NEXT_EFFECT = ("SELECT min(max(due_at, coalesce(lease_until, due_at))) FROM effects WHERE status = 'pending' "
                 "AND platform IN ({platforms})")
 # For the claim's `next_at`: lane heads only. An effect behind another pending one in its lane is claimable
@@ -146,6 +153,22 @@ _NEXT_CLAIMABLE = (
 _NEXT_DUE = "SELECT min(due) FROM (" + " UNION ALL ".join(
     f"SELECT min({field}) AS due FROM requests WHERE {_due_where(status, extra)}" for status, field, extra in DUE_RULES
 ) + ")"
+
+
+def _claim_rows(conn: sqlite3.Connection, names: Mapping[str, str], params: Mapping[str, Any]) -> list[sqlite3.Row]:
+    """Lease up to `params["limit"]` due lane heads: the secret lane's first (deliveries and wipes, through their
+    partial index), then the others' in due order. Inside the caller's write transaction."""
+    platforms = ", ".join(f":{n}" for n in names)
+    rows: list[sqlite3.Row] = conn.execute(_CLAIM_SECRET.format(platforms=platforms), params).fetchall()
+    if len(rows) < params["limit"]:  # the first pass's leases are taken: the second cannot lease them again
+        rows += conn.execute(_CLAIM_ANY.format(platforms=platforms),
+                             {**params, "limit": params["limit"] - len(rows)}).fetchall()
+    return rows
+
+
+def _claim_order(effect: Effect) -> tuple[bool, datetime, int]:
+    """The order claimed effects are started in: the secret lane first, then by due time and seq."""
+    return effect.kind.lane != SECRET_LANE, effect.due_at, int(effect.id)
 
 
 def _placeholders(n: int) -> str:
@@ -958,11 +981,10 @@ class SqliteStore:
         if not platforms or limit <= 0:
             return []
         names = {f"p{i}": p for i, p in enumerate(sorted(platforms))}
-        sql = _CLAIM_EFFECTS.format(platforms=", ".join(f":{n}" for n in names))
         params = {"owner": owner, "lease_until": format_time(lease_until), "now": format_time(now),
                   "limit": limit, **names}
-        rows = await self._unit(lambda unit: unit.conn.execute(sql, params).fetchall(), inline=False)
-        return sorted((_effect_from_row(r) for r in rows), key=lambda e: (e.due_at, int(e.id)))
+        rows = await self._unit(lambda unit: _claim_rows(unit.conn, names, params), inline=False)
+        return sorted(map(_effect_from_row, rows), key=_claim_order)
 
     async def claim_effects_with_rows(self, now: datetime, owner: str, lease_until: datetime, *,
                                       platforms: Collection[str], limit: int) -> ClaimBatch:
@@ -971,13 +993,12 @@ class SqliteStore:
         if not platforms or limit <= 0:
             return ClaimBatch([])
         names = {f"p{i}": p for i, p in enumerate(sorted(platforms))}
-        sql = _CLAIM_EFFECTS.format(platforms=", ".join(f":{n}" for n in names))
         params = {"owner": owner, "lease_until": format_time(lease_until), "now": format_time(now),
                   "limit": limit, **names}
         next_sql = _NEXT_CLAIMABLE.format(platforms=", ".join(f":{n}" for n in names))
 
         def claim(unit: _Unit) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row], Any]:
-            rows = unit.conn.execute(sql, params).fetchall()
+            rows = _claim_rows(unit.conn, names, params)
             # Rows are read inside the claim's write transaction: what each effect is run with is the state
             # committed before the claim, exactly as a read right after it would see.
             request_ids = sorted({str(r["request_id"]) for r in rows})
@@ -995,7 +1016,7 @@ class SqliteStore:
         rows, request_rows, item_rows, nxt = await self._unit(claim, inline=False)
         requests = {r.id: r for r in map(_request_from_row, request_rows)}
         items = {i.name: i for i in (item_from_doc(_item_doc(r)) for r in item_rows)}
-        effects = sorted((_effect_from_row(r) for r in rows), key=lambda e: (e.due_at, int(e.id)))
+        effects = sorted(map(_effect_from_row, rows), key=_claim_order)
         claimed = []
         for effect in effects:
             request = requests.get(effect.request_id)

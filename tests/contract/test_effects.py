@@ -111,6 +111,28 @@ async def test_two_workers_claiming_at_once_never_both_get_an_effect(store: Stor
     assert len(claimed) == len(set(claimed)) == 20
 
 
+async def test_a_backlogs_deliveries_and_wipes_are_claimed_before_older_cards_and_messages(
+        store: Store, clock: FakeClock) -> None:
+    # A restart after downtime: card updates and messages due for minutes, then the secret lane's work.
+    for n in range(4):
+        await _pending_request(store, f"C{n}", EffectKind.UPDATE_CARD, EffectKind.TELL)
+        clock.advance(seconds=1)
+    await _pending_request(store, "W1", EffectKind.WIPE, EffectKind.UPDATE_CARD)
+    clock.advance(seconds=1)
+    await _pending_request(store, "D1", EffectKind.DELIVER)
+    clock.advance(seconds=1)
+    await _pending_request(store, "W2", EffectKind.WIPE)
+    assert await _claim(store, clock, limit=3) == ["W1:wipe", "D1:deliver", "W2:wipe"]
+    # The rest in due order; the lane rule still holds (W1's card update is not behind its wipe: lanes differ).
+    assert await _claim(store, clock, limit=4) == ["C0:update_card", "C0:tell", "C1:update_card", "C1:tell"]
+    # A short first pass is topped up from the other lanes in the same claim, secret lane first.
+    await _pending_request(store, "W3", EffectKind.WIPE)
+    now = clock.now()
+    batch = await store.claim_effects_with_rows(now, "w1", now + LEASE, platforms=PLATFORMS, limit=3)
+    assert [f"{c.effect.request_id}:{c.effect.kind.value}" for c in batch.claimed] == [
+        "W3:wipe", "C2:update_card", "C2:tell"]
+
+
 async def test_a_retry_waits_until_its_time_and_counts_attempts(store: Store, clock: FakeClock) -> None:
     await _pending_request(store, "R1", EffectKind.UPDATE_CARD)
     await _claim(store, clock)
