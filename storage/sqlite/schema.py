@@ -253,5 +253,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The claim's first pass walks only these (storage/sqlite/store.py `_CLAIM_SECRET`).
         "CREATE INDEX effects_secret_due ON effects (due_at) WHERE status = 'pending' AND lane = 'secret'",
     ),
+    (
+        # Migration 10. The scheduler's indexes hold only the rows each one serves (a pending request its
+        # timeout, an approved one its start, an active grant its end) and the parent index only
+        # extensions: a new request is written to 4 of the requests table's indexes fewer, and a status
+        # change moves a row between two of them instead of rewriting three. Every query on them names
+        # the status (`DUE_RULES`) or the parent, so each still finds its index.
+        "DROP INDEX requests_timeout",
+        "DROP INDEX requests_starts",
+        "DROP INDEX requests_ends",
+        "DROP INDEX requests_parent",
+        "CREATE INDEX requests_timeout ON requests (timeout_at) WHERE status = 'pending'",
+        "CREATE INDEX requests_starts ON requests (starts_at) WHERE status = 'approved'",
+        "CREATE INDEX requests_ends ON requests (ends_at) WHERE status = 'active'",
+        "CREATE INDEX requests_parent ON requests (parent_id) WHERE parent_id IS NOT NULL",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
