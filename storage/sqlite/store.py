@@ -8,6 +8,8 @@ when several processes share the file. A request transition and its event share 
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import json
 import os
 import sqlite3
@@ -106,10 +108,24 @@ _INSERT_REQUEST = _insert_sql("requests", _REQUEST_ROW)
 _UPSERT_META = (
     "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
-_UPDATE_REQUEST = (
-    f"UPDATE requests SET {', '.join(f'{c} = ?' for c in _REQUEST_COLUMNS[1:])}, data = ? "
-    "WHERE id = ? AND version = ? AND status IN ({statuses})"
-)
+_UPDATABLE = (*_REQUEST_COLUMNS[1:], "data")
+
+
+@functools.cache
+def _update_request_sql(columns: tuple[str, ...], statuses: int) -> str:
+    return (f"UPDATE requests SET {', '.join(f'{c} = ?' for c in columns)} "
+            f"WHERE id = ? AND version = ? AND status IN ({_placeholders(statuses)})")
+
+
+def _request_update(before: Mapping[str, Any] | sqlite3.Row,
+                    updated: AccessRequest) -> tuple[tuple[str, ...], dict[str, Any], list[Any]]:
+    """The columns of `updated`'s row that differ from `before` (the stored row, or the values of the update
+    before it), the new values of every column, and the changed ones' values in order. Only those are SET:
+    SQLite rewrites the entries of every index on a column an UPDATE names, changed or not (a card's refs
+    saved, a grant ended: a request row's six indexes rewritten for nothing)."""
+    new = dict(zip(_REQUEST_ROW, _request_row(updated, 0), strict=True))
+    columns = tuple(c for c in _UPDATABLE if before[c] != new[c]) or ("version",)
+    return columns, new, [new[c] for c in columns]
 
 
 def _due_where(status: str, extra: Mapping[str, str]) -> str:
@@ -882,13 +898,10 @@ class SqliteStore:
             if not cas_allows(current, statuses, expected_version):
                 return None
             updated = apply_changes(current, changes, self._clock.now())
-            row = _request_row(updated, 0)
-            values = (*row[1 : len(_REQUEST_COLUMNS)], row[-1])
+            columns, _, values = _request_update(rows[0], updated)
             try:
-                cursor = await conn.execute(
-                    _UPDATE_REQUEST.format(statuses=_placeholders(len(statuses))),
-                    (*values, request_id, current.version, *statuses),
-                )
+                cursor = await conn.execute(_update_request_sql(columns, len(statuses)),
+                                            (*values, request_id, current.version, *statuses))
             except sqlite3.IntegrityError as exc:
                 raise _claim_taken(exc, updated) or self._error(exc) from None
             # The write lock makes a lost race impossible here; the check keeps CAS honest regardless.
@@ -910,12 +923,15 @@ class SqliteStore:
         async with self._write() as conn:
             ids = sorted({d.request_id for d in drafts})
             current: dict[str, AccessRequest] = {}
+            # Each row's column values as they stand before its UPDATE.
+            stored: dict[str, Mapping[str, Any] | sqlite3.Row] = {}
             for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
                 chunk = ids[start:start + 500]
                 rows = await conn.execute_fetchall(
                     f"SELECT * FROM requests WHERE id IN ({_placeholders(len(chunk))})", chunk)
                 current |= {str(r["id"]): _request_from_row(r) for r in rows}
-            updates: list[tuple[Any, ...]] = []
+                stored |= {str(r["id"]): r for r in rows}
+            updates: list[tuple[tuple[str, ...], tuple[Any, ...]]] = []
             events: list[EventDraft] = []
             effects: list[tuple[AccessRequest, Sequence[EffectDraft]]] = []
             for draft in drafts:
@@ -926,21 +942,23 @@ class SqliteStore:
                     continue
                 updated = apply_changes(before, draft.changes, now)
                 current[draft.request_id] = updated  # a second draft for the same request sees this one
-                row = _request_row(updated, 0)
-                updates.append((*row[1 : len(_REQUEST_COLUMNS)], row[-1], before.id, before.version,
-                                before.status.value))
+                columns, stored[draft.request_id], values = _request_update(stored[draft.request_id], updated)
+                updates.append((columns, (*values, before.id, before.version, before.status.value)))
                 if draft.event is not None:
                     events.append(draft.event)
                 if draft.effects:
                     effects.append((updated, draft.effects))
                 results.append(updated)
-            if updates:
+            # One executemany per run of updates that change the same columns (a batch of expiries: one), in
+            # order: a second draft for the same request must follow the first.
+            for columns, run in itertools.groupby(updates, key=lambda u: u[0]):
+                params = [values for _, values in run]
                 try:
-                    cursor = await conn.executemany(_UPDATE_REQUEST.format(statuses="?"), updates)
+                    cursor = await conn.executemany(_update_request_sql(columns, 1), params)
                 except sqlite3.IntegrityError as exc:
                     raise self._error(exc) from None
                 # Under the write lock nothing can move a row between the read and the UPDATE.
-                if cursor.rowcount != len(updates):
+                if cursor.rowcount != len(params):
                     raise StoreError(f"the SQLite store at {self.path} changed under a batch of transitions")
             await self._append_many(conn, events)
             await self._add_effects_many(conn, effects)
@@ -1051,11 +1069,9 @@ class SqliteStore:
                         changes = settled_changes(current, outcome)
                         if changes:
                             updated = apply_changes(current, changes, now)
-                            values = _request_row(updated, 0)
-                            unit.conn.execute(
-                                _UPDATE_REQUEST.format(statuses="?"),
-                                (*values[1 : len(_REQUEST_COLUMNS)], values[-1], current.id, current.version,
-                                 current.status.value))
+                            columns, _, values = _request_update(row, updated)
+                            unit.conn.execute(_update_request_sql(columns, 1),
+                                              (*values, current.id, current.version, current.status.value))
                         if outcome.follow_ups:
                             self._add_effects_now(unit, [(current, outcome.follow_ups)])
                 events += [e for e in (outcome.event, outcome.alert) if e is not None]
