@@ -256,7 +256,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         # Migration 10. The scheduler's indexes hold only the rows each one serves (a pending request its
         # timeout, an approved one its start, an active grant its end) and the parent index only
-        # extensions: a new request is written to 4 of the requests table's indexes fewer, and a status
+        # extensions: a new request is written to 3 of the requests table's indexes fewer, and a status
         # change moves a row between two of them instead of rewriting three. Every query on them names
         # the status (`DUE_RULES`) or the parent, so each still finds its index.
         "DROP INDEX requests_timeout",
