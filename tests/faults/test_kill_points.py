@@ -16,10 +16,12 @@ came back). Real `jitpass serve` processes on one SQLite file.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from adapters.slack.blocks import Actions
 from tests.faults.world import World, is_delivery, world
+from tests.support.fake_slack import Hold
 
 LONG = "acme-zendesk fault drill for 1h"
 
@@ -27,6 +29,44 @@ LONG = "acme-zendesk fault drill for 1h"
 def _deliveries(w: World) -> int:
     """Deliveries Slack stored (a held call that never took effect stored nothing)."""
     return len([c for c in w.fake.calls if is_delivery(c) and c.ok])
+
+
+async def _approve_and_kill_at(w: World, held: Hold) -> str:
+    """A request approved in a first server, killed -9 once `held` (the call starting the step) arrived."""
+    async with w.server() as first:
+        request_id = await w.request(first, LONG)
+        await w.users(first).press(Actions.APPROVE, request_id, "ULEAD1")
+        await asyncio.wait_for(held.arrived.wait(), 15)
+        first.kill9()
+    return request_id
+
+
+async def _deliver_then_kill_at_done(w: World, hold: Callable[[], Hold], *, card_first: bool = False) -> str:
+    """A grant delivered in a first server, then ended with `done`; killed -9 once the call `hold()` holds
+    arrived (set after the delivery, so it catches the end's call). `card_first`: the card shows the grant first."""
+    async with w.server() as first:
+        request_id = await w.request(first, LONG)
+        await w.users(first).press(Actions.APPROVE, request_id, "ULEAD1")
+        await w.until(lambda: "grant.revealed" in w.types(request_id), "delivered")
+        if card_first:
+            await w.until(lambda: "active" in str(w.card()["blocks"]).lower(), "the card shows the grant")
+        held = hold()
+        await w.users(first).command(f"done {request_id}", "UREQ")
+        await asyncio.wait_for(held.arrived.wait(), 15)
+        first.kill9()
+    return request_id
+
+
+async def _restart_delivers_once(w: World, request_id: str, *, looked_for_a_copy: bool) -> None:
+    """A second server delivers once (looking for a copy by its metadata first, if asked) and wipes at done."""
+    async with w.server() as second:
+        await w.until(lambda: "grant.revealed" in w.types(request_id), "delivered after restart")
+        if looked_for_a_copy:  # the retry looked for a copy by its metadata, found none, and posted once
+            assert [c for c in w.fake.calls if c.method == "conversations.history" and c.ok]
+        assert len(w.secret_messages()) == 1 and _deliveries(w) == 1
+        await _done_and_wiped(w, second, request_id)
+    assert not w.secret_messages()
+    assert w.types(request_id).count("grant.revealed") == 1
 
 
 async def _done_and_wiped(w: World, server: object, request_id: str) -> None:
@@ -38,52 +78,25 @@ async def _done_and_wiped(w: World, server: object, request_id: str) -> None:
 
 async def test_kill_9_while_opening_the_dm_after_the_approval_then_the_restart_delivers_once(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
-        held = w.fake.hold_next("conversations.open")
-        async with w.server() as first:
-            request_id = await w.request(first, LONG)
-            await w.users(first).press(Actions.APPROVE, request_id, "ULEAD1")
-            await asyncio.wait_for(held.arrived.wait(), 15)
-            first.kill9()
+        request_id = await _approve_and_kill_at(w, w.fake.hold_next("conversations.open"))
         assert w.status(request_id) == "active" and "grant.revealed" not in w.types(request_id)
         assert not w.secret_messages()
-        async with w.server() as second:
-            await w.until(lambda: "grant.revealed" in w.types(request_id), "delivered after restart")
-            assert len(w.secret_messages()) == 1 and _deliveries(w) == 1
-            await _done_and_wiped(w, second, request_id)
-        assert not w.secret_messages()
-        assert w.types(request_id).count("grant.revealed") == 1
+        await _restart_delivers_once(w, request_id, looked_for_a_copy=False)
 
 
 async def test_kill_9_before_slack_stored_the_dm_then_the_restart_delivers_once(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
-        held = w.fake.hold_next("chat.postMessage", when=lambda a: a.get("channel") == "DUREQ" and "metadata" in a)
-        async with w.server() as first:
-            request_id = await w.request(first, LONG)
-            await w.users(first).press(Actions.APPROVE, request_id, "ULEAD1")
-            await asyncio.wait_for(held.arrived.wait(), 15)
-            first.kill9()
+        request_id = await _approve_and_kill_at(w, w.fake.hold_next(
+            "chat.postMessage", when=lambda a: a.get("channel") == "DUREQ" and "metadata" in a))
         assert "grant.delivery_started" in w.types(request_id) and "grant.revealed" not in w.types(request_id)
         assert not w.secret_messages()  # Slack never got it
-        async with w.server() as second:
-            await w.until(lambda: "grant.revealed" in w.types(request_id), "delivered after restart")
-            # The retry looked for a copy by its metadata, found none, and posted once.
-            assert [c for c in w.fake.calls if c.method == "conversations.history" and c.ok]
-            assert len(w.secret_messages()) == 1 and _deliveries(w) == 1
-            await _done_and_wiped(w, second, request_id)
-        assert not w.secret_messages()
-        assert w.types(request_id).count("grant.revealed") == 1
+        await _restart_delivers_once(w, request_id, looked_for_a_copy=True)
 
 
 async def test_kill_9_after_slack_wiped_the_dm_but_before_the_wipe_was_recorded(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
-        async with w.server() as first:
-            request_id = await w.request(first, LONG)
-            await w.users(first).press(Actions.APPROVE, request_id, "ULEAD1")
-            await w.until(lambda: "grant.revealed" in w.types(request_id), "delivered")
-            held = w.fake.hold_next("chat.update", when=lambda a: a.get("channel") == "DUREQ", after_effect=True)
-            await w.users(first).command(f"done {request_id}", "UREQ")
-            await asyncio.wait_for(held.arrived.wait(), 15)
-            first.kill9()
+        request_id = await _deliver_then_kill_at_done(w, lambda: w.fake.hold_next(
+            "chat.update", when=lambda a: a.get("channel") == "DUREQ", after_effect=True))
         assert not w.secret_messages()  # Slack edited it; jitpass died before it heard so
         assert w.status(request_id) == "revoked" and "grant.wiped" not in w.types(request_id)
         async with w.server():
@@ -97,15 +110,8 @@ async def test_kill_9_after_slack_wiped_the_dm_but_before_the_wipe_was_recorded(
 
 async def test_kill_9_while_the_card_shows_the_end_then_the_restart_updates_it(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
-        async with w.server() as first:
-            request_id = await w.request(first, LONG)
-            await w.users(first).press(Actions.APPROVE, request_id, "ULEAD1")
-            await w.until(lambda: "grant.revealed" in w.types(request_id), "delivered")
-            await w.until(lambda: "active" in str(w.card()["blocks"]).lower(), "the card shows the grant")
-            held = w.fake.hold_next("chat.update", when=lambda a: a.get("channel") == "CLEADS")
-            await w.users(first).command(f"done {request_id}", "UREQ")
-            await asyncio.wait_for(held.arrived.wait(), 15)
-            first.kill9()
+        request_id = await _deliver_then_kill_at_done(w, lambda: w.fake.hold_next(
+            "chat.update", when=lambda a: a.get("channel") == "CLEADS"), card_first=True)
         assert w.status(request_id) == "revoked"
         assert "ended" not in str(w.card()["blocks"]).lower()  # Slack never got the update
         async with w.server():
