@@ -122,9 +122,10 @@ def _request_update(before: Mapping[str, Any] | sqlite3.Row,
     """The columns of `updated`'s row that differ from `before` (the stored row, or the values of the update
     before it), the new values of every column, and the changed ones' values in order. Only those are SET:
     SQLite rewrites the entries of every index on a column an UPDATE names, changed or not (a card's refs
-    saved, a grant ended: a request row's nine index entries rewritten for nothing)."""
+    saved, a grant ended: a request row's nine index entries rewritten for nothing). `updated` comes from
+    `apply_changes`, whose version bump means at least one column always differs."""
     new = dict(zip(_REQUEST_ROW, _request_row(updated, 0), strict=True))
-    columns = tuple(c for c in _UPDATABLE if before[c] != new[c]) or ("version",)
+    columns = tuple(c for c in _UPDATABLE if before[c] != new[c])
     return columns, new, [new[c] for c in columns]
 
 
