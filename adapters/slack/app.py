@@ -45,7 +45,7 @@ from adapters.slack.queued import QueuedCommand, QueuedJournal
 from adapters.slack.reports import handle_report
 from bot.domain import commands as cmd
 from bot.domain import wording
-from bot.domain.admission import ACK_BUDGET_SECONDS, Admission, Ticket, arrived
+from bot.domain.admission import ACK_BUDGET_SECONDS, TURN_WAIT_SHARE, Admission, Ticket, arrived
 from bot.domain.errors import Conflict, InfrastructureError, JitpassError, NotFound, ParseError, log_incident
 from bot.domain.model import AccessRequest, Identity, Status, Window, new_request_id
 from bot.domain.request_text import RequestDraft, parse_duration
@@ -73,7 +73,7 @@ class Ack(Protocol):
 
 @dataclass(frozen=True)
 class Started[T]:
-    """Admitted work: its task, whether it finished before the deadline, whether it waited for a turn."""
+    """Admitted work: its task, whether it finished before the deadline, whether it is waiting for a turn."""
 
     task: asyncio.Task[Outcome[T]]
     finished: bool
@@ -175,10 +175,10 @@ class SlackInteractions:
 
     async def _start[T](self, ticket: Ticket, work: Coroutine[Any, Any, T], where: str, request_id: str | None = None,
                         *, deadline: float) -> Started[T]:
-        task = self.background.spawn(ticket.run(self._capture(work, where, request_id)), name=where)
-        timeout = 0.0 if ticket.queued else max(0.0, deadline - asyncio.get_running_loop().time())
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        return Started(task, task in done, ticket.queued)
+        task = self.background.spawn(ticket.run(self._capture(work, where, request_id), dropped=Outcome()),
+                                     name=where)
+        finished = await ticket.wait(task, deadline=deadline, turn_wait=self.ack_budget * TURN_WAIT_SHARE)
+        return Started(task, finished, ticket.told_queued)
 
     async def _reply(self, text: str, *, response_url: str, user_id: str) -> None:
         """An ephemeral reply through the interaction's response_url, or a DM when there is none."""
@@ -241,7 +241,7 @@ class SlackInteractions:
                     await ack(text=wording.BUSY, response_type="ephemeral")
                     return
                 await ack()
-                self.background.spawn(ticket.run(modal), name="modal")
+                self.background.spawn(ticket.run(modal, dropped=None), name="modal")
             case cmd.Request(draft=draft):
                 await self._answer_request(ack, command, draft, deadline=deadline)
             case _:
@@ -348,34 +348,32 @@ class SlackInteractions:
             await ack(text=wording.BUSY, response_type="ephemeral")
             return
         request_id = new_request_id()
-        promise = QueuedCommand(request_id, command.user_id, command.response_url, command.channel_id,
-                                self.clock.now().isoformat(), durable_answer=ticket.queued)
-        if ticket.queued:
-            try:
-                self.journal.queued(promise)
-            except OSError as exc:  # the promise could not be kept after a crash: do not make it
-                ticket.give_back()
-                log.error("event=queued_journal_write_failed error=%s", exc.strerror)
-                await ack(text=wording.BUSY, response_type="ephemeral")
-                return
-        work = self._request(command, draft, request_id=request_id, durable=ticket.queued)
+        work = self._request(command, draft, ticket, request_id=request_id)
         started = await self._start(ticket, work, where, deadline=deadline)
         if started.finished:
             await ack(text=self._text_of(started.task.result()), response_type="ephemeral")
             return
+        # Still waiting for its turn ("queued": its answer will be a durable TELL effect) or running ("working").
+        promise = QueuedCommand(request_id, command.user_id, command.response_url, command.channel_id,
+                                self.clock.now().isoformat(), durable_answer=started.queued)
         journaled: str | None = request_id
-        if not ticket.queued:
-            try:  # it runs already: "working" is said either way, durable when the journal takes it
-                self.journal.queued(promise)
-            except OSError as exc:
-                journaled = None
-                log.error("event=queued_journal_write_failed error=%s", exc.strerror)
+        try:
+            self.journal.queued(promise)
+        except OSError as exc:
+            log.error("event=queued_journal_write_failed error=%s", exc.strerror)
+            if started.queued:  # the promise could not be kept after a crash: do not make it
+                ticket.drop()
+                await ack(text=wording.BUSY, response_type="ephemeral")
+                return
+            journaled = None  # it runs already: "working" is said either way
         await ack(text=started.waiting, response_type="ephemeral")
         self.background.spawn(self._follow_up(started.task, command, journaled), name=f"{where}.follow-up")
 
-    async def _request(self, command: CommandInput, draft: RequestDraft, *, request_id: str | None = None,
-                       durable: bool = False) -> str:
-        """Create the request; `durable` (it was queued): its answer is a TELL effect and "" is returned."""
+    async def _request(self, command: CommandInput, draft: RequestDraft, ticket: Ticket, *,
+                       request_id: str | None = None) -> str:
+        """Create the request. When the acknowledgement said "queued" before this got its turn, its answer
+        is a TELL effect recorded with it and "" is returned."""
+        durable = ticket.told_queued  # settled before the work starts (Ticket.wait)
         who = await self._identity(command.user_id, command.user_name)
         request = await self.service.request_access(
             who, draft, refs=self._origin_refs(command.channel_id, command.response_url), request_id=request_id,
@@ -488,7 +486,7 @@ class SlackInteractions:
             self.background.spawn(self._reply(wording.BUSY, response_url=action.response_url,
                                               user_id=action.user_id), name=f"{where}.busy")
             return
-        self.background.spawn(ticket.run(run()), name=where)
+        self.background.spawn(ticket.run(run(), dropped=None), name=where)
 
     async def on_approve(self, ack: AsyncAck, body: dict[str, Any]) -> None:
         """Approve on the card; the card itself shows the result."""

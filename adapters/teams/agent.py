@@ -27,7 +27,7 @@ from adapters.teams.connector import MemberDirectory, ServiceUrlBook, card_activ
 from adapters.teams.refs import DELIVERY, PERSONAL, REQUESTER, VERSION, ConversationRef, RequesterRef
 from bot.domain import commands as cmd
 from bot.domain import wording
-from bot.domain.admission import ACK_BUDGET_SECONDS, Admission, arrived
+from bot.domain.admission import ACK_BUDGET_SECONDS, TURN_WAIT_SHARE, Admission, arrived
 from bot.domain.errors import InfrastructureError, InputError, JitpassError, NotAllowed, NotFound, log_incident
 from bot.domain.model import AccessRequest, Identity
 from bot.domain.request_text import RequestDraft, parse_window
@@ -155,7 +155,8 @@ class TeamsAgent:
         # Admission control (bot/domain/admission.py): core work from Teams is bounded like Slack's.
         self.admission = admission or Admission(16, 256)
         self.ack_budget = ack_budget
-        self._late: set[asyncio.Task[dict[str, Any]]] = set()  # card actions answered before they finished
+        # Card actions answered before they finished, and messages told "queued" that still wait for a turn.
+        self._late: set[asyncio.Task[Any]] = set()
         self._saving: set[asyncio.Task[None]] = set()
         self.report_links = report_links
         self.public_url = public_url
@@ -230,13 +231,25 @@ class TeamsAgent:
                 log.info("event=chat_request_busy platform=teams where=message")
                 await self._say(context, wording.BUSY)
                 return
-            if ticket.queued:  # told at once; the outcome follows in this chat when its turn comes
+            work = ticket.run(self._run(context, inbound, parsed), dropped=None)
+            if not ticket.queued:
+                await work
+                return
+            # No turn was free: a short wait for one; past it, told "queued" and the outcome follows in this chat.
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(work, name="jitpass-teams-message")
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+            turn_wait = self.ack_budget * TURN_WAIT_SHARE
+            await ticket.wait(task, deadline=loop.time() + turn_wait, turn_wait=turn_wait)
+            if ticket.told_queued:
                 try:
                     await self._say(context, wording.QUEUED)
                 except BaseException:
-                    ticket.give_back()
+                    if not ticket.started:
+                        ticket.drop()  # not told, so never started
                     raise
-            await ticket.run(self._run(context, inbound, parsed))
+            await task
         except InfrastructureError as exc:  # the store or the key ring: an apology, never their detail
             await self._say(context, _sorry("message", exc))
         except JitpassError as exc:
@@ -341,15 +354,13 @@ class TeamsAgent:
             await self._answer(context, error_response("Busy", wording.BUSY, 503))
             return
         loop = asyncio.get_running_loop()
-        task = loop.create_task(ticket.run(self._card_outcome(context)), name="jitpass-teams-card-action")
+        task = loop.create_task(ticket.run(self._card_outcome(context), dropped={}), name="jitpass-teams-card-action")
         self._late.add(task)
         task.add_done_callback(self._late.discard)
-        timeout = 0.0 if ticket.queued else max(0.0, deadline - loop.time())
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if task in done:
+        if await ticket.wait(task, deadline=deadline, turn_wait=self.ack_budget * TURN_WAIT_SHARE):
             await self._answer(context, task.result())
         else:
-            await self._answer(context, message_response(wording.QUEUED if ticket.queued else wording.WORKING))
+            await self._answer(context, message_response(wording.QUEUED if ticket.told_queued else wording.WORKING))
 
     async def _card_outcome(self, context: TurnContext) -> dict[str, Any]:
         try:

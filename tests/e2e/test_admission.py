@@ -11,12 +11,13 @@ import asyncio
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from adapters.teams.agent import ERROR_CONTENT_TYPE, MESSAGE_CONTENT_TYPE
 from adapters.teams.cards import INPUT_ITEM, INPUT_REASON, INPUT_WINDOW, VERB_SUBMIT_REQUEST
@@ -54,7 +55,8 @@ async def test_a_flood_against_a_locked_store_is_acked_in_budget_and_told_or_ref
 
         assert all(r.status == 200 and r.elapsed < SLACK_ACK_SECONDS for r in replies), replies
         texts = [r.json()["text"] for r in replies]
-        # Two ran until the budget ended, three waited for a turn (told at once), five were refused.
+        # Two ran until the budget ended, three waited for a turn (told "queued" after the short turn wait),
+        # five were refused.
         assert sorted(texts) == sorted([wording.WORKING] * 2 + [wording.QUEUED] * 3 + [wording.BUSY] * 5)
         for user, reply in zip(users, replies, strict=True):
             created = await slack.runtime.service.my_requests(Identity("slack", user))
@@ -93,8 +95,64 @@ async def test_admission_refuses_beyond_running_plus_queued_and_gives_places_bac
     first, second = admission.admit(), admission.admit()
     assert first is not None and not first.queued and second is not None and second.queued
     assert admission.admit() is None
-    assert await first.run(asyncio.sleep(0, "done")) == "done"
+    assert await first.run(asyncio.sleep(0, "done"), dropped="dropped") == "done"
     assert admission.admit() is not None and admission.describe()["refused"] == 1
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait (bounded) until `condition` holds, looking every 5 ms."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while not condition():
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_request_that_gets_its_turn_within_the_turn_wait_is_answered_in_the_ack_not_queued(
+        tmp_path: Path) -> None:
+    # One turn. The first request holds it, waiting on a locked store; the second finds no turn free. The
+    # lock goes as soon as both are admitted: the first commits, the second gets its turn well within the
+    # turn wait (a share of the 2 s budget) and is answered with its outcome, no "queued", no follow-up.
+    async with slack_harness(tmp_path, max_running=1, max_queued=4, ack_budget=2.0) as slack:
+        admission = slack.adapter.admission
+        async with store_locked(tmp_path / "jitpass.db"):
+            first = asyncio.ensure_future(slack.users.command(REQUEST, "UFIRST"))
+            await until(lambda: admission.admitted == 1)
+            second = asyncio.ensure_future(slack.users.command("globex-aws check billing for 1h", "USECOND"))
+            await until(lambda: admission.admitted == 2)
+        replies = await asyncio.gather(first, second)
+        await slack.settle()
+        for user, reply in zip(("UFIRST", "USECOND"), replies, strict=True):
+            (request,) = await slack.runtime.service.my_requests(Identity("slack", user))
+            assert reply.status == 200 and ID.findall(reply.json()["text"]) == [request.id], reply
+            assert slack.fake.ephemeral.get(reply.response_url, []) == [], user  # nothing followed up
+        assert not (tmp_path / "slack-queued-0.jsonl").exists()  # opened at its first line: no promise made
+        assert admission.describe()["admitted"] == 0
+
+
+async def test_a_ticket_dropped_before_its_turn_never_runs_its_work_and_gives_its_place_back() -> None:
+    admission = Admission(1, 1)
+    first, second = admission.admit(), admission.admit()
+    assert first is not None and second is not None
+    gate, ran = asyncio.Event(), []
+
+    async def work(name: str) -> str:
+        if name == "first":
+            await gate.wait()
+        ran.append(name)
+        return name
+
+    loop = asyncio.get_running_loop()
+    holding = asyncio.ensure_future(first.run(work("first"), dropped="-"))
+    waiting = asyncio.ensure_future(second.run(work("second"), dropped="dropped"))
+    assert not await second.wait(waiting, deadline=loop.time() + 1.0, turn_wait=0.01)
+    assert second.told_queued and not second.started
+    second.drop()
+    gate.set()
+    assert (await holding, await waiting) == ("first", "dropped")
+    assert ran == ["first"] and admission.describe()["admitted"] == 0
+    with pytest.raises(RuntimeError):
+        first.drop()  # it ran: too late to drop
 
 
 async def test_the_slack_stand_in_refuses_a_response_url_used_5_times_or_older_than_30_minutes() -> None:
