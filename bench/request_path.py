@@ -16,8 +16,10 @@ Requests are signed with Slack's v0 HMAC, each real request by a distinct user. 
 between jitpass (A) and the baseline (B) in the same run:
 - `/access help`, closed loop (20 connections), A B A B;
 - real requests `/access acme-zendesk <why> for 1h`, offered at fixed rates (50, 200, 500 req/s; latency
-  counted from the moment each request was due, so a late send counts), A and B at each rate; then closed
-  loop A B A B. The baseline gets the same bodies and only acks them;
+  counted from the moment each request was due, so a late send counts), A and B at each rate; then two
+  closed loops of 20 clients, A B A B each: one where each client waits for its request's outcome (the ack,
+  or the follow-up a "queued" ack promised) before sending the next, one resending as soon as the ack came,
+  whatever it said (the issue's wrk -c20). The baseline gets the same bodies and only acks them;
 - approvals at 10 per second: approve press on the card -> the password at the stand-in, for the 15-min
   window (ephemeral, through the command's response_url), the 1-h window (DM), the App Home (the live
   code published with the grant; those requesters opened the tab first, `app_home_opened`, since the tab
@@ -73,6 +75,7 @@ SLACK_DEADLINE = 3.0
 CLIENT_TIMEOUT = 10.0
 LEAD = "ULEAD1"
 TEAMS_LEAD = TeamsUser("lead-oid-1", "Lead One")
+CLOSED_OUTCOME = "real request, closed loop (20), each waits for its outcome"
 REQUEST_ID = re.compile(r"\b(R-[23456789A-HJ-NP-Z]{8})\b")
 
 
@@ -190,6 +193,7 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     kinds: dict[str, int] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)  # Slack stand-in calls the phase caused, by method
+    outcomes: list[float] = field(default_factory=list)  # send -> outcome told (closed loop with follow-ups)
 
     @property
     def admitted(self) -> int:
@@ -205,6 +209,7 @@ class Phase:
                 "within_3s_pct": round(100 * self.within / self.sent, 1) if self.sent else 0.0,
                 "cpu_ms_per_request": round(1000 * self.cpu_s / self.admitted, 2) if self.admitted else float("nan"),
                 **_pct(self.latencies), "replies": self.kinds,
+                **({"outcome_" + k: v for k, v in _pct(self.outcomes).items()} if self.outcomes else {}),
                 "slack_calls_per_request": {m: round(n / max(self.sent, 1), 2) for m, n in sorted(self.calls.items())}}
 
 
@@ -267,16 +272,17 @@ def _kind(text: str) -> str:
 
 
 async def _one(slack: Slack, target: Target, body: bytes, due: float, phase: Phase,
-               ids: list[str] | None) -> None:
+               ids: list[str] | None) -> str:
+    """Send one request; what its ack said (`_kind`), or why there was none."""
     loop = asyncio.get_running_loop()
     try:
         status, text = await slack.post(target.url, body)
     except (aiohttp.ClientError, TimeoutError):
-        return
+        return "no answer"
     elapsed = loop.time() - due
     if status != 200:
         phase.kinds[f"http {status}"] = phase.kinds.get(f"http {status}", 0) + 1
-        return
+        return f"http {status}"
     phase.acked += 1
     phase.within += elapsed <= SLACK_DEADLINE
     phase.latencies.append(elapsed)
@@ -288,9 +294,11 @@ async def _one(slack: Slack, target: Target, body: bytes, due: float, phase: Pha
     phase.kinds[kind] = phase.kinds.get(kind, 0) + 1
     if ids is not None and (found := REQUEST_ID.search(str(answer))):
         ids.append(found.group(1))
+    return kind
 
 
-async def fixed_rate(slack: Slack, target: Target, bodies: Callable[[int], bytes], rate: float, seconds: float,
+async def fixed_rate(slack: Slack, target: Target, bodies: Callable[[int], tuple[bytes, str]], rate: float,
+                     seconds: float,
                      what: str, ids: list[str] | None = None) -> Phase:
     """Offer `rate` requests per second for `seconds`; each latency counts from when the request was due."""
     phase = Phase(what, target.name)
@@ -302,7 +310,7 @@ async def fixed_rate(slack: Slack, target: Target, bodies: Callable[[int], bytes
         due = start + i / rate
         if (delay := due - loop.time()) > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_one(slack, target, bodies(i), due, phase, ids)))
+        tasks.append(asyncio.create_task(_one(slack, target, bodies(i)[0], due, phase, ids)))
     phase.sent = len(tasks)
     await asyncio.gather(*tasks)
     await _finish(phase, target, start, cpu, mark)
@@ -319,9 +327,35 @@ async def _finish(phase: Phase, target: Target, start: float, cpu: float, mark: 
     phase.cpu_s, phase.calls = target.cpu - cpu, target.calls_since(mark)
 
 
-async def closed_loop(slack: Slack, target: Target, bodies: Callable[[int], bytes], seconds: float, what: str,
-                      connections: int = 20, ids: list[str] | None = None) -> Phase:
-    """`connections` clients each sending the next request as soon as the last was answered."""
+@dataclass
+class FollowUps:
+    """The answers Slack's response_url received, by its name: what a person told "queued" (or "working")
+    waits for before asking again. Fed by a listener on the stand-in (`heard`)."""
+
+    waiting: dict[str, asyncio.Future[float]] = field(default_factory=dict)
+
+    def expect(self, name: str) -> asyncio.Future[float]:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiting[name] = future
+        return future
+
+    def forget(self, name: str) -> None:
+        self.waiting.pop(name, None)
+
+    def heard(self, call: Call) -> None:
+        if call.method == "response_url" and call.ok and call.key is not None:
+            future = self.waiting.pop(call.key, None)
+            if future is not None and not future.done():
+                future.set_result(asyncio.get_running_loop().time())
+
+
+async def closed_loop(slack: Slack, target: Target, bodies: Callable[[int], tuple[bytes, str]], seconds: float,
+                      what: str, connections: int = 20, ids: list[str] | None = None,
+                      follow_ups: FollowUps | None = None) -> Phase:
+    """`connections` clients each sending the next request as soon as the last was answered. With
+    `follow_ups`, "answered" means the outcome: the ack when it carried it, else (an ack saying "queued" or
+    "working") the follow-up through the command's response_url, as a person waits for it; the phase's
+    `outcomes` are those times, from the send."""
     phase = Phase(what, target.name)
     loop = asyncio.get_running_loop()
     counter = itertools.count()
@@ -332,7 +366,20 @@ async def closed_loop(slack: Slack, target: Target, bodies: Callable[[int], byte
     async def client() -> None:
         while loop.time() < end:
             phase.sent += 1
-            await _one(slack, target, bodies(next(counter)), loop.time(), phase, ids)
+            body, name = bodies(next(counter))
+            told = follow_ups.expect(name) if follow_ups is not None else None
+            sent = loop.time()
+            kind = await _one(slack, target, body, sent, phase, ids)
+            if told is None or follow_ups is None:
+                continue
+            if kind in ("queued", "working"):
+                try:
+                    phase.outcomes.append(await asyncio.wait_for(told, CLIENT_TIMEOUT) - sent)
+                except TimeoutError:
+                    phase.kinds["never told"] = phase.kinds.get("never told", 0) + 1
+            elif kind == "sent":
+                phase.outcomes.append(loop.time() - sent)
+            follow_ups.forget(name)
 
     await asyncio.gather(*(client() for _ in range(connections)))
     await _finish(phase, target, start, cpu, mark)
@@ -581,11 +628,11 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
         async with aiohttp.ClientSession(connector=connector_limit) as session:
             slack = Slack(fake, session)
 
-            def help_body(_: int) -> bytes:
-                return slack.command("UHELP", "help")[0]
+            def help_body(_: int) -> tuple[bytes, str]:
+                return slack.command("UHELP", "help")
 
-            def real_body(_: int) -> bytes:
-                return slack.command(next(users), "acme-zendesk benchmark run for 1h")[0]
+            def real_body(_: int) -> tuple[bytes, str]:
+                return slack.command(next(users), "acme-zendesk benchmark run for 1h")
 
             for target in abc:  # warm-up: imports, bolt's auth.test, SQLite pages
                 await closed_loop(slack, target, help_body, 1.0, "warm-up", connections=4)
@@ -598,9 +645,17 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
                     rows.append((await fixed_rate(slack, target, real_body, rate, 3 * scale,
                                                   f"real request, offered {rate}/s",
                                                   dm_pool if target is a else None)).row())
+            # Closed loop, twice: each person waiting for the outcome of their request (the ack, or the
+            # follow-up a "queued" ack promised), as the issue's wrk -c20 loop waited for each answer; then
+            # resending at once whatever the ack said (a retry storm: most answers are "busy" refusals).
+            follow_ups = FollowUps()
+            fake.listeners.append(follow_ups.heard)
+            for target in abc * 2 if "closed" in phases else ():
+                rows.append((await closed_loop(slack, target, real_body, 3 * scale, CLOSED_OUTCOME,
+                                               follow_ups=follow_ups)).row())
             for target in abc * 2 if "closed" in phases else ():
                 rows.append((await closed_loop(slack, target, real_body, 3 * scale,
-                                               "real request, closed loop (20)")).row())
+                                               "real request, closed loop (20), resent at once")).row())
             if "approvals" not in phases:
                 return _result(rows, scale)
             # Approvals: fresh requesters; 15-min windows deliver through the command's response_url.
@@ -677,8 +732,8 @@ async def run_workers(tmp: Path, scale: float, workers: int, rates: tuple[int, .
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
             slack = Slack(fake, session)
 
-            def real_body(_: int) -> bytes:
-                return slack.command(next(users), "acme-zendesk benchmark run for 1h")[0]
+            def real_body(_: int) -> tuple[bytes, str]:
+                return slack.command(next(users), "acme-zendesk benchmark run for 1h")
 
             for target in (a, b):  # warm-up: imports, SQLite pages, every worker's first requests
                 await closed_loop(slack, target, real_body, 1.0, "warm-up", connections=8)
@@ -750,10 +805,10 @@ async def profile(tmp: Path, out: Path, seconds: float, rate: int, what: str = "
         async with aiohttp.ClientSession() as session:
             slack = Slack(fake, session)
 
-            def real_body(_: int) -> bytes:
+            def real_body(_: int) -> tuple[bytes, str]:
                 if what == "help":
-                    return slack.command("UHELP", "help")[0]
-                return slack.command(next(users), "acme-zendesk benchmark run for 1h")[0]
+                    return slack.command("UHELP", "help")
+                return slack.command(next(users), "acme-zendesk benchmark run for 1h")
 
             await closed_loop(slack, target, real_body, 1.0, "warm-up", connections=4)
             spy = await asyncio.create_subprocess_exec(
@@ -814,7 +869,11 @@ def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "p99_ms": round(max(r["p99_ms"] for r in runs), 1),
                     "within_3s_pct": min(r["within_3s_pct"] for r in runs),
                     "cpu_ms_per_request": round(sum(r["cpu_ms_per_request"] for r in runs) / len(runs), 2),
-                    "sent": sum(r["sent"] for r in runs), "acked": sum(r["acked"] for r in runs)})
+                    "sent": sum(r["sent"] for r in runs), "acked": sum(r["acked"] for r in runs),
+                    "replies": {k: sum(r["replies"].get(k, 0) for r in runs)
+                                for k in sorted({k for r in runs for k in r["replies"]})},
+                    **{k: round(max(r[k] for r in runs), 1) for k in ("outcome_p50_ms", "outcome_p99_ms")
+                       if all(k in r for r in runs)}})
     return out
 
 
@@ -861,7 +920,10 @@ def markdown(result: dict[str, Any]) -> str:
               "followed up through response_url; busy/queued: admission control):", ""]
     for row in rows:
         if row["target"] in ("jitpass", "before") and row["what"].startswith("real"):
-            lines.append(f"- {_label(row)}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["replies"].items())))
+            told = (f"; outcome told p50 / p99 {row['outcome_p50_ms']} / {row['outcome_p99_ms']} ms"
+                    if "outcome_p99_ms" in row else "")
+            lines.append(f"- {_label(row)}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["replies"].items()))
+                         + told)
     lines += ["", "Calls at the Slack stand-in (`teams …`: at the Bot Connector stand-in) per request (per approval), "
               "by method:", ""]
     for row in rows:
