@@ -363,6 +363,7 @@ class SlackInteractions:
             log.error("event=queued_journal_write_failed error=%s", exc.strerror)
             if started.queued:  # the promise could not be kept after a crash: do not make it
                 ticket.drop()
+                work.close()  # never to be started
                 await ack(text=wording.BUSY, response_type="ephemeral")
                 return
             journaled = None  # it runs already: "working" is said either way

@@ -224,3 +224,25 @@ async def test_teams_messages_beyond_the_bound_are_told_busy_and_create_nothing(
         for person in people:
             created = await running.runtime.service.my_requests(Identity("teams", person.aad_object_id))
             assert len(created) == (0 if person.personal_chat in told_busy else 1), person
+
+
+async def test_a_queued_promise_that_cannot_be_journaled_is_refused_busy_and_never_created(tmp_path: Path) -> None:
+    async with slack_harness(tmp_path, max_running=1, max_queued=2, ack_budget=0.3) as slack:
+        # The journal (opened at its first line) finds a directory at its path: every write fails with a
+        # real OSError from the file system.
+        (tmp_path / "slack-queued-0.jsonl").mkdir()
+        admission = slack.adapter.admission
+        async with store_locked(tmp_path / "jitpass.db"):
+            first = asyncio.ensure_future(slack.users.command(REQUEST, "UFIRST"))
+            await until(lambda: admission.admitted == 1)
+            second = await slack.users.command("globex-aws check billing for 1h", "USECOND")
+            # The running one says "working" whatever the journal does; the queued one cannot promise.
+            assert second.json()["text"] == wording.BUSY
+            assert (await first).json()["text"] == wording.WORKING
+        await slack.settle()
+        await until(lambda: admission.describe()["admitted"] == 0)
+        assert await slack.runtime.service.my_requests(Identity("slack", "USECOND")) == []
+        assert slack.fake.ephemeral.get(second.response_url, []) == []
+        (request,) = await slack.runtime.service.my_requests(Identity("slack", "UFIRST"))
+        (follow_up,) = slack.fake.ephemeral[(await first).response_url]
+        assert ID.findall(follow_up["text"]) == [request.id]
