@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.domain.errors import StartupError
+
 __all__ = ["QueuedCommand", "QueuedJournal"]
 
 log = logging.getLogger("jitpass.slack.queued")
@@ -74,7 +76,11 @@ class QueuedJournal:
         left = self._read()
         self.waiting |= {entry.request_id for entry in left}
         if left:
-            self._open_file()
+            try:
+                self._open_file()
+            except OSError as exc:
+                raise StartupError(f"cannot write the queued-requests journal {self.path}: {exc.strerror or exc}. "
+                                   "It must be a file this process can read and write") from None
         return left
 
     def _open_file(self) -> int:
@@ -89,6 +95,10 @@ class QueuedJournal:
             text = self.path.read_text(encoding="utf-8") if self.path is not None else ""
         except FileNotFoundError:
             return []
+        except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not text: fix it, then start
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "it is not a text file"
+            raise StartupError(f"cannot read the queued-requests journal {self.path}: {reason}. It must be a "
+                               "file this process can read and write (or absent)") from None
         queued: dict[str, QueuedCommand] = {}
         for line in text.splitlines():
             try:

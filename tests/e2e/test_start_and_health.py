@@ -55,6 +55,17 @@ def test_a_busy_port_is_named_and_nothing_starts_before_the_bind(cli: Cli, tmp_p
     assert not (tmp_path / "jitpass.db").exists() and not (tmp_path / "jitpass.key").exists()
 
 
+def test_an_unreadable_queued_requests_journal_is_named_at_start(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "slack-queued-0.jsonl").mkdir()  # what the journal's path holds is not a file
+    cli.env.update({"PORT": str(_free_port()), "SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": "s3cret",
+                    "SLACK_API_URL": f"http://127.0.0.1:{_free_port()}/api/"})  # nothing listens there
+    done = cli("serve")
+    assert done.returncode == 2, done.stderr
+    assert f"cannot read the queued-requests journal {tmp_path / 'slack-queued-0.jsonl'}: Is a directory" \
+        in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "error id" not in done.stderr
+
+
 async def _health(base_url: str) -> tuple[int, dict[str, object]]:
     async with aiohttp.ClientSession() as http, http.get(f"{base_url}/healthz") as response:
         return response.status, await response.json()
