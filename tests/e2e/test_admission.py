@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from adapters.teams import TeamsAdapter
 from adapters.teams.agent import ERROR_CONTENT_TYPE, MESSAGE_CONTENT_TYPE
 from adapters.teams.cards import INPUT_ITEM, INPUT_REASON, INPUT_WINDOW, VERB_SUBMIT_REQUEST
 from bot.domain import wording
@@ -204,6 +205,32 @@ async def test_a_flood_of_teams_requests_against_a_locked_store_is_answered_in_b
                     break
                 await asyncio.sleep(0.05)
             assert len(created) == (0 if body["type"] == ERROR_CONTENT_TYPE else 1), person
+
+
+async def test_a_teams_card_action_that_gets_its_turn_within_the_turn_wait_is_answered_with_its_outcome(
+        tmp_path: Path, connector: FakeConnector) -> None:
+    # As for Slack: one turn, held by the first submission on a locked store; the lock goes once the second is
+    # admitted; both invoke responses carry the request itself, neither says "queued".
+    settings = test_settings(tmp_path, max_running=1, max_queued=4, ack_budget=2.0)
+    teams = TeamsAdapter(settings)
+    async with running_app(tmp_path, settings=settings, adapters=[teams]) as running:
+        data = {INPUT_ITEM: "acme-zendesk", INPUT_REASON: "fix broken trigger", INPUT_WINDOW: "1h"}
+        people = [TeamsUser(f"turn-oid-{n}", f"Turn {n}") for n in range(2)]
+
+        def submit(person: TeamsUser) -> asyncio.Future[tuple[int, Any]]:
+            return asyncio.ensure_future(post_activity(running.base_url, invoke_activity(
+                connector.url, person, VERB_SUBMIT_REQUEST, data, conversation_id=person.personal_chat)))
+
+        async with store_locked(tmp_path / "jitpass.db"):
+            first = submit(people[0])
+            await until(lambda: teams.admission.admitted == 1)
+            second = submit(people[1])
+            await until(lambda: teams.admission.admitted == 2)
+        for person, (status, body) in zip(people, await asyncio.gather(first, second), strict=True):
+            (request,) = await running.runtime.service.my_requests(Identity("teams", person.aad_object_id))
+            assert status == 200 and body["type"] != ERROR_CONTENT_TYPE, body
+            assert wording.QUEUED not in str(body) and wording.WORKING not in str(body), body
+            assert request.id in str(body), body
 
 
 async def test_teams_messages_beyond_the_bound_are_told_busy_and_create_nothing(
