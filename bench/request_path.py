@@ -328,67 +328,9 @@ async def _finish(phase: Phase, target: Target, start: float, cpu: float, mark: 
 
 
 @dataclass
-class FollowUps:
-    """The answers Slack's response_url received, by its name: what a person told "queued" (or "working")
-    waits for before asking again. Fed by a listener on the stand-in (`heard`)."""
-
-    waiting: dict[str, asyncio.Future[float]] = field(default_factory=dict)
-
-    def expect(self, name: str) -> asyncio.Future[float]:
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self.waiting[name] = future
-        return future
-
-    def forget(self, name: str) -> None:
-        self.waiting.pop(name, None)
-
-    def heard(self, call: Call) -> None:
-        if call.method == "response_url" and call.ok and call.key is not None:
-            future = self.waiting.pop(call.key, None)
-            if future is not None and not future.done():
-                future.set_result(asyncio.get_running_loop().time())
-
-
-async def closed_loop(slack: Slack, target: Target, bodies: Callable[[int], tuple[bytes, str]], seconds: float,
-                      what: str, connections: int = 20, ids: list[str] | None = None,
-                      follow_ups: FollowUps | None = None) -> Phase:
-    """`connections` clients each sending the next request as soon as the last was answered. With
-    `follow_ups`, "answered" means the outcome: the ack when it carried it, else (an ack saying "queued" or
-    "working") the follow-up through the command's response_url, as a person waits for it; the phase's
-    `outcomes` are those times, from the send."""
-    phase = Phase(what, target.name)
-    loop = asyncio.get_running_loop()
-    counter = itertools.count()
-    cpu, mark = target.cpu, len(target.slack.calls)
-    start = loop.time()
-    end = start + seconds
-
-    async def client() -> None:
-        while loop.time() < end:
-            phase.sent += 1
-            body, name = bodies(next(counter))
-            told = follow_ups.expect(name) if follow_ups is not None else None
-            sent = loop.time()
-            kind = await _one(slack, target, body, sent, phase, ids)
-            if told is None or follow_ups is None:
-                continue
-            if kind in ("queued", "working"):
-                try:
-                    phase.outcomes.append(await asyncio.wait_for(told, CLIENT_TIMEOUT) - sent)
-                except TimeoutError:
-                    phase.kinds["never told"] = phase.kinds.get("never told", 0) + 1
-            elif kind == "sent":
-                phase.outcomes.append(loop.time() - sent)
-            follow_ups.forget(name)
-
-    await asyncio.gather(*(client() for _ in range(connections)))
-    await _finish(phase, target, start, cpu, mark)
-    return phase
-
-
-@dataclass
 class Deliveries:
-    """Approve pressed at t0 -> the moment the stand-in received what the requester sees."""
+    """From `expect` (an approve pressed, a command sent) to the moment the stand-in received what the person
+    waits for, by key: ("dm", user), ("told", response_url name), ..."""
 
     waiting: dict[tuple[str, str], tuple[float, asyncio.Future[float]]] = field(default_factory=dict)
 
@@ -402,6 +344,46 @@ class Deliveries:
         if found is not None and not found[1].done():
             found[1].set_result(time.monotonic() - found[0])
 
+    def forget(self, key: tuple[str, str]) -> None:
+        self.waiting.pop(key, None)
+
+
+async def closed_loop(slack: Slack, target: Target, bodies: Callable[[int], tuple[bytes, str]], seconds: float,
+                      what: str, connections: int = 20, ids: list[str] | None = None,
+                      told: Deliveries | None = None) -> Phase:
+    """`connections` clients each sending the next request as soon as the last was answered. With `told`
+    (fed by `_slack_listener`), "answered" means the outcome: the ack when it carried it, else (an ack saying
+    "queued" or "working") the follow-up through the command's response_url, as a person waits for it; the
+    phase's `outcomes` are those times, from the send."""
+    phase = Phase(what, target.name)
+    loop = asyncio.get_running_loop()
+    counter = itertools.count()
+    cpu, mark = target.cpu, len(target.slack.calls)
+    start = loop.time()
+    end = start + seconds
+
+    async def client() -> None:
+        while loop.time() < end:
+            phase.sent += 1
+            body, name = bodies(next(counter))
+            follow_up = told.expect(("told", name)) if told is not None else None
+            sent = loop.time()
+            kind = await _one(slack, target, body, sent, phase, ids)
+            if follow_up is None or told is None:
+                continue
+            if kind in ("queued", "working"):
+                try:
+                    phase.outcomes.append(await asyncio.wait_for(follow_up, CLIENT_TIMEOUT))
+                except TimeoutError:
+                    phase.kinds["never told"] = phase.kinds.get("never told", 0) + 1
+            elif kind == "sent":
+                phase.outcomes.append(loop.time() - sent)
+            told.forget(("told", name))
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    await _finish(phase, target, start, cpu, mark)
+    return phase
+
 
 def _slack_listener(deliveries: Deliveries, ephemeral: dict[str, str]) -> Callable[[Call], None]:
     def heard(call: Call) -> None:
@@ -409,6 +391,8 @@ def _slack_listener(deliveries: Deliveries, ephemeral: dict[str, str]) -> Callab
             return
         if call.method == "response_url" and call.key in ephemeral and CANARY_PASSWORD in call.dump():
             deliveries.arrived(("ephemeral", ephemeral[call.key or ""]))
+        elif call.method == "response_url":  # a follow-up a "queued" or "working" ack promised
+            deliveries.arrived(("told", call.key or ""))
         elif call.method == "chat.postMessage":
             text = call.dump()
             if CANARY_PASSWORD in text:
@@ -648,11 +632,12 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
             # Closed loop, twice: each person waiting for the outcome of their request (the ack, or the
             # follow-up a "queued" ack promised), as the issue's wrk -c20 loop waited for each answer; then
             # resending at once whatever the ack said (a retry storm: most answers are "busy" refusals).
-            follow_ups = FollowUps()
-            fake.listeners.append(follow_ups.heard)
+            ephemeral: dict[str, str] = {}  # response_url name -> requester (the approvals' 15-min windows)
+            deliveries = Deliveries()
+            fake.listeners.append(_slack_listener(deliveries, ephemeral))
             for target in abc * 2 if "closed" in phases else ():
                 rows.append((await closed_loop(slack, target, real_body, 3 * scale, CLOSED_OUTCOME,
-                                               follow_ups=follow_ups)).row())
+                                               told=deliveries)).row())
             for target in abc * 2 if "closed" in phases else ():
                 rows.append((await closed_loop(slack, target, real_body, 3 * scale,
                                                "real request, closed loop (20), resent at once")).row())
@@ -660,9 +645,6 @@ async def run(tmp: Path, scale: float, phases: tuple[str, ...] = PHASES,
                 return _result(rows, scale)
             # Approvals: fresh requesters; 15-min windows deliver through the command's response_url.
             count = approval_count or max(10, int(30 * scale))
-            ephemeral: dict[str, str] = {}  # response_url name -> requester
-            deliveries = Deliveries()
-            fake.listeners.append(_slack_listener(deliveries, ephemeral))
 
             async def slack_approvals(target: Target) -> list[dict[str, Any]]:
                 short_pool: list[tuple[str, str]] = []
