@@ -45,7 +45,7 @@ from adapters.slack.queued import QueuedCommand, QueuedJournal
 from adapters.slack.reports import handle_report
 from bot.domain import commands as cmd
 from bot.domain import wording
-from bot.domain.admission import ACK_BUDGET_SECONDS, TURN_WAIT_SHARE, Admission, Ticket, arrived
+from bot.domain.admission import ACK_BUDGET_SECONDS, Admission, Ticket, arrived
 from bot.domain.errors import Conflict, InfrastructureError, JitpassError, NotFound, ParseError, log_incident
 from bot.domain.model import AccessRequest, Identity, Status, Window, new_request_id
 from bot.domain.request_text import RequestDraft, parse_duration
@@ -177,7 +177,7 @@ class SlackInteractions:
                         *, deadline: float) -> Started[T]:
         task = self.background.spawn(ticket.run(self._capture(work, where, request_id), dropped=Outcome()),
                                      name=where)
-        finished = await ticket.wait(task, deadline=deadline, turn_wait=self.ack_budget * TURN_WAIT_SHARE)
+        finished = await ticket.wait(task, deadline=deadline, budget=self.ack_budget)
         return Started(task, finished, ticket.told_queued)
 
     async def _reply(self, text: str, *, response_url: str, user_id: str) -> None:

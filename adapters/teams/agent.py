@@ -27,7 +27,7 @@ from adapters.teams.connector import MemberDirectory, ServiceUrlBook, card_activ
 from adapters.teams.refs import DELIVERY, PERSONAL, REQUESTER, VERSION, ConversationRef, RequesterRef
 from bot.domain import commands as cmd
 from bot.domain import wording
-from bot.domain.admission import ACK_BUDGET_SECONDS, TURN_WAIT_SHARE, Admission, arrived
+from bot.domain.admission import ACK_BUDGET_SECONDS, Admission, arrived
 from bot.domain.errors import InfrastructureError, InputError, JitpassError, NotAllowed, NotFound, log_incident
 from bot.domain.model import AccessRequest, Identity
 from bot.domain.request_text import RequestDraft, parse_window
@@ -240,8 +240,7 @@ class TeamsAgent:
             task = loop.create_task(work, name="jitpass-teams-message")
             self._late.add(task)
             task.add_done_callback(self._late.discard)
-            turn_wait = self.ack_budget * TURN_WAIT_SHARE
-            await ticket.wait(task, deadline=loop.time() + turn_wait, turn_wait=turn_wait)
+            await ticket.wait(task, deadline=arrived() + self.ack_budget, budget=self.ack_budget)
             if ticket.told_queued:
                 try:
                     await self._say(context, wording.QUEUED)
@@ -357,7 +356,7 @@ class TeamsAgent:
         task = loop.create_task(ticket.run(self._card_outcome(context), dropped={}), name="jitpass-teams-card-action")
         self._late.add(task)
         task.add_done_callback(self._late.discard)
-        if await ticket.wait(task, deadline=deadline, turn_wait=self.ack_budget * TURN_WAIT_SHARE):
+        if await ticket.wait(task, deadline=deadline, budget=self.ack_budget):
             await self._answer(context, task.result())
         else:
             await self._answer(context, message_response(wording.QUEUED if ticket.told_queued else wording.WORKING))

@@ -72,14 +72,15 @@ class Ticket:
                 work.close()  # never started: nothing was recorded
             self.give_back()
 
-    async def wait(self, task: asyncio.Future[Any], *, deadline: float, turn_wait: float) -> bool:
+    async def wait(self, task: asyncio.Future[Any], *, deadline: float, budget: float) -> bool:
         """Wait for `task` (this ticket's `run`) until `deadline` (event-loop time), but when no turn was free at
-        arrival for at most `turn_wait` until it has one. True: it finished. False: it is still running (the
-        acknowledgement says "working"), or, with `told_queued` now set, still waiting for its turn (it says
-        "queued": the work, when its turn comes, knows its answer goes by a durable follow-up)."""
+        arrival for at most `TURN_WAIT_SHARE` of the ack `budget` until it has one. True: it finished. False: it
+        is still running (the acknowledgement says "working"), or, with `told_queued` now set, still waiting for
+        its turn (it says "queued": the work, when its turn comes, knows its answer goes by a durable follow-up)."""
         loop = asyncio.get_running_loop()
         if self.queued:
-            await asyncio.wait({task}, timeout=max(0.0, min(deadline, loop.time() + turn_wait) - loop.time()))
+            turn_by = min(deadline, loop.time() + budget * TURN_WAIT_SHARE)
+            await asyncio.wait({task}, timeout=max(0.0, turn_by - loop.time()))
             if not task.done() and not self.started:
                 self.told_queued = True
                 return False

@@ -146,7 +146,7 @@ async def test_a_ticket_dropped_before_its_turn_never_runs_its_work_and_gives_it
     loop = asyncio.get_running_loop()
     holding = asyncio.ensure_future(first.run(work("first"), dropped="-"))
     waiting = asyncio.ensure_future(second.run(work("second"), dropped="dropped"))
-    assert not await second.wait(waiting, deadline=loop.time() + 1.0, turn_wait=0.01)
+    assert not await second.wait(waiting, deadline=loop.time() + 1.0, budget=0.08)  # a turn wait of 10 ms
     assert second.told_queued and not second.started
     second.drop()
     gate.set()
